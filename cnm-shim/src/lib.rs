@@ -1,0 +1,1 @@
+//! plugnet-shim library (placeholder until its issue lands).
