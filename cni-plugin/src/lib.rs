@@ -5,6 +5,8 @@
 //! - [`types`], [`version`], [`error`], [`args`], [`validate`]: the protocol core.
 //! - [`ipam`]: plugnet-ipam, the files-with-lock address store.
 //! - [`invoke`] and [`libcni`]: running other plugins and whole network lists, as libcni does.
+//! - [`netlink`], [`netns`]: the rtnetlink vocabulary and namespace handles.
+//! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
 
 pub mod args;
 pub mod error;
@@ -20,3 +22,5 @@ pub use version::CniVersion;
 pub mod invoke;
 pub mod ipam;
 pub mod libcni;
+pub mod netlink;
+pub mod netns;
