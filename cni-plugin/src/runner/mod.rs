@@ -1,0 +1,344 @@
+//! runner: a container's ordered list of named networks, attached and detached as a unit
+//! (Garden-style `plugnet up/down/check/info/metrics/list`), on top of [`crate::libcni`].
+//!
+//! Invariants: one `up`/`down`/`check` at a time per container (an fs2 lock per id); `up` is a
+//! transaction — if entry k fails, entry k and then k-1 … 0 of that call are DELeted in reverse
+//! before the error is returned, so nothing it attached stays attached; every attachment is
+//! recorded before its ADD, so `down` can always DEL what an interrupted `up` began; `down` is
+//! best-effort, idempotent and works after the netns is gone.
+
+mod report;
+pub mod spec;
+pub mod state;
+
+pub use report::{
+    AttachmentInfo, CheckOutcome, Kernel, LinkInfo, Metrics, NetlinkKernel, NetworkMetrics,
+};
+pub use spec::{Entry, Source, Spec, MAX_SPEC_BYTES};
+pub use state::{AttachmentState, ContainerState, StateDir, Status};
+
+use crate::error::{CniError, ErrorCode};
+use crate::invoke::Exec;
+use crate::libcni::{CniConfig, NetworkList, RuntimeConf};
+use crate::validate;
+use crate::version::CniVersion;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default state dir when neither `--state-dir` nor `PLUGNET_STATE_DIR` is given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/plugnet/runner";
+/// Default plugin path when `CNI_PATH` is unset (cnitool's convention).
+pub const DEFAULT_CNI_PATH: &str = "/opt/cni/bin";
+/// Default conflist dir when `NETCONFPATH` is unset.
+pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// Where the runner keeps state and finds plugins and conflists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerOptions {
+    pub state_dir: PathBuf,
+    pub cni_path: Vec<PathBuf>,
+    pub conf_dir: PathBuf,
+}
+
+impl RunnerOptions {
+    /// `--state-dir`, else `PLUGNET_STATE_DIR`, else the default; `CNI_PATH` (`:`-separated)
+    /// and `NETCONFPATH` as cnitool reads them. Empty variables count as unset.
+    pub fn from_env(state_dir: Option<PathBuf>, getenv: &dyn Fn(&str) -> Option<String>) -> Self {
+        let var = |k: &str| getenv(k).filter(|v| !v.is_empty());
+        RunnerOptions {
+            state_dir: state_dir
+                .or_else(|| var("PLUGNET_STATE_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            cni_path: var("CNI_PATH")
+                .unwrap_or_else(|| DEFAULT_CNI_PATH.into())
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            conf_dir: var("NETCONFPATH")
+                .unwrap_or_else(|| DEFAULT_CONF_DIR.into())
+                .into(),
+        }
+    }
+}
+
+/// Attaches and detaches containers' network lists.
+pub struct Runner {
+    state: StateDir,
+    conf_dir: PathBuf,
+    cni: CniConfig,
+}
+
+impl Runner {
+    pub fn new(opts: RunnerOptions, exec: Arc<dyn Exec>) -> Runner {
+        Runner {
+            state: StateDir::new(&opts.state_dir),
+            conf_dir: opts.conf_dir,
+            // Results are cached in libcni's format under <state>/results.
+            cni: CniConfig::new(opts.cni_path, opts.state_dir, exec),
+        }
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// Attach every network of `spec`, in order, to container `id` in `netns` (hot plug if the
+    /// container already has networks). Returns each new network's CNI result by name.
+    pub fn up(&self, id: &str, netns: &Path, spec: &Spec) -> Result<Map<String, Value>, CniError> {
+        validate::container_id(id)?;
+        if !crate::netns::exists(netns) {
+            return Err(CniError::new(
+                ErrorCode::UnknownContainer,
+                format!(
+                    "netns {} does not exist or is not a network namespace",
+                    netns.display()
+                ),
+            ));
+        }
+        let _lock = self.state.lock(id)?;
+        let mut state = match self.state.load(id)? {
+            Some(s) if s.netns != netns => {
+                return Err(CniError::config(format!(
+                    "container {id:?} is attached in netns {}, not {}: run `plugnet down --id {id}` first",
+                    s.netns.display(),
+                    netns.display()
+                )))
+            }
+            Some(s) => s,
+            None => ContainerState::new(id, netns),
+        };
+        // Resolve everything before the first ADD: a missing conflist or a clash fails early.
+        let plan = self.plan(&state, spec)?;
+        let first_new = state.networks.len();
+        let mut results = Map::new();
+        for (k, (entry, ifname, list)) in plan.iter().enumerate() {
+            state.networks.push(AttachmentState {
+                name: entry.name.clone(),
+                ifname: ifname.clone(),
+                status: Status::Attaching,
+                list: serde_json::from_slice(&list.bytes).unwrap_or(Value::Null),
+                runtime_config: entry.runtime_config.clone(),
+            });
+            let added = self.state.save(&state).and_then(|()| {
+                self.cni
+                    .add_network_list(list, &self.runtime_conf(&state, k + first_new))
+            });
+            match added {
+                Ok(result) => {
+                    state.networks[first_new + k].status = Status::Attached;
+                    self.state.save(&state)?;
+                    let version = CniVersion::parse(&list.cni_version)?;
+                    results.insert(entry.name.clone(), result.to_json(version));
+                }
+                Err(e) => {
+                    let e = e.context(format!(
+                        "attach network {:?} (entry {k}) as {ifname}",
+                        entry.name
+                    ));
+                    return Err(self.rollback(&mut state, first_new, e));
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// The entries of `spec` with their interface names and network lists, in order.
+    fn plan<'s>(
+        &self,
+        state: &ContainerState,
+        spec: &'s Spec,
+    ) -> Result<Vec<(&'s Entry, String, NetworkList)>, CniError> {
+        let mut taken: Vec<String> = state.networks.iter().map(|a| a.ifname.clone()).collect();
+        for e in &spec.networks {
+            if state.find(&e.name).is_some() {
+                return Err(CniError::config(format!(
+                    "network {:?} is already attached to container {:?}",
+                    e.name, state.container_id
+                )));
+            }
+            if let Some(i) = &e.ifname {
+                if taken.contains(i) {
+                    return Err(CniError::config(format!(
+                        "network {:?}: interface {i:?} is already in use in container {:?}",
+                        e.name, state.container_id
+                    )));
+                }
+                taken.push(i.clone());
+            }
+        }
+        let mut plan = Vec::with_capacity(spec.networks.len());
+        for e in &spec.networks {
+            let ifname = match &e.ifname {
+                Some(i) => i.clone(),
+                None => {
+                    let free = (0..)
+                        .map(|n| format!("eth{n}"))
+                        .find(|c| !taken.contains(c))
+                        .expect("an unused ethN exists");
+                    taken.push(free.clone());
+                    free
+                }
+            };
+            plan.push((e, ifname, e.network_list(&self.conf_dir)?));
+        }
+        Ok(plan)
+    }
+
+    /// Undo an `up` that failed: DEL networks `from..` of `state` in reverse order (the failed
+    /// one first: a failed ADD is still followed by DEL). Returns `cause`, extended with what
+    /// could not be undone (those stay recorded for a later `down`).
+    fn rollback(&self, state: &mut ContainerState, from: usize, cause: CniError) -> CniError {
+        let mut failed = Vec::new();
+        for i in (from..state.networks.len()).rev() {
+            if let Err(e) = self.del_attachment(state, i) {
+                failed.push(format!("{}: {e}", state.networks[i].name));
+            } else {
+                state.networks.remove(i);
+            }
+        }
+        let saved = self.state.save(state);
+        let mut err = cause;
+        if !failed.is_empty() {
+            err.details = format!(
+                "rollback incomplete ({}); run `plugnet down --id {}` to retry",
+                failed.join("; "),
+                state.container_id
+            );
+        } else if let Err(e) = saved {
+            err.details = format!("rolled back, but saving state failed: {e}");
+        }
+        err
+    }
+
+    fn runtime_conf(&self, state: &ContainerState, i: usize) -> RuntimeConf {
+        let a = &state.networks[i];
+        RuntimeConf {
+            container_id: state.container_id.clone(),
+            // DEL after the netns is gone runs without one (CNI_NETNS is optional on DEL); the
+            // host side of a veth disappears with its namespace.
+            netns: crate::netns::exists(&state.netns).then(|| state.netns.clone()),
+            ifname: a.ifname.clone(),
+            args: Vec::new(),
+            capability_args: a.runtime_config.clone(),
+        }
+    }
+
+    fn del_attachment(&self, state: &ContainerState, i: usize) -> Result<(), CniError> {
+        let list = state.networks[i].network_list()?;
+        self.cni
+            .del_network_list(&list, &self.runtime_conf(state, i))
+    }
+
+    /// Detach network `network` (or, with `None`, every network in reverse attach order).
+    /// Unknown containers and networks are success. Keeps going after a failure; networks whose
+    /// DEL failed stay recorded and the error names each of them.
+    pub fn down(&self, id: &str, network: Option<&str>) -> Result<(), CniError> {
+        validate::container_id(id)?;
+        if let Some(n) = network {
+            validate::network_name(n)?;
+        }
+        let _lock = self.state.lock(id)?;
+        let Some(mut state) = self.state.load(id)? else {
+            return Ok(());
+        };
+        let mut failed = Vec::new();
+        for i in (0..state.networks.len()).rev() {
+            if network.is_some_and(|n| n != state.networks[i].name) {
+                continue;
+            }
+            match self.del_attachment(&state, i) {
+                Ok(()) => {
+                    state.networks.remove(i);
+                    self.state.save(&state)?;
+                }
+                Err(e) => failed.push(format!("{}: {e}", state.networks[i].name)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::internal(format!(
+                "down {id:?}: {}",
+                failed.join("; ")
+            )))
+        }
+    }
+
+    fn load_known(&self, id: &str) -> Result<ContainerState, CniError> {
+        self.state.load(id)?.ok_or_else(|| {
+            CniError::new(
+                ErrorCode::UnknownContainer,
+                format!("container {id:?} has no networks"),
+            )
+        })
+    }
+
+    /// CNI CHECK of every attachment with its cached result, in attach order.
+    pub fn check(&self, id: &str) -> Result<Vec<CheckOutcome>, CniError> {
+        validate::container_id(id)?;
+        let _lock = self.state.lock(id)?;
+        let state = self.load_known(id)?;
+        let mut out = Vec::new();
+        for (i, a) in state.networks.iter().enumerate() {
+            let result = match a.status {
+                Status::Attaching => Err(CniError::internal(
+                    "ADD did not complete; run `plugnet down` for this network",
+                )),
+                Status::Attached => a.network_list().and_then(|l| {
+                    self.cni
+                        .check_network_list(&l, &self.runtime_conf(&state, i))
+                }),
+            };
+            out.push(CheckOutcome {
+                network: a.name.clone(),
+                error: result.err().map(|e| e.to_string()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// What each network gave the container, from the cached results and the host's view.
+    pub fn info(&self, id: &str, kernel: &dyn Kernel) -> Result<Vec<AttachmentInfo>, CniError> {
+        validate::container_id(id)?;
+        let state = self.load_known(id)?;
+        Ok(state
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let cached = self.cached(&state, i);
+                AttachmentInfo::build(a, cached.as_ref(), kernel)
+            })
+            .collect())
+    }
+
+    /// Interface counters of each network's container interface, read in the container netns.
+    pub fn metrics(&self, id: &str, kernel: &dyn Kernel) -> Result<Metrics, CniError> {
+        validate::container_id(id)?;
+        let state = self.load_known(id)?;
+        Metrics::read(&state, kernel)
+    }
+
+    /// Every container the runner knows and its networks, sorted by id.
+    pub fn list(&self) -> Result<Vec<(ContainerState, Vec<Option<crate::CniResult>>)>, CniError> {
+        Ok(self
+            .state
+            .list()?
+            .into_iter()
+            .map(|s| {
+                let results = (0..s.networks.len()).map(|i| self.cached(&s, i)).collect();
+                (s, results)
+            })
+            .collect())
+    }
+
+    fn cached(&self, state: &ContainerState, i: usize) -> Option<crate::CniResult> {
+        let list = state.networks[i].network_list().ok()?;
+        self.cni.cached_result(&list, &self.runtime_conf(state, i))
+    }
+}
+
+#[cfg(test)]
+mod tests;
