@@ -203,7 +203,8 @@ fn list(runner: &Runner, table: bool, stdout: &mut dyn Write) -> Result<(), CniE
     let containers = runner.list()?;
     let mut rows = Vec::new();
     let mut json_out = Vec::new();
-    for (st, results) in &containers {
+    for c in &containers {
+        let (st, results) = (&c.state, &c.results);
         let mut nets = Vec::new();
         for (a, r) in st.networks.iter().zip(results) {
             let ips: Vec<String> = r

@@ -63,6 +63,13 @@ impl RunnerOptions {
     }
 }
 
+/// One container of `list`: its state and each network's cached result (same order).
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub state: ContainerState,
+    pub results: Vec<Option<crate::CniResult>>,
+}
+
 /// Attaches and detaches containers' network lists.
 pub struct Runner {
     state: StateDir,
@@ -322,14 +329,16 @@ impl Runner {
     }
 
     /// Every container the runner knows and its networks, sorted by id.
-    pub fn list(&self) -> Result<Vec<(ContainerState, Vec<Option<crate::CniResult>>)>, CniError> {
+    pub fn list(&self) -> Result<Vec<Listed>, CniError> {
         Ok(self
             .state
             .list()?
             .into_iter()
-            .map(|s| {
-                let results = (0..s.networks.len()).map(|i| self.cached(&s, i)).collect();
-                (s, results)
+            .map(|state| {
+                let results = (0..state.networks.len())
+                    .map(|i| self.cached(&state, i))
+                    .collect();
+                Listed { state, results }
             })
             .collect())
     }

@@ -140,9 +140,11 @@ impl Entry {
             }
         };
         let source = match (obj.get("type"), obj.get("conflist")) {
-            (Some(_), Some(_)) => return Err(CniError::config(format!(
+            (Some(_), Some(_)) => {
+                return Err(CniError::config(format!(
                 "network {name:?}: give either \"type\" (+ \"config\") or \"conflist\", not both"
-            ))),
+            )))
+            }
             (None, None) => {
                 return Err(CniError::config(format!(
                     "network {name:?}: needs \"type\" (+ \"config\") or \"conflist\""

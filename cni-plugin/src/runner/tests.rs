@@ -7,9 +7,11 @@ use std::sync::Mutex;
 
 /// Records (plugin, command, ifname, netns, config); plugin `failing` fails ADD, `faildel`
 /// fails DEL. ADD answers with a bridge-like result for the interface it was asked for.
+type Call = (String, String, String, String, Value);
+
 #[derive(Default)]
 struct FakeExec {
-    calls: Mutex<Vec<(String, String, String, String, Value)>>,
+    calls: Mutex<Vec<Call>>,
 }
 
 impl FakeExec {
