@@ -18,7 +18,7 @@ pub use spec::{Entry, Source, Spec, MAX_SPEC_BYTES};
 pub use state::{AttachmentState, ContainerState, StateDir, Status};
 
 use crate::error::{CniError, ErrorCode};
-use crate::invoke::Exec;
+use crate::invoke::{find_in_path, Exec};
 use crate::libcni::{CniConfig, NetworkList, RuntimeConf};
 use crate::validate;
 use crate::version::CniVersion;
@@ -188,7 +188,13 @@ impl Runner {
                     free
                 }
             };
-            plan.push((e, ifname, e.network_list(&self.conf_dir)?));
+            let list = e.network_list(&self.conf_dir)?;
+            for p in &list.plugins {
+                let t = p.get("type").and_then(Value::as_str).unwrap_or_default();
+                find_in_path(t, &self.cni.path)
+                    .map_err(|err| err.context(format!("network {:?}", e.name)))?;
+            }
+            plan.push((e, ifname, list));
         }
         Ok(plan)
     }
