@@ -127,6 +127,10 @@ pub trait Store {
     fn claims(&self) -> io::Result<Vec<(IpAddr, Owner)>>;
     /// Make every change so far durable (called after the lock is released).
     fn sync(&self) -> io::Result<()>;
+    /// Remove leftovers of writers killed mid-way (under the lock). Returns how many.
+    fn sweep(&self) -> io::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Files with a lock, one directory per network:
@@ -351,6 +355,24 @@ impl Store for FileStore {
             }
         }
         Ok(out)
+    }
+
+    fn sweep(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for dir in [&self.ip_dir, &self.owner_dir, &self.dir] {
+            for entry in fs::read_dir(dir)?.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    fs::remove_file(entry.path())?;
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.dirty.set(true);
+        }
+        Ok(n)
     }
 
     fn sync(&self) -> io::Result<()> {
