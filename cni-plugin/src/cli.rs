@@ -207,6 +207,7 @@ fn list(runner: &Runner, table: bool, stdout: &mut dyn Write) -> Result<(), CniE
         let (st, results) = (&c.state, &c.results);
         let mut nets = Vec::new();
         for (a, r) in st.networks.iter().zip(results) {
+            let status = if r.is_some() { "attached" } else { "attaching" };
             let ips: Vec<String> = r
                 .as_ref()
                 .map(|r| r.ips.iter().map(|i| i.address.to_string()).collect())
@@ -215,10 +216,7 @@ fn list(runner: &Runner, table: bool, stdout: &mut dyn Write) -> Result<(), CniE
                 st.container_id.clone(),
                 a.name.clone(),
                 a.ifname.clone(),
-                serde_json::to_value(a.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                status.to_string(),
                 if ips.is_empty() {
                     "-".into()
                 } else {
@@ -228,7 +226,7 @@ fn list(runner: &Runner, table: bool, stdout: &mut dyn Write) -> Result<(), CniE
             ]);
             nets.push(
                 json!({"name": a.name, "ifname": a.ifname, "cniNetwork": a.cni_network(),
-                             "status": a.status, "ips": ips}),
+                             "status": status, "ips": ips}),
             );
         }
         json_out.push(json!({"containerId": st.container_id, "netns": st.netns, "networks": nets}));

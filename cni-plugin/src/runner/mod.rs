@@ -119,31 +119,36 @@ impl Runner {
         // Resolve everything before the first ADD: a missing conflist or a clash fails early.
         let plan = self.plan(&state, spec)?;
         let first_new = state.networks.len();
-        let mut results = Map::new();
-        for (k, (entry, ifname, list)) in plan.iter().enumerate() {
+        // Record every network before the first ADD (one durable write for the whole call):
+        // whatever happens next, `down` knows what to DEL. DEL of a network whose ADD never
+        // ran is harmless (DEL is idempotent).
+        for (entry, ifname, list) in &plan {
             state.networks.push(AttachmentState {
                 name: entry.name.clone(),
                 ifname: ifname.clone(),
-                status: Status::Attaching,
-                list: serde_json::from_slice(&list.bytes).unwrap_or(Value::Null),
+                list: serde_json::from_slice(&list.bytes)
+                    .map_err(|e| CniError::decode(format!("network list: {e}")))?,
                 runtime_config: entry.runtime_config.clone(),
             });
-            let added = self.state.save(&state).and_then(|()| {
-                self.cni
-                    .add_network_list(list, &self.runtime_conf(&state, k + first_new))
-            });
+        }
+        self.state.save(&state)?;
+        let mut results = Map::new();
+        for (k, (entry, ifname, list)) in plan.iter().enumerate() {
+            let added = self
+                .cni
+                .add_network_list(list, &self.runtime_conf(&state, first_new + k))
+                .and_then(|r| Ok(r.to_json(CniVersion::parse(&list.cni_version)?)));
             match added {
                 Ok(result) => {
-                    state.networks[first_new + k].status = Status::Attached;
-                    self.state.save(&state)?;
-                    let version = CniVersion::parse(&list.cni_version)?;
-                    results.insert(entry.name.clone(), result.to_json(version));
+                    results.insert(entry.name.clone(), result);
                 }
                 Err(e) => {
                     let e = e.context(format!(
                         "attach network {:?} (entry {k}) as {ifname}",
                         entry.name
                     ));
+                    // Networks after k were never ADDed: forget them without a DEL.
+                    state.networks.truncate(first_new + k + 1);
                     return Err(self.rollback(&mut state, first_new, e));
                 }
             }
@@ -264,11 +269,13 @@ impl Runner {
             match self.del_attachment(&state, i) {
                 Ok(()) => {
                     state.networks.remove(i);
-                    self.state.save(&state)?;
                 }
                 Err(e) => failed.push(format!("{}: {e}", state.networks[i].name)),
             }
         }
+        // One write at the end (an unlink when nothing is left): if we die before it, the next
+        // `down` repeats DELs that already succeeded, which is harmless.
+        self.state.save(&state)?;
         if failed.is_empty() {
             Ok(())
         } else {
@@ -295,11 +302,11 @@ impl Runner {
         let state = self.load_known(id)?;
         let mut out = Vec::new();
         for (i, a) in state.networks.iter().enumerate() {
-            let result = match a.status {
-                Status::Attaching => Err(CniError::internal(
-                    "ADD did not complete; run `plugnet down` for this network",
+            let result = match self.cached(&state, i) {
+                None => Err(CniError::internal(
+                    "no cached result: ADD did not complete; run `plugnet down` for this network",
                 )),
-                Status::Attached => a.network_list().and_then(|l| {
+                Some(_) => a.network_list().and_then(|l| {
                     self.cni
                         .check_network_list(&l, &self.runtime_conf(&state, i))
                 }),

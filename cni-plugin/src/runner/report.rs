@@ -133,7 +133,11 @@ impl AttachmentInfo {
         let mut info = AttachmentInfo {
             name: a.name.clone(),
             cni_network: a.cni_network().to_string(),
-            status: a.status,
+            status: if r.is_some() {
+                Status::Attached
+            } else {
+                Status::Attaching
+            },
             interface: a.ifname.clone(),
             mac: None,
             ips: Vec::new(),

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Invariants: every file is replaced atomically (temp, fsync, rename); an attachment is
-//! recorded (status `attaching`) *before* its ADD runs, so a crash mid-ADD still leaves the
-//! record `down` needs to DEL it; ids are validated before they become file names.
+//! recorded *before* its ADD runs, so a crash mid-`up` still leaves the record `down` needs to
+//! DEL it; an attachment is complete iff its cached result exists (libcni's invariant), so
+//! the container file is written once per `up`/`down`, not once per network; ids are validated
+//! before they become file names.
 
 use crate::error::CniError;
 use crate::libcni::{write_atomic, NetworkList};
@@ -24,7 +26,8 @@ use std::path::{Path, PathBuf};
 /// `kind` of a container state file; bump on an incompatible change.
 pub const STATE_KIND: &str = "plugnetRunnerV1";
 
-/// Where the ADD of an attachment got to.
+/// Where the ADD of an attachment got to: derived, not stored — `Attached` iff the attachment
+/// has a cached result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -40,7 +43,6 @@ pub struct AttachmentState {
     /// The spec entry's name (the runner's key).
     pub name: String,
     pub ifname: String,
-    pub status: Status,
     /// The network list exactly as run for ADD, so DEL and CHECK see the same configuration
     /// even if the conf dir changes in between.
     pub list: Value,
@@ -231,7 +233,6 @@ mod tests {
         s.networks.push(AttachmentState {
             name: "a".into(),
             ifname: "eth0".into(),
-            status: Status::Attaching,
             list: json!({"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "t"}]}),
             runtime_config: Map::new(),
         });
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(sd.load("c1").unwrap().unwrap(), s);
         assert_eq!(sd.list().unwrap(), vec![s.clone()]);
         let text = fs::read_to_string(d.path().join("containers/c1.json")).unwrap();
-        assert!(text.contains("\"status\": \"attaching\""), "{text}");
+        assert!(text.contains("\"kind\": \"plugnetRunnerV1\""), "{text}");
         s.networks.clear();
         sd.save(&s).unwrap();
         assert!(sd.load("c1").unwrap().is_none());
