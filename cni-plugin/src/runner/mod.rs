@@ -106,7 +106,7 @@ impl Runner {
         }
         let _lock = self.state.lock(id)?;
         let mut state = match self.state.load(id)? {
-            Some(s) if s.netns != netns => {
+            Some(s) if !same_path(&s.netns, netns) => {
                 return Err(CniError::config(format!(
                     "container {id:?} is attached in netns {}, not {}: run `plugnet down --id {id}` first",
                     s.netns.display(),
@@ -217,16 +217,23 @@ impl Runner {
             }
         }
         let saved = self.state.save(state);
-        let mut err = cause;
-        if !failed.is_empty() {
-            err.details = format!(
+        let note = if !failed.is_empty() {
+            format!(
                 "rollback incomplete ({}); run `plugnet down --id {}` to retry",
                 failed.join("; "),
                 state.container_id
-            );
+            )
         } else if let Err(e) = saved {
-            err.details = format!("rolled back, but saving state failed: {e}");
-        }
+            format!("rolled back, but saving state failed: {e}")
+        } else {
+            return cause;
+        };
+        let mut err = cause;
+        err.details = if err.details.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", err.details)
+        };
         err
     }
 
@@ -360,6 +367,12 @@ impl Runner {
         let list = state.networks[i].network_list().ok()?;
         self.cni.cached_result(&list, &self.runtime_conf(state, i))
     }
+}
+
+/// The same file, allowing for symlinks such as /var/run -> /run.
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 #[cfg(test)]
