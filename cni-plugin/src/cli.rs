@@ -105,6 +105,20 @@ pub fn run(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
+    if args.len() <= 1 {
+        // No arguments at all: behave like a skel-based plugin run without CNI_COMMAND
+        // (about text on stderr, exit 0), then show the runner's usage.
+        use clap::CommandFactory;
+        let _ = writeln!(
+            stderr,
+            "plugnet {}: CNI bridge plugin (with CNI_COMMAND set) and ordered-network-list runner.\n\
+             CNI protocol versions supported: {}\n\n{}",
+            env!("CARGO_PKG_VERSION"),
+            crate::version::SUPPORTED.join(", "),
+            Cli::command().render_help()
+        );
+        return 0;
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -289,6 +303,13 @@ mod tests {
         let (code, _, err) = run_cli(&["up"], &[], "");
         assert_eq!(code, 2);
         assert!(err.contains("--id"), "{err}");
+        let (code, out, err) = run_cli(&[], &[], "");
+        assert_eq!((code, out.as_str()), (0, ""));
+        assert!(
+            err.contains("CNI protocol versions supported: 0.3.0"),
+            "{err}"
+        );
+        assert!(err.contains("metrics"), "{err}");
         let (code, out, _) = run_cli(&["--help"], &[], "");
         assert_eq!(code, 0);
         for sub in ["up", "down", "check", "info", "metrics", "list"] {
