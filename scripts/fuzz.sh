@@ -10,7 +10,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
 export RUSTC_BOOTSTRAP=1
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
-cargo fuzz build -s none -O "${targets[@]/#/}" >/dev/null 2>&1 || cargo fuzz build -s none -O
+cargo fuzz build -s none -O >/dev/null
 total=0
 for t in "${targets[@]}"; do
   work=$(mktemp -d); cp -r "corpus/$t/." "$work/" 2>/dev/null || true
