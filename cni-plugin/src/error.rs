@@ -145,7 +145,10 @@ impl CniError {
     pub fn from_json(v: &serde_json::Value) -> Option<CniError> {
         let code = v.get("code")?.as_u64()? as u32;
         let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
-        let details = v.get("details").and_then(|m| m.as_str()).unwrap_or_default();
+        let details = v
+            .get("details")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default();
         let kind = ErrorCode::from_u32(code);
         Some(CniError {
             code: kind,
@@ -187,7 +190,10 @@ mod tests {
 
     #[test]
     fn golden_error_json() {
-        let e = CniError::new(ErrorCode::InvalidEnv, "required env variables [CNI_NETNS] missing");
+        let e = CniError::new(
+            ErrorCode::InvalidEnv,
+            "required env variables [CNI_NETNS] missing",
+        );
         assert_eq!(
             e.to_json("1.0.0").to_string(),
             r#"{"cniVersion":"1.0.0","code":4,"msg":"required env variables [CNI_NETNS] missing"}"#

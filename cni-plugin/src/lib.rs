@@ -20,3 +20,6 @@ pub use error::{CniError, ErrorCode};
 pub use skel::{Command, Request};
 pub use types::CniResult;
 pub use version::CniVersion;
+pub mod invoke;
+pub mod ipam;
+pub mod libcni;

@@ -322,9 +322,11 @@ mod tests {
 
     impl Fake {
         fn answer<T>(&self, req: &Request, ok: T) -> Result<T, CniError> {
-            self.seen
-                .borrow_mut()
-                .push((req.command, req.container_id.clone(), req.ifname.clone()));
+            self.seen.borrow_mut().push((
+                req.command,
+                req.container_id.clone(),
+                req.ifname.clone(),
+            ));
             match &self.fail {
                 Some(e) => Err(e.clone()),
                 None => Ok(ok),
@@ -435,12 +437,19 @@ mod tests {
         let (code, v) = call(&Fake::default(), &e, &conf("1.0.0"));
         assert_eq!(code, 1);
         assert_eq!(v["code"], 4);
-        assert_eq!(v["msg"], "required env variables [CNI_NETNS,CNI_PATH] missing");
+        assert_eq!(
+            v["msg"],
+            "required env variables [CNI_NETNS,CNI_PATH] missing"
+        );
         assert_eq!(v["cniVersion"], "1.0.0");
 
         let mut e = env("DEL");
         e.0.remove("CNI_NETNS");
-        assert_eq!(call(&Fake::default(), &e, &conf("1.0.0")).0, 0, "DEL needs no netns");
+        assert_eq!(
+            call(&Fake::default(), &e, &conf("1.0.0")).0,
+            0,
+            "DEL needs no netns"
+        );
 
         let mut e = env("ADD");
         e.0.remove("CNI_CONTAINERID");
@@ -466,11 +475,19 @@ mod tests {
             e.0.insert(key.into(), value.into());
             let p = Fake::default();
             let (c, v) = call(&p, &e, &conf("1.0.0"));
-            assert_eq!((c, v["code"].as_u64()), (1, Some(code)), "{key}={value}: {v}");
+            assert_eq!(
+                (c, v["code"].as_u64()),
+                (1, Some(code)),
+                "{key}={value}: {v}"
+            );
             assert!(p.seen.borrow().is_empty());
         }
         let bad_net = json!({"cniVersion": "1.0.0", "name": "../x", "type": "fake"});
-        let (_, v) = call(&Fake::default(), &env("ADD"), bad_net.to_string().as_bytes());
+        let (_, v) = call(
+            &Fake::default(),
+            &env("ADD"),
+            bad_net.to_string().as_bytes(),
+        );
         assert_eq!(v["code"], 7);
     }
 

@@ -156,9 +156,9 @@ impl CniResult {
                 .iter()
                 .map(|ip| {
                     let wire = WireIp {
-                        version: version.has_ip_version_field().then(|| {
-                            if ip.address.is_ipv4() { "4" } else { "6" }.to_string()
-                        }),
+                        version: version
+                            .has_ip_version_field()
+                            .then(|| if ip.address.is_ipv4() { "4" } else { "6" }.to_string()),
                         address: ip.address.to_string(),
                         gateway: ip.gateway.map(|g| g.to_string()),
                         interface: ip.interface.map(|i| i as i64),

@@ -86,12 +86,31 @@ mod tests {
         for ok in ["a", "abc-1.2_3", "0f3e", "X"] {
             assert!(is_valid_id(ok), "{ok}");
         }
-        for bad in ["", "../x", "-a", ".a", "a/b", "a b", "a:b", "ä", &"a".repeat(201)] {
+        for bad in [
+            "",
+            "../x",
+            "-a",
+            ".a",
+            "a/b",
+            "a b",
+            "a:b",
+            "ä",
+            &"a".repeat(201),
+        ] {
             assert!(!is_valid_id(bad), "{bad}");
         }
-        assert_eq!(container_id("").unwrap_err().code, ErrorCode::UnknownContainer);
-        assert_eq!(container_id("../x").unwrap_err().code, ErrorCode::InvalidEnv);
-        assert_eq!(network_name("../x").unwrap_err().code, ErrorCode::InvalidConfig);
+        assert_eq!(
+            container_id("").unwrap_err().code,
+            ErrorCode::UnknownContainer
+        );
+        assert_eq!(
+            container_id("../x").unwrap_err().code,
+            ErrorCode::InvalidEnv
+        );
+        assert_eq!(
+            network_name("../x").unwrap_err().code,
+            ErrorCode::InvalidConfig
+        );
     }
 
     #[test]

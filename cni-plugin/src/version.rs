@@ -29,13 +29,14 @@ impl CniVersion {
             "1.0.0" => CniVersion::V1_0_0,
             "1.1.0" => CniVersion::V1_1_0,
             other => {
-                return Err(
-                    CniError::new(ErrorCode::IncompatibleVersion, "incompatible CNI versions")
-                        .details(format!(
-                            "config is \"{other}\", plugin supports {:?}",
-                            SUPPORTED
-                        )),
+                return Err(CniError::new(
+                    ErrorCode::IncompatibleVersion,
+                    "incompatible CNI versions",
                 )
+                .details(format!(
+                    "config is \"{other}\", plugin supports {:?}",
+                    SUPPORTED
+                )))
             }
         })
     }
