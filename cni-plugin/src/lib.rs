@@ -6,8 +6,10 @@
 //! - [`ipam`]: plugnet-ipam, the files-with-lock address store.
 //! - [`invoke`] and [`libcni`]: running other plugins and whole network lists, as libcni does.
 //! - [`netlink`] and [`netns`]: the only code that talks rtnetlink / enters namespaces.
+//! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
 
 pub mod args;
+pub mod bridge;
 pub mod error;
 pub mod netlink;
 pub mod netns;

@@ -116,6 +116,12 @@ async fn bridge_veth_addresses_routes_and_ping() {
     assert!(pair.host.up);
     assert_eq!(pair.host.mtu, Some(1400));
     assert!(pair.host.mac.is_some());
+    nl.set_alias(pair.host.index, "plugnet:pnbnet")
+        .await
+        .unwrap();
+    let again = nl.link_by_name("pnbv0").await.unwrap().unwrap();
+    assert_eq!(again.alias.as_deref(), Some("plugnet:pnbnet"));
+    assert_eq!(again.master, Some(br.index));
     assert_eq!(pair.peer_mac, peer_mac);
 
     // What the container sees.
