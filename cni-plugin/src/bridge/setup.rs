@@ -243,9 +243,9 @@ fn is_link_local(a: &IpNetwork) -> bool {
 }
 
 /// The container side, in an order that lets the kernel announce the addresses: arp_notify,
-/// addresses (IPv6 without DAD), up (gratuitous ARP goes out), then routes.
+/// addresses (IPv6 without DAD unless `enabledad`), up (gratuitous ARP goes out), then routes.
 pub async fn container(
-    _conf: &BridgeConf,
+    conf: &BridgeConf,
     ctr: &Netlink,
     index: u32,
     result: &mut CniResult,
@@ -254,7 +254,12 @@ pub async fn container(
         ctr.enable_arp_notify(index).await.map_err(kernel)?;
     }
     for ip in &result.ips {
-        ctr.add_addr(index, ip.address).await.map_err(kernel)?;
+        let added = if conf.enable_dad {
+            ctr.add_addr_with_dad(index, ip.address).await
+        } else {
+            ctr.add_addr(index, ip.address).await
+        };
+        added.map_err(kernel)?;
     }
     ctr.set_up(index).await.map_err(kernel)?;
     for r in &result.routes {

@@ -34,7 +34,7 @@ impl IpFamily {
     }
 }
 
-fn addr_message(index: u32, addr: &IpNetwork) -> AddressMessage {
+fn addr_message(index: u32, addr: &IpNetwork, dad: bool) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header.index = index;
     msg.header.prefix_len = addr.prefix();
@@ -65,9 +65,24 @@ fn addr_message(index: u32, addr: &IpNetwork) -> AddressMessage {
 
 impl Netlink {
     /// Adds `addr` (with its prefix length) to the link; EEXIST if it is already there.
+    /// IPv6 addresses skip duplicate address detection (IFA_F_NODAD): usable at once.
     pub async fn add_addr(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
+        self.add_addr_opts(index, addr, false).await
+    }
+
+    /// Like [`Netlink::add_addr`], but an IPv6 address goes through DAD (tentative ~1-2 s).
+    pub async fn add_addr_with_dad(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
+        self.add_addr_opts(index, addr, true).await
+    }
+
+    async fn add_addr_opts(
+        &self,
+        index: u32,
+        addr: IpNetwork,
+        dad: bool,
+    ) -> Result<(), NetlinkError> {
         self.exchange(
-            RouteNetlinkMessage::NewAddress(addr_message(index, &addr)),
+            RouteNetlinkMessage::NewAddress(addr_message(index, &addr, dad)),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
             &|| format!("add address {addr} to link {index}"),
         )
@@ -78,7 +93,7 @@ impl Netlink {
     /// Removes `addr` from the link; EADDRNOTAVAIL if it is not there.
     pub async fn del_addr(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
         self.exchange(
-            RouteNetlinkMessage::DelAddress(addr_message(index, &addr)),
+            RouteNetlinkMessage::DelAddress(addr_message(index, &addr, true)),
             NLM_F_REQUEST | NLM_F_ACK,
             &|| format!("remove address {addr} from link {index}"),
         )
@@ -155,7 +170,7 @@ mod tests {
         assert!(m
             .attributes
             .contains(&AddressAttribute::Broadcast("10.50.0.255".parse().unwrap())));
-        let m = addr_message(3, &"10.50.0.5/31".parse().unwrap());
+        let m = addr_message(3, &"10.50.0.5/31".parse().unwrap(), false);
         assert!(!m
             .attributes
             .iter()
