@@ -53,11 +53,13 @@ fn addr_message(index: u32, addr: &IpNetwork, dad: bool) -> AddressMessage {
         }
         IpNetwork::V6(n) => {
             msg.header.family = AddressFamily::Inet6;
-            msg.header.flags = AddressHeaderFlags::Nodad;
             msg.attributes
                 .push(AddressAttribute::Address(IpAddr::V6(n.ip())));
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            if !dad {
+                msg.header.flags = AddressHeaderFlags::Nodad;
+                msg.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
     }
     msg
@@ -162,11 +164,16 @@ mod tests {
 
     #[test]
     fn v6_addresses_skip_dad_and_v4_get_broadcast() {
-        let m = addr_message(3, &"fd50::5/64".parse().unwrap());
+        let m = addr_message(3, &"fd50::5/64".parse().unwrap(), false);
         assert!(m
             .attributes
             .contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
-        let m = addr_message(3, &"10.50.0.5/24".parse().unwrap());
+        let m = addr_message(3, &"fd50::5/64".parse().unwrap(), true);
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Flags(_))));
+        let m = addr_message(3, &"10.50.0.5/24".parse().unwrap(), false);
         assert!(m
             .attributes
             .contains(&AddressAttribute::Broadcast("10.50.0.255".parse().unwrap())));
