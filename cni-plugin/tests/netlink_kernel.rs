@@ -282,7 +282,11 @@ fn netns_helpers_see_the_namespace() {
     assert!(netns::exists(ns.path()));
     let h = Netns::open(ns.path()).unwrap();
     assert!(!h.is_current().unwrap());
-    // A sysctl written on the namespace thread lands in that namespace only.
+    // A sysctl written on the namespace thread lands in that namespace only. (Its start
+    // value depends on devconf_inherit_init_net, so set a known one first.)
+    h.run(|| netns::ensure_sysctl("net/ipv4/ip_forward", "0"))
+        .unwrap()
+        .unwrap();
     let wrote = h
         .run(|| netns::ensure_sysctl("net/ipv4/ip_forward", "1"))
         .unwrap()
