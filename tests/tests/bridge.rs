@@ -496,6 +496,66 @@ fn two_hundred_containers_on_one_bridge() {
 }
 
 #[test]
+fn concurrent_adds_race_for_a_new_bridge() {
+    need_root!();
+    let host = Host::new("conc");
+    let conf = conf(&host, "1.0.0", "pnbconc", "pnbbrn", 12, true);
+    let ctrs: Vec<Ns> = (0..32).map(|_| host.container()).collect();
+    // Every process finds the bridge missing and tries to create it at once.
+    let results: Vec<Out> = std::thread::scope(|s| {
+        let handles: Vec<_> = ctrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (host, conf) = (&host, &conf);
+                s.spawn(move || {
+                    host.run(
+                        &plugnet(),
+                        "ADD",
+                        conf,
+                        Some(&Att::new(&format!("conc-{i}"), &c.path(), "eth0")),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs = std::collections::HashSet::new();
+    for r in &results {
+        let res = r.ok().json();
+        assert!(
+            addrs.insert(res["ips"][0]["address"].clone()),
+            "duplicate address"
+        );
+    }
+    assert_eq!(
+        host.ns
+            .link_names()
+            .iter()
+            .filter(|n| *n == "pnbbrn")
+            .count(),
+        1
+    );
+    assert!(ctrs[0].ping("fd50:12::1") && ctrs[31].ping("10.50.12.1"));
+    std::thread::scope(|s| {
+        for (i, c) in ctrs.iter().enumerate() {
+            let (host, conf) = (&host, &conf);
+            s.spawn(move || {
+                host.run(
+                    &plugnet(),
+                    "DEL",
+                    conf,
+                    Some(&Att::new(&format!("conc-{i}"), &c.path(), "eth0")),
+                )
+                .ok();
+            });
+        }
+    });
+    assert!(host.plugnet_veths().is_empty());
+    assert!(host.leases("pnbconc").is_empty());
+}
+
+#[test]
 fn bad_input_is_a_clean_error() {
     need_root!();
     let host = Host::new("bad");

@@ -117,6 +117,92 @@ fn run(host: &Host, dual: bool, iters: usize) {
     );
 }
 
+/// 64 ADDs at once (then 64 DELs), each in its own container: ADDs per second, and the peak
+/// RSS of one ADD (`/usr/bin/time -f %M`).
+fn concurrent(host: &Host, label: &str, bin: &Path, conf: &Value, n: usize) -> (f64, u64) {
+    let ctrs: Vec<Ns> = (0..n).map(|_| host.container()).collect();
+    let conf_bytes = serde_json::to_vec(conf).unwrap();
+    let handle = Netns::open(host.ns.path()).unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (i, c) in ctrs.iter().enumerate() {
+            let (handle, conf_bytes, path) = (&handle, &conf_bytes, c.path());
+            s.spawn(move || {
+                handle
+                    .run(|| invoke(bin, "ADD", conf_bytes, &format!("conc-{i}"), &path))
+                    .unwrap()
+            });
+        }
+    });
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let ctr = host.container();
+    let rss = handle
+        .run(|| {
+            let mut child = Command::new("/usr/bin/time")
+                .args(["-f", "%M"])
+                .arg(bin)
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", "rss")
+                .env("CNI_NETNS", ctr.path())
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", cni_path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&conf_bytes).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{label} ADD under time: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            err.lines()
+                .last()
+                .unwrap_or("0")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .unwrap();
+    for (i, c) in ctrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("conc-{i}"), c))
+        .chain([("rss".to_string(), &ctr)])
+    {
+        handle
+            .run(|| invoke(bin, "DEL", &conf_bytes, &i, &c.path()))
+            .unwrap();
+    }
+    (rate, rss)
+}
+
+fn run_concurrent(host: &Host) {
+    let mut ours = conf(host, "1.0.0", "pnbconcb", "pnbbrz", 62, false);
+    ours["isGateway"] = json!(true);
+    let mut theirs = ours.clone();
+    theirs["type"] = json!("bridge");
+    theirs["name"] = json!("pnbconcgo");
+    theirs["bridge"] = json!("pnbbrw");
+    theirs["ipam"]["type"] = json!("host-local");
+    theirs["ipam"]["ranges"][0][0]["subnet"] = json!("10.50.63.0/24");
+    let (or, om) = concurrent(host, "plugnet", &plugnet(), &ours, 64);
+    let (tr, tm) = concurrent(
+        host,
+        "Go bridge",
+        &Path::new(REFERENCE_DIR).join("bridge"),
+        &theirs,
+        64,
+    );
+    println!("64-way concurrent ADD (IPAM stores under /tmp):");
+    println!("  plugnet + plugnet-ipam   {or:7.1} ADD/s   peak RSS of one ADD {om} KiB");
+    println!("  Go bridge + host-local   {tr:7.1} ADD/s   peak RSS of one ADD {tm} KiB");
+    println!(
+        "  ratio plugnet/Go         throughput {:5.2}x   RSS {:5.2}",
+        or / tr,
+        om as f64 / tm as f64
+    );
+}
+
 #[test]
 #[ignore = "benchmark: run explicitly in release mode"]
 fn bench_add_del_against_reference_bridge() {
@@ -127,6 +213,7 @@ fn bench_add_del_against_reference_bridge() {
     let host = Host::new("bench");
     run(&host, false, iters);
     run(&host, true, iters);
+    run_concurrent(&host);
     if let Ok(dir) = std::env::var("PNB_BENCH_DATADIR") {
         let _ = std::fs::remove_dir_all(
             Path::new(&dir).join(format!("pnb-bench-{}", std::process::id())),

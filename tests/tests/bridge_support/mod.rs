@@ -153,7 +153,7 @@ pub struct Host {
     handle: Netns,
     pub tag: String,
     pub data_dir: tempfile::TempDir,
-    next: std::cell::Cell<u32>,
+    next: std::sync::atomic::AtomicU32,
 }
 
 impl Host {
@@ -168,14 +168,13 @@ impl Host {
                 .prefix("pnb-ipam-")
                 .tempdir()
                 .unwrap(),
-            next: std::cell::Cell::new(0),
+            next: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
     /// A fresh container namespace.
     pub fn container(&self) -> Ns {
-        let n = self.next.get();
-        self.next.set(n + 1);
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ns::new(format!("pnb-{}-{}-c{n}", self.tag, std::process::id()))
     }
 
