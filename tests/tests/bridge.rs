@@ -556,6 +556,72 @@ fn concurrent_adds_race_for_a_new_bridge() {
 }
 
 #[test]
+fn reference_fields_take_effect() {
+    need_root!();
+    let host = Host::new("fld");
+    let mut c = conf(&host, "1.0.0", "pnbfld", "pnbbrf", 13, false);
+    c["mtu"] = json!(1280);
+    c["hairpinMode"] = json!(true);
+    let ctr = host.container();
+    let mut att = Att::new("fld", &ctr.path(), "eth0");
+    att.args = "IgnoreUnknown=1;MAC=02:50:13:00:00:07;K8S_POD_NAME=x".into();
+    let res = host.add(&c, &att);
+    assert_eq!(res["interfaces"][2]["mac"], "02:50:13:00:00:07");
+    let eth0 = ctr.ip_json(&["link", "show", "eth0"]);
+    assert_eq!(eth0[0]["address"], "02:50:13:00:00:07");
+    assert_eq!(eth0[0]["mtu"], 1280);
+    let veth = res["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let hp = host
+        .ns
+        .sh(&["cat", &format!("/sys/class/net/{veth}/brport/hairpin_mode")]);
+    assert_eq!(hp.trim(), "1");
+    assert_eq!(
+        host.ns.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
+    assert_eq!(
+        ctr.sh(&["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"])
+            .trim(),
+        "1"
+    );
+    host.run(&plugnet(), "DEL", &c, Some(&att)).ok();
+
+    // A different address of the same subnet on the bridge: refused, unless forceAddress.
+    host.ns.sh(&["ip", "addr", "flush", "dev", "pnbbrf"]);
+    host.ns
+        .sh(&["ip", "addr", "add", "10.50.13.254/24", "dev", "pnbbrf"]);
+    let out = host.run(&plugnet(), "ADD", &c, Some(&att));
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("different from"),
+        "{out:?}"
+    );
+    assert!(host.plugnet_veths().is_empty() && host.leases("pnbfld").is_empty());
+    c["forceAddress"] = json!(true);
+    host.add(&c, &att);
+    let addrs = host.ns.sh(&["ip", "-4", "addr", "show", "dev", "pnbbrf"]);
+    assert!(
+        addrs.contains("10.50.13.1/24") && !addrs.contains("10.50.13.254"),
+        "{addrs}"
+    );
+    host.run(&plugnet(), "DEL", &c, Some(&att)).ok();
+
+    // promiscMode on the bridge; the container side name already taken: clean failure.
+    let mut p = conf(&host, "1.0.0", "pnbfld2", "pnbbrf2", 14, false);
+    p["promiscMode"] = json!(true);
+    ctr.sh(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "pnbx0",
+    ]);
+    let out = host.run(&plugnet(), "ADD", &p, Some(&att));
+    assert_ne!(out.code, 0);
+    assert!(host.plugnet_veths().is_empty() && host.leases("pnbfld2").is_empty());
+    let br = host.ns.sh(&["ip", "link", "show", "pnbbrf2"]);
+    assert!(br.contains("PROMISC"), "{br}");
+}
+
+#[test]
 fn bad_input_is_a_clean_error() {
     need_root!();
     let host = Host::new("bad");

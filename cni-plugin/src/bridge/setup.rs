@@ -229,10 +229,16 @@ async fn gateway_addr(
         ))
         .details("set forceAddress to replace it"));
     }
+    // Removing a primary IPv4 address takes its secondaries (ours) with it: remove the
+    // others first, then make sure ours is there.
     for other in others {
         host.del_addr(br.index, other).await.map_err(kernel)?;
     }
-    Ok(())
+    match host.add_addr(br.index, gw).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_exists() => Ok(()),
+        Err(e) => Err(kernel(e)),
+    }
 }
 
 fn is_link_local(a: &IpNetwork) -> bool {
