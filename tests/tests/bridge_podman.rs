@@ -39,7 +39,7 @@ impl Podman {
         )
         .unwrap();
         let p = Podman { dir };
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(p.dir.path().join("image"))
             .args(["-c", "."])
@@ -49,9 +49,10 @@ impl Podman {
         let out = p
             .cmd()
             .args(["import", "-", "localhost/pnbbb:latest"])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of the image");
         assert!(out.status.success(), "podman import: {out:?}");
         p
     }
