@@ -622,6 +622,46 @@ fn reference_fields_take_effect() {
 }
 
 #[test]
+fn readded_address_is_announced_by_gratuitous_arp() {
+    need_root!();
+    let host = Host::new("garp");
+    let conf = conf(&host, "1.0.0", "pnbgarp", "pnbbra", 15, false);
+    let (a, b) = (host.container(), host.container());
+    let mut att_a = Att::new("garp-a", &a.path(), "eth0");
+    att_a.args = "IP=10.50.15.50".into();
+    host.add(&conf, &att_a);
+    host.add(&conf, &Att::new("garp-b", &b.path(), "eth0"));
+    assert!(b.ping("10.50.15.50"));
+    let neigh = |ns: &Ns| -> String {
+        let n = ns.ip_json(&["neigh", "show", "10.50.15.50", "dev", "eth0"]);
+        n[0]["lladdr"].as_str().unwrap_or_default().to_string()
+    };
+    let old_mac = neigh(&b);
+    assert!(!old_mac.is_empty());
+    // The address comes back on a new interface with another MAC: b learns it from the
+    // gratuitous ARP sent when the interface comes up, without sending anything itself.
+    host.run(&plugnet(), "DEL", &conf, Some(&att_a)).ok();
+    let a2 = host.container();
+    let mut att_a2 = Att::new("garp-a2", &a2.path(), "eth0");
+    att_a2.args = "IP=10.50.15.50".into();
+    let res = host.add(&conf, &att_a2);
+    let new_mac = res["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    assert_ne!(new_mac, old_mac);
+    let mut seen = String::new();
+    for _ in 0..20 {
+        seen = neigh(&b);
+        if seen == new_mac {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        seen, new_mac,
+        "b's neighbour entry still points at the old MAC"
+    );
+}
+
+#[test]
 fn bad_input_is_a_clean_error() {
     need_root!();
     let host = Host::new("bad");
