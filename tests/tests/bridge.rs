@@ -683,6 +683,16 @@ fn bad_input_is_a_clean_error() {
         assert_eq!(out.err_code(), code, "{patch}: {out:?}");
         assert!(host.plugnet_veths().is_empty());
     }
+    // The plugin's own namespace (here: the test's host namespace) is refused.
+    let own = host.ns.path();
+    let out = host.run(
+        &plugnet(),
+        "ADD",
+        &base,
+        Some(&Att::new("bad", &own, "eth0")),
+    );
+    assert_eq!(out.err_code(), 4, "{out:?}");
+    assert!(!host.ns.link_names().contains(&"eth0".to_string()));
     let out = host.run(
         &plugnet(),
         "ADD",

@@ -85,6 +85,14 @@ async fn add(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<CniRes
             netns_path.display()
         ))
     })?;
+    // The plugin's own namespace as the "container" would put eth0, addresses and a default
+    // route on the host itself.
+    if ns.is_current().unwrap_or(false) {
+        return Err(CniError::env(format!(
+            "CNI_NETNS {} is the plugin's own network namespace",
+            netns_path.display()
+        )));
+    }
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
     match add_steps(exec, conf, req, &ns, &host, &mut undo).await {
