@@ -345,7 +345,7 @@ fn conf_other(host: &Host) -> Value {
 }
 
 #[test]
-fn chain_with_reference_portmap_tuning_bandwidth() {
+fn chain_with_reference_portmap_tuning_firewall_bandwidth() {
     need_root!();
     let host = Host::new("chain");
     let mut first = conf(&host, "1.0.0", "pnbchain", "pnbbrc", 7, true);
@@ -358,6 +358,7 @@ fn chain_with_reference_portmap_tuning_bandwidth() {
             first,
             {"type": "portmap", "capabilities": {"portMappings": true}},
             {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}},
+            {"type": "firewall", "backend": "iptables"},
             {"type": "bandwidth", "ingressRate": 8000000, "ingressBurst": 1000000,
              "egressRate": 8000000, "egressBurst": 1000000}
         ]
@@ -392,6 +393,11 @@ fn chain_with_reference_portmap_tuning_bandwidth() {
             .contains("tbf"),
         "bandwidth"
     );
+    let filter = host.ns.sh(&["iptables-save", "-t", "filter"]);
+    assert!(
+        filter.contains("CNI-FORWARD") && filter.contains("10.50.7.2"),
+        "firewall plugin rules missing: {filter}"
+    );
     let nat = host.ns.sh(&["iptables-save", "-t", "nat"]);
     assert!(nat.contains("18080"), "portmap DNAT missing: {nat}");
     for (i, out) in chain.check(&att, &res).iter().enumerate() {
@@ -408,6 +414,10 @@ fn chain_with_reference_portmap_tuning_bandwidth() {
         .ns
         .sh(&["iptables-save", "-t", "nat"])
         .contains("18080"));
+    assert!(!host
+        .ns
+        .sh(&["iptables-save", "-t", "filter"])
+        .contains("10.50.7.2"));
     assert!(host.leases("pnbchain").is_empty());
 }
 
@@ -462,6 +472,31 @@ fn plugnet_with_reference_host_local() {
         !store.join("10.50.9.2").exists(),
         "host-local reservation left"
     );
+    assert!(host.plugnet_veths().is_empty());
+}
+
+#[test]
+fn plugnet_with_reference_static_ipam() {
+    need_root!();
+    let host = Host::new("refs");
+    let mut conf = conf(&host, "1.0.0", "pnbrefs", "pnbbrs", 16, false);
+    conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.50.16.77/24"}]});
+    let ctr = host.container();
+    let att = Att::new("refs", &ctr.path(), "eth0");
+    let res = host.add(&conf, &att);
+    assert_eq!(res["ips"][0]["address"], "10.50.16.77/24");
+    assert_eq!(
+        res["ips"][0]["gateway"], "10.50.16.1",
+        "isDefaultGateway computes the gateway"
+    );
+    assert!(ctr.ping("10.50.16.1"));
+    assert_eq!(
+        host.run(&plugnet(), "CHECK", &with_prev(&conf, &res), Some(&att))
+            .code,
+        0
+    );
+    host.run(&plugnet(), "DEL", &with_prev(&conf, &res), Some(&att))
+        .ok();
     assert!(host.plugnet_veths().is_empty());
 }
 
