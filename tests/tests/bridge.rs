@@ -697,6 +697,28 @@ fn readded_address_is_announced_by_gratuitous_arp() {
 }
 
 #[test]
+fn mtu_defaults_to_the_default_route_link() {
+    need_root!();
+    let host = Host::new("mtu");
+    // The "host" uplink: MTU 1350 carrying the default route (an overlay/cloud situation).
+    host.ns.sh(&[
+        "ip", "link", "add", "pnbup0", "mtu", "1350", "type", "veth", "peer", "name", "pnbup1",
+    ]);
+    host.ns.sh(&["ip", "link", "set", "pnbup0", "up"]);
+    host.ns
+        .sh(&["ip", "addr", "add", "10.50.17.1/24", "dev", "pnbup0"]);
+    host.ns
+        .sh(&["ip", "route", "add", "default", "via", "10.50.17.254"]);
+    let conf = conf(&host, "1.0.0", "pnbmtu", "pnbbrm", 18, false);
+    let ctr = host.container();
+    let att = Att::new("mtu", &ctr.path(), "eth0");
+    host.add(&conf, &att);
+    assert_eq!(host.ns.ip_json(&["link", "show", "pnbbrm"])[0]["mtu"], 1350);
+    assert_eq!(ctr.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1350);
+    host.run(&plugnet(), "DEL", &conf, Some(&att)).ok();
+}
+
+#[test]
 fn bad_input_is_a_clean_error() {
     need_root!();
     let host = Host::new("bad");
