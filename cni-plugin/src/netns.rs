@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 /// /run/netns, /proc/<pid>/ns/net).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
+/// Stack of the short-lived namespace threads: they open a socket or write a sysctl, nothing
+/// deep; a small stack keeps the spawn cheap (no 2 MiB mapping).
+const NETNS_THREAD_STACK: usize = 256 * 1024;
+
 /// An open network namespace handle (a file on nsfs).
 #[derive(Debug)]
 pub struct Netns {
@@ -62,12 +66,14 @@ impl Netns {
         R: Send,
     {
         std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
+            std::thread::Builder::new()
+                .name("plugnet-netns".into())
+                .stack_size(NETNS_THREAD_STACK)
+                .spawn_scoped(scope, || {
                     nix::sched::setns(self.fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(io::Error::from)?;
                     Ok(f())
-                })
+                })?
                 .join()
                 .map_err(|_| io::Error::other("thread inside the netns panicked"))?
         })

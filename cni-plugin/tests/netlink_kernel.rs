@@ -116,6 +116,12 @@ async fn bridge_veth_addresses_routes_and_ping() {
     assert!(pair.host.up);
     assert_eq!(pair.host.mtu, Some(1400));
     assert!(pair.host.mac.is_some());
+    nl.set_alias(pair.host.index, "plugnet:pnbnet")
+        .await
+        .unwrap();
+    let again = nl.link_by_name("pnbv0").await.unwrap().unwrap();
+    assert_eq!(again.alias.as_deref(), Some("plugnet:pnbnet"));
+    assert_eq!(again.master, Some(br.index));
     assert_eq!(pair.peer_mac, peer_mac);
 
     // What the container sees.
@@ -276,7 +282,11 @@ fn netns_helpers_see_the_namespace() {
     assert!(netns::exists(ns.path()));
     let h = Netns::open(ns.path()).unwrap();
     assert!(!h.is_current().unwrap());
-    // A sysctl written on the namespace thread lands in that namespace only.
+    // A sysctl written on the namespace thread lands in that namespace only. (Its start
+    // value depends on devconf_inherit_init_net, so set a known one first.)
+    h.run(|| netns::ensure_sysctl("net/ipv4/ip_forward", "0"))
+        .unwrap()
+        .unwrap();
     let wrote = h
         .run(|| netns::ensure_sysctl("net/ipv4/ip_forward", "1"))
         .unwrap()

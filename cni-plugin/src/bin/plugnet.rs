@@ -1,7 +1,18 @@
-//! `plugnet`: the CNI plugin when `CNI_COMMAND` is set, else the runner CLI (`plugnet::cli`).
+//! `plugnet`: the CNI bridge plugin executable when `CNI_COMMAND` is set (all logic in
+//! `plugnet::bridge`); otherwise the runtime-side runner CLI (`plugnet::cli`: up, down, …).
+
+use plugnet::bridge::BridgePlugin;
+use plugnet::skel::{self, Env, OsEnv};
 
 fn main() {
-    if std::env::var_os("CNI_COMMAND").is_none() {
+    if OsEnv.var("CNI_COMMAND").is_none() {
         std::process::exit(plugnet::cli::main(std::env::args().collect()));
     }
+    let code = skel::run(
+        &BridgePlugin::default(),
+        &OsEnv,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+    );
+    std::process::exit(code);
 }

@@ -34,7 +34,7 @@ impl IpFamily {
     }
 }
 
-fn addr_message(index: u32, addr: &IpNetwork) -> AddressMessage {
+fn addr_message(index: u32, addr: &IpNetwork, dad: bool) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header.index = index;
     msg.header.prefix_len = addr.prefix();
@@ -53,11 +53,13 @@ fn addr_message(index: u32, addr: &IpNetwork) -> AddressMessage {
         }
         IpNetwork::V6(n) => {
             msg.header.family = AddressFamily::Inet6;
-            msg.header.flags = AddressHeaderFlags::Nodad;
             msg.attributes
                 .push(AddressAttribute::Address(IpAddr::V6(n.ip())));
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            if !dad {
+                msg.header.flags = AddressHeaderFlags::Nodad;
+                msg.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
     }
     msg
@@ -65,9 +67,24 @@ fn addr_message(index: u32, addr: &IpNetwork) -> AddressMessage {
 
 impl Netlink {
     /// Adds `addr` (with its prefix length) to the link; EEXIST if it is already there.
+    /// IPv6 addresses skip duplicate address detection (IFA_F_NODAD): usable at once.
     pub async fn add_addr(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
+        self.add_addr_opts(index, addr, false).await
+    }
+
+    /// Like [`Netlink::add_addr`], but an IPv6 address goes through DAD (tentative ~1-2 s).
+    pub async fn add_addr_with_dad(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
+        self.add_addr_opts(index, addr, true).await
+    }
+
+    async fn add_addr_opts(
+        &self,
+        index: u32,
+        addr: IpNetwork,
+        dad: bool,
+    ) -> Result<(), NetlinkError> {
         self.exchange(
-            RouteNetlinkMessage::NewAddress(addr_message(index, &addr)),
+            RouteNetlinkMessage::NewAddress(addr_message(index, &addr, dad)),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
             &|| format!("add address {addr} to link {index}"),
         )
@@ -78,7 +95,7 @@ impl Netlink {
     /// Removes `addr` from the link; EADDRNOTAVAIL if it is not there.
     pub async fn del_addr(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
         self.exchange(
-            RouteNetlinkMessage::DelAddress(addr_message(index, &addr)),
+            RouteNetlinkMessage::DelAddress(addr_message(index, &addr, true)),
             NLM_F_REQUEST | NLM_F_ACK,
             &|| format!("remove address {addr} from link {index}"),
         )
@@ -147,15 +164,20 @@ mod tests {
 
     #[test]
     fn v6_addresses_skip_dad_and_v4_get_broadcast() {
-        let m = addr_message(3, &"fd50::5/64".parse().unwrap());
+        let m = addr_message(3, &"fd50::5/64".parse().unwrap(), false);
         assert!(m
             .attributes
             .contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
-        let m = addr_message(3, &"10.50.0.5/24".parse().unwrap());
+        let m = addr_message(3, &"fd50::5/64".parse().unwrap(), true);
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Flags(_))));
+        let m = addr_message(3, &"10.50.0.5/24".parse().unwrap(), false);
         assert!(m
             .attributes
             .contains(&AddressAttribute::Broadcast("10.50.0.255".parse().unwrap())));
-        let m = addr_message(3, &"10.50.0.5/31".parse().unwrap());
+        let m = addr_message(3, &"10.50.0.5/31".parse().unwrap(), false);
         assert!(!m
             .attributes
             .iter()

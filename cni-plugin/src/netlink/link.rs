@@ -88,6 +88,7 @@ pub struct Link {
     pub promisc: bool,
     /// Index of the bridge (or other controller) this link is a port of.
     pub master: Option<u32>,
+    pub alias: Option<String>,
     /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
     pub link: Option<u32>,
     pub stats: Option<LinkStats>,
@@ -108,6 +109,7 @@ impl Link {
                 LinkAttribute::Mtu(m) => l.mtu = Some(*m),
                 LinkAttribute::Controller(c) if *c != 0 => l.master = Some(*c),
                 LinkAttribute::Link(i) => l.link = Some(*i),
+                LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
                 LinkAttribute::Stats64(s) => {
                     l.stats = Some(LinkStats {
                         rx_bytes: s.rx_bytes,
@@ -292,7 +294,13 @@ impl Netlink {
         }
     }
 
-    async fn adopt_bridge(&self, mut br: Link, opts: &BridgeOptions) -> Result<Link, NetlinkError> {
+    /// Like [`Netlink::ensure_bridge`] for a link the caller already looked up: checks it is a
+    /// bridge and applies what is safe to change (up, promisc, vlan filtering, MAC pin).
+    pub async fn adopt_bridge(
+        &self,
+        mut br: Link,
+        opts: &BridgeOptions,
+    ) -> Result<Link, NetlinkError> {
         if !br.is_bridge() {
             return Err(NetlinkError::protocol(
                 format!("use bridge {}", opts.name),
@@ -402,6 +410,18 @@ impl Netlink {
         .map(drop)
     }
 
+    /// `ip link set <index> alias <alias>` (the kernel ignores IFLA_IFALIAS at creation).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.exchange(
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            &|| format!("set alias of link {index}"),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `ip link set <index> address <mac>`.
     pub async fn set_mac(&self, index: u32, mac: Mac) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index)
@@ -466,6 +486,18 @@ impl Netlink {
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_REQUEST | NLM_F_ACK,
             &|| format!("set hairpin {on} on bridge port {port}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Port isolation: isolated ports can only talk to non-isolated ones (e.g. the uplink).
+    pub async fn set_port_isolated(&self, port: u32, on: bool) -> Result<(), NetlinkError> {
+        let msg = LinkBridgePort::new(port).isolated(on).build();
+        self.exchange(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            &|| format!("set isolated {on} on bridge port {port}"),
         )
         .await
         .map(drop)

@@ -185,6 +185,26 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// The MTU of the link carrying the default route (IPv4 first, then IPv6), if any.
+    pub async fn default_route_mtu(&self) -> Result<Option<u32>, NetlinkError> {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let routes = self.routes(family, None).await?;
+            let oif = routes
+                .iter()
+                .filter(|r| r.dst.prefix() == 0)
+                .min_by_key(|r| r.priority.unwrap_or(0))
+                .and_then(|r| r.oif);
+            if let Some(oif) = oif {
+                if let Some(link) = self.link_by_index(oif).await? {
+                    return Ok(link.mtu);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 fn describe(verb: &str, r: &RouteSpec) -> String {
     let mut s = format!("{verb} route {}", r.dst);
     if let Some(gw) = r.gw {
