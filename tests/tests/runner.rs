@@ -234,8 +234,9 @@ fn in_subnet(addr: &str, prefix24: &str) -> bool {
     addr.starts_with(prefix24) && addr.ends_with("/24")
 }
 
-/// The three-network spec of the issue: a plugin entry with plugnet-ipam, a conflist from the
-/// conf dir (reference bridge + host-local), and an entry with its own interface name.
+/// The three-network spec of the issue, a mixed list: `plugnet` + plugnet-ipam (dual stack), a
+/// conflist from the conf dir with the Go reference `bridge` + `host-local`, and `plugnet`
+/// again under its own interface name.
 fn three_networks(w: &World, net: u8) -> Value {
     let conflist = json!({
         "cniVersion": "1.0.0",
@@ -250,11 +251,12 @@ fn three_networks(w: &World, net: u8) -> Value {
     )
     .unwrap();
     json!({"networks": [
-        {"name": "front", "type": "bridge", "config": {"bridge": "pnrfront", "isGateway": true,
+        {"name": "front", "type": "plugnet", "config": {"bridge": "pnrfront", "isGateway": true,
             "ipam": {"type": "plugnet-ipam", "dataDir": w.data("pi"),
-                     "ranges": [[{"subnet": format!("10.{net}.1.0/24")}]]}}},
+                     "ranges": [[{"subnet": format!("10.{net}.1.0/24")}],
+                                [{"subnet": format!("fd80:{net}:1::/64")}]]}}},
         {"name": "back", "conflist": format!("pnr-{}-back", w.test)},
-        {"name": "private", "type": "bridge", "ifname": "priv0",
+        {"name": "private", "type": "plugnet", "ifname": "priv0",
          "config": {"bridge": "pnrpriv", "isGateway": true,
             "ipam": {"type": "plugnet-ipam", "dataDir": w.data("pi"),
                      "ranges": [[{"subnet": format!("10.{net}.3.0/24")}]]}}}
@@ -298,7 +300,11 @@ fn two_containers_share_three_networks() {
             assert!(in_subnet(&addrs[0], prefix), "{dev}: {addrs:?}");
         }
     }
-    assert_eq!(w.leases("pi", "front").len(), 2);
+    assert_eq!(
+        w.leases("pi", "front").len(),
+        4,
+        "one IPv4 and one IPv6 lease each"
+    );
     assert_eq!(w.leases("hl", "pnr-a-back").len(), 2);
 
     // info names each network and tells what a user needs.
@@ -326,6 +332,9 @@ fn two_containers_share_three_networks() {
         let target = addr_of(&up_b, net);
         assert!(a.ping(ip_only(&target)), "ping {net} {target}");
     }
+    let v6 = up_b["front"]["ips"][1]["address"].as_str().unwrap();
+    assert!(v6.starts_with("fd80:80:1::"), "{up_b}");
+    assert!(a.ping(ip_only(v6)), "ping front over IPv6 {v6}");
     let after = w.ok(&["metrics", "--id", "pnr-a1"], "");
     for net in ["front", "back", "private"] {
         for c in ["rxPackets", "txPackets", "rxBytes", "txBytes"] {
@@ -456,13 +465,20 @@ fn down_after_the_netns_is_deleted() {
     let w = World::new("d");
     let c = w.container("c");
     w.up("pnr-d1", &c, &three_networks(&w, 83));
-    assert_eq!(w.leases("pi", "front").len(), 1);
+    assert_eq!(w.leases("pi", "front").len(), 2, "dual stack");
     drop(c);
     let (code, _, err) = w.plugnet(&["down", "--id", "pnr-d1"], "");
     assert_eq!(code, 0, "{err}");
-    for br in ["pnrfront", "pnrback", "pnrpriv"] {
+    // plugnet removes its host veth itself; the reference bridge leaves it to the kernel, which
+    // destroys a deleted namespace's veth pairs asynchronously — so wait for that, boundedly.
+    for br in ["pnrfront", "pnrpriv"] {
         assert!(w.host.ports(br).is_empty(), "veth left on {br}");
     }
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        w.host.ports("pnrback").is_empty()
+    });
+    assert!(gone, "veth left on pnrback after 5 s");
     assert!(w.leases("pi", "front").is_empty() && w.leases("pi", "private").is_empty());
     assert!(w.leases("hl", "pnr-d-back").is_empty());
     w.assert_no_state("pnr-d1");
