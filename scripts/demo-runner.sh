@@ -44,7 +44,8 @@ JSON
 for c in web1 web2; do ip netns add "pn-demo-$c-$$"; done
 
 echo "== plugnet up: three named networks, attached in order, for two containers"
-pn up --id web1 --netns "/run/netns/pn-demo-web1-$$" <<<"$SPEC" | head -20; echo "   …"
+pn up --id web1 --netns "/run/netns/pn-demo-web1-$$" <<<"$SPEC" >"$WORK/web1.json"
+head -20 "$WORK/web1.json"; echo "   …"
 pn up --id web2 --netns "/run/netns/pn-demo-web2-$$" <<<"$SPEC" >/dev/null
 echo "== plugnet list --table"
 pn list --table
