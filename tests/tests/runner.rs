@@ -143,20 +143,7 @@ impl World {
                 self.containers.lock().unwrap().push(id);
             }
         }
-        let bins = bin_dir();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.host.0])
-            .arg(bins.join("plugnet"))
-            .args(args)
-            .env_remove("CNI_COMMAND")
-            .env("PLUGNET_STATE_DIR", self.state())
-            .env("CNI_PATH", format!("{}:/usr/lib/cni", bins.display()))
-            .env("NETCONFPATH", self.dir.path().join("net.d"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.spawn(args);
         use std::io::Write;
         // plugnet stops reading at its input limit: a broken pipe here is expected then.
         let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
@@ -166,6 +153,31 @@ impl World {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+    /// Start `plugnet ARGS` in the host netns with piped stdio. Plugins are found in the
+    /// test's own `bin` dir (test-only plugins), then next to the tests, then /usr/lib/cni.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let bins = bin_dir();
+        Command::new("ip")
+            .args(["netns", "exec", &self.host.0])
+            .arg(bins.join("plugnet"))
+            .args(args)
+            .env_remove("CNI_COMMAND")
+            .env("PLUGNET_STATE_DIR", self.state())
+            .env(
+                "CNI_PATH",
+                format!(
+                    "{}:{}:/usr/lib/cni",
+                    self.dir.path().join("bin").display(),
+                    bins.display()
+                ),
+            )
+            .env("NETCONFPATH", self.dir.path().join("net.d"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
     /// `plugnet ARGS` that must succeed; its stdout as JSON (Null if empty).
     fn ok(&self, args: &[&str], stdin: &str) -> Value {
@@ -251,7 +263,9 @@ fn three_networks(w: &World, net: u8) -> Value {
     )
     .unwrap();
     json!({"networks": [
-        {"name": "front", "type": "plugnet", "config": {"bridge": "pnrfront", "isGateway": true,
+        {"name": "front", "type": "plugnet",
+         "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
+         "config": {"bridge": "pnrfront", "isGateway": true,
             "ipam": {"type": "plugnet-ipam", "dataDir": w.data("pi"),
                      "ranges": [[{"subnet": format!("10.{net}.1.0/24")}],
                                 [{"subnet": format!("fd80:{net}:1::/64")}]]}}},
@@ -325,6 +339,12 @@ fn two_containers_share_three_networks() {
         let mac = a.json(&["ip", "-j", "link", "show", "dev", dev])[0]["address"].clone();
         assert_eq!(i["mac"], mac);
     }
+
+    assert_eq!(
+        info["front"]["portMappings"][0]["hostPort"], 18080,
+        "{info}"
+    );
+    assert_eq!(info["back"]["portMappings"], json!([]));
 
     // The containers reach each other on every network; counters grow.
     let before = w.ok(&["metrics", "--id", "pnr-a1"], "");
@@ -549,4 +569,58 @@ fn bad_input_is_refused_cleanly() {
     assert!(err.contains("no networks"), "{err}");
     let (code, _, _) = w.plugnet(&["up", "--id", "pnr-f1"], "");
     assert_eq!(code, 2, "usage error");
+}
+
+#[test]
+fn a_killed_up_is_cleaned_by_down() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new("g");
+    let c = w.container("c");
+    // A plugin that hangs in ADD (recording its pid), so the runner can be killed mid-list.
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let pidfile = w.dir.path().join("slow.pid");
+    std::fs::write(
+        bin.join("pnr-slow"),
+        format!(
+            "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && {{ echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 60; }}\nexit 0\n",
+            p = pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("pnr-slow"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = three_networks(&w, 86);
+    spec["networks"][2] = json!({"name": "slow", "type": "pnr-slow"});
+    let mut child = w.spawn(&["up", "--id", "pnr-g1", "--netns", &c.path()]);
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(spec.to_string().as_bytes()).unwrap();
+    }
+    w.containers.lock().unwrap().push("pnr-g1".into());
+    let started = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        pidfile.exists()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = run(Command::new("kill").arg(pid.trim()));
+    }
+    assert!(started, "the slow plugin never ran");
+    assert_eq!(
+        c.links().len(),
+        2,
+        "front and back were attached when the runner died"
+    );
+    assert_eq!(w.leases("pi", "front").len(), 2);
+
+    w.ok(&["down", "--id", "pnr-g1"], "");
+    assert!(c.links().is_empty(), "{:?}", c.links());
+    for br in ["pnrfront", "pnrback"] {
+        assert!(w.host.ports(br).is_empty(), "veth left on {br}");
+    }
+    assert!(w.leases("pi", "front").is_empty());
+    assert!(w.leases("hl", "pnr-g-back").is_empty());
+    w.assert_no_state("pnr-g1");
 }
