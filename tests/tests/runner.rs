@@ -477,6 +477,16 @@ fn hot_plug_a_fourth_network_and_unplug_it() {
     }
     let check = w.ok(&["check", "--id", "pnr-c1"], "");
     assert_eq!(check.as_object().unwrap().len(), 3);
+
+    // check notices what a user broke, and names the network.
+    let out = a.exec(&["ip", "link", "del", "priv0"]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, out, _) = w.plugnet(&["check", "--id", "pnr-c1"], "");
+    assert_eq!(code, 1, "{out}");
+    let check: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(check["private"]["ok"], false, "{check}");
+    assert_eq!(check["front"]["ok"], true, "{check}");
+    assert_eq!(check["back"]["ok"], true, "{check}");
     let _ = up_a;
 }
 
