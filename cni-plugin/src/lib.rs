@@ -1,1 +1,2 @@
 //! plugnet
+pub mod firewall;

@@ -1,0 +1,667 @@
+//! The only module that speaks nf_tables netlink (libnftnl through the `nftnl` crate, sent with
+//! `mnl`): runs a list of [`Op`]s as ONE atomic batch and answers existence queries;
+//! invariant: a batch either commits entirely or leaves the ruleset as it was, and an error
+//! names the operation the kernel refused.
+
+use std::cell::Cell;
+use std::ffi::{c_void, CStr, CString};
+use std::io;
+use std::net::IpAddr;
+use std::ptr::NonNull;
+
+use nftnl::nftnl_sys as sys;
+use nftnl::{Batch, Chain, ChainType, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
+
+use super::plan::{Expr, Fam, Field, Hook, KeyVal, Op, SetDef, Verdict, TABLE};
+
+/// The kernel refused an operation of a batch (the whole batch was rolled back).
+#[derive(Debug)]
+pub struct NftError {
+    /// The refused operation in nft syntax, or "send"/"receive" for socket failures.
+    pub op: String,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for NftError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.source)
+    }
+}
+
+const NFPROTO_INET: u16 = libc::NFPROTO_INET as u16;
+const REG_VERDICT: u32 = 0;
+const REG_1: u32 = 1;
+const REG_2: u32 = 2;
+const REG32_00: u32 = 8;
+
+fn table_name() -> CString {
+    CString::new(TABLE).expect("constant has no NUL")
+}
+
+fn cstr(s: &str) -> CString {
+    // Names were charset-checked or are constants: no interior NUL.
+    CString::new(s).expect("validated names have no NUL")
+}
+
+/// Runs `ops` as one transaction. An empty list is a no-op.
+pub fn run(ops: &[Op]) -> Result<(), NftError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let table = Table::new(table_name(), ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    let mut seqs: Vec<u32> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let seq = Cell::new(0);
+        add_op(&mut batch, &table, op, &seq);
+        seqs.push(seq.get());
+    }
+    let batch = batch.finalize();
+    let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|e| NftError {
+        op: "open netlink socket".into(),
+        source: e,
+    })?;
+    sock.send_all(&batch).map_err(|e| NftError {
+        op: "send batch".into(),
+        source: e,
+    })?;
+    let expected = batch.sequence_numbers();
+    let total = expected.len();
+    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut acked = 0usize;
+    let mut first_err: Option<(u32, i32)> = None;
+    while acked < total {
+        let n = if first_err.is_some() {
+            // After an error the kernel may not ack the rest: drain what is there, then stop.
+            match recv_nowait(&sock, &mut buf) {
+                Some(n) => n,
+                None => break,
+            }
+        } else {
+            sock.recv_raw(&mut buf).map_err(|e| NftError {
+                op: "receive acks".into(),
+                source: e,
+            })?
+        };
+        for (seq, err) in parse_acks(&buf[..n]) {
+            acked += 1;
+            if err != 0 && first_err.is_none() {
+                first_err = Some((seq, err));
+            }
+        }
+    }
+    match first_err {
+        None => Ok(()),
+        Some((seq, errno)) => {
+            let op = seqs
+                .iter()
+                .position(|s| *s == seq)
+                .map(|i| ops[i].to_string())
+                .unwrap_or_else(|| "commit batch".to_string());
+            Err(NftError {
+                op,
+                source: io::Error::from_raw_os_error(errno),
+            })
+        }
+    }
+}
+
+fn recv_nowait(sock: &mnl::Socket, buf: &mut [u8]) -> Option<usize> {
+    let fd = unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    (n > 0).then_some(n as usize)
+}
+
+/// (seq, -errno or 0) of every NLMSG_ERROR (ack) message in `buf`.
+fn parse_acks(buf: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        if kind == libc::NLMSG_ERROR as u16 && len >= 16 + 4 + 16 {
+            let err = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4 bytes"));
+            let seq = u32::from_ne_bytes(buf[off + 28..off + 32].try_into().expect("4 bytes"));
+            out.push((seq, -err));
+        }
+        off += len.div_ceil(4) * 4;
+    }
+    out
+}
+
+/// Wraps a message so the batch tells us the sequence number it was given.
+struct Seq<'a, T: NlMsg>(&'a T, &'a Cell<u32>);
+
+unsafe impl<T: NlMsg> NlMsg for Seq<'_, T> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        self.1.set(seq);
+        unsafe { self.0.write(buf, seq, msg_type) }
+    }
+}
+
+fn add_op(batch: &mut Batch, table: &Table, op: &Op, seq: &Cell<u32>) {
+    match op {
+        Op::AddTable => batch.add(&Seq(table, seq), MsgType::Add),
+        Op::DelTable => batch.add(&Seq(table, seq), MsgType::Del),
+        Op::AddBaseChain(c) => {
+            let mut chain = Chain::new(cstr(c.name), table);
+            let hook = match c.hook {
+                Hook::Prerouting => nftnl::Hook::PreRouting,
+                Hook::Forward => nftnl::Hook::Forward,
+                Hook::Output => nftnl::Hook::Out,
+                Hook::Postrouting => nftnl::Hook::PostRouting,
+            };
+            chain.set_hook(hook, c.priority);
+            chain.set_type(if c.nat {
+                ChainType::Nat
+            } else {
+                ChainType::Filter
+            });
+            chain.set_policy(Policy::Accept);
+            batch.add(&Seq(&chain, seq), MsgType::Add);
+        }
+        Op::AddChain(name) => batch.add(&Seq(&Chain::new(cstr(name), table), seq), MsgType::Add),
+        Op::DelChain(name) => batch.add(&Seq(&Chain::new(cstr(name), table), seq), MsgType::Del),
+        Op::AddSet(def) => batch.add(&Seq(&RawSet::definition(def), seq), MsgType::Add),
+        Op::AddRule(r) => {
+            let chain = Chain::new(cstr(&r.chain), table);
+            let mut rule = Rule::new(&chain);
+            for e in &r.exprs {
+                for raw in lower(e) {
+                    rule.add_expr(&raw);
+                }
+            }
+            batch.add(&Seq(&rule, seq), MsgType::Add);
+        }
+        Op::AddElem { set, key, verdict } => batch.add(
+            &Seq(
+                &RawSet::element(set, key, verdict.as_ref(), libc::NFT_MSG_NEWSETELEM),
+                seq,
+            ),
+            MsgType::Add,
+        ),
+        Op::DelElem { set, key } => batch.add(
+            &Seq(
+                &RawSet::element(set, key, None, libc::NFT_MSG_DELSETELEM),
+                seq,
+            ),
+            MsgType::Del,
+        ),
+    }
+}
+
+/// A libnftnl expression built attribute by attribute (the `nftnl` crate's typed expressions
+/// cover too little: no fib, no concatenations, no verdict maps, no 32-bit registers).
+struct RawExpr {
+    name: &'static CStr,
+    u32s: Vec<(u32, u32)>,
+    data: Vec<(u32, Vec<u8>)>,
+    strs: Vec<(u32, CString)>,
+}
+
+impl RawExpr {
+    fn new(name: &'static CStr) -> Self {
+        RawExpr {
+            name,
+            u32s: vec![],
+            data: vec![],
+            strs: vec![],
+        }
+    }
+    fn u32(mut self, attr: u32, v: u32) -> Self {
+        self.u32s.push((attr, v));
+        self
+    }
+    fn data(mut self, attr: u32, v: Vec<u8>) -> Self {
+        self.data.push((attr, v));
+        self
+    }
+    fn str(mut self, attr: u32, v: &str) -> Self {
+        self.strs.push((attr, cstr(v)));
+        self
+    }
+}
+
+impl nftnl::expr::Expression for RawExpr {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        unsafe {
+            let e = sys::nftnl_expr_alloc(self.name.as_ptr());
+            let e = NonNull::new(e).expect("nftnl_expr_alloc: out of memory");
+            for (a, v) in &self.u32s {
+                sys::nftnl_expr_set_u32(e.as_ptr(), *a as u16, *v);
+            }
+            for (a, v) in &self.data {
+                sys::nftnl_expr_set(e.as_ptr(), *a as u16, v.as_ptr().cast(), v.len() as u32);
+            }
+            for (a, v) in &self.strs {
+                sys::nftnl_expr_set_str(e.as_ptr(), *a as u16, v.as_ptr());
+            }
+            e
+        }
+    }
+}
+
+fn meta(key: i32, reg: u32) -> RawExpr {
+    RawExpr::new(c"meta")
+        .u32(sys::NFTNL_EXPR_META_KEY, key as u32)
+        .u32(sys::NFTNL_EXPR_META_DREG, reg)
+}
+
+fn payload(base: i32, offset: u32, len: u32, reg: u32) -> RawExpr {
+    RawExpr::new(c"payload")
+        .u32(sys::NFTNL_EXPR_PAYLOAD_DREG, reg)
+        .u32(sys::NFTNL_EXPR_PAYLOAD_BASE, base as u32)
+        .u32(sys::NFTNL_EXPR_PAYLOAD_OFFSET, offset)
+        .u32(sys::NFTNL_EXPR_PAYLOAD_LEN, len)
+}
+
+fn cmp(op: i32, data: Vec<u8>) -> RawExpr {
+    RawExpr::new(c"cmp")
+        .u32(sys::NFTNL_EXPR_CMP_SREG, REG_1)
+        .u32(sys::NFTNL_EXPR_CMP_OP, op as u32)
+        .data(sys::NFTNL_EXPR_CMP_DATA, data)
+}
+
+fn bitwise(mask: Vec<u8>) -> RawExpr {
+    let len = mask.len();
+    RawExpr::new(c"bitwise")
+        .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG_1)
+        .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG_1)
+        .u32(sys::NFTNL_EXPR_BITWISE_LEN, len as u32)
+        .data(sys::NFTNL_EXPR_BITWISE_MASK, mask)
+        .data(sys::NFTNL_EXPR_BITWISE_XOR, vec![0; len])
+}
+
+fn immediate(reg: u32, data: Vec<u8>) -> RawExpr {
+    RawExpr::new(c"immediate")
+        .u32(sys::NFTNL_EXPR_IMM_DREG, reg)
+        .data(sys::NFTNL_EXPR_IMM_DATA, data)
+}
+
+fn verdict(v: &Verdict) -> RawExpr {
+    let code = verdict_code(v);
+    let e = RawExpr::new(c"immediate")
+        .u32(sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT)
+        .u32(sys::NFTNL_EXPR_IMM_VERDICT, code);
+    match v {
+        Verdict::Jump(chain) => e.str(sys::NFTNL_EXPR_IMM_CHAIN, chain),
+        _ => e,
+    }
+}
+
+fn verdict_code(v: &Verdict) -> u32 {
+    (match v {
+        Verdict::Accept => libc::NF_ACCEPT,
+        Verdict::Drop => libc::NF_DROP,
+        Verdict::Return => libc::NFT_RETURN,
+        Verdict::Jump(_) => libc::NFT_JUMP,
+    }) as u32
+}
+
+fn addr_bytes(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Loads a field into register `reg` (a 128-bit register number or a 32-bit one).
+fn load(field: Field, reg: u32) -> RawExpr {
+    const NH: i32 = libc::NFT_PAYLOAD_NETWORK_HEADER;
+    const TH: i32 = libc::NFT_PAYLOAD_TRANSPORT_HEADER;
+    match field {
+        Field::Iifname => meta(libc::NFT_META_IIFNAME, reg),
+        Field::Oifname => meta(libc::NFT_META_OIFNAME, reg),
+        Field::Saddr(Fam::V4) => payload(NH, 12, 4, reg),
+        Field::Daddr(Fam::V4) => payload(NH, 16, 4, reg),
+        Field::Saddr(Fam::V6) => payload(NH, 8, 16, reg),
+        Field::Daddr(Fam::V6) => payload(NH, 24, 16, reg),
+        Field::L4proto => meta(libc::NFT_META_L4PROTO, reg),
+        Field::Dport => payload(TH, 2, 2, reg),
+    }
+}
+
+/// The kernel expressions one plugnet statement is made of (nft's own bytecode for it).
+fn lower(e: &Expr) -> Vec<RawExpr> {
+    const EQ: i32 = libc::NFT_CMP_EQ;
+    match e {
+        Expr::Nfproto(f) => {
+            let p = if *f == Fam::V4 {
+                libc::NFPROTO_IPV4
+            } else {
+                libc::NFPROTO_IPV6
+            };
+            vec![meta(libc::NFT_META_NFPROTO, REG_1), cmp(EQ, vec![p as u8])]
+        }
+        Expr::L4proto(p) => vec![meta(libc::NFT_META_L4PROTO, REG_1), cmp(EQ, vec![*p])],
+        Expr::Ifname { out, name } => {
+            let mut b = name.as_bytes().to_vec();
+            b.resize(16, 0);
+            let f = if *out { Field::Oifname } else { Field::Iifname };
+            vec![load(f, REG_1), cmp(EQ, b)]
+        }
+        Expr::Addr { dst, net, negate } => {
+            let fam = Fam::of(&net.ip());
+            let f = if *dst {
+                Field::Daddr(fam)
+            } else {
+                Field::Saddr(fam)
+            };
+            let mut v = vec![load(f, REG_1)];
+            let full = if fam == Fam::V4 { 32 } else { 128 };
+            if net.prefix() < full {
+                v.push(bitwise(addr_bytes(&net.mask())));
+            }
+            let op = if *negate { libc::NFT_CMP_NEQ } else { EQ };
+            v.push(cmp(op, addr_bytes(&net.network())));
+            v
+        }
+        Expr::AddrRange { dst, start, end } => {
+            let fam = Fam::of(start);
+            let f = if *dst {
+                Field::Daddr(fam)
+            } else {
+                Field::Saddr(fam)
+            };
+            if start == end {
+                return vec![load(f, REG_1), cmp(EQ, addr_bytes(start))];
+            }
+            vec![
+                load(f, REG_1),
+                cmp(libc::NFT_CMP_GTE, addr_bytes(start)),
+                cmp(libc::NFT_CMP_LTE, addr_bytes(end)),
+            ]
+        }
+        Expr::Dport { start, end } => {
+            let mut v = vec![load(Field::Dport, REG_1)];
+            if start == end {
+                v.push(cmp(EQ, start.to_be_bytes().to_vec()));
+            } else {
+                v.push(cmp(libc::NFT_CMP_GTE, start.to_be_bytes().to_vec()));
+                v.push(cmp(libc::NFT_CMP_LTE, end.to_be_bytes().to_vec()));
+            }
+            v
+        }
+        Expr::Icmp { kind, code } => {
+            let th = libc::NFT_PAYLOAD_TRANSPORT_HEADER;
+            let mut v = vec![payload(th, 0, 1, REG_1), cmp(EQ, vec![*kind])];
+            if let Some(c) = code {
+                v.push(payload(th, 1, 1, REG_1));
+                v.push(cmp(EQ, vec![*c]));
+            }
+            v
+        }
+        Expr::CtEstablished | Expr::CtDnat => {
+            let (key, mask) = if *e == Expr::CtEstablished {
+                // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)
+                (libc::NFT_CT_STATE, 2u32 | 4)
+            } else {
+                (libc::NFT_CT_STATUS, 1u32 << 5) // IPS_DST_NAT
+            };
+            vec![
+                RawExpr::new(c"ct")
+                    .u32(sys::NFTNL_EXPR_CT_KEY, key as u32)
+                    .u32(sys::NFTNL_EXPR_CT_DREG, REG_1),
+                bitwise(mask.to_ne_bytes().to_vec()),
+                cmp(libc::NFT_CMP_NEQ, vec![0; 4]),
+            ]
+        }
+        Expr::FibDaddrLocal => vec![
+            RawExpr::new(c"fib")
+                .u32(sys::NFTNL_EXPR_FIB_DREG, REG_1)
+                .u32(sys::NFTNL_EXPR_FIB_RESULT, 3) // NFT_FIB_RESULT_ADDRTYPE
+                .u32(sys::NFTNL_EXPR_FIB_FLAGS, 2), // NFTA_FIB_F_DADDR
+            cmp(EQ, 2u32.to_ne_bytes().to_vec()), // RTN_LOCAL
+        ],
+        Expr::Lookup { set, key, vmap } => {
+            let mut v = Vec::new();
+            let mut reg32 = REG32_00;
+            for f in key {
+                v.push(load(*f, reg32));
+                reg32 += f.len().div_ceil(4);
+            }
+            let sreg = if key.len() == 1 { REG_1 } else { REG32_00 };
+            if key.len() == 1 {
+                v[0] = load(key[0], REG_1);
+            }
+            let mut l = RawExpr::new(c"lookup")
+                .u32(sys::NFTNL_EXPR_LOOKUP_SREG, sreg)
+                .str(sys::NFTNL_EXPR_LOOKUP_SET, set);
+            if *vmap {
+                l = l.u32(sys::NFTNL_EXPR_LOOKUP_DREG, REG_VERDICT);
+            }
+            v.push(l);
+            v
+        }
+        Expr::Dnat { addr, port } => {
+            let family = if addr.is_ipv4() {
+                libc::NFPROTO_IPV4
+            } else {
+                libc::NFPROTO_IPV6
+            };
+            vec![
+                immediate(REG_1, addr_bytes(addr)),
+                immediate(REG_2, port.to_be_bytes().to_vec()),
+                RawExpr::new(c"nat")
+                    .u32(sys::NFTNL_EXPR_NAT_TYPE, libc::NFT_NAT_DNAT as u32)
+                    .u32(sys::NFTNL_EXPR_NAT_FAMILY, family as u32)
+                    .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG_1)
+                    .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, REG_2),
+            ]
+        }
+        Expr::Masquerade => vec![RawExpr::new(c"masq")],
+        Expr::Counter => vec![RawExpr::new(c"counter")],
+        Expr::Reject => vec![RawExpr::new(c"reject")
+            .u32(
+                sys::NFTNL_EXPR_REJECT_TYPE,
+                libc::NFT_REJECT_ICMPX_UNREACH as u32,
+            )
+            .u32(
+                sys::NFTNL_EXPR_REJECT_CODE,
+                libc::NFT_REJECT_ICMPX_ADMIN_PROHIBITED as u32,
+            )],
+        Expr::Verdict(v) => vec![verdict(v)],
+    }
+}
+
+/// A set definition or a one-element set-element message, built with raw libnftnl.
+struct RawSet {
+    set: NonNull<sys::nftnl_set>,
+    msg: i32,
+    flags: u16,
+}
+
+impl RawSet {
+    fn base(name: &str) -> NonNull<sys::nftnl_set> {
+        unsafe {
+            let s = NonNull::new(sys::nftnl_set_alloc()).expect("nftnl_set_alloc: out of memory");
+            let t = table_name();
+            let n = cstr(name);
+            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, t.as_ptr());
+            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, n.as_ptr());
+            sys::nftnl_set_set_u32(
+                s.as_ptr(),
+                sys::NFTNL_SET_FAMILY as u16,
+                u32::from(NFPROTO_INET),
+            );
+            s
+        }
+    }
+
+    fn definition(def: &SetDef) -> RawSet {
+        let s = Self::base(def.name);
+        let key_len: u32 = if def.key.len() == 1 {
+            def.key[0].len()
+        } else {
+            def.key.iter().map(|f| f.len().div_ceil(4) * 4).sum()
+        };
+        // nft encodes a concatenation's type as 6-bit datatype numbers shifted in order.
+        let key_type = def
+            .key
+            .iter()
+            .fold(0u32, |acc, f| (acc << 6) | f.nft_type());
+        unsafe {
+            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_KEY_TYPE as u16, key_type);
+            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_KEY_LEN as u16, key_len);
+            if def.vmap {
+                sys::nftnl_set_set_u32(
+                    s.as_ptr(),
+                    sys::NFTNL_SET_FLAGS as u16,
+                    libc::NFT_SET_MAP as u32,
+                );
+                sys::nftnl_set_set_u32(
+                    s.as_ptr(),
+                    sys::NFTNL_SET_DATA_TYPE as u16,
+                    libc::NFT_DATA_VERDICT,
+                );
+            }
+        }
+        RawSet {
+            set: s,
+            msg: libc::NFT_MSG_NEWSET,
+            flags: (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+        }
+    }
+
+    fn element(set: &str, key: &[KeyVal], verdict: Option<&Verdict>, msg: i32) -> RawSet {
+        let s = Self::base(set);
+        let mut k = KeyVal::concat(key);
+        if key.len() == 1 {
+            if let KeyVal::Ifname(n) = &key[0] {
+                k = n.as_bytes().to_vec();
+                k.resize(16, 0);
+            }
+        }
+        unsafe {
+            let e = sys::nftnl_set_elem_alloc();
+            assert!(!e.is_null(), "nftnl_set_elem_alloc: out of memory");
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                k.as_ptr().cast(),
+                k.len() as u32,
+            );
+            if let Some(v) = verdict {
+                sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16, verdict_code(v));
+                if let Verdict::Jump(chain) = v {
+                    let c = cstr(chain);
+                    sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16, c.as_ptr());
+                }
+            }
+            sys::nftnl_set_elem_add(s.as_ptr(), e);
+        }
+        let flags = if msg == libc::NFT_MSG_NEWSETELEM {
+            libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK
+        } else {
+            libc::NLM_F_ACK
+        };
+        RawSet {
+            set: s,
+            msg,
+            flags: flags as u16,
+        }
+    }
+}
+
+unsafe impl NlMsg for RawSet {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
+        unsafe {
+            let hdr = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                self.msg as u16,
+                NFPROTO_INET,
+                self.flags,
+                seq,
+            );
+            if self.msg == libc::NFT_MSG_NEWSET {
+                sys::nftnl_set_nlmsg_build_payload(hdr, self.set.as_ptr());
+            } else {
+                sys::nftnl_set_elems_nlmsg_build_payload(hdr, self.set.as_ptr());
+            }
+        }
+    }
+}
+
+impl Drop for RawSet {
+    fn drop(&mut self) {
+        unsafe { sys::nftnl_set_free(self.set.as_ptr()) };
+    }
+}
+
+/// What a single GET request found.
+fn get(build: impl FnOnce(*mut libc::c_char, u32)) -> io::Result<bool> {
+    let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    let seq = 1;
+    build(buf.as_mut_ptr().cast(), seq);
+    let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    sock.send(&buf[..len])?;
+    loop {
+        let n = sock.recv_raw(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        match mnl::cb_run(&buf[..n], seq, sock.portid()) {
+            Ok(mnl::CbResult::Stop) => return Ok(true),
+            Ok(mnl::CbResult::Ok) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Does plugnet's table exist?
+pub fn table_exists() -> io::Result<bool> {
+    get(|buf, seq| unsafe {
+        let t = NonNull::new(sys::nftnl_table_alloc()).expect("nftnl_table_alloc: out of memory");
+        let name = table_name();
+        sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+        let hdr = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETTABLE as u16,
+            NFPROTO_INET,
+            libc::NLM_F_ACK as u16,
+            seq,
+        );
+        sys::nftnl_table_nlmsg_build_payload(hdr, t.as_ptr());
+        sys::nftnl_table_free(t.as_ptr());
+    })
+}
+
+/// Does chain `name` exist in plugnet's table?
+pub fn chain_exists(name: &str) -> io::Result<bool> {
+    get(|buf, seq| unsafe {
+        let c = NonNull::new(sys::nftnl_chain_alloc()).expect("nftnl_chain_alloc: out of memory");
+        let t = table_name();
+        let n = cstr(name);
+        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
+        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
+        let hdr = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETCHAIN as u16,
+            NFPROTO_INET,
+            libc::NLM_F_ACK as u16,
+            seq,
+        );
+        sys::nftnl_chain_nlmsg_build_payload(hdr, c.as_ptr());
+        sys::nftnl_chain_free(c.as_ptr());
+    })
+}
+
+/// Does element `key` exist in set/map `set`?
+pub fn elem_exists(set: &str, key: &[KeyVal]) -> io::Result<bool> {
+    let raw = RawSet::element(set, key, None, libc::NFT_MSG_GETSETELEM);
+    get(|buf, seq| unsafe {
+        let hdr = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETSETELEM as u16,
+            NFPROTO_INET,
+            libc::NLM_F_ACK as u16,
+            seq,
+        );
+        sys::nftnl_set_elems_nlmsg_build_payload(hdr, raw.set.as_ptr());
+    })
+}

@@ -1,0 +1,1029 @@
+//! Rule generation: turns attachments into an ordered list of nftables operations, with no I/O;
+//! invariant: per-attachment work only adds or deletes that attachment's chains and map
+//! elements, so its cost does not grow with the number of other attachments.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::names::{dnat_chain, egress_chain};
+use super::types::{Attachment, NetOut, NetOutDefault, NetOutProtocol, NetOutRule};
+
+/// plugnet's own table (family inet: one table for IPv4 and IPv6, filter and NAT).
+pub const TABLE: &str = "plugnet";
+
+pub const MAP_PM_ANY: &str = "pm_any";
+pub const MAP_PM_IP4: &str = "pm_ip4";
+pub const MAP_PM_IP6: &str = "pm_ip6";
+pub const MAP_MASQ4: &str = "masq4";
+pub const MAP_MASQ6: &str = "masq6";
+pub const MAP_EGRESS4: &str = "egress4";
+pub const MAP_EGRESS6: &str = "egress6";
+pub const SET_HAIRPIN: &str = "hairpin";
+pub const SET_LOCALNET: &str = "localnet";
+pub const CHAIN_PORTMAP: &str = "portmap";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fam {
+    V4,
+    V6,
+}
+
+impl Fam {
+    pub fn of(ip: &IpAddr) -> Fam {
+        if ip.is_ipv4() {
+            Fam::V4
+        } else {
+            Fam::V6
+        }
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Fam::V4 => "ip",
+            Fam::V6 => "ip6",
+        }
+    }
+}
+
+/// A packet field loaded into a register (as a match subject or a map key part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Iifname,
+    Oifname,
+    Saddr(Fam),
+    Daddr(Fam),
+    L4proto,
+    Dport,
+}
+
+impl Field {
+    /// Bytes the field occupies in a register / key.
+    pub fn len(self) -> u32 {
+        match self {
+            Field::Iifname | Field::Oifname => 16,
+            Field::Saddr(Fam::V4) | Field::Daddr(Fam::V4) => 4,
+            Field::Saddr(Fam::V6) | Field::Daddr(Fam::V6) => 16,
+            Field::L4proto => 1,
+            Field::Dport => 2,
+        }
+    }
+    /// nft's datatype number (for `nft list` to print keys readably).
+    pub fn nft_type(self) -> u32 {
+        match self {
+            Field::Iifname | Field::Oifname => 41,
+            Field::Saddr(Fam::V4) | Field::Daddr(Fam::V4) => 7,
+            Field::Saddr(Fam::V6) | Field::Daddr(Fam::V6) => 8,
+            Field::L4proto => 12,
+            Field::Dport => 13,
+        }
+    }
+    fn text(self) -> String {
+        match self {
+            Field::Iifname => "iifname".into(),
+            Field::Oifname => "oifname".into(),
+            Field::Saddr(f) => format!("{} saddr", f.word()),
+            Field::Daddr(f) => format!("{} daddr", f.word()),
+            Field::L4proto => "meta l4proto".into(),
+            Field::Dport => "th dport".into(),
+        }
+    }
+}
+
+/// One part of a set/map key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyVal {
+    Ifname(String),
+    Addr(IpAddr),
+    Proto(u8),
+    Port(u16),
+}
+
+impl KeyVal {
+    /// Key bytes with each part padded to 4 bytes, as the kernel stores concatenations.
+    pub fn concat(parts: &[KeyVal]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            let mut b = match p {
+                KeyVal::Ifname(n) => {
+                    let mut v = n.as_bytes().to_vec();
+                    v.resize(16, 0);
+                    v
+                }
+                KeyVal::Addr(IpAddr::V4(a)) => a.octets().to_vec(),
+                KeyVal::Addr(IpAddr::V6(a)) => a.octets().to_vec(),
+                KeyVal::Proto(p) => vec![*p],
+                KeyVal::Port(p) => p.to_be_bytes().to_vec(),
+            };
+            b.resize(b.len().div_ceil(4) * 4, 0);
+            out.extend(b);
+        }
+        out
+    }
+}
+
+impl fmt::Display for KeyVal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyVal::Ifname(n) => write!(f, "\"{n}\""),
+            KeyVal::Addr(a) => write!(f, "{a}"),
+            KeyVal::Proto(p) => write!(f, "{}", proto_name(*p)),
+            KeyVal::Port(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "ipv6-icmp".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Accept => f.write_str("accept"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Return => f.write_str("return"),
+            Verdict::Jump(c) => write!(f, "jump {c}"),
+        }
+    }
+}
+
+/// The statements plugnet's rules are made of; `nft.rs` turns each into kernel expressions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expr {
+    Nfproto(Fam),
+    L4proto(u8),
+    Ifname {
+        out: bool,
+        name: String,
+    },
+    Addr {
+        dst: bool,
+        net: IpNetwork,
+        negate: bool,
+    },
+    AddrRange {
+        dst: bool,
+        start: IpAddr,
+        end: IpAddr,
+    },
+    Dport {
+        start: u16,
+        end: u16,
+    },
+    Icmp {
+        kind: u8,
+        code: Option<u8>,
+    },
+    CtEstablished,
+    CtDnat,
+    FibDaddrLocal,
+    Lookup {
+        set: String,
+        key: Vec<Field>,
+        vmap: bool,
+    },
+    Dnat {
+        addr: IpAddr,
+        port: u16,
+    },
+    Masquerade,
+    Counter,
+    Reject,
+    Verdict(Verdict),
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Nfproto(fam) => write!(
+                f,
+                "meta nfproto {}",
+                if *fam == Fam::V4 { "ipv4" } else { "ipv6" }
+            ),
+            Expr::L4proto(p) => write!(f, "meta l4proto {}", proto_name(*p)),
+            Expr::Ifname { out, name } => {
+                write!(f, "{} \"{name}\"", if *out { "oifname" } else { "iifname" })
+            }
+            Expr::Addr { dst, net, negate } => write!(
+                f,
+                "{} {} {}{net}",
+                Fam::of(&net.ip()).word(),
+                if *dst { "daddr" } else { "saddr" },
+                if *negate { "!= " } else { "" }
+            ),
+            Expr::AddrRange { dst, start, end } => write!(
+                f,
+                "{} {} {start}-{end}",
+                Fam::of(start).word(),
+                if *dst { "daddr" } else { "saddr" }
+            ),
+            Expr::Dport { start, end } if start == end => write!(f, "th dport {start}"),
+            Expr::Dport { start, end } => write!(f, "th dport {start}-{end}"),
+            Expr::Icmp { kind, code } => {
+                write!(f, "icmp type {kind}")?;
+                if let Some(c) = code {
+                    write!(f, " icmp code {c}")?;
+                }
+                Ok(())
+            }
+            Expr::CtEstablished => f.write_str("ct state established,related"),
+            Expr::CtDnat => f.write_str("ct status dnat"),
+            Expr::FibDaddrLocal => f.write_str("fib daddr type local"),
+            Expr::Lookup { set, key, vmap } => {
+                let k: Vec<String> = key.iter().map(|x| x.text()).collect();
+                write!(
+                    f,
+                    "{} {}@{set}",
+                    k.join(" . "),
+                    if *vmap { "vmap " } else { "" }
+                )
+            }
+            Expr::Dnat {
+                addr: IpAddr::V4(a),
+                port,
+            } => write!(f, "dnat ip to {a}:{port}"),
+            Expr::Dnat {
+                addr: IpAddr::V6(a),
+                port,
+            } => write!(f, "dnat ip6 to [{a}]:{port}"),
+            Expr::Masquerade => f.write_str("masquerade"),
+            Expr::Counter => f.write_str("counter"),
+            Expr::Reject => f.write_str("reject with icmpx admin-prohibited"),
+            Expr::Verdict(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: String,
+    pub exprs: Vec<Expr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub name: &'static str,
+    pub hook: Hook,
+    pub priority: i32,
+    pub nat: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetDef {
+    pub name: &'static str,
+    pub key: Vec<Field>,
+    /// A verdict map (`: verdict`) rather than a plain set.
+    pub vmap: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    AddTable,
+    DelTable,
+    AddBaseChain(BaseChain),
+    AddSet(SetDef),
+    AddChain(String),
+    DelChain(String),
+    AddRule(Rule),
+    AddElem {
+        set: String,
+        key: Vec<KeyVal>,
+        verdict: Option<Verdict>,
+    },
+    DelElem {
+        set: String,
+        key: Vec<KeyVal>,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = format!("inet {TABLE}");
+        let key = |k: &[KeyVal]| {
+            k.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(" . ")
+        };
+        match self {
+            Op::AddTable => write!(f, "add table {t}"),
+            Op::DelTable => write!(f, "delete table {t}"),
+            Op::AddBaseChain(c) => write!(
+                f,
+                "add chain {t} {} {{ type {} hook {} priority {}; policy accept; }}",
+                c.name,
+                if c.nat { "nat" } else { "filter" },
+                match c.hook {
+                    Hook::Prerouting => "prerouting",
+                    Hook::Forward => "forward",
+                    Hook::Output => "output",
+                    Hook::Postrouting => "postrouting",
+                },
+                c.priority
+            ),
+            Op::AddSet(s) => {
+                let types: Vec<&str> = s
+                    .key
+                    .iter()
+                    .map(|k| match k.nft_type() {
+                        41 => "ifname",
+                        7 => "ipv4_addr",
+                        8 => "ipv6_addr",
+                        12 => "inet_proto",
+                        _ => "inet_service",
+                    })
+                    .collect();
+                let kind = if s.vmap { "map" } else { "set" };
+                let data = if s.vmap { " : verdict" } else { "" };
+                write!(
+                    f,
+                    "add {kind} {t} {} {{ type {}{data}; }}",
+                    s.name,
+                    types.join(" . ")
+                )
+            }
+            Op::AddChain(c) => write!(f, "add chain {t} {c}"),
+            Op::DelChain(c) => write!(f, "delete chain {t} {c}"),
+            Op::AddRule(r) => {
+                let e: Vec<String> = r.exprs.iter().map(|x| x.to_string()).collect();
+                write!(f, "add rule {t} {} {}", r.chain, e.join(" "))
+            }
+            Op::AddElem {
+                set,
+                key: k,
+                verdict,
+            } => match verdict {
+                Some(v) => write!(f, "add element {t} {set} {{ {} : {v} }}", key(k)),
+                None => write!(f, "add element {t} {set} {{ {} }}", key(k)),
+            },
+            Op::DelElem { set, key: k } => write!(f, "delete element {t} {set} {{ {} }}", key(k)),
+        }
+    }
+}
+
+fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
+    Op::AddRule(Rule {
+        chain: chain.to_string(),
+        exprs,
+    })
+}
+
+fn jump(chain: &str) -> Expr {
+    Expr::Verdict(Verdict::Jump(chain.to_string()))
+}
+
+/// The table, its maps and base chains: created once, shared by every attachment.
+pub fn infrastructure() -> Vec<Op> {
+    use Field::*;
+    let mut ops = vec![Op::AddTable];
+    let sets: [(&'static str, Vec<Field>, bool); 9] = [
+        (MAP_PM_ANY, vec![L4proto, Dport], true),
+        (MAP_PM_IP4, vec![Daddr(Fam::V4), L4proto, Dport], true),
+        (MAP_PM_IP6, vec![Daddr(Fam::V6), L4proto, Dport], true),
+        (MAP_MASQ4, vec![Saddr(Fam::V4)], true),
+        (MAP_MASQ6, vec![Saddr(Fam::V6)], true),
+        (MAP_EGRESS4, vec![Iifname, Saddr(Fam::V4)], true),
+        (MAP_EGRESS6, vec![Iifname, Saddr(Fam::V6)], true),
+        (SET_HAIRPIN, vec![Iifname, Oifname], false),
+        (SET_LOCALNET, vec![Iifname], false),
+    ];
+    for (name, key, vmap) in sets {
+        ops.push(Op::AddSet(SetDef { name, key, vmap }));
+    }
+    let base = |name, hook, priority, nat| {
+        Op::AddBaseChain(BaseChain {
+            name,
+            hook,
+            priority,
+            nat,
+        })
+    };
+    ops.push(base("guard", Hook::Prerouting, -300, false));
+    ops.push(base("prerouting", Hook::Prerouting, -100, true));
+    ops.push(base("output", Hook::Output, -100, true));
+    ops.push(base("postrouting", Hook::Postrouting, 100, true));
+    ops.push(base("forward", Hook::Forward, 0, false));
+    ops.push(Op::AddChain(CHAIN_PORTMAP.into()));
+
+    let lo: IpNetwork = "127.0.0.0/8".parse().expect("literal");
+    let localnet = |field| Expr::Lookup {
+        set: SET_LOCALNET.into(),
+        key: vec![field],
+        vmap: false,
+    };
+    // route_localnet is on for bridges with port mappings: refuse loopback addresses arriving
+    // from them (the kube-proxy CVE-2020-8558 lesson).
+    for dst in [true, false] {
+        ops.push(rule(
+            "guard",
+            vec![
+                Expr::Nfproto(Fam::V4),
+                localnet(Iifname),
+                Expr::Addr {
+                    dst,
+                    net: lo,
+                    negate: false,
+                },
+                Expr::Verdict(Verdict::Drop),
+            ],
+        ));
+    }
+    for chain in ["prerouting", "output"] {
+        ops.push(rule(chain, vec![Expr::FibDaddrLocal, jump(CHAIN_PORTMAP)]));
+    }
+    let vmap = |set: &str, key: Vec<Field>| Expr::Lookup {
+        set: set.into(),
+        key,
+        vmap: true,
+    };
+    ops.push(rule(
+        CHAIN_PORTMAP,
+        vec![
+            Expr::Nfproto(Fam::V4),
+            vmap(MAP_PM_IP4, vec![Daddr(Fam::V4), L4proto, Dport]),
+        ],
+    ));
+    ops.push(rule(
+        CHAIN_PORTMAP,
+        vec![
+            Expr::Nfproto(Fam::V6),
+            vmap(MAP_PM_IP6, vec![Daddr(Fam::V6), L4proto, Dport]),
+        ],
+    ));
+    ops.push(rule(
+        CHAIN_PORTMAP,
+        vec![vmap(MAP_PM_ANY, vec![L4proto, Dport])],
+    ));
+    // Hairpin: a container reaching a neighbour through a host port must see replies come back
+    // through the host, so the source is rewritten to the bridge address.
+    ops.push(rule(
+        "postrouting",
+        vec![
+            Expr::CtDnat,
+            Expr::Lookup {
+                set: SET_HAIRPIN.into(),
+                key: vec![Iifname, Oifname],
+                vmap: false,
+            },
+            Expr::Masquerade,
+        ],
+    ));
+    // Host -> 127.0.0.1:hostPort -> container: the container cannot answer 127.0.0.1.
+    ops.push(rule(
+        "postrouting",
+        vec![
+            Expr::Nfproto(Fam::V4),
+            Expr::CtDnat,
+            localnet(Oifname),
+            Expr::Addr {
+                dst: false,
+                net: lo,
+                negate: false,
+            },
+            Expr::Masquerade,
+        ],
+    ));
+    ops.push(rule(
+        "postrouting",
+        vec![
+            Expr::Nfproto(Fam::V4),
+            vmap(MAP_MASQ4, vec![Saddr(Fam::V4)]),
+        ],
+    ));
+    ops.push(rule(
+        "postrouting",
+        vec![
+            Expr::Nfproto(Fam::V6),
+            vmap(MAP_MASQ6, vec![Saddr(Fam::V6)]),
+        ],
+    ));
+    ops.push(rule(
+        "forward",
+        vec![
+            Expr::Nfproto(Fam::V4),
+            vmap(MAP_EGRESS4, vec![Iifname, Saddr(Fam::V4)]),
+        ],
+    ));
+    ops.push(rule(
+        "forward",
+        vec![
+            Expr::Nfproto(Fam::V6),
+            vmap(MAP_EGRESS6, vec![Iifname, Saddr(Fam::V6)]),
+        ],
+    ));
+    ops
+}
+
+/// The per-network masquerade chain: leave the network's own subnets and multicast alone,
+/// masquerade everything else.
+pub fn masq_chain_ops(chain: &str, subnets: &[IpNetwork]) -> Vec<Op> {
+    let mut ops = vec![Op::AddChain(chain.to_string())];
+    let ret = Expr::Verdict(Verdict::Return);
+    for net in subnets {
+        let fam = Fam::of(&net.ip());
+        ops.push(rule(
+            chain,
+            vec![
+                Expr::Nfproto(fam),
+                Expr::Addr {
+                    dst: true,
+                    net: *net,
+                    negate: false,
+                },
+                ret.clone(),
+            ],
+        ));
+    }
+    for (fam, mc) in [(Fam::V4, "224.0.0.0/4"), (Fam::V6, "ff00::/8")] {
+        let net: IpNetwork = mc.parse().expect("literal");
+        ops.push(rule(
+            chain,
+            vec![
+                Expr::Nfproto(fam),
+                Expr::Addr {
+                    dst: true,
+                    net,
+                    negate: false,
+                },
+                ret.clone(),
+            ],
+        ));
+    }
+    ops.push(rule(chain, vec![Expr::Masquerade]));
+    ops
+}
+
+/// Which shared, reference-counted objects this attachment is the first (or, on removal, the
+/// last) user of: decided by the caller from the state's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedEdges {
+    /// Create (or delete) the network's masquerade chain.
+    pub masq_chain: Option<String>,
+    /// Add (or delete) the bridge's hairpin and localnet elements.
+    pub bridge_portmap: bool,
+}
+
+/// Everything one attachment adds, shared objects first.
+pub fn attach_ops(att: &Attachment, key: &str, masq_chain: &str, edges: &SharedEdges) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if let Some(chain) = &edges.masq_chain {
+        ops.extend(masq_chain_ops(chain, &att.subnets()));
+    }
+    if edges.bridge_portmap {
+        ops.extend(
+            bridge_elems(&att.bridge)
+                .into_iter()
+                .map(|(set, key)| Op::AddElem {
+                    set,
+                    key,
+                    verdict: None,
+                }),
+        );
+    }
+    if !att.port_mappings.is_empty() {
+        let chain = dnat_chain(key);
+        ops.push(Op::AddChain(chain.clone()));
+        for pm in &att.port_mappings {
+            for addr in att.addrs() {
+                if pm.host_ip.is_some_and(|h| h.is_ipv4() != addr.is_ipv4()) {
+                    continue;
+                }
+                let fam = Fam::of(&addr);
+                let mut e = vec![Expr::Nfproto(fam), Expr::L4proto(pm.protocol.number())];
+                e.push(Expr::Dport {
+                    start: pm.host_port,
+                    end: pm.host_port,
+                });
+                if let Some(h) = pm.host_ip {
+                    e.push(Expr::Addr {
+                        dst: true,
+                        net: IpNetwork::from(h),
+                        negate: false,
+                    });
+                }
+                e.push(Expr::Dnat {
+                    addr,
+                    port: pm.container_port,
+                });
+                ops.push(rule(&chain, e));
+            }
+        }
+        for (set, key) in portmap_elems(att) {
+            ops.push(Op::AddElem {
+                set,
+                key,
+                verdict: Some(Verdict::Jump(chain.clone())),
+            });
+        }
+    }
+    if att.ip_masq {
+        for (set, key) in masq_elems(att) {
+            ops.push(Op::AddElem {
+                set,
+                key,
+                verdict: Some(Verdict::Jump(masq_chain.to_string())),
+            });
+        }
+    }
+    if let Some(net_out) = &att.net_out {
+        let chain = egress_chain(key);
+        ops.push(Op::AddChain(chain.clone()));
+        ops.extend(egress_rules(&chain, &att.subnets(), net_out));
+        for (set, key) in egress_elems(att) {
+            ops.push(Op::AddElem {
+                set,
+                key,
+                verdict: Some(Verdict::Jump(chain.clone())),
+            });
+        }
+    }
+    ops
+}
+
+/// Everything one attachment removes: elements before the chains they jump to.
+pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let del = |(set, key): (String, Vec<KeyVal>)| Op::DelElem { set, key };
+    if !att.port_mappings.is_empty() {
+        ops.extend(portmap_elems(att).into_iter().map(del));
+        ops.push(Op::DelChain(dnat_chain(key)));
+    }
+    if att.ip_masq {
+        ops.extend(masq_elems(att).into_iter().map(del));
+    }
+    if att.net_out.is_some() {
+        ops.extend(egress_elems(att).into_iter().map(del));
+        ops.push(Op::DelChain(egress_chain(key)));
+    }
+    if edges.bridge_portmap {
+        ops.extend(bridge_elems(&att.bridge).into_iter().map(del));
+    }
+    if let Some(chain) = &edges.masq_chain {
+        ops.push(Op::DelChain(chain.clone()));
+    }
+    ops
+}
+
+/// The (set, key) pairs naming this attachment's port-map elements.
+pub fn portmap_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
+    att.port_mappings
+        .iter()
+        .map(|pm| {
+            let tail = [
+                KeyVal::Proto(pm.protocol.number()),
+                KeyVal::Port(pm.host_port),
+            ];
+            match pm.host_ip {
+                None => (MAP_PM_ANY.to_string(), tail.to_vec()),
+                Some(h) => {
+                    let set = if h.is_ipv4() { MAP_PM_IP4 } else { MAP_PM_IP6 };
+                    let mut k = vec![KeyVal::Addr(h)];
+                    k.extend(tail);
+                    (set.to_string(), k)
+                }
+            }
+        })
+        .collect()
+}
+
+pub fn masq_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
+    att.addrs()
+        .map(|a| {
+            (
+                if a.is_ipv4() { MAP_MASQ4 } else { MAP_MASQ6 }.to_string(),
+                vec![KeyVal::Addr(a)],
+            )
+        })
+        .collect()
+}
+
+pub fn egress_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
+    att.addrs()
+        .map(|a| {
+            let set = if a.is_ipv4() {
+                MAP_EGRESS4
+            } else {
+                MAP_EGRESS6
+            };
+            (
+                set.to_string(),
+                vec![KeyVal::Ifname(att.bridge.clone()), KeyVal::Addr(a)],
+            )
+        })
+        .collect()
+}
+
+pub fn bridge_elems(bridge: &str) -> Vec<(String, Vec<KeyVal>)> {
+    let b = KeyVal::Ifname(bridge.to_string());
+    vec![
+        (SET_HAIRPIN.to_string(), vec![b.clone(), b.clone()]),
+        (SET_LOCALNET.to_string(), vec![b]),
+    ]
+}
+
+/// The egress chain's rules: replies and the container's own network pass, then the exceptions,
+/// then the default.
+pub fn egress_rules(chain: &str, subnets: &[IpNetwork], net_out: &NetOut) -> Vec<Op> {
+    let ret = || Expr::Verdict(Verdict::Return);
+    let mut ops = vec![rule(chain, vec![Expr::CtEstablished, ret()])];
+    let mut own: Vec<IpNetwork> = subnets.to_vec();
+    if subnets.iter().any(|n| n.is_ipv6()) {
+        own.push("fe80::/10".parse().expect("literal"));
+    }
+    for net in own {
+        ops.push(rule(
+            chain,
+            vec![
+                Expr::Nfproto(Fam::of(&net.ip())),
+                Expr::Addr {
+                    dst: true,
+                    net,
+                    negate: false,
+                },
+                ret(),
+            ],
+        ));
+    }
+    let action = match net_out.default {
+        NetOutDefault::Deny => Expr::Verdict(Verdict::Accept),
+        NetOutDefault::Allow => Expr::Reject,
+    };
+    for r in &net_out.rules {
+        for m in rule_matches(r) {
+            let mut e = m;
+            e.push(Expr::Counter);
+            e.push(action.clone());
+            ops.push(rule(chain, e));
+        }
+    }
+    if net_out.default == NetOutDefault::Deny {
+        ops.push(rule(chain, vec![Expr::Counter, Expr::Reject]));
+    }
+    ops
+}
+
+/// The match lists one NetOut rule expands to (networks × ports, per family for ICMP).
+fn rule_matches(r: &NetOutRule) -> Vec<Vec<Expr>> {
+    // Destinations: None = any (both families).
+    let dests: Vec<Option<(IpAddr, IpAddr)>> = if r.networks.is_empty() {
+        vec![None]
+    } else {
+        r.networks.iter().map(|n| Some(n.bounds())).collect()
+    };
+    let mut out = Vec::new();
+    for d in dests {
+        let fams: Vec<Fam> = match d {
+            Some((s, _)) => vec![Fam::of(&s)],
+            None => vec![Fam::V4, Fam::V6],
+        };
+        for fam in fams {
+            let mut base = Vec::new();
+            if d.is_some() || r.protocol == NetOutProtocol::Icmp {
+                base.push(Expr::Nfproto(fam));
+            }
+            if let Some((s, e)) = d {
+                base.push(Expr::AddrRange {
+                    dst: true,
+                    start: s,
+                    end: e,
+                });
+            }
+            match r.protocol {
+                NetOutProtocol::All => out.push(base),
+                NetOutProtocol::Icmp => {
+                    if fam == Fam::V6 && r.icmps.is_some() {
+                        continue; // ICMP type numbers are IPv4's; ICMPv6 differs.
+                    }
+                    base.push(Expr::L4proto(if fam == Fam::V4 { 1 } else { 58 }));
+                    if let Some(i) = r.icmps {
+                        base.push(Expr::Icmp {
+                            kind: i.kind,
+                            code: i.code,
+                        });
+                    }
+                    out.push(base);
+                }
+                NetOutProtocol::Tcp | NetOutProtocol::Udp => {
+                    base.push(Expr::L4proto(if r.protocol == NetOutProtocol::Tcp {
+                        6
+                    } else {
+                        17
+                    }));
+                    if r.ports.is_empty() {
+                        out.push(base.clone());
+                    }
+                    for p in &r.ports {
+                        let mut e = base.clone();
+                        e.push(Expr::Dport {
+                            start: p.start,
+                            end: p.end,
+                        });
+                        out.push(e);
+                    }
+                }
+            }
+            if d.is_none() && r.protocol != NetOutProtocol::Icmp {
+                break; // no family-specific match: one rule covers both
+            }
+        }
+    }
+    out
+}
+
+/// Renders ops as nft-like text (diagnostics, golden tests, `plugnet firewall show`).
+pub fn render(ops: &[Op]) -> String {
+    ops.iter().map(|o| format!("{o}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::types::*;
+
+    fn att() -> Attachment {
+        Attachment {
+            network: "net1".into(),
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+            bridge: "pnfbr0".into(),
+            host_veth: "veth1234".into(),
+            container_ips: vec![
+                "10.70.0.2/24".parse().unwrap(),
+                "fd70::2/64".parse().unwrap(),
+            ],
+            ip_masq: true,
+            port_mappings: vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                },
+                PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: Protocol::Udp,
+                    host_ip: Some("192.0.2.1".parse().unwrap()),
+                },
+            ],
+            net_out: None,
+        }
+    }
+
+    #[test]
+    fn key_concat_pads_each_part() {
+        let k = KeyVal::concat(&[KeyVal::Proto(6), KeyVal::Port(8080)]);
+        assert_eq!(k, vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        let k = KeyVal::concat(&[
+            KeyVal::Ifname("br0".into()),
+            KeyVal::Addr("10.0.0.1".parse().unwrap()),
+        ]);
+        assert_eq!(k.len(), 20);
+        assert_eq!(&k[..4], b"br0\0");
+    }
+
+    #[test]
+    fn attach_golden() {
+        let edges = SharedEdges {
+            masq_chain: Some("n-x-masq".into()),
+            bridge_portmap: true,
+        };
+        let text = render(&attach_ops(&att(), "k", "n-x-masq", &edges));
+        let want = "\
+add chain inet plugnet n-x-masq
+add rule inet plugnet n-x-masq meta nfproto ipv4 ip daddr 10.70.0.0/24 return
+add rule inet plugnet n-x-masq meta nfproto ipv6 ip6 daddr fd70::/64 return
+add rule inet plugnet n-x-masq meta nfproto ipv4 ip daddr 224.0.0.0/4 return
+add rule inet plugnet n-x-masq meta nfproto ipv6 ip6 daddr ff00::/8 return
+add rule inet plugnet n-x-masq masquerade
+add element inet plugnet hairpin { \"pnfbr0\" . \"pnfbr0\" }
+add element inet plugnet localnet { \"pnfbr0\" }
+add chain inet plugnet c-k-dnat
+add rule inet plugnet c-k-dnat meta nfproto ipv4 meta l4proto tcp th dport 8080 dnat ip to 10.70.0.2:80
+add rule inet plugnet c-k-dnat meta nfproto ipv6 meta l4proto tcp th dport 8080 dnat ip6 to [fd70::2]:80
+add rule inet plugnet c-k-dnat meta nfproto ipv4 meta l4proto udp th dport 5353 ip daddr 192.0.2.1/32 dnat ip to 10.70.0.2:53
+add element inet plugnet pm_any { tcp . 8080 : jump c-k-dnat }
+add element inet plugnet pm_ip4 { 192.0.2.1 . udp . 5353 : jump c-k-dnat }
+add element inet plugnet masq4 { 10.70.0.2 : jump n-x-masq }
+add element inet plugnet masq6 { fd70::2 : jump n-x-masq }
+";
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn no_shared_edges_means_only_own_objects() {
+        let ops = attach_ops(&att(), "k", "n-x-masq", &SharedEdges::default());
+        assert!(ops.iter().all(|o| match o {
+            Op::AddChain(c) => c == "c-k-dnat",
+            Op::AddRule(r) => r.chain == "c-k-dnat",
+            Op::AddElem { set, .. } => !set.starts_with("hairpin") && !set.starts_with("localnet"),
+            _ => false,
+        }));
+    }
+
+    #[test]
+    fn detach_deletes_elements_before_chains() {
+        let mut a = att();
+        a.net_out = Some(NetOut {
+            default: NetOutDefault::Deny,
+            rules: vec![],
+        });
+        let edges = SharedEdges {
+            masq_chain: Some("n-x-masq".into()),
+            bridge_portmap: true,
+        };
+        let ops = detach_ops(&a, "k", &edges);
+        let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
+        let last_elem = ops
+            .iter()
+            .rposition(|o| matches!(o, Op::DelElem { set, .. } if set.starts_with("masq")))
+            .unwrap();
+        assert!(pos(&Op::DelChain("n-x-masq".into())) > last_elem);
+        assert!(pos(&Op::DelChain("c-k-dnat".into())) > 0);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::DelElem { .. }))
+                .count(),
+            2 + 2 + 2 + 2
+        );
+    }
+
+    #[test]
+    fn egress_golden() {
+        let n: NetOut = serde_json::from_str(
+            r#"{"default":"deny","rules":[{"protocol":"tcp","networks":[{"cidr":"10.71.0.0/24"}],"ports":[{"start":80,"end":80},{"start":8000,"end":8100}]},{"protocol":"icmp","icmps":{"type":8}},{"protocol":"all","networks":[{"start":"10.72.0.1","end":"10.72.0.9"}]}]}"#,
+        )
+        .unwrap();
+        let text = render(&egress_rules(
+            "c-k-out",
+            &["10.70.0.0/24".parse().unwrap()],
+            &n,
+        ));
+        let want = "\
+add rule inet plugnet c-k-out ct state established,related return
+add rule inet plugnet c-k-out meta nfproto ipv4 ip daddr 10.70.0.0/24 return
+add rule inet plugnet c-k-out meta nfproto ipv4 ip daddr 10.71.0.0-10.71.0.255 meta l4proto tcp th dport 80 counter accept
+add rule inet plugnet c-k-out meta nfproto ipv4 ip daddr 10.71.0.0-10.71.0.255 meta l4proto tcp th dport 8000-8100 counter accept
+add rule inet plugnet c-k-out meta nfproto ipv4 meta l4proto icmp icmp type 8 counter accept
+add rule inet plugnet c-k-out meta nfproto ipv4 ip daddr 10.72.0.1-10.72.0.9 counter accept
+add rule inet plugnet c-k-out counter reject with icmpx admin-prohibited
+";
+        assert_eq!(text, want);
+        let allow = NetOut {
+            default: NetOutDefault::Allow,
+            rules: vec![n.rules[0].clone()],
+        };
+        let text = render(&egress_rules("c", &[], &allow));
+        assert!(text
+            .lines()
+            .last()
+            .unwrap()
+            .ends_with("counter reject with icmpx admin-prohibited"));
+        assert_eq!(text.lines().count(), 3);
+    }
+
+    #[test]
+    fn infrastructure_is_self_contained() {
+        let ops = infrastructure();
+        assert_eq!(ops[0], Op::AddTable);
+        // Every set a rule looks up is created before the rule.
+        for (i, op) in ops.iter().enumerate() {
+            if let Op::AddRule(r) = op {
+                for e in &r.exprs {
+                    if let Expr::Lookup { set, .. } = e {
+                        assert!(
+                            ops[..i]
+                                .iter()
+                                .any(|o| matches!(o, Op::AddSet(s) if s.name == set)),
+                            "{set}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
