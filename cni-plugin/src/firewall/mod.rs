@@ -402,6 +402,7 @@ impl Firewall {
             chains.push(egress_chain(key));
             elems.extend(plan::egress_elems(att));
         }
+        elems.extend(plan::member_elems(att));
         for c in chains {
             if !nft::chain_exists(&c).map_err(io_err)? {
                 return Err(FirewallError::Check(format!("chain {c} is missing")));

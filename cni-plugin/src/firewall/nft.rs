@@ -506,6 +506,22 @@ impl RawSet {
         unsafe {
             sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_KEY_TYPE as u16, key_type);
             sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_KEY_LEN as u16, key_len);
+            // The kernel requires a transaction-local id for every new set.
+            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, set_id(def.name));
+            // nft's userdata: the key's byte order (TLV type 0 = KEYBYTEORDER; 1 host order as
+            // nft uses for strings, 2 big-endian), so `nft list` prints single-field keys.
+            let order = if matches!(def.key[0], Field::Iifname | Field::Oifname) {
+                1
+            } else {
+                2
+            };
+            let udata: [u8; 6] = [0, 4, order, 0, 0, 0];
+            sys::nftnl_set_set_data(
+                s.as_ptr(),
+                sys::NFTNL_SET_USERDATA as u16,
+                udata.as_ptr().cast(),
+                udata.len() as u32,
+            );
             if def.vmap {
                 sys::nftnl_set_set_u32(
                     s.as_ptr(),
@@ -564,6 +580,12 @@ impl RawSet {
             flags: flags as u16,
         }
     }
+}
+
+fn set_id(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 unsafe impl NlMsg for RawSet {

@@ -20,7 +20,8 @@ pub const MAP_MASQ4: &str = "masq4";
 pub const MAP_MASQ6: &str = "masq6";
 pub const MAP_EGRESS4: &str = "egress4";
 pub const MAP_EGRESS6: &str = "egress6";
-pub const SET_HAIRPIN: &str = "hairpin";
+pub const SET_MEMBERS4: &str = "members4";
+pub const SET_MEMBERS6: &str = "members6";
 pub const SET_LOCALNET: &str = "localnet";
 pub const CHAIN_PORTMAP: &str = "portmap";
 
@@ -400,7 +401,7 @@ fn jump(chain: &str) -> Expr {
 pub fn infrastructure() -> Vec<Op> {
     use Field::*;
     let mut ops = vec![Op::AddTable];
-    let sets: [(&'static str, Vec<Field>, bool); 9] = [
+    let sets: [(&'static str, Vec<Field>, bool); 10] = [
         (MAP_PM_ANY, vec![L4proto, Dport], true),
         (MAP_PM_IP4, vec![Daddr(Fam::V4), L4proto, Dport], true),
         (MAP_PM_IP6, vec![Daddr(Fam::V6), L4proto, Dport], true),
@@ -408,7 +409,8 @@ pub fn infrastructure() -> Vec<Op> {
         (MAP_MASQ6, vec![Saddr(Fam::V6)], true),
         (MAP_EGRESS4, vec![Iifname, Saddr(Fam::V4)], true),
         (MAP_EGRESS6, vec![Iifname, Saddr(Fam::V6)], true),
-        (SET_HAIRPIN, vec![Iifname, Oifname], false),
+        (SET_MEMBERS4, vec![Oifname, Saddr(Fam::V4)], false),
+        (SET_MEMBERS6, vec![Oifname, Saddr(Fam::V6)], false),
         (SET_LOCALNET, vec![Iifname], false),
     ];
     for (name, key, vmap) in sets {
@@ -479,19 +481,24 @@ pub fn infrastructure() -> Vec<Op> {
         vec![vmap(MAP_PM_ANY, vec![L4proto, Dport])],
     ));
     // Hairpin: a container reaching a neighbour through a host port must see replies come back
-    // through the host, so the source is rewritten to the bridge address.
-    ops.push(rule(
-        "postrouting",
-        vec![
-            Expr::CtDnat,
-            Expr::Lookup {
-                set: SET_HAIRPIN.into(),
-                key: vec![Iifname, Oifname],
-                vmap: false,
-            },
-            Expr::Masquerade,
-        ],
-    ));
+    // through the host, so the source is rewritten to the bridge address. Keyed on the output
+    // bridge and the source address (not the input interface: with br_netfilter such packets
+    // are bridged and have none).
+    for (fam, set) in [(Fam::V4, SET_MEMBERS4), (Fam::V6, SET_MEMBERS6)] {
+        ops.push(rule(
+            "postrouting",
+            vec![
+                Expr::Nfproto(fam),
+                Expr::CtDnat,
+                Expr::Lookup {
+                    set: set.into(),
+                    key: vec![Oifname, Saddr(fam)],
+                    vmap: false,
+                },
+                Expr::Masquerade,
+            ],
+        ));
+    }
     // Host -> 127.0.0.1:hostPort -> container: the container cannot answer 127.0.0.1.
     ops.push(rule(
         "postrouting",
@@ -604,6 +611,13 @@ pub fn attach_ops(att: &Attachment, key: &str, masq_chain: &str, edges: &SharedE
                 }),
         );
     }
+    for (set, key) in member_elems(att) {
+        ops.push(Op::AddElem {
+            set,
+            key,
+            verdict: None,
+        });
+    }
     if !att.port_mappings.is_empty() {
         let chain = dnat_chain(key);
         ops.push(Op::AddChain(chain.clone()));
@@ -668,6 +682,7 @@ pub fn attach_ops(att: &Attachment, key: &str, masq_chain: &str, edges: &SharedE
 pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     let mut ops = Vec::new();
     let del = |(set, key): (String, Vec<KeyVal>)| Op::DelElem { set, key };
+    ops.extend(member_elems(att).into_iter().map(del));
     if !att.port_mappings.is_empty() {
         ops.extend(portmap_elems(att).into_iter().map(del));
         ops.push(Op::DelChain(dnat_chain(key)));
@@ -737,12 +752,29 @@ pub fn egress_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
         .collect()
 }
 
+/// Shared per bridge while it has port mappings: route_localnet's loopback guard and SNAT.
 pub fn bridge_elems(bridge: &str) -> Vec<(String, Vec<KeyVal>)> {
-    let b = KeyVal::Ifname(bridge.to_string());
-    vec![
-        (SET_HAIRPIN.to_string(), vec![b.clone(), b.clone()]),
-        (SET_LOCALNET.to_string(), vec![b]),
-    ]
+    vec![(
+        SET_LOCALNET.to_string(),
+        vec![KeyVal::Ifname(bridge.to_string())],
+    )]
+}
+
+/// (bridge . address) of every attachment: who may hairpin through a host port.
+pub fn member_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
+    att.addrs()
+        .map(|a| {
+            let set = if a.is_ipv4() {
+                SET_MEMBERS4
+            } else {
+                SET_MEMBERS6
+            };
+            (
+                set.to_string(),
+                vec![KeyVal::Ifname(att.bridge.clone()), KeyVal::Addr(a)],
+            )
+        })
+        .collect()
 }
 
 /// The egress chain's rules: replies and the container's own network pass, then the exceptions,
@@ -920,8 +952,9 @@ add rule inet plugnet n-x-masq meta nfproto ipv6 ip6 daddr fd70::/64 return
 add rule inet plugnet n-x-masq meta nfproto ipv4 ip daddr 224.0.0.0/4 return
 add rule inet plugnet n-x-masq meta nfproto ipv6 ip6 daddr ff00::/8 return
 add rule inet plugnet n-x-masq masquerade
-add element inet plugnet hairpin { \"pnfbr0\" . \"pnfbr0\" }
 add element inet plugnet localnet { \"pnfbr0\" }
+add element inet plugnet members4 { \"pnfbr0\" . 10.70.0.2 }
+add element inet plugnet members6 { \"pnfbr0\" . fd70::2 }
 add chain inet plugnet c-k-dnat
 add rule inet plugnet c-k-dnat meta nfproto ipv4 meta l4proto tcp th dport 8080 dnat ip to 10.70.0.2:80
 add rule inet plugnet c-k-dnat meta nfproto ipv6 meta l4proto tcp th dport 8080 dnat ip6 to [fd70::2]:80
@@ -940,7 +973,7 @@ add element inet plugnet masq6 { fd70::2 : jump n-x-masq }
         assert!(ops.iter().all(|o| match o {
             Op::AddChain(c) => c == "c-k-dnat",
             Op::AddRule(r) => r.chain == "c-k-dnat",
-            Op::AddElem { set, .. } => !set.starts_with("hairpin") && !set.starts_with("localnet"),
+            Op::AddElem { set, .. } => !set.starts_with("localnet"),
             _ => false,
         }));
     }
@@ -968,7 +1001,7 @@ add element inet plugnet masq6 { fd70::2 : jump n-x-masq }
             ops.iter()
                 .filter(|o| matches!(o, Op::DelElem { .. }))
                 .count(),
-            2 + 2 + 2 + 2
+            2 + 2 + 2 + 2 + 1 // members, port maps, masq, egress, localnet
         );
     }
 

@@ -1,0 +1,203 @@
+//! Kernel tests for the firewall library: real traffic between throwaway namespaces. The
+//! "host" is itself a namespace, so plugnet's table, iptables and sysctls touched here are the
+//! test's own and the machine's ruleset (dockerd, other tests) is never involved.
+
+mod common;
+
+use common::*;
+use plugnet::firewall::{Attachment, Firewall, NetOut, Options, PortMapping, Protocol};
+
+fn fw(dir: &tempfile::TempDir) -> Firewall {
+    Firewall::new(Options {
+        state_dir: dir.path().to_path_buf(),
+        host_firewall: true,
+        flush_conntrack: true,
+    })
+}
+
+fn att(t: &Topo, i: u8, hv: &str) -> Attachment {
+    let n = t.n;
+    Attachment {
+        network: format!("pnfnet{n}"),
+        container_id: format!("pnf-ctr-{n}-{i}"),
+        ifname: "eth0".into(),
+        bridge: t.bridge.clone(),
+        host_veth: hv.to_string(),
+        container_ips: vec![
+            format!("10.7{n}.1.{}/24", i + 1).parse().unwrap(),
+            format!("fd7{n}:1::{}/64", i + 1).parse().unwrap(),
+        ],
+        ip_masq: true,
+        port_mappings: vec![],
+        net_out: None,
+    }
+}
+
+/// Runs a firewall call inside the test's host namespace.
+fn on_host<T: Send + 'static>(t: &Topo, f: impl FnOnce() -> T + Send + 'static) -> T {
+    in_ns(&t.host.0, f)
+}
+
+/// The text of `set NAME { ... }` in an `nft list` output.
+fn set_block(rs: &str, name: &str) -> String {
+    let start = rs
+        .find(&format!("set {name} {{"))
+        .unwrap_or_else(|| panic!("no set {name}: {rs}"));
+    let end = rs[start..].find('}').unwrap() + start;
+    rs[start..end].to_string()
+}
+
+fn ruleset(t: &Topo) -> String {
+    t.host.out("nft list ruleset")
+}
+
+#[test]
+fn masquerade_is_seen_from_outside_and_removed() {
+    require_root!();
+    let mut t = Topo::new("masq", 0);
+    let hv = t.add_container(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (f, a) = (fw(&dir), att(&t, 1, &hv));
+    let _srv = TcpServer::start(&t.outside.0, "10.70.2.2:7000", "out");
+    let _srv6 = TcpServer::start(&t.outside.0, "[fd70:2::2]:7000", "out6");
+    // Without the firewall the outside has no route back: no answer.
+    assert!(tcp_get(&t.cns(1), "10.70.2.2:7000", None).is_err());
+    let (f2, a2) = (f.clone(), a.clone());
+    on_host(&t, move || f2.apply(&a2)).unwrap();
+    assert_eq!(
+        tcp_get(&t.cns(1), "10.70.2.2:7000", None).unwrap(),
+        "out peer=10.70.2.1"
+    );
+    assert_eq!(
+        tcp_get(&t.cns(1), "[fd70:2::2]:7000", None).unwrap(),
+        "out6 peer=fd70:2::1"
+    );
+    // Same-subnet traffic is not masqueraded: the gateway sees the container's own address.
+    let _gw = TcpServer::start(&t.host.0, "10.70.1.1:7001", "gw");
+    assert_eq!(
+        tcp_get(&t.cns(1), "10.70.1.1:7001", None).unwrap(),
+        "gw peer=10.70.1.2"
+    );
+    let (f2, a2) = (f.clone(), a.clone());
+    on_host(&t, move || f2.check(&a2)).unwrap();
+    let (f2, a2) = (f.clone(), a.clone());
+    on_host(&t, move || {
+        f2.remove(&a2.network, &a2.container_id, &a2.ifname)
+    })
+    .unwrap();
+    assert!(!ruleset(&t).contains("plugnet"), "{}", ruleset(&t));
+    assert!(tcp_get(&t.cns(1), "10.70.2.2:7000", None).is_err());
+    // Idempotent: again, with nothing in place.
+    let f2 = f.clone();
+    on_host(&t, move || f2.remove("pnfnet0", "pnf-ctr-0-1", "eth0")).unwrap();
+    let (f2, a2) = (f.clone(), a.clone());
+    assert!(on_host(&t, move || f2.check(&a2)).is_err());
+}
+
+#[test]
+fn port_mappings_from_outside_host_localhost_and_neighbour() {
+    require_root!();
+    let mut t = Topo::new("pm", 1);
+    let hv1 = t.add_container(1);
+    let hv2 = t.add_container(2);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fw(&dir);
+    let mut a = att(&t, 1, &hv1);
+    a.port_mappings = vec![
+        PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: None,
+        },
+        PortMapping {
+            host_port: 5353,
+            container_port: 53,
+            protocol: Protocol::Udp,
+            host_ip: None,
+        },
+    ];
+    let b = att(&t, 2, &hv2);
+    let _tcp = TcpServer::start(&t.cns(1), "10.71.1.2:80", "web");
+    let _tcp6 = TcpServer::start(&t.cns(1), "[fd71:1::2]:80", "web6");
+    let _udp = UdpServer::start(&t.cns(1), "10.71.1.2:53", "dns");
+    let (f2, a2, b2) = (f.clone(), a.clone(), b.clone());
+    on_host(&t, move || {
+        f2.apply(&a2)?;
+        f2.apply(&b2)
+    })
+    .unwrap();
+    let rs = ruleset(&t);
+    assert!(set_block(&rs, "localnet").contains("\"pnfbr1\""), "{rs}");
+    let o = &t.outside.0;
+    // From another "host" routed to this one: the container sees the client's address.
+    assert_eq!(
+        tcp_get(o, "10.71.2.1:8080", None).unwrap(),
+        "web peer=10.71.2.2"
+    );
+    assert_eq!(
+        tcp_get(o, "[fd71:2::1]:8080", None).unwrap(),
+        "web6 peer=fd71:2::2"
+    );
+    assert_eq!(udp_get(o, "10.71.2.1:5353").unwrap(), "dns peer=10.71.2.2");
+    // From the host itself, by its own address and by 127.0.0.1.
+    let h = &t.host.0;
+    assert!(tcp_get(h, "10.71.2.1:8080", None)
+        .unwrap()
+        .starts_with("web peer="));
+    assert_eq!(
+        tcp_get(h, "127.0.0.1:8080", None).unwrap(),
+        "web peer=10.71.1.1"
+    );
+    assert!(udp_get(h, "127.0.0.1:5353")
+        .unwrap()
+        .starts_with("dns peer="));
+    // Hairpin: the neighbour on the same bridge through the host port.
+    assert_eq!(
+        tcp_get(&t.cns(2), "10.71.2.1:8080", None).unwrap(),
+        "web peer=10.71.1.1",
+        "{}",
+        ruleset(&t)
+    );
+    assert!(udp_get(&t.cns(2), "10.71.1.1:5353")
+        .unwrap()
+        .starts_with("dns peer="));
+    // A loopback destination arriving from the bridge is refused (route_localnet guard).
+    assert!(tcp_get(&t.cns(2), "127.0.0.1:8080", None).is_err());
+    // The same host port for another container is a clear conflict.
+    let mut c = b.clone();
+    c.container_id = "pnf-ctr-1-3".into();
+    c.container_ips = vec!["10.71.1.9/24".parse().unwrap()];
+    c.port_mappings = vec![PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        protocol: Protocol::Tcp,
+        host_ip: None,
+    }];
+    let f2 = f.clone();
+    let err = on_host(&t, move || f2.apply(&c)).unwrap_err();
+    assert!(err.to_string().contains("port mapping conflict"), "{err}");
+    let (f2, a2) = (f.clone(), a.clone());
+    on_host(&t, move || f2.check(&a2)).unwrap();
+    // Remove the mapped container: the port is closed, the neighbour still masquerades.
+    let f2 = f.clone();
+    on_host(&t, move || f2.remove("pnfnet1", "pnf-ctr-1-1", "eth0")).unwrap();
+    assert!(tcp_get(o, "10.71.2.1:8080", None).is_err());
+    let rs = ruleset(&t);
+    assert!(!rs.contains("-dnat"), "{rs}");
+    assert!(
+        !set_block(&rs, "localnet").contains("elements"),
+        "localnet goes with the last mapping: {rs}"
+    );
+    assert!(set_block(&rs, "members4").contains("10.71.1.3"), "{rs}");
+    assert!(!set_block(&rs, "members4").contains("10.71.1.2"), "{rs}");
+    let f2 = f.clone();
+    on_host(&t, move || f2.remove("pnfnet1", "pnf-ctr-1-2", "eth0")).unwrap();
+    assert!(!ruleset(&t).contains("plugnet"));
+    assert_eq!(
+        t.host
+            .out("cat /proc/sys/net/ipv4/conf/pnfbr1/route_localnet")
+            .trim(),
+        "0"
+    );
+}
