@@ -201,3 +201,235 @@ fn port_mappings_from_outside_host_localhost_and_neighbour() {
         "0"
     );
 }
+
+fn ping(ns: &str, to: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1", to,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn egress_rules_deny_and_allow_with_real_connections() {
+    require_root!();
+    let mut t = Topo::new("egr", 2);
+    let hv1 = t.add_container(1);
+    let hv2 = t.add_container(2);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fw(&dir);
+    let mut a = att(&t, 1, &hv1);
+    a.net_out = Some(
+        serde_json::from_str::<NetOut>(
+            r#"{"default":"deny","rules":[
+                {"protocol":"tcp","networks":[{"start":"10.72.2.2","end":"10.72.2.2"}],"ports":[{"start":7000,"end":7000}]},
+                {"protocol":"icmp","icmps":{"type":8,"code":0}}]}"#,
+        )
+        .unwrap(),
+    );
+    let mut b = att(&t, 2, &hv2);
+    b.net_out = Some(
+        serde_json::from_str::<NetOut>(
+            r#"{"default":"allow","rules":[{"protocol":"tcp","networks":[{"cidr":"10.72.2.0/24"}],"ports":[{"start":7001,"end":7001}]},{"protocol":"icmp"}]}"#,
+        )
+        .unwrap(),
+    );
+    let o = t.outside.0.clone();
+    let _s0 = TcpServer::start(&o, "10.72.2.2:7000", "s7000");
+    let _s1 = TcpServer::start(&o, "10.72.2.2:7001", "s7001");
+    let _gw = TcpServer::start(&t.host.0, "10.72.1.1:7002", "gw");
+    let (f2, a2, b2) = (f.clone(), a.clone(), b.clone());
+    on_host(&t, move || {
+        f2.apply(&a2)?;
+        f2.apply(&b2)
+    })
+    .unwrap();
+    let (c1, c2) = (t.cns(1), t.cns(2));
+    // Default deny + allow rule: the allowed port answers, the other port on the same server not.
+    assert_eq!(
+        tcp_get(&c1, "10.72.2.2:7000", None).unwrap(),
+        "s7000 peer=10.72.2.1"
+    );
+    assert!(tcp_get(&c1, "10.72.2.2:7001", None).is_err());
+    assert!(
+        ping(&c1, "10.72.2.2"),
+        "icmp echo is allowed for container 1"
+    );
+    // Own network is not affected by netOut.
+    assert!(tcp_get(&c1, "10.72.1.1:7002", None).is_ok());
+    assert!(ping(&c1, "10.72.1.3"));
+    // Default allow + deny rules: the mirror image.
+    assert!(tcp_get(&c2, "10.72.2.2:7000", None).is_ok());
+    assert!(tcp_get(&c2, "10.72.2.2:7001", None).is_err());
+    assert!(!ping(&c2, "10.72.2.2"), "icmp is denied for container 2");
+    let (f2, a2) = (f.clone(), a.clone());
+    on_host(&t, move || f2.check(&a2)).unwrap();
+    let f2 = f.clone();
+    on_host(&t, move || {
+        f2.remove("pnfnet2", "pnf-ctr-2-1", "eth0")?;
+        f2.remove("pnfnet2", "pnf-ctr-2-2", "eth0")
+    })
+    .unwrap();
+    let rs = ruleset(&t);
+    assert!(!rs.contains("c-") && !rs.contains("plugnet"), "{rs}");
+}
+
+#[test]
+fn docker_host_forward_drop_is_opened_minimally_and_cleaned() {
+    require_root!();
+    let mut t = Topo::new("dkr", 3);
+    let hv1 = t.add_container(1);
+    let hv2 = t.add_container(2);
+    let h = t.host.0.clone();
+    // What dockerd leaves on a host: FORWARD DROP, DOCKER-USER, br_netfilter calling iptables.
+    sh(&format!(
+        "ip netns exec {h} sh -c 'sysctl -qw net.bridge.bridge-nf-call-iptables=1 && iptables -P FORWARD DROP && \
+         iptables -N DOCKER-USER && iptables -A FORWARD -j DOCKER-USER && iptables -A DOCKER-USER -j RETURN'"
+    ));
+    let (c1, c2) = (t.cns(1), t.cns(2));
+    assert!(
+        !ping(&c1, "10.73.1.3"),
+        "FORWARD DROP must block bridged traffic before plugnet"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = fw(&dir);
+    let mut a = att(&t, 1, &hv1);
+    a.port_mappings = vec![PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        protocol: Protocol::Tcp,
+        host_ip: None,
+    }];
+    let b = att(&t, 2, &hv2);
+    let _web = TcpServer::start(&c1, "10.73.1.2:80", "web");
+    let _out = TcpServer::start(&t.outside.0, "10.73.2.2:7000", "out");
+    let (f2, a2, b2) = (f.clone(), a.clone(), b.clone());
+    on_host(&t, move || {
+        f2.apply(&a2)?;
+        f2.apply(&b2)
+    })
+    .unwrap();
+    assert!(ping(&c1, "10.73.1.3"), "same bridge");
+    assert!(ping(&c1, "10.73.1.1"), "gateway");
+    assert_eq!(
+        tcp_get(&c2, "10.73.2.2:7000", None).unwrap(),
+        "out peer=10.73.2.1",
+        "masqueraded out"
+    );
+    assert_eq!(
+        tcp_get(&t.outside.0, "10.73.2.1:8080", None).unwrap(),
+        "web peer=10.73.2.2",
+        "port mapping"
+    );
+    assert_eq!(
+        tcp_get(&c2, "10.73.2.1:8080", None).unwrap(),
+        "web peer=10.73.1.1",
+        "hairpin"
+    );
+    let ipt = t.host.out("iptables -S");
+    assert!(
+        ipt.contains("-A DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD"),
+        "{ipt}"
+    );
+    assert_eq!(ipt.matches("-j PLUGNET-FORWARD").count(), 1, "{ipt}");
+    // The outside cannot open connections to unmapped container ports (no blanket accept).
+    let _ssh = TcpServer::start(&c1, "10.73.1.2:22", "ssh");
+    sh(&format!(
+        "ip -n {} route add 10.73.1.0/24 via 10.73.2.1",
+        t.outside.0
+    ));
+    assert!(
+        tcp_get(&t.outside.0, "10.73.1.2:22", None).is_err(),
+        "unmapped port must stay closed"
+    );
+    // Last attachment on the bridge removes everything plugnet added to iptables.
+    let f2 = f.clone();
+    on_host(&t, move || {
+        f2.remove("pnfnet3", "pnf-ctr-3-1", "eth0")?;
+        f2.remove("pnfnet3", "pnf-ctr-3-2", "eth0")
+    })
+    .unwrap();
+    let ipt = t.host.out("iptables -S");
+    assert!(
+        !ipt.contains("PLUGNET") && !ipt.contains("plugnet"),
+        "{ipt}"
+    );
+    assert!(
+        ipt.contains("-P FORWARD DROP") && ipt.contains("-A DOCKER-USER -j RETURN"),
+        "{ipt}"
+    );
+    assert!(!ruleset(&t).contains("table inet plugnet"));
+}
+
+#[test]
+fn reload_after_ruleset_flush_and_add_self_heals() {
+    require_root!();
+    let mut t = Topo::new("rld", 4);
+    let hv1 = t.add_container(1);
+    let hv2 = t.add_container(2);
+    let hv3 = t.add_container(3);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fw(&dir);
+    let mut a = att(&t, 1, &hv1);
+    a.port_mappings = vec![PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        protocol: Protocol::Tcp,
+        host_ip: None,
+    }];
+    let b = att(&t, 2, &hv2);
+    let c = att(&t, 3, &hv3);
+    let _web = TcpServer::start(&t.cns(1), "10.74.1.2:80", "web");
+    let _out = TcpServer::start(&t.outside.0, "10.74.2.2:7000", "out");
+    let (f2, a2, b2) = (f.clone(), a.clone(), b.clone());
+    on_host(&t, move || {
+        f2.apply(&a2)?;
+        f2.apply(&b2)
+    })
+    .unwrap();
+    let works = |t: &Topo| {
+        tcp_get(&t.outside.0, "10.74.2.1:8080", None).is_ok()
+            && tcp_get(&t.cns(2), "10.74.2.2:7000", None).is_ok()
+    };
+    assert!(works(&t));
+    // The whole ruleset of this (test-owned) host namespace is flushed, as `nft flush ruleset`
+    // or a firewalld reload would on a real host.
+    t.host.exec("nft flush ruleset");
+    assert!(!works(&t));
+    let (f2, a2) = (f.clone(), a.clone());
+    assert!(
+        on_host(&t, move || f2.check(&a2)).is_err(),
+        "CHECK notices the missing rules"
+    );
+    let f2 = f.clone();
+    let report = on_host(&t, move || f2.reload()).unwrap();
+    assert_eq!(report.attachments, 2);
+    assert!(works(&t));
+    let f2 = f.clone();
+    on_host(&t, move || f2.reload()).unwrap();
+    assert!(works(&t), "reload is idempotent");
+    // Flushed again, then an ADD arrives before anyone reloads: it rebuilds everything.
+    t.host.exec("nft flush ruleset");
+    let (f2, c2) = (f.clone(), c.clone());
+    on_host(&t, move || f2.apply(&c2)).unwrap();
+    assert!(works(&t));
+    assert_eq!(
+        tcp_get(&t.cns(3), "10.74.2.2:7000", None).unwrap(),
+        "out peer=10.74.2.1"
+    );
+    let f2 = f.clone();
+    on_host(&t, move || {
+        for i in 1..=3 {
+            f2.remove("pnfnet4", &format!("pnf-ctr-4-{i}"), "eth0")?;
+        }
+        Ok::<_, plugnet::firewall::FirewallError>(())
+    })
+    .unwrap();
+    assert!(!ruleset(&t).contains("plugnet"));
+    assert!(std::fs::read_dir(dir.path().join("attachments"))
+        .unwrap()
+        .next()
+        .is_none());
+}
