@@ -1,2 +1,3 @@
 //! plugnet
 pub mod firewall;
+pub mod tc;
