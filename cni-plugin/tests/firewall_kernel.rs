@@ -442,7 +442,12 @@ fn stale_udp_conntrack_is_flushed_on_add() {
     let dir = tempfile::tempdir().unwrap();
     let f = fw(&dir);
     let mut a = att(&t, 1, &hv);
-    a.port_mappings = vec![PortMapping { host_port: 5353, container_port: 53, protocol: Protocol::Udp, host_ip: None }];
+    a.port_mappings = vec![PortMapping {
+        host_port: 5353,
+        container_port: 53,
+        protocol: Protocol::Udp,
+        host_ip: None,
+    }];
     let _udp = UdpServer::start(&t.cns(1), "10.76.1.2:53", "dns");
     // A client keeps sending from one source port before the mapping exists: conntrack
     // remembers the flow as "to the host itself", which would shadow the mapping.
@@ -450,10 +455,14 @@ fn stale_udp_conntrack_is_flushed_on_add() {
     // Connection tracking is on in a namespace once some rule uses it (on real hosts: always).
     t.host.exec("nft 'add table inet pnfct; add chain inet pnfct c { type filter hook prerouting priority 0; }; add rule inet pnfct c ct state new counter'");
     let sock = in_ns(&o, || std::net::UdpSocket::bind("10.76.2.2:40000").unwrap());
-    sock.set_read_timeout(Some(std::time::Duration::from_millis(400))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(400)))
+        .unwrap();
     sock.send_to(b"early", "10.76.2.1:5353").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(t.host.out("conntrack -L -p udp --orig-port-dst 5353").contains("dport=5353"));
+    assert!(t
+        .host
+        .out("conntrack -L -p udp --orig-port-dst 5353")
+        .contains("dport=5353"));
     let (f2, a2) = (f.clone(), a.clone());
     on_host(&t, move || f2.apply(&a2)).unwrap();
     let mut buf = [0u8; 128];
@@ -465,7 +474,11 @@ fn stale_udp_conntrack_is_flushed_on_add() {
             break;
         }
     }
-    assert_eq!(answer.as_deref(), Some("dns peer=10.76.2.2"), "the same UDP flow reaches the container");
+    assert_eq!(
+        answer.as_deref(),
+        Some("dns peer=10.76.2.2"),
+        "the same UDP flow reaches the container"
+    );
     // Removing our table only (what `plugnet firewall reload` repairs), then reload.
     t.host.exec("nft delete table inet plugnet");
     assert!(udp_get(&o, "10.76.2.1:5353").is_err());
@@ -474,5 +487,10 @@ fn stale_udp_conntrack_is_flushed_on_add() {
     assert_eq!(udp_get(&o, "10.76.2.1:5353").unwrap(), "dns peer=10.76.2.2");
     let f2 = f.clone();
     on_host(&t, move || f2.remove("pnfnet6", "pnf-ctr-6-1", "eth0")).unwrap();
-    assert!(!t.host.out("conntrack -L -p udp --orig-port-dst 5353").contains("dport=5353"), "flushed on DEL too");
+    assert!(
+        !t.host
+            .out("conntrack -L -p udp --orig-port-dst 5353")
+            .contains("dport=5353"),
+        "flushed on DEL too"
+    );
 }

@@ -52,16 +52,20 @@ fn message(kind: u16, flags: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
 }
 
 fn request(msg: &[u8]) -> io::Result<()> {
-    let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    sock.send(msg)?;
-    let mut buf = vec![0u8; 8192];
-    let n = sock.recv_raw(&mut buf)?;
-    mnl::cb_run(&buf[..n], 1, sock.portid()).map(|_| ())
+    super::nft::with_socket(|sock| {
+        sock.send(msg)?;
+        let mut buf = vec![0u8; 8192];
+        let n = sock.recv_raw(&mut buf)?;
+        mnl::cb_run(&buf[..n], 1, sock.portid()).map(|_| ())
+    })
 }
 
 /// The raw CTA_TUPLE_ORIG attributes (header included) of matching entries.
 fn dump_matching(family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
-    let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    super::nft::with_socket(|sock| dump_on(sock, family, ports))
+}
+
+fn dump_on(sock: &mnl::Socket, family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
     sock.send(&message(
         IPCTNL_MSG_CT_GET,
         libc::NLM_F_DUMP as u16,

@@ -3,7 +3,7 @@
 //! invariant: a batch either commits entirely or leaves the ruleset as it was, and an error
 //! names the operation the kernel refused.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_void, CStr, CString};
 use std::io;
 use std::net::IpAddr;
@@ -34,6 +34,39 @@ const REG_1: u32 = 1;
 const REG_2: u32 = 2;
 const REG32_00: u32 = 8;
 
+thread_local! {
+    /// One nfnetlink socket per thread and network namespace, kept open: closing a netfilter
+    /// socket waits for nf_tables' deferred destruction of the last transaction (an RCU grace
+    /// period, 5-20 ms here), so a socket per request would put that wait on every call.
+    static CONN: RefCell<Option<(u64, mnl::Socket)>> = const { RefCell::new(None) };
+}
+
+fn netns_id() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+}
+
+/// Runs `f` with this thread's socket for its current network namespace, with nothing
+/// left unread from earlier requests.
+pub(super) fn with_socket<T>(f: impl FnOnce(&mnl::Socket) -> io::Result<T>) -> io::Result<T> {
+    let ns = netns_id()?;
+    CONN.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(id, _)| *id) != Some(ns) {
+            *c = Some((ns, mnl::Socket::new(mnl::Bus::Netfilter)?));
+        }
+        let sock = &c.as_ref().expect("just set").1;
+        let mut scratch = vec![0u8; 8192];
+        while recv_nowait(sock, &mut scratch).is_some() {}
+        let r = f(sock);
+        if r.is_err() {
+            // Unknown leftovers: start afresh next time.
+            *c = None;
+        }
+        r
+    })
+}
+
 fn table_name() -> CString {
     CString::new(TABLE).expect("constant has no NUL")
 }
@@ -57,39 +90,36 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
         seqs.push(seq.get());
     }
     let batch = batch.finalize();
-    let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|e| NftError {
-        op: "open netlink socket".into(),
-        source: e,
-    })?;
-    sock.send_all(&batch).map_err(|e| NftError {
-        op: "send batch".into(),
-        source: e,
-    })?;
-    let expected = batch.sequence_numbers();
-    let total = expected.len();
-    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    let mut acked = 0usize;
-    let mut first_err: Option<(u32, i32)> = None;
-    while acked < total {
-        let n = if first_err.is_some() {
-            // After an error the kernel may not ack the rest: drain what is there, then stop.
-            match recv_nowait(&sock, &mut buf) {
-                Some(n) => n,
-                None => break,
-            }
-        } else {
-            sock.recv_raw(&mut buf).map_err(|e| NftError {
-                op: "receive acks".into(),
-                source: e,
-            })?
-        };
-        for (seq, err) in parse_acks(&buf[..n]) {
-            acked += 1;
-            if err != 0 && first_err.is_none() {
-                first_err = Some((seq, err));
+    let io_err = |op: &str| {
+        let op = op.to_string();
+        move |source| NftError { op, source }
+    };
+    let first_err = with_socket(|sock| {
+        sock.send_all(&batch)?;
+        let total = batch.sequence_numbers().len();
+        let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+        let mut acked = 0usize;
+        let mut first_err: Option<(u32, i32)> = None;
+        while acked < total {
+            let n = if first_err.is_some() {
+                // After an error the kernel may not ack the rest: drain what is there, then stop.
+                match recv_nowait(sock, &mut buf) {
+                    Some(n) => n,
+                    None => break,
+                }
+            } else {
+                sock.recv_raw(&mut buf)?
+            };
+            for (seq, err) in parse_acks(&buf[..n]) {
+                acked += 1;
+                if err != 0 && first_err.is_none() {
+                    first_err = Some((seq, err));
+                }
             }
         }
-    }
+        Ok(first_err)
+    })
+    .map_err(io_err("send batch / receive acks"))?;
     match first_err {
         None => Ok(()),
         Some((seq, errno)) => {
@@ -417,18 +447,16 @@ fn lower(e: &Expr) -> Vec<RawExpr> {
             cmp(EQ, 2u32.to_ne_bytes().to_vec()), // RTN_LOCAL
         ],
         Expr::Lookup { set, key, vmap } => {
+            // A concatenation is loaded into consecutive 32-bit registers, each part padded to
+            // 4 bytes (NFT_REG32_00 is the first word of NFT_REG_1), as nft does.
             let mut v = Vec::new();
             let mut reg32 = REG32_00;
             for f in key {
                 v.push(load(*f, reg32));
-                reg32 += f.len().div_ceil(4);
-            }
-            let sreg = if key.len() == 1 { REG_1 } else { REG32_00 };
-            if key.len() == 1 {
-                v[0] = load(key[0], REG_1);
+                reg32 += f.byte_len().div_ceil(4);
             }
             let mut l = RawExpr::new(c"lookup")
-                .u32(sys::NFTNL_EXPR_LOOKUP_SREG, sreg)
+                .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG32_00)
                 .str(sys::NFTNL_EXPR_LOOKUP_SET, set);
             if *vmap {
                 l = l.u32(sys::NFTNL_EXPR_LOOKUP_DREG, REG_VERDICT);
@@ -494,9 +522,9 @@ impl RawSet {
     fn definition(def: &SetDef) -> RawSet {
         let s = Self::base(def.name);
         let key_len: u32 = if def.key.len() == 1 {
-            def.key[0].len()
+            def.key[0].byte_len()
         } else {
-            def.key.iter().map(|f| f.len().div_ceil(4) * 4).sum()
+            def.key.iter().map(|f| f.byte_len().div_ceil(4) * 4).sum()
         };
         // nft encodes a concatenation's type as 6-bit datatype numbers shifted in order.
         let key_type = def
@@ -615,24 +643,26 @@ impl Drop for RawSet {
 
 /// What a single GET request found.
 fn get(build: impl FnOnce(*mut libc::c_char, u32)) -> io::Result<bool> {
-    let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
     let seq = 1;
     build(buf.as_mut_ptr().cast(), seq);
     let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    sock.send(&buf[..len])?;
-    loop {
-        let n = sock.recv_raw(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
+    let msg = buf[..len].to_vec();
+    with_socket(|sock| {
+        sock.send(&msg)?;
+        loop {
+            let n = sock.recv_raw(&mut buf)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            match mnl::cb_run(&buf[..n], seq, sock.portid()) {
+                Ok(mnl::CbResult::Stop) => return Ok(true),
+                Ok(mnl::CbResult::Ok) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
-        match mnl::cb_run(&buf[..n], seq, sock.portid()) {
-            Ok(mnl::CbResult::Stop) => return Ok(true),
-            Ok(mnl::CbResult::Ok) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
+    })
 }
 
 /// Does plugnet's table exist?

@@ -60,7 +60,7 @@ pub enum Field {
 
 impl Field {
     /// Bytes the field occupies in a register / key.
-    pub fn len(self) -> u32 {
+    pub fn byte_len(self) -> u32 {
         match self {
             Field::Iifname | Field::Oifname => 16,
             Field::Saddr(Fam::V4) | Field::Daddr(Fam::V4) => 4,
