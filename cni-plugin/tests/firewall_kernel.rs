@@ -334,6 +334,18 @@ fn docker_host_forward_drop_is_opened_minimally_and_cleaned() {
         "{ipt}"
     );
     assert_eq!(ipt.matches("-j PLUGNET-FORWARD").count(), 1, "{ipt}");
+    let (f2, a2) = (f.clone(), a.clone());
+    on_host(&t, move || f2.check(&a2)).unwrap();
+    // Docker restarts and re-creates DOCKER-USER without our jump: CHECK says so, reload fixes.
+    t.host.exec("sh -c 'iptables -F DOCKER-USER && iptables -A DOCKER-USER -j RETURN'");
+    assert!(!ping(&c1, "10.73.1.3"));
+    let (f2, a2) = (f.clone(), a.clone());
+    let err = on_host(&t, move || f2.check(&a2)).unwrap_err();
+    assert!(err.to_string().contains("PLUGNET-FORWARD"), "{err}");
+    let f2 = f.clone();
+    on_host(&t, move || f2.reload()).unwrap();
+    assert!(ping(&c1, "10.73.1.3"), "same bridge after reload");
+    assert_eq!(t.host.out("iptables -S").matches("-j PLUGNET-FORWARD").count(), 1);
     // The outside cannot open connections to unmapped container ports (no blanket accept).
     let _ssh = TcpServer::start(&c1, "10.73.1.2:22", "ssh");
     sh(&format!(

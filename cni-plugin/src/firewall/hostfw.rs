@@ -152,6 +152,45 @@ pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist.
+pub fn check(bridge: &str) -> Result<(), FirewallError> {
+    let out = match Command::new("iptables")
+        .args(["-w", "-t", "filter", "-S"])
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            return Err(FirewallError::HostFirewall(format!(
+                "iptables -S: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FirewallError::HostFirewall(format!("run iptables: {e}"))),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    check_rules(&text, bridge)
+}
+
+fn check_rules(text: &str, bridge: &str) -> Result<(), FirewallError> {
+    let o = parse_rules(text);
+    if !(o.forward_drops || o.docker_user) {
+        return Ok(());
+    }
+    if o.jump_from.is_none() {
+        return Err(FirewallError::Check(format!(
+            "iptables FORWARD drops and the jump to {CHAIN} is missing"
+        )));
+    }
+    let want = format!("-A {CHAIN} -i {bridge} -o {bridge} ");
+    if !text.lines().any(|l| l.starts_with(&want)) {
+        return Err(FirewallError::Check(format!(
+            "{CHAIN} has no rules for bridge {bridge}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +217,24 @@ mod tests {
         assert!(s.contains(
             "-D DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n-X PLUGNET-FORWARD\n"
         ));
+    }
+
+    #[test]
+    fn check_finds_missing_pieces() {
+        assert!(check_rules("-P FORWARD ACCEPT\n", "b").is_ok());
+        assert!(check_rules(DOCKER, "b")
+            .unwrap_err()
+            .to_string()
+            .contains("jump"));
+        let s = restore_input(&parse_rules(DOCKER), &["b".into()]).unwrap();
+        let listed: String = s
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with = format!("{DOCKER}-N PLUGNET-FORWARD\n-A DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n{listed}");
+        assert!(check_rules(&with, "b").is_ok());
+        assert!(check_rules(&with, "c").is_err());
     }
 
     #[test]

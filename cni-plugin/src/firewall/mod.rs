@@ -378,7 +378,11 @@ impl Firewall {
             }
             Some(_) => {}
         }
-        self.check_kernel(att, &key)
+        self.check_kernel(att, &key)?;
+        if self.opts.host_firewall {
+            hostfw::check(&att.bridge)?;
+        }
+        Ok(())
     }
 
     fn check_kernel(&self, att: &Attachment, key: &str) -> Result<(), FirewallError> {
