@@ -56,6 +56,8 @@ fn masquerade_is_seen_from_outside_and_removed() {
     require_root!();
     let mut t = Topo::new("masq", 0);
     let hv = t.add_container(1);
+    t.add_container(2);
+    let _peer = TcpServer::start(&t.cns(2), "10.70.1.3:7003", "peer");
     let dir = tempfile::tempdir().unwrap();
     let (f, a) = (fw(&dir), att(&t, 1, &hv));
     let _srv = TcpServer::start(&t.outside.0, "10.70.2.2:7000", "out");
@@ -77,6 +79,13 @@ fn masquerade_is_seen_from_outside_and_removed() {
     assert_eq!(
         tcp_get(&t.cns(1), "10.70.1.1:7001", None).unwrap(),
         "gw peer=10.70.1.2"
+    );
+    // So does a neighbour on the same bridge (also when br_netfilter passes it through NAT).
+    t.host
+        .exec("sysctl -qw net.bridge.bridge-nf-call-iptables=1");
+    assert_eq!(
+        tcp_get(&t.cns(1), "10.70.1.3:7003", None).unwrap(),
+        "peer peer=10.70.1.2"
     );
     let (f2, a2) = (f.clone(), a.clone());
     on_host(&t, move || f2.check(&a2)).unwrap();
@@ -337,7 +346,8 @@ fn docker_host_forward_drop_is_opened_minimally_and_cleaned() {
     let (f2, a2) = (f.clone(), a.clone());
     on_host(&t, move || f2.check(&a2)).unwrap();
     // Docker restarts and re-creates DOCKER-USER without our jump: CHECK says so, reload fixes.
-    t.host.exec("sh -c 'iptables -F DOCKER-USER && iptables -A DOCKER-USER -j RETURN'");
+    t.host
+        .exec("sh -c 'iptables -F DOCKER-USER && iptables -A DOCKER-USER -j RETURN'");
     assert!(!ping(&c1, "10.73.1.3"));
     let (f2, a2) = (f.clone(), a.clone());
     let err = on_host(&t, move || f2.check(&a2)).unwrap_err();
@@ -345,7 +355,13 @@ fn docker_host_forward_drop_is_opened_minimally_and_cleaned() {
     let f2 = f.clone();
     on_host(&t, move || f2.reload()).unwrap();
     assert!(ping(&c1, "10.73.1.3"), "same bridge after reload");
-    assert_eq!(t.host.out("iptables -S").matches("-j PLUGNET-FORWARD").count(), 1);
+    assert_eq!(
+        t.host
+            .out("iptables -S")
+            .matches("-j PLUGNET-FORWARD")
+            .count(),
+        1
+    );
     // The outside cannot open connections to unmapped container ports (no blanket accept).
     let _ssh = TcpServer::start(&c1, "10.73.1.2:22", "ssh");
     sh(&format!(

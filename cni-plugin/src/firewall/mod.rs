@@ -4,11 +4,11 @@
 //! attachment's own chains and map elements (plus shared objects on their first/last use), and
 //! the state directory always describes what is installed, so `reload` can rebuild it.
 //!
-//! Layout (`nft list table inet plugnet`): verdict maps keyed per container
-//! (`pm_any`, `pm_ip4`, `pm_ip6` for port mappings; `masq4/6` by source address; `egress4/6` by
-//! bridge . source address) jump to per-container chains `c-<key>-dnat` / `c-<key>-out` and to a
-//! per-network chain `n-<key>-masq`; base chains `guard`, `prerouting`, `output`, `postrouting`,
-//! `forward` hold a fixed handful of rules. See docs/firewall.md.
+//! Layout (`nft list table inet plugnet`): verdict maps keyed per container (`pm_any`,
+//! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
+//! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
+//! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
+//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
 
 mod conntrack;
 pub mod hostfw;
@@ -28,7 +28,7 @@ pub use types::{
     PortMapping, PortRange, Protocol,
 };
 
-use names::{attachment_key, check_cni_name, check_ifname, dnat_chain, egress_chain, masq_chain};
+use names::{attachment_key, check_cni_name, check_ifname, dnat_chain, egress_chain};
 use plan::{Op, SharedEdges};
 use state::{Shared, Store};
 
@@ -172,15 +172,11 @@ impl Firewall {
                 .map_err(state_err("read attachments"))?;
             ops.extend(rebuild_ops(&shared, &atts));
         }
-        let subnets = att.subnets();
-        let masq = masq_chain(&att.network, &subnets);
-        let masq_refs = shared.masq.get(&masq).map_or(0, |m| m.refs);
         let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
         let edges = SharedEdges {
-            masq_chain: (att.ip_masq && masq_refs == 0).then(|| masq.clone()),
             bridge_portmap: !att.port_mappings.is_empty() && bridge.portmap_refs == 0,
         };
-        ops.extend(plan::attach_ops(att, &key, &masq, &edges));
+        ops.extend(plan::attach_ops(att, &key, &edges));
 
         // Host-side effects that nftables cannot roll back: do them first, undo on failure.
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
@@ -207,12 +203,6 @@ impl Firewall {
             nft::run(&ops).map_err(nft_err("apply attachment"))?;
             // Record.
             shared.attachments += 1;
-            if att.ip_masq {
-                let m = shared.masq.entry(masq.clone()).or_default();
-                m.network = att.network.clone();
-                m.subnets = subnets.clone();
-                m.refs += 1;
-            }
             let b = shared.bridges.entry(att.bridge.clone()).or_default();
             b.refs += 1;
             if !att.port_mappings.is_empty() {
@@ -274,11 +264,8 @@ impl Firewall {
             .store
             .load_shared()
             .map_err(state_err("read shared state"))?;
-        let masq = masq_chain(&att.network, &att.subnets());
         let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
-        let last_masq = att.ip_masq && shared.masq.get(&masq).map_or(0, |m| m.refs) <= 1;
         let edges = SharedEdges {
-            masq_chain: last_masq.then(|| masq.clone()),
             bridge_portmap: !att.port_mappings.is_empty() && bridge.portmap_refs <= 1,
         };
         let table = nft::table_exists().unwrap_or(true);
@@ -306,14 +293,6 @@ impl Firewall {
         }
         // Shared bookkeeping.
         shared.attachments = shared.attachments.saturating_sub(1);
-        if att.ip_masq {
-            if let Some(m) = shared.masq.get_mut(&masq) {
-                m.refs = m.refs.saturating_sub(1);
-                if m.refs == 0 {
-                    shared.masq.remove(&masq);
-                }
-            }
-        }
         let mut bridge_gone = false;
         if let Some(b) = shared.bridges.get_mut(&att.bridge) {
             b.refs = b.refs.saturating_sub(1);
@@ -399,7 +378,6 @@ impl Firewall {
             elems.extend(plan::portmap_elems(att));
         }
         if att.ip_masq {
-            chains.push(masq_chain(&att.network, &att.subnets()));
             elems.extend(plan::masq_elems(att));
         }
         if att.net_out.is_some() {
@@ -543,13 +521,6 @@ fn recount(atts: &[(String, Attachment)], old: &Shared) -> Shared {
         ..Shared::default()
     };
     for (_, a) in atts {
-        if a.ip_masq {
-            let subnets = a.subnets();
-            let m = s.masq.entry(masq_chain(&a.network, &subnets)).or_default();
-            m.network = a.network.clone();
-            m.subnets = subnets;
-            m.refs += 1;
-        }
         let b = s.bridges.entry(a.bridge.clone()).or_default();
         b.refs += 1;
         if !a.port_mappings.is_empty() {
@@ -568,11 +539,6 @@ fn recount(atts: &[(String, Attachment)], old: &Shared) -> Shared {
 /// attachment's own objects.
 fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
     let mut ops = plan::infrastructure();
-    for (chain, m) in &shared.masq {
-        if m.refs > 0 {
-            ops.extend(plan::masq_chain_ops(chain, &m.subnets));
-        }
-    }
     for (name, b) in &shared.bridges {
         if b.portmap_refs > 0 {
             ops.extend(
@@ -587,8 +553,7 @@ fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
         }
     }
     for (key, a) in atts {
-        let masq = masq_chain(&a.network, &a.subnets());
-        ops.extend(plan::attach_ops(a, key, &masq, &SharedEdges::default()));
+        ops.extend(plan::attach_ops(a, key, &SharedEdges::default()));
     }
     ops
 }

@@ -69,14 +69,6 @@ pub fn egress_chain(key: &str) -> String {
     format!("c-{key}-out")
 }
 
-/// Per-network masquerade chain, keyed by network name and its subnets.
-pub fn masq_chain(network: &str, subnets: &[ipnetwork::IpNetwork]) -> String {
-    let s: Vec<String> = subnets.iter().map(|n| n.to_string()).collect();
-    let mut parts = vec![network];
-    parts.extend(s.iter().map(String::as_str));
-    format!("n-{}-masq", digest(&parts))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

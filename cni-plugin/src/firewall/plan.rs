@@ -16,8 +16,8 @@ pub const TABLE: &str = "plugnet";
 pub const MAP_PM_ANY: &str = "pm_any";
 pub const MAP_PM_IP4: &str = "pm_ip4";
 pub const MAP_PM_IP6: &str = "pm_ip6";
-pub const MAP_MASQ4: &str = "masq4";
-pub const MAP_MASQ6: &str = "masq6";
+pub const SET_MASQ4: &str = "masq4";
+pub const SET_MASQ6: &str = "masq6";
 pub const MAP_EGRESS4: &str = "egress4";
 pub const MAP_EGRESS6: &str = "egress6";
 pub const SET_MEMBERS4: &str = "members4";
@@ -405,8 +405,8 @@ pub fn infrastructure() -> Vec<Op> {
         (MAP_PM_ANY, vec![L4proto, Dport], true),
         (MAP_PM_IP4, vec![Daddr(Fam::V4), L4proto, Dport], true),
         (MAP_PM_IP6, vec![Daddr(Fam::V6), L4proto, Dport], true),
-        (MAP_MASQ4, vec![Saddr(Fam::V4)], true),
-        (MAP_MASQ6, vec![Saddr(Fam::V6)], true),
+        (SET_MASQ4, vec![Saddr(Fam::V4)], false),
+        (SET_MASQ6, vec![Saddr(Fam::V6)], false),
         (MAP_EGRESS4, vec![Iifname, Saddr(Fam::V4)], true),
         (MAP_EGRESS6, vec![Iifname, Saddr(Fam::V6)], true),
         (SET_MEMBERS4, vec![Oifname, Saddr(Fam::V4)], false),
@@ -514,20 +514,55 @@ pub fn infrastructure() -> Vec<Op> {
             Expr::Masquerade,
         ],
     ));
-    ops.push(rule(
-        "postrouting",
-        vec![
-            Expr::Nfproto(Fam::V4),
-            vmap(MAP_MASQ4, vec![Saddr(Fam::V4)]),
-        ],
-    ));
-    ops.push(rule(
-        "postrouting",
-        vec![
-            Expr::Nfproto(Fam::V6),
-            vmap(MAP_MASQ6, vec![Saddr(Fam::V6)]),
-        ],
-    ));
+    // ipMasq, as Docker does it (`-s <subnet> ! -o <bridge> -j MASQUERADE`): traffic leaving
+    // through the container's own bridge stays on its network and keeps its address; so does
+    // multicast; everything else from a masqueraded container is masqueraded. Plain sets, no
+    // jumps: the kernel re-validates every jump target on each commit.
+    let mcast = [
+        (Fam::V4, SET_MEMBERS4, SET_MASQ4, "224.0.0.0/4"),
+        (Fam::V6, SET_MEMBERS6, SET_MASQ6, "ff00::/8"),
+    ];
+    for (fam, members, _, _) in mcast {
+        ops.push(rule(
+            "postrouting",
+            vec![
+                Expr::Nfproto(fam),
+                Expr::Lookup {
+                    set: members.into(),
+                    key: vec![Oifname, Saddr(fam)],
+                    vmap: false,
+                },
+                Expr::Verdict(Verdict::Accept),
+            ],
+        ));
+    }
+    for (fam, _, masq, mc) in mcast {
+        let net: IpNetwork = mc.parse().expect("literal");
+        ops.push(rule(
+            "postrouting",
+            vec![
+                Expr::Nfproto(fam),
+                Expr::Addr {
+                    dst: true,
+                    net,
+                    negate: false,
+                },
+                Expr::Verdict(Verdict::Accept),
+            ],
+        ));
+        ops.push(rule(
+            "postrouting",
+            vec![
+                Expr::Nfproto(fam),
+                Expr::Lookup {
+                    set: masq.into(),
+                    key: vec![Saddr(fam)],
+                    vmap: false,
+                },
+                Expr::Masquerade,
+            ],
+        ));
+    }
     ops.push(rule(
         "forward",
         vec![
@@ -545,61 +580,17 @@ pub fn infrastructure() -> Vec<Op> {
     ops
 }
 
-/// The per-network masquerade chain: leave the network's own subnets and multicast alone,
-/// masquerade everything else.
-pub fn masq_chain_ops(chain: &str, subnets: &[IpNetwork]) -> Vec<Op> {
-    let mut ops = vec![Op::AddChain(chain.to_string())];
-    let ret = Expr::Verdict(Verdict::Return);
-    for net in subnets {
-        let fam = Fam::of(&net.ip());
-        ops.push(rule(
-            chain,
-            vec![
-                Expr::Nfproto(fam),
-                Expr::Addr {
-                    dst: true,
-                    net: *net,
-                    negate: false,
-                },
-                ret.clone(),
-            ],
-        ));
-    }
-    for (fam, mc) in [(Fam::V4, "224.0.0.0/4"), (Fam::V6, "ff00::/8")] {
-        let net: IpNetwork = mc.parse().expect("literal");
-        ops.push(rule(
-            chain,
-            vec![
-                Expr::Nfproto(fam),
-                Expr::Addr {
-                    dst: true,
-                    net,
-                    negate: false,
-                },
-                ret.clone(),
-            ],
-        ));
-    }
-    ops.push(rule(chain, vec![Expr::Masquerade]));
-    ops
-}
-
 /// Which shared, reference-counted objects this attachment is the first (or, on removal, the
 /// last) user of: decided by the caller from the state's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SharedEdges {
-    /// Create (or delete) the network's masquerade chain.
-    pub masq_chain: Option<String>,
-    /// Add (or delete) the bridge's hairpin and localnet elements.
+    /// Add (or delete) the bridge's localnet element (port mappings via 127.0.0.1).
     pub bridge_portmap: bool,
 }
 
 /// Everything one attachment adds, shared objects first.
-pub fn attach_ops(att: &Attachment, key: &str, masq_chain: &str, edges: &SharedEdges) -> Vec<Op> {
+pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     let mut ops = Vec::new();
-    if let Some(chain) = &edges.masq_chain {
-        ops.extend(masq_chain_ops(chain, &att.subnets()));
-    }
     if edges.bridge_portmap {
         ops.extend(
             bridge_elems(&att.bridge)
@@ -659,7 +650,7 @@ pub fn attach_ops(att: &Attachment, key: &str, masq_chain: &str, edges: &SharedE
             ops.push(Op::AddElem {
                 set,
                 key,
-                verdict: Some(Verdict::Jump(masq_chain.to_string())),
+                verdict: None,
             });
         }
     }
@@ -697,9 +688,6 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     if edges.bridge_portmap {
         ops.extend(bridge_elems(&att.bridge).into_iter().map(del));
     }
-    if let Some(chain) = &edges.masq_chain {
-        ops.push(Op::DelChain(chain.clone()));
-    }
     ops
 }
 
@@ -729,7 +717,7 @@ pub fn masq_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
     att.addrs()
         .map(|a| {
             (
-                if a.is_ipv4() { MAP_MASQ4 } else { MAP_MASQ6 }.to_string(),
+                if a.is_ipv4() { SET_MASQ4 } else { SET_MASQ6 }.to_string(),
                 vec![KeyVal::Addr(a)],
             )
         })
@@ -941,17 +929,10 @@ mod tests {
     #[test]
     fn attach_golden() {
         let edges = SharedEdges {
-            masq_chain: Some("n-x-masq".into()),
             bridge_portmap: true,
         };
-        let text = render(&attach_ops(&att(), "k", "n-x-masq", &edges));
+        let text = render(&attach_ops(&att(), "k", &edges));
         let want = "\
-add chain inet plugnet n-x-masq
-add rule inet plugnet n-x-masq meta nfproto ipv4 ip daddr 10.70.0.0/24 return
-add rule inet plugnet n-x-masq meta nfproto ipv6 ip6 daddr fd70::/64 return
-add rule inet plugnet n-x-masq meta nfproto ipv4 ip daddr 224.0.0.0/4 return
-add rule inet plugnet n-x-masq meta nfproto ipv6 ip6 daddr ff00::/8 return
-add rule inet plugnet n-x-masq masquerade
 add element inet plugnet localnet { \"pnfbr0\" }
 add element inet plugnet members4 { \"pnfbr0\" . 10.70.0.2 }
 add element inet plugnet members6 { \"pnfbr0\" . fd70::2 }
@@ -961,15 +942,15 @@ add rule inet plugnet c-k-dnat meta nfproto ipv6 meta l4proto tcp th dport 8080 
 add rule inet plugnet c-k-dnat meta nfproto ipv4 meta l4proto udp th dport 5353 ip daddr 192.0.2.1/32 dnat ip to 10.70.0.2:53
 add element inet plugnet pm_any { tcp . 8080 : jump c-k-dnat }
 add element inet plugnet pm_ip4 { 192.0.2.1 . udp . 5353 : jump c-k-dnat }
-add element inet plugnet masq4 { 10.70.0.2 : jump n-x-masq }
-add element inet plugnet masq6 { fd70::2 : jump n-x-masq }
+add element inet plugnet masq4 { 10.70.0.2 }
+add element inet plugnet masq6 { fd70::2 }
 ";
         assert_eq!(text, want);
     }
 
     #[test]
     fn no_shared_edges_means_only_own_objects() {
-        let ops = attach_ops(&att(), "k", "n-x-masq", &SharedEdges::default());
+        let ops = attach_ops(&att(), "k", &SharedEdges::default());
         assert!(ops.iter().all(|o| match o {
             Op::AddChain(c) => c == "c-k-dnat",
             Op::AddRule(r) => r.chain == "c-k-dnat",
@@ -985,18 +966,24 @@ add element inet plugnet masq6 { fd70::2 : jump n-x-masq }
             default: NetOutDefault::Deny,
             rules: vec![],
         });
-        let edges = SharedEdges {
-            masq_chain: Some("n-x-masq".into()),
-            bridge_portmap: true,
-        };
-        let ops = detach_ops(&a, "k", &edges);
+        let ops = detach_ops(
+            &a,
+            "k",
+            &SharedEdges {
+                bridge_portmap: true,
+            },
+        );
         let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
-        let last_elem = ops
+        let last_jump = ops
             .iter()
-            .rposition(|o| matches!(o, Op::DelElem { set, .. } if set.starts_with("masq")))
+            .rposition(|o| matches!(o, Op::DelElem { set, .. } if set.starts_with("pm_")))
             .unwrap();
-        assert!(pos(&Op::DelChain("n-x-masq".into())) > last_elem);
-        assert!(pos(&Op::DelChain("c-k-dnat".into())) > 0);
+        assert!(pos(&Op::DelChain("c-k-dnat".into())) > last_jump);
+        let last_jump = ops
+            .iter()
+            .rposition(|o| matches!(o, Op::DelElem { set, .. } if set.starts_with("egress")))
+            .unwrap();
+        assert!(pos(&Op::DelChain("c-k-out".into())) > last_jump);
         assert_eq!(
             ops.iter()
                 .filter(|o| matches!(o, Op::DelElem { .. }))

@@ -10,7 +10,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
-use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use super::types::Attachment;
@@ -23,17 +22,8 @@ pub struct Shared {
     pub version: u32,
     /// Number of attachments recorded (the table is deleted when it reaches 0).
     pub attachments: u64,
-    /// Masquerade chain name -> its network and users.
-    pub masq: BTreeMap<String, MasqRef>,
     /// Bridge name -> its users.
     pub bridges: BTreeMap<String, BridgeRef>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MasqRef {
-    pub network: String,
-    pub subnets: Vec<IpNetwork>,
-    pub refs: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,7 +258,7 @@ mod tests {
         s.ensure_dirs().unwrap();
         fs::write(
             d.path().join("shared.json"),
-            r#"{"version":99,"attachments":0,"masq":{},"bridges":{}}"#,
+            r#"{"version":99,"attachments":0,"bridges":{}}"#,
         )
         .unwrap();
         assert!(s
