@@ -125,6 +125,19 @@ fn port_mappings_from_outside_host_localhost_and_neighbour() {
             protocol: Protocol::Udp,
             host_ip: None,
         },
+        // Only on the host's outside address (v4) and its outside IPv6 address.
+        PortMapping {
+            host_port: 9090,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: Some("10.71.2.1".parse().unwrap()),
+        },
+        PortMapping {
+            host_port: 9090,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: Some("fd71:2::1".parse().unwrap()),
+        },
     ];
     let b = att(&t, 2, &hv2);
     let _tcp = TcpServer::start(&t.cns(1), "10.71.1.2:80", "web");
@@ -149,6 +162,19 @@ fn port_mappings_from_outside_host_localhost_and_neighbour() {
         "web6 peer=fd71:2::2"
     );
     assert_eq!(udp_get(o, "10.71.2.1:5353").unwrap(), "dns peer=10.71.2.2");
+    // hostIP: only that address maps the port.
+    assert_eq!(
+        tcp_get(o, "10.71.2.1:9090", None).unwrap(),
+        "web peer=10.71.2.2"
+    );
+    assert_eq!(
+        tcp_get(o, "[fd71:2::1]:9090", None).unwrap(),
+        "web6 peer=fd71:2::2"
+    );
+    assert!(
+        tcp_get(&t.cns(2), "10.71.1.1:9090", None).is_err(),
+        "not on another host address"
+    );
     // From the host itself, by its own address and by 127.0.0.1.
     let h = &t.host.0;
     assert!(tcp_get(h, "10.71.2.1:8080", None)
@@ -171,8 +197,20 @@ fn port_mappings_from_outside_host_localhost_and_neighbour() {
     assert!(udp_get(&t.cns(2), "10.71.1.1:5353")
         .unwrap()
         .starts_with("dns peer="));
-    // A loopback destination arriving from the bridge is refused (route_localnet guard).
-    assert!(tcp_get(&t.cns(2), "127.0.0.1:8080", None).is_err());
+    // route_localnet is on for the bridge, so loopback addresses arriving from it are dropped
+    // by the guard chain (CVE-2020-8558); shown by the ruleset (no traffic test: a container
+    // cannot easily be made to send such packets).
+    let rs = ruleset(&t);
+    assert!(
+        rs.contains("iifname @localnet ip daddr 127.0.0.0/8 drop"),
+        "{rs}"
+    );
+    assert_eq!(
+        t.host
+            .out("cat /proc/sys/net/ipv4/conf/pnfbr1/route_localnet")
+            .trim(),
+        "1"
+    );
     // The same host port for another container is a clear conflict.
     let mut c = b.clone();
     c.container_id = "pnf-ctr-1-3".into();

@@ -28,7 +28,7 @@ pub use types::{
     PortMapping, PortRange, Protocol,
 };
 
-use names::{attachment_key, check_cni_name, check_ifname, dnat_chain, egress_chain};
+use names::{attachment_key, check_cni_name, check_ifname, egress_chain};
 use plan::{Op, SharedEdges};
 use state::{Shared, Store};
 
@@ -81,7 +81,7 @@ fn state_err(step: &'static str) -> impl FnOnce(io::Error) -> FirewallError {
 fn nft_err(step: &'static str) -> impl FnOnce(nft::NftError) -> FirewallError {
     move |e| {
         if e.source.raw_os_error() == Some(libc::EEXIST)
-            && e.op.starts_with("add element inet plugnet pm_")
+            && e.op.starts_with("add element inet plugnet pm")
         {
             return FirewallError::PortConflict(format!(
                 "host port already mapped by another attachment ({})",
@@ -373,10 +373,11 @@ impl Firewall {
         }
         let mut chains = Vec::new();
         let mut elems = Vec::new();
-        if !att.port_mappings.is_empty() {
-            chains.push(dnat_chain(key));
-            elems.extend(plan::portmap_elems(att));
-        }
+        elems.extend(
+            plan::portmap_elems(att)
+                .into_iter()
+                .map(|(set, k, _)| (set, k)),
+        );
         if att.ip_masq {
             elems.extend(plan::masq_elems(att));
         }
@@ -547,7 +548,7 @@ fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
                     .map(|(set, key)| Op::AddElem {
                         set,
                         key,
-                        verdict: None,
+                        data: None,
                     }),
             );
         }

@@ -59,11 +59,6 @@ pub fn attachment_key(network: &str, container_id: &str, ifname: &str) -> String
     digest(&[network, container_id, ifname])
 }
 
-/// Per-container DNAT chain (port mappings).
-pub fn dnat_chain(key: &str) -> String {
-    format!("c-{key}-dnat")
-}
-
 /// Per-container egress chain (netOut).
 pub fn egress_chain(key: &str) -> String {
     format!("c-{key}-out")
@@ -103,7 +98,7 @@ mod tests {
         assert_eq!(digest(&["a"]), digest(&["a"]));
         assert_ne!(digest(&["ab", "c"]), digest(&["a", "bc"]));
         assert_eq!(attachment_key("n", "c", "eth0").len(), 16);
-        assert_eq!(dnat_chain("0123456789abcdef"), "c-0123456789abcdef-dnat");
+        assert_eq!(egress_chain("0123456789abcdef"), "c-0123456789abcdef-out");
         // FNV-1a reference value for "a".
         assert_eq!(digest(&["a"]), "af63dc4c8601ec8c");
     }

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, ChainType, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
 
-use super::plan::{Expr, Fam, Field, Hook, KeyVal, Op, SetDef, Verdict, TABLE};
+use super::plan::{ElemData, Expr, Fam, Field, Hook, KeyVal, Op, SetData, SetDef, Verdict, TABLE};
 
 /// The kernel refused an operation of a batch (the whole batch was rolled back).
 #[derive(Debug)]
@@ -206,9 +206,9 @@ fn add_op(batch: &mut Batch, table: &Table, op: &Op, seq: &Cell<u32>) {
             }
             batch.add(&Seq(&rule, seq), MsgType::Add);
         }
-        Op::AddElem { set, key, verdict } => batch.add(
+        Op::AddElem { set, key, data } => batch.add(
             &Seq(
-                &RawSet::element(set, key, verdict.as_ref(), libc::NFT_MSG_NEWSETELEM),
+                &RawSet::element(set, key, data.as_ref(), libc::NFT_MSG_NEWSETELEM),
                 seq,
             ),
             MsgType::Add,
@@ -480,6 +480,34 @@ fn lower(e: &Expr) -> Vec<RawExpr> {
                     .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, REG_2),
             ]
         }
+        Expr::DnatMap { fam, set, key } => {
+            let mut v = Vec::new();
+            let mut reg32 = REG32_00;
+            for f in key {
+                v.push(load(*f, reg32));
+                reg32 += f.byte_len().div_ceil(4);
+            }
+            // The map yields address . port into NFT_REG_1 onwards: the port follows the
+            // address in the next 32-bit register.
+            let (family, port_reg) = match fam {
+                Fam::V4 => (libc::NFPROTO_IPV4, REG32_00 + 1),
+                Fam::V6 => (libc::NFPROTO_IPV6, REG32_00 + 4),
+            };
+            v.push(
+                RawExpr::new(c"lookup")
+                    .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG32_00)
+                    .u32(sys::NFTNL_EXPR_LOOKUP_DREG, REG_1)
+                    .str(sys::NFTNL_EXPR_LOOKUP_SET, set),
+            );
+            v.push(
+                RawExpr::new(c"nat")
+                    .u32(sys::NFTNL_EXPR_NAT_TYPE, libc::NFT_NAT_DNAT as u32)
+                    .u32(sys::NFTNL_EXPR_NAT_FAMILY, family as u32)
+                    .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG_1)
+                    .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, port_reg),
+            );
+            v
+        }
         Expr::Masquerade => vec![RawExpr::new(c"masq")],
         Expr::Counter => vec![RawExpr::new(c"counter")],
         Expr::Reject => vec![RawExpr::new(c"reject")
@@ -550,17 +578,22 @@ impl RawSet {
                 udata.as_ptr().cast(),
                 udata.len() as u32,
             );
-            if def.vmap {
+            let map = |data_type: u32| {
                 sys::nftnl_set_set_u32(
                     s.as_ptr(),
                     sys::NFTNL_SET_FLAGS as u16,
                     libc::NFT_SET_MAP as u32,
                 );
-                sys::nftnl_set_set_u32(
-                    s.as_ptr(),
-                    sys::NFTNL_SET_DATA_TYPE as u16,
-                    libc::NFT_DATA_VERDICT,
-                );
+                sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_DATA_TYPE as u16, data_type);
+            };
+            match &def.data {
+                SetData::None => {}
+                SetData::Verdict => map(libc::NFT_DATA_VERDICT),
+                SetData::Value(fields) => {
+                    map(fields.iter().fold(0u32, |acc, f| (acc << 6) | f.nft_type()));
+                    let len: u32 = fields.iter().map(|f| f.byte_len().div_ceil(4) * 4).sum();
+                    sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_DATA_LEN as u16, len);
+                }
             }
         }
         RawSet {
@@ -570,7 +603,7 @@ impl RawSet {
         }
     }
 
-    fn element(set: &str, key: &[KeyVal], verdict: Option<&Verdict>, msg: i32) -> RawSet {
+    fn element(set: &str, key: &[KeyVal], data: Option<&ElemData>, msg: i32) -> RawSet {
         let s = Self::base(set);
         let mut k = KeyVal::concat(key);
         if key.len() == 1 {
@@ -588,12 +621,32 @@ impl RawSet {
                 k.as_ptr().cast(),
                 k.len() as u32,
             );
-            if let Some(v) = verdict {
-                sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16, verdict_code(v));
-                if let Verdict::Jump(chain) = v {
-                    let c = cstr(chain);
-                    sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16, c.as_ptr());
+            match data {
+                Some(ElemData::Verdict(v)) => {
+                    sys::nftnl_set_elem_set_u32(
+                        e,
+                        sys::NFTNL_SET_ELEM_VERDICT as u16,
+                        verdict_code(v),
+                    );
+                    if let Verdict::Jump(chain) = v {
+                        let c = cstr(chain);
+                        sys::nftnl_set_elem_set_str(
+                            e,
+                            sys::NFTNL_SET_ELEM_CHAIN as u16,
+                            c.as_ptr(),
+                        );
+                    }
                 }
+                Some(ElemData::Value(v)) => {
+                    let d = KeyVal::concat(v);
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_DATA as u16,
+                        d.as_ptr().cast(),
+                        d.len() as u32,
+                    );
+                }
+                None => {}
             }
             sys::nftnl_set_elem_add(s.as_ptr(), e);
         }

@@ -7,15 +7,16 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::names::{dnat_chain, egress_chain};
+use super::names::egress_chain;
 use super::types::{Attachment, NetOut, NetOutDefault, NetOutProtocol, NetOutRule};
 
 /// plugnet's own table (family inet: one table for IPv4 and IPv6, filter and NAT).
 pub const TABLE: &str = "plugnet";
 
-pub const MAP_PM_ANY: &str = "pm_any";
-pub const MAP_PM_IP4: &str = "pm_ip4";
-pub const MAP_PM_IP6: &str = "pm_ip6";
+pub const MAP_PM4_ANY: &str = "pm4_any";
+pub const MAP_PM6_ANY: &str = "pm6_any";
+pub const MAP_PM4_IP: &str = "pm4_ip";
+pub const MAP_PM6_IP: &str = "pm6_ip";
 pub const SET_MASQ4: &str = "masq4";
 pub const SET_MASQ6: &str = "masq6";
 pub const MAP_EGRESS4: &str = "egress4";
@@ -203,6 +204,12 @@ pub enum Expr {
         addr: IpAddr,
         port: u16,
     },
+    /// `dnat <fam> to <key> map @set`: the map yields address . port.
+    DnatMap {
+        fam: Fam,
+        set: String,
+        key: Vec<Field>,
+    },
     Masquerade,
     Counter,
     Reject,
@@ -263,6 +270,10 @@ impl fmt::Display for Expr {
                 addr: IpAddr::V6(a),
                 port,
             } => write!(f, "dnat ip6 to [{a}]:{port}"),
+            Expr::DnatMap { fam, set, key } => {
+                let k: Vec<String> = key.iter().map(|x| x.text()).collect();
+                write!(f, "dnat {} to {} map @{set}", fam.word(), k.join(" . "))
+            }
             Expr::Masquerade => f.write_str("masquerade"),
             Expr::Counter => f.write_str("counter"),
             Expr::Reject => f.write_str("reject with icmpx admin-prohibited"),
@@ -297,8 +308,25 @@ pub struct BaseChain {
 pub struct SetDef {
     pub name: &'static str,
     pub key: Vec<Field>,
-    /// A verdict map (`: verdict`) rather than a plain set.
-    pub vmap: bool,
+    pub data: SetData,
+}
+
+/// What a set maps its keys to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetData {
+    /// A plain set.
+    None,
+    /// A verdict map (`: verdict`).
+    Verdict,
+    /// A data map whose values are these fields concatenated (e.g. address . port).
+    Value(Vec<Field>),
+}
+
+/// The value an element maps to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElemData {
+    Verdict(Verdict),
+    Value(Vec<KeyVal>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,7 +341,7 @@ pub enum Op {
     AddElem {
         set: String,
         key: Vec<KeyVal>,
-        verdict: Option<Verdict>,
+        data: Option<ElemData>,
     },
     DelElem {
         set: String,
@@ -347,24 +375,29 @@ impl fmt::Display for Op {
                 c.priority
             ),
             Op::AddSet(s) => {
-                let types: Vec<&str> = s
-                    .key
-                    .iter()
-                    .map(|k| match k.nft_type() {
-                        41 => "ifname",
-                        7 => "ipv4_addr",
-                        8 => "ipv6_addr",
-                        12 => "inet_proto",
-                        _ => "inet_service",
-                    })
-                    .collect();
-                let kind = if s.vmap { "map" } else { "set" };
-                let data = if s.vmap { " : verdict" } else { "" };
+                let types = |fields: &[Field]| {
+                    fields
+                        .iter()
+                        .map(|k| match k.nft_type() {
+                            41 => "ifname",
+                            7 => "ipv4_addr",
+                            8 => "ipv6_addr",
+                            12 => "inet_proto",
+                            _ => "inet_service",
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" . ")
+                };
+                let (kind, data) = match &s.data {
+                    SetData::None => ("set", String::new()),
+                    SetData::Verdict => ("map", " : verdict".to_string()),
+                    SetData::Value(v) => ("map", format!(" : {}", types(v))),
+                };
                 write!(
                     f,
                     "add {kind} {t} {} {{ type {}{data}; }}",
                     s.name,
-                    types.join(" . ")
+                    types(&s.key)
                 )
             }
             Op::AddChain(c) => write!(f, "add chain {t} {c}"),
@@ -373,12 +406,13 @@ impl fmt::Display for Op {
                 let e: Vec<String> = r.exprs.iter().map(|x| x.to_string()).collect();
                 write!(f, "add rule {t} {} {}", r.chain, e.join(" "))
             }
-            Op::AddElem {
-                set,
-                key: k,
-                verdict,
-            } => match verdict {
-                Some(v) => write!(f, "add element {t} {set} {{ {} : {v} }}", key(k)),
+            Op::AddElem { set, key: k, data } => match data {
+                Some(ElemData::Verdict(v)) => {
+                    write!(f, "add element {t} {set} {{ {} : {v} }}", key(k))
+                }
+                Some(ElemData::Value(v)) => {
+                    write!(f, "add element {t} {set} {{ {} : {} }}", key(k), key(v))
+                }
                 None => write!(f, "add element {t} {set} {{ {} }}", key(k)),
             },
             Op::DelElem { set, key: k } => write!(f, "delete element {t} {set} {{ {} }}", key(k)),
@@ -401,20 +435,30 @@ fn jump(chain: &str) -> Expr {
 pub fn infrastructure() -> Vec<Op> {
     use Field::*;
     let mut ops = vec![Op::AddTable];
-    let sets: [(&'static str, Vec<Field>, bool); 10] = [
-        (MAP_PM_ANY, vec![L4proto, Dport], true),
-        (MAP_PM_IP4, vec![Daddr(Fam::V4), L4proto, Dport], true),
-        (MAP_PM_IP6, vec![Daddr(Fam::V6), L4proto, Dport], true),
-        (SET_MASQ4, vec![Saddr(Fam::V4)], false),
-        (SET_MASQ6, vec![Saddr(Fam::V6)], false),
-        (MAP_EGRESS4, vec![Iifname, Saddr(Fam::V4)], true),
-        (MAP_EGRESS6, vec![Iifname, Saddr(Fam::V6)], true),
-        (SET_MEMBERS4, vec![Oifname, Saddr(Fam::V4)], false),
-        (SET_MEMBERS6, vec![Oifname, Saddr(Fam::V6)], false),
-        (SET_LOCALNET, vec![Iifname], false),
+    let to = |fam| SetData::Value(vec![Daddr(fam), Dport]);
+    let sets: [(&'static str, Vec<Field>, SetData); 11] = [
+        (
+            MAP_PM4_IP,
+            vec![Daddr(Fam::V4), L4proto, Dport],
+            to(Fam::V4),
+        ),
+        (
+            MAP_PM6_IP,
+            vec![Daddr(Fam::V6), L4proto, Dport],
+            to(Fam::V6),
+        ),
+        (MAP_PM4_ANY, vec![L4proto, Dport], to(Fam::V4)),
+        (MAP_PM6_ANY, vec![L4proto, Dport], to(Fam::V6)),
+        (SET_MASQ4, vec![Saddr(Fam::V4)], SetData::None),
+        (SET_MASQ6, vec![Saddr(Fam::V6)], SetData::None),
+        (MAP_EGRESS4, vec![Iifname, Saddr(Fam::V4)], SetData::Verdict),
+        (MAP_EGRESS6, vec![Iifname, Saddr(Fam::V6)], SetData::Verdict),
+        (SET_MEMBERS4, vec![Oifname, Saddr(Fam::V4)], SetData::None),
+        (SET_MEMBERS6, vec![Oifname, Saddr(Fam::V6)], SetData::None),
+        (SET_LOCALNET, vec![Iifname], SetData::None),
     ];
-    for (name, key, vmap) in sets {
-        ops.push(Op::AddSet(SetDef { name, key, vmap }));
+    for (name, key, data) in sets {
+        ops.push(Op::AddSet(SetDef { name, key, data }));
     }
     let base = |name, hook, priority, nat| {
         Op::AddBaseChain(BaseChain {
@@ -462,24 +506,36 @@ pub fn infrastructure() -> Vec<Op> {
         key,
         vmap: true,
     };
-    ops.push(rule(
-        CHAIN_PORTMAP,
-        vec![
-            Expr::Nfproto(Fam::V4),
-            vmap(MAP_PM_IP4, vec![Daddr(Fam::V4), L4proto, Dport]),
-        ],
-    ));
-    ops.push(rule(
-        CHAIN_PORTMAP,
-        vec![
-            Expr::Nfproto(Fam::V6),
-            vmap(MAP_PM_IP6, vec![Daddr(Fam::V6), L4proto, Dport]),
-        ],
-    ));
-    ops.push(rule(
-        CHAIN_PORTMAP,
-        vec![vmap(MAP_PM_ANY, vec![L4proto, Dport])],
-    ));
+    // Port mappings are data maps (key -> container address . port) read by one dnat each: no
+    // per-container chain, so no jump for the kernel to re-validate on every commit. A mapping
+    // for one host address wins over a wildcard one.
+    for (fam, by_ip, any) in [
+        (Fam::V4, MAP_PM4_IP, MAP_PM4_ANY),
+        (Fam::V6, MAP_PM6_IP, MAP_PM6_ANY),
+    ] {
+        ops.push(rule(
+            CHAIN_PORTMAP,
+            vec![
+                Expr::Nfproto(fam),
+                Expr::DnatMap {
+                    fam,
+                    set: by_ip.into(),
+                    key: vec![Daddr(fam), L4proto, Dport],
+                },
+            ],
+        ));
+        ops.push(rule(
+            CHAIN_PORTMAP,
+            vec![
+                Expr::Nfproto(fam),
+                Expr::DnatMap {
+                    fam,
+                    set: any.into(),
+                    key: vec![L4proto, Dport],
+                },
+            ],
+        ));
+    }
     // Hairpin: a container reaching a neighbour through a host port must see replies come back
     // through the host, so the source is rewritten to the bridge address. Keyed on the output
     // bridge and the source address (not the input interface: with br_netfilter such packets
@@ -598,7 +654,7 @@ pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
                 .map(|(set, key)| Op::AddElem {
                     set,
                     key,
-                    verdict: None,
+                    data: None,
                 }),
         );
     }
@@ -606,51 +662,22 @@ pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
         ops.push(Op::AddElem {
             set,
             key,
-            verdict: None,
+            data: None,
         });
     }
-    if !att.port_mappings.is_empty() {
-        let chain = dnat_chain(key);
-        ops.push(Op::AddChain(chain.clone()));
-        for pm in &att.port_mappings {
-            for addr in att.addrs() {
-                if pm.host_ip.is_some_and(|h| h.is_ipv4() != addr.is_ipv4()) {
-                    continue;
-                }
-                let fam = Fam::of(&addr);
-                let mut e = vec![Expr::Nfproto(fam), Expr::L4proto(pm.protocol.number())];
-                e.push(Expr::Dport {
-                    start: pm.host_port,
-                    end: pm.host_port,
-                });
-                if let Some(h) = pm.host_ip {
-                    e.push(Expr::Addr {
-                        dst: true,
-                        net: IpNetwork::from(h),
-                        negate: false,
-                    });
-                }
-                e.push(Expr::Dnat {
-                    addr,
-                    port: pm.container_port,
-                });
-                ops.push(rule(&chain, e));
-            }
-        }
-        for (set, key) in portmap_elems(att) {
-            ops.push(Op::AddElem {
-                set,
-                key,
-                verdict: Some(Verdict::Jump(chain.clone())),
-            });
-        }
+    for (set, key, value) in portmap_elems(att) {
+        ops.push(Op::AddElem {
+            set,
+            key,
+            data: Some(ElemData::Value(value)),
+        });
     }
     if att.ip_masq {
         for (set, key) in masq_elems(att) {
             ops.push(Op::AddElem {
                 set,
                 key,
-                verdict: None,
+                data: None,
             });
         }
     }
@@ -662,7 +689,7 @@ pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
             ops.push(Op::AddElem {
                 set,
                 key,
-                verdict: Some(Verdict::Jump(chain.clone())),
+                data: Some(ElemData::Verdict(Verdict::Jump(chain.clone()))),
             });
         }
     }
@@ -674,10 +701,11 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     let mut ops = Vec::new();
     let del = |(set, key): (String, Vec<KeyVal>)| Op::DelElem { set, key };
     ops.extend(member_elems(att).into_iter().map(del));
-    if !att.port_mappings.is_empty() {
-        ops.extend(portmap_elems(att).into_iter().map(del));
-        ops.push(Op::DelChain(dnat_chain(key)));
-    }
+    ops.extend(
+        portmap_elems(att)
+            .into_iter()
+            .map(|(set, key, _)| del((set, key))),
+    );
     if att.ip_masq {
         ops.extend(masq_elems(att).into_iter().map(del));
     }
@@ -692,25 +720,36 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
 }
 
 /// The (set, key) pairs naming this attachment's port-map elements.
-pub fn portmap_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
-    att.port_mappings
-        .iter()
-        .map(|pm| {
-            let tail = [
-                KeyVal::Proto(pm.protocol.number()),
-                KeyVal::Port(pm.host_port),
-            ];
+/// (map, key, container address . port) of this attachment's port mappings: per mapping, one
+/// element per address family the container has (its first address of that family), or only
+/// the hostIP's family.
+pub fn portmap_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>, Vec<KeyVal>)> {
+    let first = |v4: bool| att.addrs().find(|a| a.is_ipv4() == v4);
+    let mut out = Vec::new();
+    for pm in &att.port_mappings {
+        let tail = [
+            KeyVal::Proto(pm.protocol.number()),
+            KeyVal::Port(pm.host_port),
+        ];
+        for v4 in [true, false] {
+            let Some(ctr) = first(v4) else { continue };
+            let value = vec![KeyVal::Addr(ctr), KeyVal::Port(pm.container_port)];
             match pm.host_ip {
-                None => (MAP_PM_ANY.to_string(), tail.to_vec()),
-                Some(h) => {
-                    let set = if h.is_ipv4() { MAP_PM_IP4 } else { MAP_PM_IP6 };
-                    let mut k = vec![KeyVal::Addr(h)];
-                    k.extend(tail);
-                    (set.to_string(), k)
+                None => {
+                    let set = if v4 { MAP_PM4_ANY } else { MAP_PM6_ANY };
+                    out.push((set.to_string(), tail.to_vec(), value));
                 }
+                Some(h) if h.is_ipv4() == v4 => {
+                    let set = if v4 { MAP_PM4_IP } else { MAP_PM6_IP };
+                    let mut k = vec![KeyVal::Addr(h)];
+                    k.extend(tail.clone());
+                    out.push((set.to_string(), k, value));
+                }
+                Some(_) => {}
             }
-        })
-        .collect()
+        }
+    }
+    out
 }
 
 pub fn masq_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
@@ -936,12 +975,9 @@ mod tests {
 add element inet plugnet localnet { \"pnfbr0\" }
 add element inet plugnet members4 { \"pnfbr0\" . 10.70.0.2 }
 add element inet plugnet members6 { \"pnfbr0\" . fd70::2 }
-add chain inet plugnet c-k-dnat
-add rule inet plugnet c-k-dnat meta nfproto ipv4 meta l4proto tcp th dport 8080 dnat ip to 10.70.0.2:80
-add rule inet plugnet c-k-dnat meta nfproto ipv6 meta l4proto tcp th dport 8080 dnat ip6 to [fd70::2]:80
-add rule inet plugnet c-k-dnat meta nfproto ipv4 meta l4proto udp th dport 5353 ip daddr 192.0.2.1/32 dnat ip to 10.70.0.2:53
-add element inet plugnet pm_any { tcp . 8080 : jump c-k-dnat }
-add element inet plugnet pm_ip4 { 192.0.2.1 . udp . 5353 : jump c-k-dnat }
+add element inet plugnet pm4_any { tcp . 8080 : 10.70.0.2 . 80 }
+add element inet plugnet pm6_any { tcp . 8080 : fd70::2 . 80 }
+add element inet plugnet pm4_ip { 192.0.2.1 . udp . 5353 : 10.70.0.2 . 53 }
 add element inet plugnet masq4 { 10.70.0.2 }
 add element inet plugnet masq6 { fd70::2 }
 ";
@@ -952,8 +988,6 @@ add element inet plugnet masq6 { fd70::2 }
     fn no_shared_edges_means_only_own_objects() {
         let ops = attach_ops(&att(), "k", &SharedEdges::default());
         assert!(ops.iter().all(|o| match o {
-            Op::AddChain(c) => c == "c-k-dnat",
-            Op::AddRule(r) => r.chain == "c-k-dnat",
             Op::AddElem { set, .. } => !set.starts_with("localnet"),
             _ => false,
         }));
@@ -976,11 +1010,6 @@ add element inet plugnet masq6 { fd70::2 }
         let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
         let last_jump = ops
             .iter()
-            .rposition(|o| matches!(o, Op::DelElem { set, .. } if set.starts_with("pm_")))
-            .unwrap();
-        assert!(pos(&Op::DelChain("c-k-dnat".into())) > last_jump);
-        let last_jump = ops
-            .iter()
             .rposition(|o| matches!(o, Op::DelElem { set, .. } if set.starts_with("egress")))
             .unwrap();
         assert!(pos(&Op::DelChain("c-k-out".into())) > last_jump);
@@ -988,7 +1017,7 @@ add element inet plugnet masq6 { fd70::2 }
             ops.iter()
                 .filter(|o| matches!(o, Op::DelElem { .. }))
                 .count(),
-            2 + 2 + 2 + 2 + 1 // members, port maps, masq, egress, localnet
+            2 + 3 + 2 + 2 + 1 // members, port maps, masq, egress, localnet
         );
     }
 
