@@ -5,6 +5,7 @@
 //!
 //!     cargo bench -p plugnet --bench firewall_scale            # N=500
 //!     PNF_BENCH_N=200 cargo bench -p plugnet --bench firewall_scale
+//!     PNF_BENCH_STATE_BASE=/dev/shm cargo bench ...   # state on tmpfs: no fsync noise
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -159,7 +160,14 @@ fn main() {
     let small_ns = Netns::new(format!("pnf-bench-s-{pid}"));
     let big_ns = Netns::new(format!("pnf-bench-b-{pid}"));
     let (small, big) = (Worker::new(&small_ns.0), Worker::new(&big_ns.0));
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // PNF_BENCH_STATE_BASE=/dev/shm keeps fsync (disk noise, the same for any N) out of it.
+    let base = std::env::var("PNF_BENCH_STATE_BASE")
+        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+    let dirs = (
+        tempfile::tempdir_in(&base).unwrap(),
+        tempfile::tempdir_in(&base).unwrap(),
+    );
+    println!("state under {base}");
     let opts = |d: &tempfile::TempDir| Options {
         state_dir: d.path().to_path_buf(),
         host_firewall: false,

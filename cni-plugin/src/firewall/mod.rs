@@ -170,6 +170,8 @@ impl Firewall {
                 .store
                 .all_attachments()
                 .map_err(state_err("read attachments"))?;
+            // The counters are a cache of the attachment files: trust the files.
+            shared = recount(&atts, &shared);
             ops.extend(rebuild_ops(&shared, &atts));
         }
         let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();

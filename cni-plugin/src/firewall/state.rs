@@ -104,9 +104,12 @@ impl Store {
     pub fn save_shared(&self, s: &Shared) -> io::Result<()> {
         let mut s = s.clone();
         s.version = VERSION;
+        // A cache of what the attachment files imply (recomputed by reload and by the ADD that
+        // finds the table gone, e.g. after a reboot): atomic, but not worth an fsync per ADD.
         write_atomic(
             &self.dir.join("shared.json"),
             &serde_json::to_vec_pretty(&s).map_err(io::Error::other)?,
+            false,
         )
     }
 
@@ -134,6 +137,7 @@ impl Store {
         write_atomic(
             &self.attachment_path(key),
             &serde_json::to_vec_pretty(&f).map_err(io::Error::other)?,
+            true,
         )
     }
 
@@ -176,10 +180,10 @@ fn check_version(v: u32) -> io::Result<()> {
     }
 }
 
-/// temp file (0600) -> write -> fsync -> rename. The directory is not fsynced: the records
-/// describe kernel objects that a reboot removes anyway, so only atomicity matters (a reader
-/// sees the old or the new file, never a torn one).
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// temp file (0600) -> write -> fsync (when `durable`) -> rename. The directory is not fsynced:
+/// the records describe kernel objects that a reboot removes anyway, so only atomicity matters
+/// (a reader sees the old or the new file, never a torn one).
+pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
@@ -196,7 +200,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, path)
 }
