@@ -560,3 +560,42 @@ fn stale_udp_conntrack_is_flushed_on_add() {
         "flushed on DEL too"
     );
 }
+
+#[test]
+fn gc_removes_attachments_not_in_the_valid_list() {
+    require_root!();
+    let mut t = Topo::new("gc", 7);
+    let hv1 = t.add_container(1);
+    let hv2 = t.add_container(2);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fw(&dir);
+    let mut a = att(&t, 1, &hv1);
+    a.port_mappings = vec![PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        protocol: Protocol::Tcp,
+        host_ip: None,
+    }];
+    let b = att(&t, 2, &hv2);
+    let (f2, a2, b2) = (f.clone(), a.clone(), b.clone());
+    let removed = on_host(&t, move || {
+        f2.apply(&a2)?;
+        f2.apply(&b2)?;
+        f2.gc(
+            "pnfnet7",
+            &[("pnf-ctr-7-2".to_string(), "eth0".to_string())],
+        )
+    })
+    .unwrap();
+    assert_eq!(removed, 1);
+    let rs = ruleset(&t);
+    assert!(
+        !rs.contains("10.77.1.2") && rs.contains("10.77.1.3"),
+        "{rs}"
+    );
+    let (f2, b2) = (f.clone(), b.clone());
+    on_host(&t, move || f2.check(&b2)).unwrap();
+    let f2 = f.clone();
+    assert_eq!(on_host(&t, move || f2.gc("pnfnet7", &[])).unwrap(), 1);
+    assert!(!ruleset(&t).contains("plugnet"));
+}

@@ -148,6 +148,24 @@ impl Store {
         }
     }
 
+    /// Is any attachment other than `key` recorded? Stops at the first one found.
+    pub fn has_other_attachment(&self, key: &str) -> io::Result<bool> {
+        let rd = match fs::read_dir(self.attachments_dir()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let own = format!("{key}.json");
+        for ent in rd {
+            let name = ent?.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".json") && !name.starts_with('.') && name != own {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Every recorded attachment with its key, sorted by key.
     pub fn all_attachments(&self) -> io::Result<Vec<(String, Attachment)>> {
         let mut out = Vec::new();
@@ -252,6 +270,8 @@ mod tests {
         s.save_shared(&sh).unwrap();
         assert_eq!(s.load_shared().unwrap().bridges["br0"].refs, 1);
         assert_eq!(s.all_attachments().unwrap().len(), 1);
+        assert!(!s.has_other_attachment("k").unwrap());
+        assert!(s.has_other_attachment("x").unwrap());
         s.delete_attachment("k").unwrap();
         s.delete_attachment("k").unwrap();
         assert!(s.all_attachments().unwrap().is_empty());
