@@ -272,12 +272,13 @@ impl Firewall {
         };
         let table = nft::table_exists().unwrap_or(true);
         if table {
-            // The last attachment takes the whole table with it. Decided from the attachment
-            // files themselves (O(1): the first other entry answers), not the cached counter.
-            let last = !self
-                .store
-                .has_other_attachment(key)
-                .map_err(state_err("read attachments"))?;
+            // The last attachment takes the whole table with it. The counter is a cache: when it
+            // says "last", the attachment files confirm (a directory scan, only then).
+            let last = shared.attachments <= 1
+                && !self
+                    .store
+                    .has_other_attachment(key)
+                    .map_err(state_err("read attachments"))?;
             let ops = if last {
                 vec![Op::DelTable]
             } else {
