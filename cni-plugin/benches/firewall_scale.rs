@@ -177,14 +177,22 @@ fn main() {
     {
         let fs = fs.clone();
         small.run(move || fs.apply(&att(0)).unwrap());
-        let fb = fb.clone();
+        let fill = fb.clone();
         let t = Instant::now();
         big.run(move || {
             for i in 0..n {
-                fb.apply(&att(i)).unwrap();
+                fill.apply(&att(i)).unwrap();
             }
         });
         println!("filled {n} port-mapped attachments in {:?}", t.elapsed());
+        let fb = fb.clone();
+        let t = Instant::now();
+        let r = big.run(move || fb.reload().unwrap());
+        println!(
+            "reload of {} attachments (one transaction) in {:?}",
+            r.attachments,
+            t.elapsed()
+        );
     }
     let (mut add_s, mut add_b, mut del_s, mut del_b) = (vec![], vec![], vec![], vec![]);
     for k in 0..SAMPLES {

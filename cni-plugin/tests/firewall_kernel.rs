@@ -599,3 +599,57 @@ fn gc_removes_attachments_not_in_the_valid_list() {
     assert_eq!(on_host(&t, move || f2.gc("pnfnet7", &[])).unwrap(), 1);
     assert!(!ruleset(&t).contains("plugnet"));
 }
+
+#[test]
+fn reload_of_many_attachments_is_one_big_transaction() {
+    require_root!();
+    // 1500 attachments: the reload batch spans many pages (regression: a batch sent page by
+    // page is not one transaction), and thousands of acks must fit the receive buffer.
+    let t = Topo::new("many", 8);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fw(&dir);
+    let bridge = t.bridge.clone();
+    let f2 = f.clone();
+    let report = on_host(&t, move || {
+        for i in 0..1500u32 {
+            let a = Attachment {
+                network: "pnfnet8".into(),
+                container_id: format!("pnf-many-{i}"),
+                ifname: "eth0".into(),
+                bridge: bridge.clone(),
+                host_veth: format!("pnfm{i}"),
+                container_ips: vec![format!("10.78.{}.{}/16", i / 250, i % 250 + 2)
+                    .parse()
+                    .unwrap()],
+                ip_masq: true,
+                port_mappings: vec![PortMapping {
+                    host_port: 20000 + i as u16,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                }],
+                net_out: None,
+            };
+            f2.apply(&a)?;
+        }
+        f2.reload()
+    })
+    .unwrap();
+    assert_eq!(report.attachments, 1500);
+    let out = t.host.out("nft list map inet plugnet pm4_any");
+    assert_eq!(
+        out.matches(" : 10.78.").count(),
+        1500,
+        "{}",
+        &out[..out.len().min(2000)]
+    );
+    let f2 = f.clone();
+    on_host(&t, move || {
+        for i in 0..1500u32 {
+            f2.remove("pnfnet8", &format!("pnf-many-{i}"), "eth0")?;
+        }
+        Ok::<_, plugnet::firewall::FirewallError>(())
+    })
+    .unwrap();
+    assert!(!ruleset(&t).contains("plugnet"));
+}

@@ -95,7 +95,7 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
         move |source| NftError { op, source }
     };
     let first_err = with_socket(|sock| {
-        sock.send_all(&batch)?;
+        send_batch(sock, &batch)?;
         let total = batch.sequence_numbers().len();
         let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
         let mut acked = 0usize;
@@ -132,6 +132,89 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
                 op,
                 source: io::Error::from_raw_os_error(errno),
             })
+        }
+    }
+}
+
+/// Sends the whole batch in ONE sendmsg: nfnetlink commits only a batch that begins and ends
+/// within one message (`mnl::Socket::send_all` sends page by page, which splits big batches).
+/// The socket buffers are grown (as nft does) so that the batch fits and every ack can queue:
+/// the kernel answers the whole batch before we read anything.
+fn send_batch(sock: &mnl::Socket, batch: &nftnl::FinalizedBatch) -> io::Result<()> {
+    let fd = unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) };
+    let pages: Vec<&[u8]> = batch.iter().collect();
+    let total: usize = pages.iter().map(|p| p.len()).sum();
+    let acks = batch.sequence_numbers().len();
+    grow_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, total + 64 * 1024);
+    grow_buffer(
+        fd,
+        libc::SO_RCVBUFFORCE,
+        libc::SO_RCVBUF,
+        acks * 2048 + 256 * 1024,
+    );
+    let mut iov: Vec<libc::iovec> = pages
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != total {
+        return Err(io::Error::other(format!(
+            "sendmsg sent {n} of {total} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Raises a socket buffer to at least `want` bytes (the FORCE option as root, else the plain
+/// one up to the system limit); never shrinks it.
+fn grow_buffer(fd: i32, force: i32, plain: i32, want: usize) {
+    let get = |opt: i32| -> usize {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            v.max(0) as usize
+        } else {
+            0
+        }
+    };
+    if get(plain) / 2 >= want {
+        return;
+    }
+    let v = want.min(i32::MAX as usize) as libc::c_int;
+    for opt in [force, plain] {
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
         }
     }
 }
