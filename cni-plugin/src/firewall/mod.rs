@@ -17,6 +17,7 @@ mod nft;
 pub mod plan;
 pub mod state;
 pub mod types;
+pub mod vocab;
 
 use std::collections::BTreeSet;
 use std::fs;
