@@ -250,19 +250,90 @@ pub async fn apply(
 
 /// (kind, parent) of every qdisc on `index`.
 async fn qdisc_kinds(handle: &Handle, index: u32) -> Result<Vec<(String, TcHandle)>, TcError> {
+    Ok(qdiscs(handle, index)
+        .await?
+        .into_iter()
+        .map(|(k, p, _)| (k, p))
+        .collect())
+}
+
+/// (kind, parent, tbf rate in bytes/s) of every qdisc on `index`.
+async fn qdiscs(
+    handle: &Handle,
+    index: u32,
+) -> Result<Vec<(String, TcHandle, Option<u64>)>, TcError> {
+    use rtnetlink::packet_core::Nla;
     let mut out = Vec::new();
     let mut q = handle.qdisc().get().index(index as i32).execute();
     while let Some(m) = q.try_next().await.map_err(nl("list qdiscs"))? {
         if m.header.index != index as i32 {
             continue;
         }
+        let mut kind = None;
+        let mut rate = None;
         for a in &m.attributes {
-            if let TcAttribute::Kind(k) = a {
-                out.push((k.clone(), m.header.parent));
+            match a {
+                TcAttribute::Kind(k) => kind = Some(k.clone()),
+                TcAttribute::Options(opts) => {
+                    for o in opts {
+                        let TcOption::Other(nla) = o else { continue };
+                        let mut v = vec![0u8; nla.value_len()];
+                        nla.emit_value(&mut v);
+                        // Options of a qdisc kind the crate does not know arrive as one
+                        // TCA_OPTIONS attribute holding the nested TCA_TBF_* attributes.
+                        let attrs = if nla.kind() & 0x3fff == 2 {
+                            nested(&v)
+                        } else {
+                            vec![(nla.kind(), v)]
+                        };
+                        for (t, v) in attrs {
+                            match t {
+                                TCA_TBF_PARMS if v.len() >= 12 => {
+                                    let r = u32::from_ne_bytes(v[8..12].try_into().expect("4"));
+                                    rate = rate.or(Some(u64::from(r)));
+                                }
+                                TCA_TBF_RATE64 if v.len() >= 8 => {
+                                    rate = Some(u64::from_ne_bytes(v[..8].try_into().expect("8")))
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
+        }
+        if let Some(k) = kind {
+            out.push((k, m.header.parent, rate));
         }
     }
     Ok(out)
+}
+
+/// (type without flags, value) of the netlink attributes in `b`.
+fn nested(mut b: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((
+            u16::from_ne_bytes([b[2], b[3]]) & 0x3fff,
+            b[4..len].to_vec(),
+        ));
+        b = &b[len.div_ceil(4).saturating_mul(4).min(b.len())..];
+    }
+    out
+}
+
+/// A root tbf on `index` shaping at `rate_bits` (bit/s)?
+async fn has_tbf(handle: &Handle, index: u32, rate_bits: u64) -> Result<bool, TcError> {
+    let want = rate_bits / 8;
+    Ok(qdiscs(handle, index)
+        .await?
+        .iter()
+        .any(|(k, p, r)| k == "tbf" && *p == TcHandle::ROOT && r.is_some_and(|r| r == want)))
 }
 
 /// Removes the shaping; success when nothing (or not even the veth) is there.
@@ -327,12 +398,11 @@ pub async fn check(
         .await?
         .ok_or_else(|| TcError::Check(format!("{host_veth} is missing")))?;
     let kinds = qdisc_kinds(handle, veth).await?;
-    if bw.shapes_ingress()
-        && !kinds
-            .iter()
-            .any(|(k, p)| k == "tbf" && *p == TcHandle::ROOT)
-    {
-        return Err(TcError::Check(format!("no tbf qdisc on {host_veth}")));
+    if bw.shapes_ingress() && !has_tbf(handle, veth, bw.ingress_rate).await? {
+        return Err(TcError::Check(format!(
+            "no tbf qdisc at {} bit/s on {host_veth}",
+            bw.ingress_rate
+        )));
     }
     if bw.shapes_egress() {
         if !kinds.iter().any(|(k, _)| k == "ingress") {
@@ -341,12 +411,11 @@ pub async fn check(
         let i = link_index(handle, ifb)
             .await?
             .ok_or_else(|| TcError::Check(format!("ifb {ifb} is missing")))?;
-        if !qdisc_kinds(handle, i)
-            .await?
-            .iter()
-            .any(|(k, p)| k == "tbf" && *p == TcHandle::ROOT)
-        {
-            return Err(TcError::Check(format!("no tbf qdisc on {ifb}")));
+        if !has_tbf(handle, i, bw.egress_rate).await? {
+            return Err(TcError::Check(format!(
+                "no tbf qdisc at {} bit/s on {ifb}",
+                bw.egress_rate
+            )));
         }
     }
     Ok(())

@@ -100,7 +100,14 @@ fn ten_megabit_each_direction_then_nothing_left() {
         Box::pin(async move {
             tc::apply(&h, &hv2, &ifb2, &bw).await?;
             tc::apply(&h, &hv2, &ifb2, &bw).await?; // idempotent
-            tc::check(&h, &hv2, &ifb2, &bw).await
+            tc::check(&h, &hv2, &ifb2, &bw).await?;
+            // CHECK compares the configured rates, not just the presence of qdiscs.
+            let other = Bandwidth {
+                egress_rate: 20_000_000,
+                ..bw
+            };
+            assert!(tc::check(&h, &hv2, &ifb2, &other).await.is_err());
+            Ok::<_, tc::TcError>(())
         })
     })
     .unwrap();
