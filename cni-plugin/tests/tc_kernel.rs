@@ -90,9 +90,9 @@ fn ten_megabit_each_direction_then_nothing_left() {
     );
     let bw = Bandwidth {
         ingress_rate: 10_000_000,
-        ingress_burst: 200_000,
+        ingress_burst: 500_000,
         egress_rate: 10_000_000,
-        egress_burst: 200_000,
+        egress_burst: 500_000,
     };
     let ifb = tc::ifb_name("pnfnet5", "pnf-ctr-5-1", "eth0");
     let (hv2, ifb2) = (hv.clone(), ifb.clone());
