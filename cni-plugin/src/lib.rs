@@ -8,13 +8,22 @@
 //! - [`netlink`] and [`netns`]: the only code that talks rtnetlink / enters namespaces.
 //! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
 //! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
+//! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
+//! - [`tc`]: bandwidth shaping (tbf, ifb) through rtnetlink.
 
 pub mod args;
 pub mod bridge;
+pub mod cli;
 pub mod error;
+pub mod firewall;
+pub mod invoke;
+pub mod ipam;
+pub mod libcni;
 pub mod netlink;
 pub mod netns;
+pub mod runner;
 pub mod skel;
+pub mod tc;
 pub mod types;
 pub mod validate;
 pub mod version;
@@ -23,8 +32,3 @@ pub use error::{CniError, ErrorCode};
 pub use skel::{Command, Request};
 pub use types::CniResult;
 pub use version::CniVersion;
-pub mod cli;
-pub mod invoke;
-pub mod ipam;
-pub mod libcni;
-pub mod runner;
