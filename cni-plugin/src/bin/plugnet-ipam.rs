@@ -1,1 +1,30 @@
-fn main() {}
+//! `plugnet-ipam`: the CNI IPAM plugin executable. All logic lives in `plugnet::ipam`.
+
+use plugnet::ipam::IpamPlugin;
+use plugnet::skel::{self, Env, OsEnv};
+use plugnet::version::SUPPORTED;
+
+fn main() {
+    let arg = std::env::args().nth(1);
+    if matches!(arg.as_deref(), Some("--version" | "-V")) {
+        println!("plugnet-ipam {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    if OsEnv.var("CNI_COMMAND").is_none() || matches!(arg.as_deref(), Some("--help" | "-h")) {
+        eprintln!(
+            "plugnet-ipam {}: CNI IPAM plugin (files-with-lock store, host-local compatible config).\n\
+             Run by a CNI runtime with CNI_COMMAND set and the network configuration on stdin.\n\
+             CNI protocol versions supported: {}",
+            env!("CARGO_PKG_VERSION"),
+            SUPPORTED.join(", ")
+        );
+        return;
+    }
+    let code = skel::run(
+        &IpamPlugin,
+        &OsEnv,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+    );
+    std::process::exit(code);
+}

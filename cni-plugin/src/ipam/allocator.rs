@@ -1,0 +1,581 @@
+//! Allocation over any [`Store`]: round-robin from the last reserved address, requested
+//! addresses, adoption of reservations, release, check, GC.
+//!
+//! Invariant: every mutation runs under the store lock and writes an owner's record before its
+//! claims and removes claims before the record, so the store is consistent after a kill at any
+//! point; no operation scans every reservation except GC, listing and exhaustion.
+
+use super::config::{from_u128, set_of, to_u128, Range, RangeSet};
+use super::store::{now, Hold, Owner, Record, Store};
+use crate::error::{CniError, ErrorCode};
+use crate::types::IpConfig;
+use ipnetwork::IpNetwork;
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+
+fn store_err(step: &str) -> impl Fn(io::Error) -> CniError + '_ {
+    move |e| CniError::io(format!("ipam store: {step}: {e}"))
+}
+
+/// The result entry for `ip` taken from `range`.
+fn ip_config(ip: IpAddr, range: &Range) -> IpConfig {
+    IpConfig {
+        address: IpNetwork::new(ip, range.subnet.prefix()).expect("prefix of a valid subnet"),
+        gateway: range.gateway,
+        interface: None,
+    }
+}
+
+fn range_of(set: &RangeSet, ip: IpAddr) -> Option<&Range> {
+    set.iter().find(|r| r.subnet.contains(ip))
+}
+
+/// Addresses of `set` in round-robin order, starting after `last`; gateways skipped.
+fn candidates(set: &RangeSet, last: Option<IpAddr>) -> impl Iterator<Item = (IpAddr, &Range)> {
+    let (mut idx, mut cur) = (0usize, to_u128(set[0].start));
+    if let Some(last) = last {
+        if let Some(k) = set.iter().position(|r| r.contains(last)) {
+            if to_u128(last) < to_u128(set[k].end) {
+                (idx, cur) = (k, to_u128(last) + 1);
+            } else {
+                idx = (k + 1) % set.len();
+                cur = to_u128(set[idx].start);
+            }
+        }
+    }
+    let total: u128 = set
+        .iter()
+        .map(|r| to_u128(r.end) - to_u128(r.start) + 1)
+        .fold(0u128, |a, b| a.saturating_add(b));
+    let mut remaining = total;
+    std::iter::from_fn(move || loop {
+        if remaining == 0 {
+            return None;
+        }
+        remaining -= 1;
+        let r = &set[idx];
+        let v4 = r.subnet.is_ipv4();
+        let ip = from_u128(cur, v4);
+        if cur >= to_u128(r.end) {
+            idx = (idx + 1) % set.len();
+            cur = to_u128(set[idx].start);
+        } else {
+            cur += 1;
+        }
+        if Some(ip) != r.gateway {
+            return Some((ip, r));
+        }
+    })
+}
+
+fn exhausted(set: &RangeSet) -> CniError {
+    let ranges: Vec<String> = set.iter().map(Range::describe).collect();
+    CniError::new(
+        ErrorCode::NotAvailable,
+        "no IP addresses available in range set",
+    )
+    .details(ranges.join(","))
+}
+
+/// Give `owner` one address from every range set (a requested one where asked), or adopt the
+/// addresses it holds as a reservation. A second ADD for an attached owner is refused.
+pub fn allocate<S: Store>(
+    store: &S,
+    ranges: &[RangeSet],
+    owner: &Owner,
+    requested: &[IpAddr],
+    hold: Hold,
+) -> Result<Vec<IpConfig>, CniError> {
+    let _guard = store.lock().map_err(store_err("lock"))?;
+    let result = allocate_locked(store, ranges, owner, requested, hold);
+    drop(_guard);
+    let ips = result?;
+    store.sync().map_err(store_err("sync"))?;
+    Ok(ips)
+}
+
+fn allocate_locked<S: Store>(
+    store: &S,
+    ranges: &[RangeSet],
+    owner: &Owner,
+    requested: &[IpAddr],
+    hold: Hold,
+) -> Result<Vec<IpConfig>, CniError> {
+    // Which set each requested address belongs to.
+    let mut wanted: Vec<Option<IpAddr>> = vec![None; ranges.len()];
+    for ip in requested {
+        let set = set_of(ranges, *ip).ok_or_else(|| {
+            CniError::internal(format!(
+                "failed to allocate all requested IPs: {ip} is in no configured range"
+            ))
+        })?;
+        if wanted[set].replace(*ip).is_some() {
+            return Err(CniError::config(format!(
+                "more than one requested IP for range set {set}"
+            )));
+        }
+    }
+
+    // Addresses the owner already holds and still has claimed.
+    let mut chosen: Vec<Option<(IpAddr, &Range)>> = vec![None; ranges.len()];
+    if let Some(existing) = store.record(owner).map_err(store_err("read record"))? {
+        let mut live = Vec::new();
+        for ip in &existing.ips {
+            if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() == Some(owner) {
+                live.push(*ip);
+            }
+        }
+        if !live.is_empty() {
+            if existing.hold == Hold::Attached && hold == Hold::Attached {
+                return Err(CniError::internal(format!(
+                    "{} has been allocated to {}, duplicate allocation is not allowed",
+                    live[0], owner.container_id
+                )));
+            }
+            for ip in live {
+                let set = set_of(ranges, ip).ok_or_else(|| {
+                    CniError::config(format!(
+                        "reserved address {ip} of {} is outside the configured ranges",
+                        owner.key()
+                    ))
+                })?;
+                if let Some(w) = wanted[set] {
+                    if w != ip {
+                        return Err(CniError::internal(format!(
+                            "requested IP {w} but {} holds {ip} in the same range set",
+                            owner.key()
+                        )));
+                    }
+                }
+                let range = range_of(&ranges[set], ip).expect("set_of found it");
+                chosen[set] = Some((ip, range));
+            }
+        }
+    }
+    let adopted: HashSet<IpAddr> = chosen.iter().flatten().map(|(ip, _)| *ip).collect();
+    // Addresses already claimed by this owner (adopted, or requested again after a crash).
+    let mut already = adopted.clone();
+
+    for (i, set) in ranges.iter().enumerate() {
+        if chosen[i].is_some() {
+            continue;
+        }
+        if let Some(ip) = wanted[i] {
+            let range = set.iter().find(|r| r.contains(ip)).ok_or_else(|| {
+                CniError::internal(format!(
+                    "requested IP address {ip} is not in the allocatable range of range set {i}"
+                ))
+            })?;
+            if Some(ip) == range.gateway {
+                return Err(CniError::internal(format!(
+                    "requested ip {ip} is subnet's gateway"
+                )));
+            }
+            match store.holder(ip).map_err(store_err("read claim"))? {
+                None => chosen[i] = Some((ip, range)),
+                Some(h) if &h == owner => {
+                    already.insert(ip);
+                    chosen[i] = Some((ip, range));
+                }
+                Some(h) => {
+                    return Err(CniError::internal(format!(
+                        "requested IP address {ip} is not available in range set {i}: held by {}",
+                        h.key()
+                    )))
+                }
+            }
+            continue;
+        }
+        let last = store.last_reserved(i).map_err(store_err("read hint"))?;
+        let mut found = None;
+        for (ip, range) in candidates(set, last) {
+            if store.holder(ip).map_err(store_err("read claim"))?.is_none() {
+                found = Some((ip, range));
+                break;
+            }
+        }
+        chosen[i] = Some(found.ok_or_else(|| exhausted(set))?);
+    }
+
+    let picked: Vec<(usize, IpAddr, &Range)> = chosen
+        .into_iter()
+        .enumerate()
+        .filter_map(|(set, c)| c.map(|(ip, r)| (set, ip, r)))
+        .collect();
+    let record = Record {
+        owner: owner.clone(),
+        hold,
+        ips: picked.iter().map(|(_, ip, _)| *ip).collect(),
+        since: now(),
+    };
+    // Record first, then claims: a kill in between leaves a record naming addresses it does
+    // not hold (harmless, removed by DEL), never a claim nobody's record names.
+    store
+        .put_record(&record)
+        .map_err(store_err("write record"))?;
+    let mut claimed = Vec::new();
+    let mut commit = || -> Result<(), CniError> {
+        for (set, ip, _) in &picked {
+            if already.contains(ip) {
+                continue;
+            }
+            if !store.claim(*ip, owner).map_err(store_err("claim"))? {
+                return Err(CniError::new(
+                    ErrorCode::TryAgain,
+                    format!("address {ip} was claimed concurrently"),
+                ));
+            }
+            claimed.push(*ip);
+            if wanted[*set].is_none() {
+                store
+                    .set_last_reserved(*set, *ip)
+                    .map_err(store_err("write hint"))?;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = commit() {
+        for ip in &claimed {
+            let _ = store.unclaim(*ip);
+        }
+        if adopted.is_empty() {
+            let _ = store.remove_record(owner);
+        }
+        return Err(e);
+    }
+    Ok(picked.iter().map(|(_, ip, r)| ip_config(*ip, r)).collect())
+}
+
+/// Release every address `owner` holds. Unknown owners are success.
+pub fn release<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+    let guard = store.lock().map_err(store_err("lock"))?;
+    let released = release_locked(store, owner)?;
+    drop(guard);
+    store.sync().map_err(store_err("sync"))?;
+    Ok(released)
+}
+
+fn release_locked<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+    let Some(record) = store.record(owner).map_err(store_err("read record"))? else {
+        return Ok(Vec::new());
+    };
+    let mut released = Vec::new();
+    for ip in &record.ips {
+        if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() == Some(owner) {
+            store.unclaim(*ip).map_err(store_err("release claim"))?;
+            released.push(*ip);
+        }
+    }
+    store
+        .remove_record(owner)
+        .map_err(store_err("remove record"))?;
+    Ok(released)
+}
+
+/// The owner's record if it holds every address it names as an attachment.
+pub fn check<S: Store>(store: &S, owner: &Owner) -> Result<Record, CniError> {
+    let missing = || {
+        CniError::internal(format!(
+            "plugnet-ipam: failed to find address added by container {} ({})",
+            owner.container_id, owner.ifname
+        ))
+    };
+    let record = store
+        .record(owner)
+        .map_err(store_err("read record"))?
+        .ok_or_else(missing)?;
+    if record.ips.is_empty() {
+        return Err(missing());
+    }
+    for ip in &record.ips {
+        if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() != Some(owner) {
+            return Err(CniError::internal(format!(
+                "plugnet-ipam: {} no longer holds {ip}",
+                owner.key()
+            )));
+        }
+    }
+    Ok(record)
+}
+
+/// Move `from`'s addresses to `to` (e.g. a reservation made before the endpoint id was known).
+pub fn transfer<S: Store>(store: &S, from: &Owner, to: &Owner, hold: Hold) -> Result<(), CniError> {
+    let guard = store.lock().map_err(store_err("lock"))?;
+    let result = (|| -> Result<(), CniError> {
+        let rec = store
+            .record(from)
+            .map_err(store_err("read record"))?
+            .ok_or_else(|| CniError::internal(format!("{} holds no addresses", from.key())))?;
+        if let Some(existing) = store.record(to).map_err(store_err("read record"))? {
+            for ip in existing.ips {
+                if store.holder(ip).map_err(store_err("read claim"))?.as_ref() == Some(to) {
+                    return Err(CniError::internal(format!(
+                        "{} already holds {ip}",
+                        to.key()
+                    )));
+                }
+            }
+        }
+        let mut ips = Vec::new();
+        for ip in &rec.ips {
+            if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() == Some(from) {
+                ips.push(*ip);
+            }
+        }
+        store
+            .put_record(&Record {
+                owner: to.clone(),
+                hold,
+                ips: ips.clone(),
+                since: now(),
+            })
+            .map_err(store_err("write record"))?;
+        for ip in ips {
+            store
+                .reassign(ip, to)
+                .map_err(store_err("reassign claim"))?;
+        }
+        store
+            .remove_record(from)
+            .map_err(store_err("remove record"))
+    })();
+    drop(guard);
+    result?;
+    store.sync().map_err(store_err("sync"))
+}
+
+/// Reservations older than this are abandoned hand-offs and GC may take them back.
+pub const RESERVATION_TTL_SECS: u64 = 3600;
+
+/// What GC did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub released: Vec<(Owner, Vec<IpAddr>)>,
+    /// Claims no record named (only possible through outside tampering); removed.
+    pub repaired: Vec<IpAddr>,
+}
+
+/// Release every attachment not in `valid`; keep fresh reservations.
+pub fn gc<S: Store>(store: &S, valid: &HashSet<Owner>) -> Result<GcReport, CniError> {
+    let guard = store.lock().map_err(store_err("lock"))?;
+    let result = (|| -> Result<GcReport, CniError> {
+        let mut report = GcReport::default();
+        let records = store.records().map_err(store_err("list records"))?;
+        let now = now();
+        let mut named: HashSet<(IpAddr, Owner)> = HashSet::new();
+        for r in &records {
+            let stale = match r.hold {
+                Hold::Attached => !valid.contains(&r.owner),
+                Hold::Reserved => now.saturating_sub(r.since) > RESERVATION_TTL_SECS,
+            };
+            if stale {
+                let ips = release_locked(store, &r.owner)?;
+                report.released.push((r.owner.clone(), ips));
+            } else {
+                named.extend(r.ips.iter().map(|ip| (*ip, r.owner.clone())));
+            }
+        }
+        for (ip, owner) in store.claims().map_err(store_err("list claims"))? {
+            if !named.contains(&(ip, owner)) {
+                store.unclaim(ip).map_err(store_err("release claim"))?;
+                report.repaired.push(ip);
+            }
+        }
+        Ok(report)
+    })();
+    drop(guard);
+    let report = result?;
+    store.sync().map_err(store_err("sync"))?;
+    Ok(report)
+}
+
+/// STATUS: can every range set still hand out an address?
+pub fn can_allocate<S: Store>(store: &S, ranges: &[RangeSet]) -> Result<(), CniError> {
+    for (i, set) in ranges.iter().enumerate() {
+        let last = store.last_reserved(i).map_err(store_err("read hint"))?;
+        let mut free = false;
+        for (ip, _) in candidates(set, last) {
+            if store.holder(ip).map_err(store_err("read claim"))?.is_none() {
+                free = true;
+                break;
+            }
+        }
+        if !free {
+            return Err(exhausted(set));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::IpamConfig;
+    use super::super::store::MemStore;
+    use super::*;
+    use serde_json::json;
+
+    fn ranges(ipam: serde_json::Value) -> Vec<RangeSet> {
+        IpamConfig::from_request(&json!({"ipam": ipam}), None)
+            .unwrap()
+            .ranges
+    }
+
+    fn o(id: &str) -> Owner {
+        Owner::new(id, "eth0")
+    }
+
+    fn addr(v: &[IpConfig]) -> Vec<String> {
+        v.iter().map(|c| c.address.to_string()).collect()
+    }
+
+    #[test]
+    fn round_robin_skips_gateway_and_wraps() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/29"}]]}));
+        let mut got = Vec::new();
+        for i in 0..5 {
+            got.push(
+                addr(&allocate(&s, &r, &o(&format!("c{i}")), &[], Hold::Attached).unwrap())[0]
+                    .clone(),
+            );
+        }
+        assert_eq!(
+            got,
+            [
+                "10.0.0.2/29",
+                "10.0.0.3/29",
+                "10.0.0.4/29",
+                "10.0.0.5/29",
+                "10.0.0.6/29"
+            ]
+        );
+        let e = allocate(&s, &r, &o("c9"), &[], Hold::Attached).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotAvailable);
+        assert!(can_allocate(&s, &r).is_err());
+        release(&s, &o("c1")).unwrap();
+        assert!(can_allocate(&s, &r).is_ok());
+        // Round-robin continues after .6, wraps and finds .3.
+        let got = allocate(&s, &r, &o("c9"), &[], Hold::Attached).unwrap();
+        assert_eq!(addr(&got), ["10.0.0.3/29"]);
+        assert_eq!(got[0].gateway, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn dual_stack_and_multi_range_sets() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [
+            [{"subnet": "10.0.0.0/30"}, {"subnet": "10.0.1.0/30"}],
+            [{"subnet": "fd00::/120", "rangeStart": "fd00::10"}]
+        ]}));
+        let a = allocate(&s, &r, &o("a"), &[], Hold::Attached).unwrap();
+        assert_eq!(addr(&a), ["10.0.0.2/30", "fd00::10/120"]);
+        let b = allocate(&s, &r, &o("b"), &[], Hold::Attached).unwrap();
+        // 10.0.0.0/30 has only .2 after the gateway; the next range's gateway is skipped too.
+        assert_eq!(addr(&b), ["10.0.1.2/30", "fd00::11/120"]);
+    }
+
+    #[test]
+    fn duplicate_add_refused_and_del_idempotent() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}));
+        allocate(&s, &r, &o("a"), &[], Hold::Attached).unwrap();
+        let e = allocate(&s, &r, &o("a"), &[], Hold::Attached).unwrap_err();
+        assert!(e.msg.contains("duplicate allocation"), "{e}");
+        assert_eq!(release(&s, &o("a")).unwrap().len(), 1);
+        assert!(release(&s, &o("a")).unwrap().is_empty());
+        assert!(release(&s, &o("never")).unwrap().is_empty());
+        assert!(check(&s, &o("a")).is_err());
+        assert!(s.claims().unwrap().is_empty() && s.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.100"}]]}));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = allocate(&s, &r, &o("a"), &[ip("10.0.0.50")], Hold::Attached).unwrap();
+        assert_eq!(addr(&a), ["10.0.0.50/24"]);
+        for (want, needle) in [
+            ("10.0.0.50", "not available"),
+            ("10.0.0.1", "gateway"),
+            ("10.0.0.200", "allocatable range"),
+            ("10.9.0.1", "no configured range"),
+        ] {
+            let e = allocate(&s, &r, &o("b"), &[ip(want)], Hold::Attached).unwrap_err();
+            assert!(e.msg.contains(needle), "{want}: {e}");
+        }
+        // Failed attempts left nothing behind.
+        assert_eq!(s.records().unwrap().len(), 1);
+        // Requesting addresses does not move the round-robin hint.
+        let b = allocate(&s, &r, &o("b"), &[], Hold::Attached).unwrap();
+        assert_eq!(addr(&b), ["10.0.0.2/24"]);
+    }
+
+    #[test]
+    fn reservations_are_adopted_by_the_owners_add() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}));
+        let pending = Owner::new("docker-pending-10.0.0.2", "pending");
+        let got = allocate(&s, &r, &pending, &[], Hold::Reserved).unwrap();
+        assert_eq!(addr(&got), ["10.0.0.2/24"]);
+        transfer(&s, &pending, &o("ep1"), Hold::Reserved).unwrap();
+        assert!(s.record(&pending).unwrap().is_none());
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let adopted = allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).unwrap();
+        assert_eq!(addr(&adopted), ["10.0.0.2/24"]);
+        assert_eq!(check(&s, &o("ep1")).unwrap().hold, Hold::Attached);
+        // Now attached: a second ADD is a duplicate.
+        assert!(allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).is_err());
+    }
+
+    #[test]
+    fn kill_at_every_step_leaves_no_orphan() {
+        // Fail the n-th mutation of an ADD for every n; the store must stay consistent
+        // (every claim named by its owner's record) and DEL must clean everything.
+        for n in 0..4 {
+            let s = MemStore::default();
+            let r =
+                ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]]}));
+            *s.fail_after.lock().unwrap() = Some(n);
+            let _ = allocate(&s, &r, &o("a"), &[], Hold::Attached);
+            *s.fail_after.lock().unwrap() = None;
+            for (ip, owner) in s.claims().unwrap() {
+                let rec = s.record(&owner).unwrap().expect("claim without record");
+                assert!(rec.ips.contains(&ip));
+            }
+            release(&s, &o("a")).unwrap();
+            assert!(s.claims().unwrap().is_empty(), "n={n}");
+            assert!(s.records().unwrap().is_empty(), "n={n}");
+        }
+    }
+
+    #[test]
+    fn gc_releases_all_but_valid() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}));
+        for id in ["a", "b", "c"] {
+            allocate(&s, &r, &o(id), &[], Hold::Attached).unwrap();
+        }
+        allocate(&s, &r, &Owner::new("res", "x"), &[], Hold::Reserved).unwrap();
+        // An orphan claim, as only outside tampering could leave.
+        s.claim("10.0.0.99".parse().unwrap(), &o("ghost")).unwrap();
+        let valid: HashSet<Owner> = [o("b")].into_iter().collect();
+        let report = gc(&s, &valid).unwrap();
+        assert_eq!(report.released.len(), 2);
+        assert_eq!(
+            report.repaired,
+            vec!["10.0.0.99".parse::<IpAddr>().unwrap()]
+        );
+        let left: HashSet<String> = s
+            .records()
+            .unwrap()
+            .iter()
+            .map(|r| r.owner.container_id.clone())
+            .collect();
+        assert_eq!(
+            left,
+            ["b".to_string(), "res".to_string()].into_iter().collect()
+        );
+    }
+}

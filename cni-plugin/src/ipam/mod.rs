@@ -1,0 +1,214 @@
+//! plugnet-ipam: host-local-compatible configuration over a files-with-lock store that stays
+//! O(1) per ADD/DEL/CHECK however many addresses are held.
+//!
+//! Invariant: the functions here are the only entry points to the store for CNI requests, the
+//! bridge plugin (in-process) and the Docker shim (reservations), so every caller shares one
+//! allocator and one on-disk format.
+
+pub mod allocator;
+pub mod config;
+pub mod store;
+
+pub use allocator::GcReport;
+pub use config::IpamConfig;
+pub use store::{FileStore, Hold, Owner, Record};
+
+use crate::error::CniError;
+use crate::skel::{Plugin, Request};
+use crate::types::CniResult;
+use crate::validate;
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+fn open(data_dir: &Path, network: &str, create: bool) -> Result<Option<FileStore>, CniError> {
+    validate::network_name(network)?;
+    FileStore::open(data_dir, network, create).map_err(|e| {
+        CniError::io(format!(
+            "ipam store {}: {e}",
+            data_dir.join(network).display()
+        ))
+    })
+}
+
+/// `ipam.dataDir` without validating the rest (DEL must work even if the config went bad).
+fn data_dir_of(conf: &Value) -> PathBuf {
+    conf.pointer("/ipam/dataDir")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR))
+}
+
+fn owner_of(req: &Request) -> Owner {
+    Owner::new(req.container_id.clone(), req.ifname.clone())
+}
+
+/// ADD: allocate (or adopt a reservation) for the request's (container id, ifname).
+pub fn add(req: &Request) -> Result<CniResult, CniError> {
+    let cfg = IpamConfig::from_request(&req.raw, req.args.get("IP"))?;
+    let store = open(&cfg.data_dir, &req.config.name, true)?.expect("created");
+    let ips = allocator::allocate(
+        &store,
+        &cfg.ranges,
+        &owner_of(req),
+        &cfg.requested,
+        Hold::Attached,
+    )?;
+    Ok(CniResult {
+        interfaces: Vec::new(),
+        ips,
+        routes: cfg.routes,
+        dns: cfg.dns,
+    })
+}
+
+/// DEL: release everything the attachment holds; unknown attachments are success.
+pub fn del(req: &Request) -> Result<(), CniError> {
+    match open(&data_dir_of(&req.raw), &req.config.name, false)? {
+        Some(store) => allocator::release(&store, &owner_of(req)).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// CHECK: the attachment still holds every address it was given.
+pub fn check(req: &Request) -> Result<(), CniError> {
+    let cfg = IpamConfig::from_request(&req.raw, None)?;
+    let store = open(&cfg.data_dir, &req.config.name, false)?.ok_or_else(|| {
+        CniError::internal(format!(
+            "plugnet-ipam: failed to find address added by container {}",
+            req.container_id
+        ))
+    })?;
+    allocator::check(&store, &owner_of(req)).map(|_| ())
+}
+
+/// STATUS: the store is usable and every range set has a free address (else code 50).
+pub fn status(req: &Request) -> Result<(), CniError> {
+    let cfg = IpamConfig::from_request(&req.raw, None)?;
+    let store = open(&cfg.data_dir, &req.config.name, true).map_err(|e| {
+        CniError::new(crate::ErrorCode::NotAvailable, "ipam store is not usable").details(e.msg)
+    })?;
+    allocator::can_allocate(&store.expect("created"), &cfg.ranges)
+}
+
+/// GC: release every attachment of this network not in `cni.dev/valid-attachments`.
+pub fn gc(req: &Request) -> Result<(), CniError> {
+    let Some(store) = open(&data_dir_of(&req.raw), &req.config.name, false)? else {
+        return Ok(());
+    };
+    let valid: HashSet<Owner> = req
+        .config
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| Owner::new(a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    allocator::gc(&store, &valid).map(|_| ())
+}
+
+/// The `plugnet-ipam` executable.
+pub struct IpamPlugin;
+
+impl Plugin for IpamPlugin {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        add(req)
+    }
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        del(req)
+    }
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        check(req)
+    }
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        status(req)
+    }
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        gc(req)
+    }
+    fn known_args(&self) -> &'static [&'static str] {
+        &["IP"]
+    }
+}
+
+fn validate_owner(owner: &Owner) -> Result<(), CniError> {
+    validate::container_id(&owner.container_id)?;
+    validate::interface_name(&owner.ifname).map_err(CniError::config)
+}
+
+fn lib_config(ipam_conf: &Value) -> Result<IpamConfig, CniError> {
+    IpamConfig::from_request(&serde_json::json!({ "ipam": ipam_conf }), None)
+}
+
+/// Hold one address of a family for `owner` ahead of its ADD (Docker's IPAM asks for addresses
+/// before the endpoint exists). `requested` picks a specific one.
+pub fn reserve(
+    ipam_conf: &Value,
+    network: &str,
+    owner: &Owner,
+    requested: Option<IpAddr>,
+    v6: bool,
+) -> Result<IpNetwork, CniError> {
+    validate_owner(owner)?;
+    let mut cfg = lib_config(ipam_conf)?;
+    cfg.ranges
+        .retain(|set| set.first().is_some_and(|r| r.subnet.is_ipv6() == v6));
+    cfg.ranges.truncate(1);
+    if cfg.ranges.is_empty() {
+        return Err(CniError::config(format!(
+            "no IPv{} range configured",
+            if v6 { 6 } else { 4 }
+        )));
+    }
+    let store = open(&cfg.data_dir, network, true)?.expect("created");
+    let requested: Vec<IpAddr> = requested.into_iter().collect();
+    let got = allocator::allocate(&store, &cfg.ranges, owner, &requested, Hold::Reserved)?;
+    Ok(got[0].address)
+}
+
+/// Move `from`'s addresses to `to`, which then holds them as `hold`.
+pub fn transfer(
+    ipam_conf: &Value,
+    network: &str,
+    from: &Owner,
+    to: &Owner,
+    hold: Hold,
+) -> Result<(), CniError> {
+    validate_owner(from)?;
+    validate_owner(to)?;
+    let store = open(
+        &data_dir_of(&serde_json::json!({ "ipam": ipam_conf })),
+        network,
+        true,
+    )?
+    .expect("created");
+    allocator::transfer(&store, from, to, hold)
+}
+
+/// Release everything `owner` holds (idempotent).
+pub fn release_owner(
+    ipam_conf: &Value,
+    network: &str,
+    owner: &Owner,
+) -> Result<Vec<IpAddr>, CniError> {
+    validate_owner(owner)?;
+    match open(
+        &data_dir_of(&serde_json::json!({ "ipam": ipam_conf })),
+        network,
+        false,
+    )? {
+        Some(store) => allocator::release(&store, owner),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Every record of a network's store (for listing and reconciliation).
+pub fn records(data_dir: &Path, network: &str) -> Result<Vec<Record>, CniError> {
+    match open(data_dir, network, false)? {
+        Some(store) => store::Store::records(&store)
+            .map_err(|e| CniError::io(format!("ipam store: list records: {e}"))),
+        None => Ok(Vec::new()),
+    }
+}

@@ -1,0 +1,705 @@
+//! Network lists as a runtime runs them (Go's libcni): load a conflist, run its plugin chain
+//! for ADD/CHECK/DEL/GC/STATUS with `prevResult` threading, and cache each attachment's result.
+//!
+//! Invariant: the cached result of an attachment exists iff its last ADD succeeded and no DEL
+//! has succeeded since; it is written atomically (temp, fsync, rename, 0600) and is the
+//! `prevResult` of every CHECK and DEL.
+
+use crate::error::CniError;
+use crate::invoke::{find_in_path, Exec, InvokeArgs};
+use crate::types::{Attachment, CniResult};
+use crate::validate;
+use crate::version::CniVersion;
+use base64::Engine;
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A network configuration list (`.conflist`, or a single `.conf` wrapped into one).
+#[derive(Debug, Clone)]
+pub struct NetworkList {
+    pub name: String,
+    pub cni_version: String,
+    pub disable_check: bool,
+    pub disable_gc: bool,
+    pub plugins: Vec<Value>,
+    /// The file's bytes, as cached alongside results.
+    pub bytes: Vec<u8>,
+}
+
+impl NetworkList {
+    /// Parse a conflist, or a single plugin configuration (wrapped as libcni does).
+    pub fn from_bytes(bytes: &[u8]) -> Result<NetworkList, CniError> {
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::decode(format!("error parsing configuration list: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| CniError::decode("configuration must be a JSON object"))?;
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| CniError::config("error parsing configuration list: no name"))?
+            .to_string();
+        validate::network_name(&name)?;
+        let cni_version = obj
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("0.1.0")
+            .to_string();
+        let flag = |k: &str| match obj.get(k) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        let plugins = match obj.get("plugins") {
+            Some(Value::Array(list)) if list.is_empty() => {
+                return Err(CniError::config(
+                    "error parsing configuration list: no plugins in list",
+                ))
+            }
+            Some(Value::Array(list)) => list.clone(),
+            Some(_) => return Err(CniError::config("'plugins' must be a list")),
+            None if obj.contains_key("type") => {
+                let mut single = obj.clone();
+                single.remove("name");
+                single.remove("cniVersion");
+                vec![Value::Object(single)]
+            }
+            None => {
+                return Err(CniError::config(
+                    "error parsing configuration list: no 'plugins' key",
+                ))
+            }
+        };
+        for p in &plugins {
+            let t = p.get("type").and_then(Value::as_str).unwrap_or_default();
+            if t.is_empty() {
+                return Err(CniError::config(format!(
+                    "plugin in list {name:?} is missing 'type'"
+                )));
+            }
+        }
+        Ok(NetworkList {
+            name,
+            cni_version,
+            disable_check: flag("disableCheck"),
+            disable_gc: flag("disableGC"),
+            plugins,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// The first list named `name` in `dir`: `.conflist` files first, then `.conf`/`.json`,
+    /// each sorted lexically (libcni's order).
+    pub fn load(dir: &Path, name: &str) -> Result<NetworkList, CniError> {
+        validate::network_name(name)?;
+        let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => {
+                return Err(CniError::config(format!(
+                    "reading CNI config dir {}: {e}",
+                    dir.display()
+                )))
+            }
+        };
+        files.sort();
+        let ext = |p: &PathBuf| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let ordered = files.iter().filter(|p| ext(p) == "conflist").chain(
+            files
+                .iter()
+                .filter(|p| matches!(ext(p).as_str(), "conf" | "json")),
+        );
+        for path in ordered {
+            let Ok(bytes) = fs::read(path) else { continue };
+            if let Ok(list) = NetworkList::from_bytes(&bytes) {
+                if list.name == name {
+                    return Ok(list);
+                }
+            }
+        }
+        Err(CniError::config(format!(
+            "no net configuration with name {name:?} in {}",
+            dir.display()
+        )))
+    }
+
+    fn version(&self) -> Result<CniVersion, CniError> {
+        CniVersion::parse(&self.cni_version)
+    }
+}
+
+/// The container side of one attachment.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConf {
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub args: Vec<(String, String)>,
+    /// Capability arguments (`portMappings`, `bandwidth`, `ips`, `mac`, …), passed to the
+    /// plugins that declare the capability.
+    pub capability_args: Map<String, Value>,
+}
+
+/// Runs network lists with one plugin path, one cache and one executor.
+#[derive(Clone)]
+pub struct CniConfig {
+    pub path: Vec<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub exec: Arc<dyn Exec>,
+}
+
+/// `kind` of libcni's cache files.
+const CACHE_KIND: &str = "cniCacheV1";
+
+impl CniConfig {
+    pub fn new(path: Vec<PathBuf>, cache_dir: PathBuf, exec: Arc<dyn Exec>) -> CniConfig {
+        CniConfig {
+            path,
+            cache_dir,
+            exec,
+        }
+    }
+
+    fn invoke(
+        &self,
+        command: &str,
+        plugin: &Value,
+        net: &NetworkList,
+        rt: Option<&RuntimeConf>,
+        inject: Map<String, Value>,
+    ) -> Result<Vec<u8>, CniError> {
+        let plugin_type = plugin
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let binary = find_in_path(plugin_type, &self.path)?;
+        let mut conf = plugin.as_object().cloned().unwrap_or_default();
+        conf.insert("cniVersion".into(), Value::from(net.cni_version.clone()));
+        conf.insert("name".into(), Value::from(net.name.clone()));
+        conf.extend(inject);
+        let stdin = serde_json::to_vec(&conf).expect("config serialises");
+        let args = InvokeArgs {
+            command: command.to_string(),
+            container_id: rt.map(|r| r.container_id.clone()).unwrap_or_default(),
+            netns: rt
+                .and_then(|r| r.netns.as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ifname: rt.map(|r| r.ifname.clone()).unwrap_or_default(),
+            args: rt
+                .map(|r| {
+                    r.args
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(";")
+                })
+                .unwrap_or_default(),
+            path: self.path.clone(),
+        };
+        self.exec.exec(&binary, &stdin, &args.env()).map_err(|e| {
+            e.context(format!(
+                "plugin type={plugin_type:?} name={:?} {command}",
+                net.name
+            ))
+        })
+    }
+
+    /// `runtimeConfig` for `plugin`: the capability args it declared.
+    fn runtime_config(plugin: &Value, rt: &RuntimeConf) -> Map<String, Value> {
+        let mut out = Map::new();
+        if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
+            for (cap, on) in caps {
+                if on.as_bool() == Some(true) {
+                    if let Some(v) = rt.capability_args.get(cap) {
+                        out.insert(cap.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn inject_for(plugin: &Value, rt: &RuntimeConf, prev: Option<&Value>) -> Map<String, Value> {
+        let mut inject = Map::new();
+        let runtime = Self::runtime_config(plugin, rt);
+        if !runtime.is_empty() {
+            inject.insert("runtimeConfig".into(), Value::Object(runtime));
+        }
+        if let Some(p) = prev {
+            inject.insert("prevResult".into(), p.clone());
+        }
+        inject
+    }
+
+    /// ADD the attachment to every plugin of the list, in order; cache and return the result.
+    pub fn add_network_list(
+        &self,
+        net: &NetworkList,
+        rt: &RuntimeConf,
+    ) -> Result<CniResult, CniError> {
+        let version = net.version()?;
+        let mut prev: Option<Value> = None;
+        for plugin in &net.plugins {
+            let out = self.invoke(
+                "ADD",
+                plugin,
+                net,
+                Some(rt),
+                Self::inject_for(plugin, rt, prev.as_ref()),
+            )?;
+            let parsed = CniResult::from_slice(&out)?;
+            prev = Some(parsed.to_json(version));
+        }
+        let result = CniResult::from_json(&prev.unwrap_or(Value::Null))?;
+        self.write_cache(net, rt, &result)?;
+        Ok(result)
+    }
+
+    /// CHECK every plugin of the list in order against the cached result.
+    pub fn check_network_list(&self, net: &NetworkList, rt: &RuntimeConf) -> Result<(), CniError> {
+        let version = net.version()?;
+        if !version.allows_check() {
+            return Err(CniError::new(
+                crate::ErrorCode::IncompatibleVersion,
+                format!("configuration version {version} does not support the CHECK command"),
+            ));
+        }
+        if net.disable_check {
+            return Ok(());
+        }
+        let cached = self.cached_result(net, rt).map(|r| r.to_json(version));
+        for plugin in &net.plugins {
+            self.invoke(
+                "CHECK",
+                plugin,
+                net,
+                Some(rt),
+                Self::inject_for(plugin, rt, cached.as_ref()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// DEL the attachment from every plugin of the list in reverse order; drop the cache.
+    pub fn del_network_list(&self, net: &NetworkList, rt: &RuntimeConf) -> Result<(), CniError> {
+        let version = net.version()?;
+        let cached = if version.passes_prev_result_on_del() {
+            self.cached_result(net, rt).map(|r| r.to_json(version))
+        } else {
+            None
+        };
+        for plugin in net.plugins.iter().rev() {
+            self.invoke(
+                "DEL",
+                plugin,
+                net,
+                Some(rt),
+                Self::inject_for(plugin, rt, cached.as_ref()),
+            )?;
+        }
+        self.remove_cache(net, rt);
+        Ok(())
+    }
+
+    /// DEL every cached attachment of this network not in `valid`, then (1.1.0 lists) send GC
+    /// with the valid list to every plugin. Errors are collected; everything is attempted.
+    pub fn gc_network_list(&self, net: &NetworkList, valid: &[Attachment]) -> Result<(), CniError> {
+        let keep: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let mut errors = Vec::new();
+        for (rt, _) in self.cached_attachments(&net.name) {
+            if !keep.contains(&(rt.container_id.as_str(), rt.ifname.as_str())) {
+                if let Err(e) = self.del_network_list(net, &rt) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let version = net.version()?;
+        if version.allows_status_and_gc() && !net.disable_gc {
+            let list = serde_json::to_value(valid).expect("attachments serialise");
+            for plugin in &net.plugins {
+                let mut inject = Map::new();
+                inject.insert("cni.dev/valid-attachments".into(), list.clone());
+                inject.insert("cni.dev/attachments".into(), list.clone());
+                if let Err(e) = self.invoke("GC", plugin, net, None, inject) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::internal(format!(
+                "GC of {:?}: {}",
+                net.name,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// STATUS of every plugin (1.1.0 lists only; older lists are assumed available).
+    pub fn status_network_list(&self, net: &NetworkList) -> Result<(), CniError> {
+        if !net.version()?.allows_status_and_gc() {
+            return Ok(());
+        }
+        for plugin in &net.plugins {
+            self.invoke("STATUS", plugin, net, None, Map::new())?;
+        }
+        Ok(())
+    }
+
+    fn cache_path(&self, net: &str, container_id: &str, ifname: &str) -> PathBuf {
+        self.cache_dir
+            .join("results")
+            .join(format!("{net}-{container_id}-{ifname}"))
+    }
+
+    fn write_cache(
+        &self,
+        net: &NetworkList,
+        rt: &RuntimeConf,
+        result: &CniResult,
+    ) -> Result<(), CniError> {
+        let version = net.version()?;
+        let mut doc = Map::new();
+        doc.insert("kind".into(), Value::from(CACHE_KIND));
+        doc.insert("containerId".into(), Value::from(rt.container_id.clone()));
+        doc.insert(
+            "config".into(),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(&net.bytes)),
+        );
+        doc.insert("ifName".into(), Value::from(rt.ifname.clone()));
+        doc.insert("networkName".into(), Value::from(net.name.clone()));
+        if let Some(ns) = &rt.netns {
+            doc.insert(
+                "netns".into(),
+                Value::from(ns.to_string_lossy().into_owned()),
+            );
+        }
+        if !rt.args.is_empty() {
+            let args: Vec<Value> = rt
+                .args
+                .iter()
+                .map(|(k, v)| serde_json::json!([k, v]))
+                .collect();
+            doc.insert("cniArgs".into(), Value::Array(args));
+        }
+        if !rt.capability_args.is_empty() {
+            doc.insert(
+                "capabilityArgs".into(),
+                Value::Object(rt.capability_args.clone()),
+            );
+        }
+        doc.insert("result".into(), result.to_json(version));
+        let path = self.cache_path(&net.name, &rt.container_id, &rt.ifname);
+        write_atomic(
+            &path,
+            &serde_json::to_vec(&Value::Object(doc)).expect("serialises"),
+        )
+        .map_err(|e| CniError::io(format!("writing result cache {}: {e}", path.display())))
+    }
+
+    fn remove_cache(&self, net: &NetworkList, rt: &RuntimeConf) {
+        let _ = fs::remove_file(self.cache_path(&net.name, &rt.container_id, &rt.ifname));
+    }
+
+    /// The cached result of an attachment (cniCacheV1, or a legacy bare result).
+    pub fn cached_result(&self, net: &NetworkList, rt: &RuntimeConf) -> Option<CniResult> {
+        let bytes = fs::read(self.cache_path(&net.name, &rt.container_id, &rt.ifname)).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        let result = if v.get("kind").and_then(Value::as_str) == Some(CACHE_KIND) {
+            v.get("result")?.clone()
+        } else {
+            v
+        };
+        CniResult::from_json(&result).ok()
+    }
+
+    /// Every cached attachment of network `net`, with the cache's runtime parameters.
+    pub fn cached_attachments(&self, net: &str) -> Vec<(RuntimeConf, CniResult)> {
+        let Ok(rd) = fs::read_dir(self.cache_dir.join("results")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let Ok(bytes) = fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND)
+                || v.get("networkName").and_then(Value::as_str) != Some(net)
+            {
+                continue;
+            }
+            let s = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let rt = RuntimeConf {
+                container_id: s("containerId"),
+                netns: v.get("netns").and_then(Value::as_str).map(PathBuf::from),
+                ifname: s("ifName"),
+                args: v
+                    .get("cniArgs")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| {
+                                Some((
+                                    p.get(0)?.as_str()?.to_string(),
+                                    p.get(1)?.as_str()?.to_string(),
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                capability_args: v
+                    .get("capabilityArgs")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            if let Some(r) = v.get("result").and_then(|r| CniResult::from_json(r).ok()) {
+                out.push((rt, r));
+            }
+        }
+        out
+    }
+}
+
+/// Write `bytes` to `path` atomically: temp file (0600), fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("f");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file may not exist yet.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Records every invocation; answers ADD with an IPAM-like result naming the plugin.
+    #[derive(Default)]
+    struct FakeExec {
+        calls: Mutex<Vec<(String, String, Value)>>,
+    }
+
+    impl Exec for FakeExec {
+        fn exec(
+            &self,
+            plugin: &Path,
+            stdin: &[u8],
+            env: &[(String, String)],
+        ) -> Result<Vec<u8>, CniError> {
+            let cmd = env
+                .iter()
+                .find(|(k, _)| k == "CNI_COMMAND")
+                .unwrap()
+                .1
+                .clone();
+            let name = plugin.file_name().unwrap().to_string_lossy().into_owned();
+            let conf: Value = serde_json::from_slice(stdin).unwrap();
+            self.calls
+                .lock()
+                .unwrap()
+                .push((name.clone(), cmd.clone(), conf.clone()));
+            if name == "failing" {
+                return Err(CniError::internal("boom"));
+            }
+            if cmd == "ADD" {
+                let mut r = conf.get("prevResult").cloned().unwrap_or(
+                    json!({"cniVersion": conf["cniVersion"], "ips": [{"address": "10.3.0.2/24"}]}),
+                );
+                r["interfaces"] = json!([{"name": name}]);
+                return Ok(serde_json::to_vec(&r).unwrap());
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    fn setup(plugins: &[&str]) -> (tempfile::TempDir, CniConfig, Arc<FakeExec>, NetworkList) {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        for p in plugins {
+            fs::write(bin.join(p), "").unwrap();
+        }
+        let exec = Arc::new(FakeExec::default());
+        let cfg = CniConfig::new(vec![bin], d.path().join("cache"), exec.clone());
+        let list: Vec<Value> = plugins
+            .iter()
+            .map(|p| json!({"type": p, "capabilities": {"portMappings": *p == "b"}}))
+            .collect();
+        let net = NetworkList::from_bytes(
+            json!({"cniVersion": "1.1.0", "name": "net1", "plugins": list})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        (d, cfg, exec, net)
+    }
+
+    fn rt() -> RuntimeConf {
+        let mut caps = Map::new();
+        caps.insert(
+            "portMappings".into(),
+            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        );
+        caps.insert("bandwidth".into(), json!({}));
+        RuntimeConf {
+            container_id: "c1".into(),
+            netns: Some("/run/netns/c1".into()),
+            ifname: "eth0".into(),
+            args: vec![("IgnoreUnknown".into(), "1".into())],
+            capability_args: caps,
+        }
+    }
+
+    #[test]
+    fn chain_threads_prev_result_and_capabilities() {
+        let (_d, cfg, exec, net) = setup(&["a", "b"]);
+        let r = cfg.add_network_list(&net, &rt()).unwrap();
+        assert_eq!(r.interfaces[0].name, "b");
+        let calls = exec.calls.lock().unwrap().clone();
+        assert!(
+            calls[0].2.get("prevResult").is_none(),
+            "first plugin gets no prevResult"
+        );
+        assert!(
+            calls[0].2.get("runtimeConfig").is_none(),
+            "a declared no capability"
+        );
+        assert_eq!(calls[1].2["prevResult"]["interfaces"][0]["name"], "a");
+        assert_eq!(
+            calls[1].2["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
+        assert!(calls[1].2["runtimeConfig"].get("bandwidth").is_none());
+        assert_eq!(cfg.cached_result(&net, &rt()).unwrap(), r);
+
+        exec.calls.lock().unwrap().clear();
+        cfg.check_network_list(&net, &rt()).unwrap();
+        cfg.del_network_list(&net, &rt()).unwrap();
+        let calls = exec.calls.lock().unwrap().clone();
+        let order: Vec<(String, String)> =
+            calls.iter().map(|c| (c.0.clone(), c.1.clone())).collect();
+        assert_eq!(
+            order,
+            [("a", "CHECK"), ("b", "CHECK"), ("b", "DEL"), ("a", "DEL")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(
+            calls[2].2["prevResult"]["interfaces"][0]["name"], "b",
+            "DEL gets the cached result"
+        );
+        assert!(
+            cfg.cached_result(&net, &rt()).is_none(),
+            "cache dropped after DEL"
+        );
+    }
+
+    #[test]
+    fn gc_dels_stale_cached_attachments_then_sends_gc() {
+        let (_d, cfg, exec, net) = setup(&["a"]);
+        let mut other = rt();
+        other.container_id = "c2".into();
+        cfg.add_network_list(&net, &rt()).unwrap();
+        cfg.add_network_list(&net, &other).unwrap();
+        exec.calls.lock().unwrap().clear();
+        let valid = vec![Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }];
+        cfg.gc_network_list(&net, &valid).unwrap();
+        let calls = exec.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1, "DEL");
+        assert_eq!(calls[1].1, "GC");
+        assert_eq!(
+            calls[1].2["cni.dev/valid-attachments"][0]["containerID"],
+            "c1"
+        );
+        assert!(cfg.cached_result(&net, &rt()).is_some());
+        assert!(cfg.cached_result(&net, &other).is_none());
+    }
+
+    #[test]
+    fn a_failing_plugin_stops_the_chain_and_caches_nothing() {
+        let (_d, cfg, _exec, net) = setup(&["a", "failing"]);
+        let e = cfg.add_network_list(&net, &rt()).unwrap_err();
+        assert!(e.msg.contains("boom"), "{e}");
+        assert!(cfg.cached_result(&net, &rt()).is_none());
+    }
+
+    #[test]
+    fn loads_lists_like_libcni() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(
+            d.path().join("10-a.conf"),
+            r#"{"cniVersion":"0.4.0","name":"n1","type":"bridge"}"#,
+        )
+        .unwrap();
+        fs::write(
+            d.path().join("20-b.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"n1","plugins":[{"type":"x"}]}"#,
+        )
+        .unwrap();
+        fs::write(d.path().join("30-c.conflist"), "not json").unwrap();
+        let l = NetworkList::load(d.path(), "n1").unwrap();
+        assert_eq!(l.cni_version, "1.0.0", ".conflist wins over .conf");
+        fs::remove_file(d.path().join("20-b.conflist")).unwrap();
+        let l = NetworkList::load(d.path(), "n1").unwrap();
+        assert_eq!(l.plugins[0]["type"], "bridge");
+        assert!(l.plugins[0].get("name").is_none());
+        assert!(NetworkList::load(d.path(), "missing").is_err());
+        assert!(NetworkList::load(d.path(), "../x").is_err());
+        for bad in [
+            r#"{"cniVersion":"1.0.0"}"#,
+            r#"{"name":"x"}"#,
+            r#"{"name":"x","plugins":[]}"#,
+            r#"{"name":"x","plugins":[{}]}"#,
+        ] {
+            assert!(NetworkList::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}
