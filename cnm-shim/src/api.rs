@@ -255,7 +255,11 @@ pub struct JoinResponse {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub static_routes: Vec<StaticRoute>,
-    #[serde(rename = "DisableGatewayService", default, skip_serializing_if = "is_false")]
+    #[serde(
+        rename = "DisableGatewayService",
+        default,
+        skip_serializing_if = "is_false"
+    )]
     pub disable_gateway_service: bool,
 }
 
@@ -404,9 +408,10 @@ mod tests {
 
     #[test]
     fn nulls_decode_as_defaults() {
-        let r: CreateNetworkRequest =
-            serde_json::from_str(r#"{"NetworkID":"x","Options":null,"IPv4Data":null,"IPv6Data":null}"#)
-                .unwrap();
+        let r: CreateNetworkRequest = serde_json::from_str(
+            r#"{"NetworkID":"x","Options":null,"IPv4Data":null,"IPv6Data":null}"#,
+        )
+        .unwrap();
         assert!(r.options.is_empty() && r.ipv4_data.is_empty() && r.ipv6_data.is_empty());
         let r: RequestPoolRequest = serde_json::from_str(
             r#"{"AddressSpace":"a","Pool":"","SubPool":"","Options":null,"V6":false}"#,
@@ -435,12 +440,23 @@ mod tests {
     #[test]
     fn join_reply_field_case_is_exact() {
         let r = JoinResponse {
-            interface_name: Some(InterfaceName { src_name: "pnj0123456789ab".into(), dst_prefix: "eth".into() }),
+            interface_name: Some(InterfaceName {
+                src_name: "pnj0123456789ab".into(),
+                dst_prefix: "eth".into(),
+            }),
             gateway: "10.60.1.1".into(),
             gateway_ipv6: String::new(),
             static_routes: vec![
-                StaticRoute { destination: "10.61.0.0/16".into(), route_type: ROUTE_NEXTHOP, next_hop: "10.60.1.254".into() },
-                StaticRoute { destination: "10.62.0.0/16".into(), route_type: ROUTE_CONNECTED, next_hop: String::new() },
+                StaticRoute {
+                    destination: "10.61.0.0/16".into(),
+                    route_type: ROUTE_NEXTHOP,
+                    next_hop: "10.60.1.254".into(),
+                },
+                StaticRoute {
+                    destination: "10.62.0.0/16".into(),
+                    route_type: ROUTE_CONNECTED,
+                    next_hop: String::new(),
+                },
             ],
             disable_gateway_service: true,
         };
@@ -477,17 +493,24 @@ mod tests {
             serde_json::to_value(IpamErrResponse { error: "x".into() }).unwrap(),
             json!({"Error": "x"})
         );
-        assert_eq!(serde_json::to_value(ErrResponse { err: "x".into() }).unwrap(), json!({"Err": "x"}));
         assert_eq!(
-            serde_json::to_value(NetCapabilities { scope: "local".into(), connectivity_scope: "local".into() })
-                .unwrap(),
+            serde_json::to_value(ErrResponse { err: "x".into() }).unwrap(),
+            json!({"Err": "x"})
+        );
+        assert_eq!(
+            serde_json::to_value(NetCapabilities {
+                scope: "local".into(),
+                connectivity_scope: "local".into()
+            })
+            .unwrap(),
             json!({"Scope": "local", "ConnectivityScope": "local"})
         );
     }
 
     #[test]
     fn portmap_option_decodes() {
-        let v = json!([{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]);
+        let v =
+            json!([{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]);
         let p: Vec<PortBinding> = serde_json::from_value(v).unwrap();
         assert_eq!(p[0].proto, 6);
         assert_eq!(p[0].host_port, 8080);

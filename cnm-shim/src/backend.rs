@@ -29,7 +29,10 @@ impl Holder {
 
     /// The owner of an endpoint's attachment (= CNI_CONTAINERID, CNI_IFNAME).
     pub fn endpoint(endpoint_id: &str) -> Holder {
-        Holder { container_id: endpoint_id.to_string(), ifname: crate::driver::CNI_IFNAME.into() }
+        Holder {
+            container_id: endpoint_id.to_string(),
+            ifname: crate::driver::CNI_IFNAME.into(),
+        }
     }
 }
 
@@ -146,7 +149,10 @@ pub mod fake {
                 .ok_or_else(|| anyhow::anyhow!("no CNI network {name:?} in conf dir"))
         }
         fn export_conflist(&self, c: &Value) -> Result<()> {
-            self.exported.lock().unwrap().insert(c["name"].as_str().unwrap().into(), c.clone());
+            self.exported
+                .lock()
+                .unwrap()
+                .insert(c["name"].as_str().unwrap().into(), c.clone());
             Ok(())
         }
         fn unexport_conflist(&self, name: &str) -> Result<()> {
@@ -190,7 +196,10 @@ pub mod fake {
             Ok(())
         }
         fn ipam_release(&self, pool: &PoolCtx, owner: &Holder) -> Result<()> {
-            self.store.lock().unwrap().retain(|(n, _), h| !(*n == pool.cni_network && h == owner));
+            self.store
+                .lock()
+                .unwrap()
+                .retain(|(n, _), h| !(*n == pool.cni_network && h == owner));
             Ok(())
         }
         fn remove_bridge(&self, name: &str) -> Result<()> {
@@ -210,11 +219,23 @@ pub mod fake {
                 .into_iter()
                 .map(|a| {
                     let net: IpNetwork = a.as_str().unwrap().parse().unwrap();
-                    let gw = crate::translate::usable_bounds(&IpNetwork::new(net.network(), net.prefix()).unwrap()).0;
+                    let conf_gw = crate::translate::conflist_ipam(&req.conflist)
+                        .and_then(|i| crate::translate::ipam_ranges(i).ok())
+                        .and_then(|rs| rs.into_iter().find(|r| r.subnet.contains(net.ip())))
+                        .and_then(|r| r.gateway);
+                    let gw = conf_gw.unwrap_or_else(|| {
+                        crate::translate::usable_bounds(
+                            &IpNetwork::new(net.network(), net.prefix()).unwrap(),
+                        )
+                        .0
+                    });
                     serde_json::json!({"address": a, "gateway": gw.to_string(), "interface": 2})
                 })
                 .collect();
-            self.attached.lock().unwrap().insert(req.container_id.clone(), req.clone());
+            self.attached
+                .lock()
+                .unwrap()
+                .insert(req.container_id.clone(), req.clone());
             Ok(AttachOutcome {
                 result: serde_json::json!({"cniVersion":"1.0.0","interfaces":[{"name":"br"},{"name":"veth"},{"name":req.ifname,"sandbox":req.netns}],"ips":ips}),
                 peer: Some("veth".into()),

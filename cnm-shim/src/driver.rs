@@ -74,14 +74,24 @@ fn generic(options: &Map<String, Value>) -> HashMap<String, String> {
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
 fn truthy(v: Option<&String>) -> bool {
-    matches!(v.map(|s| s.to_ascii_lowercase()).as_deref(), Some("1" | "true" | "yes"))
+    matches!(
+        v.map(|s| s.to_ascii_lowercase()).as_deref(),
+        Some("1" | "true" | "yes")
+    )
 }
 
 fn short(id: &str) -> &str {
@@ -127,7 +137,10 @@ impl<B: CniBackend> Driver<B> {
     }
 
     pub fn capabilities(&self) -> NetCapabilities {
-        NetCapabilities { scope: "local".into(), connectivity_scope: "local".into() }
+        NetCapabilities {
+            scope: "local".into(),
+            connectivity_scope: "local".into(),
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -138,26 +151,45 @@ impl<B: CniBackend> Driver<B> {
             bail!("invalid NetworkID {:?}", req.network_id);
         }
         let opts = generic(&req.options);
-        let internal = req.options.get(INTERNAL_OPTION).and_then(Value::as_bool).unwrap_or(false);
+        let internal = req
+            .options
+            .get(INTERNAL_OPTION)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let mut subnets = Vec::new();
         for d in req.ipv4_data.iter().chain(&req.ipv6_data) {
             if d.pool.is_empty() {
                 continue;
             }
-            let pool: IpNetwork = d.pool.parse().with_context(|| format!("IPAM pool {:?}", d.pool))?;
+            let pool: IpNetwork = d
+                .pool
+                .parse()
+                .with_context(|| format!("IPAM pool {:?}", d.pool))?;
             let gateway = match d.gateway.as_str() {
                 "" => None,
-                g => Some(g.parse::<IpNetwork>().with_context(|| format!("IPAM gateway {g:?}"))?.ip()),
+                g => Some(
+                    g.parse::<IpNetwork>()
+                        .with_context(|| format!("IPAM gateway {g:?}"))?
+                        .ip(),
+                ),
             };
-            subnets.push(SubnetInfo { pool, gateway, pool_id: None });
+            subnets.push(SubnetInfo {
+                pool,
+                gateway,
+                pool_id: None,
+            });
         }
 
         if let Some(name) = opts.get(OPT_CNI_NETWORK) {
             let conflist = self.backend.load_conflist(name)?;
-            let ranges = translate::conflist_ipam(&conflist).map(translate::ipam_ranges).transpose()?;
+            let ranges = translate::conflist_ipam(&conflist)
+                .map(translate::ipam_ranges)
+                .transpose()?;
             if let Some(ranges) = ranges.filter(|r| !r.is_empty()) {
                 for s in &subnets {
-                    if !ranges.iter().any(|r| r.subnet.contains(s.pool.network()) && r.subnet.prefix() <= s.pool.prefix()) {
+                    if !ranges.iter().any(|r| {
+                        r.subnet.contains(s.pool.network()) && r.subnet.prefix() <= s.pool.prefix()
+                    }) {
                         bail!(
                             "pool {} is not part of CNI network {name:?} ({}); create the network with \
                              --ipam-driver {} --ipam-opt {OPT_CNI_NETWORK}={name} or a matching --subnet",
@@ -181,7 +213,9 @@ impl<B: CniBackend> Driver<B> {
                 internal,
                 subnets,
             };
-            self.store.put(Kind::Network, &rec.id, &rec).context("persist network")?;
+            self.store
+                .put(Kind::Network, &rec.id, &rec)
+                .context("persist network")?;
             info!(network = %short(&rec.id), cni = %name, "created network (existing conflist)");
             st.networks.insert(rec.id.clone(), rec);
             return Ok(Empty {});
@@ -190,16 +224,29 @@ impl<B: CniBackend> Driver<B> {
         // Mode 1: derive a conflist.
         let mut st = self.lock();
         if let Some(existing) = st.networks.get(&req.network_id) {
-            if existing.subnets.iter().map(|s| s.pool).eq(subnets.iter().map(|s| s.pool)) {
+            if existing
+                .subnets
+                .iter()
+                .map(|s| s.pool)
+                .eq(subnets.iter().map(|s| s.pool))
+            {
                 return Ok(Empty {});
             }
-            bail!("network {} already exists with other pools", short(&req.network_id));
+            bail!(
+                "network {} already exists with other pools",
+                short(&req.network_id)
+            );
         }
         let mut ranges = Vec::new();
         let mut cni_name = None;
         for s in &mut subnets {
             s.pool_id = find_pool(&st, &s.pool);
-            let mut r = Range { subnet: s.pool, gateway: s.gateway, start: None, end: None };
+            let mut r = Range {
+                subnet: s.pool,
+                gateway: s.gateway,
+                start: None,
+                end: None,
+            };
             if let Some(p) = s.pool_id.as_ref().and_then(|id| st.pools.get(id)) {
                 r = r.with_sub_pool(p.sub_pool);
                 cni_name.get_or_insert_with(|| p.cni_network.clone());
@@ -208,7 +255,10 @@ impl<B: CniBackend> Driver<B> {
         }
         let cni_name = cni_name.unwrap_or_else(|| format!("docker-{}", short(&req.network_id)));
         if let Some(other) = st.networks.values().find(|n| n.cni_name == cni_name) {
-            bail!("CNI network {cni_name:?} is already used by Docker network {}", short(&other.id));
+            bail!(
+                "CNI network {cni_name:?} is already used by Docker network {}",
+                short(&other.id)
+            );
         }
         // A dual-stack network's second pool joins the first one's store.
         for s in &subnets {
@@ -226,7 +276,10 @@ impl<B: CniBackend> Driver<B> {
                 None => None,
             },
             ip_masq: !internal
-                && opts.get("com.docker.network.bridge.enable_ip_masquerade").map(String::as_str) != Some("false"),
+                && opts
+                    .get("com.docker.network.bridge.enable_ip_masquerade")
+                    .map(String::as_str)
+                    != Some("false"),
             ipam_data_dir: self.cfg.ipam_data_dir.clone(),
         };
         if derive.bridge.len() > 15 {
@@ -235,7 +288,9 @@ impl<B: CniBackend> Driver<B> {
         let conflist = translate::derive_conflist(&cni_name, &ranges, &derive);
         let exported = truthy(opts.get(OPT_EXPORT));
         if exported {
-            self.backend.export_conflist(&conflist).context("export conflist")?;
+            self.backend
+                .export_conflist(&conflist)
+                .context("export conflist")?;
         }
         let rec = NetworkRecord {
             id: req.network_id.clone(),
@@ -263,7 +318,9 @@ impl<B: CniBackend> Driver<B> {
             let Some(rec) = st.networks.get(&req.network_id).cloned() else {
                 return Ok(Empty {});
             };
-            self.store.delete(Kind::Network, &rec.id).context("remove network state")?;
+            self.store
+                .delete(Kind::Network, &rec.id)
+                .context("remove network state")?;
             st.networks.remove(&rec.id);
             rec
         };
@@ -295,19 +352,25 @@ impl<B: CniBackend> Driver<B> {
         let mut addresses = Vec::new();
         for a in [&req.interface.address, &req.interface.address_ipv6] {
             if !a.is_empty() {
-                addresses.push(a.parse::<IpNetwork>().with_context(|| format!("endpoint address {a:?}"))?);
+                addresses.push(
+                    a.parse::<IpNetwork>()
+                        .with_context(|| format!("endpoint address {a:?}"))?,
+                );
             }
         }
         let ports: Vec<PortBinding> = match req.options.get(PORTMAP_OPTION) {
-            Some(v) if !v.is_null() => serde_json::from_value(v.clone()).context("decode port mappings")?,
+            Some(v) if !v.is_null() => {
+                serde_json::from_value(v.clone()).context("decode port mappings")?
+            }
             _ => Vec::new(),
         };
         let mut st = self.lock();
-        let net = st
-            .networks
-            .get(&req.network_id)
-            .cloned()
-            .ok_or_else(|| anyhow!("network {} is not known to this driver", short(&req.network_id)))?;
+        let net = st.networks.get(&req.network_id).cloned().ok_or_else(|| {
+            anyhow!(
+                "network {} is not known to this driver",
+                short(&req.network_id)
+            )
+        })?;
         if st.endpoints.contains_key(&req.endpoint_id) {
             return Ok(CreateEndpointResponse::default());
         }
@@ -323,7 +386,9 @@ impl<B: CniBackend> Driver<B> {
             port_mappings: translate::port_mappings(&ports),
             attachment: None,
         };
-        self.store.put(Kind::Endpoint, &rec.id, &rec).context("persist endpoint")?;
+        self.store
+            .put(Kind::Endpoint, &rec.id, &rec)
+            .context("persist endpoint")?;
         st.endpoints.insert(rec.id.clone(), rec);
         Ok(CreateEndpointResponse::default())
     }
@@ -391,16 +456,18 @@ impl<B: CniBackend> Driver<B> {
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (mut ep, net) = {
             let st = self.lock();
-            let ep = st
-                .endpoints
-                .get(&req.endpoint_id)
-                .cloned()
-                .ok_or_else(|| anyhow!("endpoint {} is not known to this driver", short(&req.endpoint_id)))?;
-            let net = st
-                .networks
-                .get(&ep.network_id)
-                .cloned()
-                .ok_or_else(|| anyhow!("network {} is not known to this driver", short(&ep.network_id)))?;
+            let ep = st.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| {
+                anyhow!(
+                    "endpoint {} is not known to this driver",
+                    short(&req.endpoint_id)
+                )
+            })?;
+            let net = st.networks.get(&ep.network_id).cloned().ok_or_else(|| {
+                anyhow!(
+                    "network {} is not known to this driver",
+                    short(&ep.network_id)
+                )
+            })?;
             (ep, net)
         };
         if let Some(att) = ep.attachment.as_ref().filter(|a| a.phase == Phase::Joined) {
@@ -411,13 +478,26 @@ impl<B: CniBackend> Driver<B> {
             Mode::Existing => self.backend.load_conflist(&net.cni_name)?,
         };
         let ports: Vec<PortBinding> = match req.options.get(PORTMAP_OPTION) {
-            Some(v) if !v.is_null() => serde_json::from_value(v.clone()).context("decode port mappings")?,
+            Some(v) if !v.is_null() => {
+                serde_json::from_value(v.clone()).context("decode port mappings")?
+            }
             _ => Vec::new(),
         };
-        let ports = if ports.is_empty() { ep.port_mappings.clone() } else { translate::port_mappings(&ports) };
+        let ports = if ports.is_empty() {
+            ep.port_mappings.clone()
+        } else {
+            translate::port_mappings(&ports)
+        };
         let mut caps = Map::new();
         if !ep.addresses.is_empty() {
-            caps.insert("ips".into(), json!(ep.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>()));
+            caps.insert(
+                "ips".into(),
+                json!(ep
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()),
+            );
         }
         if !ports.is_empty() {
             caps.insert("portMappings".into(), Value::Array(ports));
@@ -466,7 +546,11 @@ impl<B: CniBackend> Driver<B> {
         att.result = outcome.result;
         att.peer = outcome.peer;
         let got = translate::result_addresses(&att.result);
-        let missing: Vec<_> = ep.addresses.iter().filter(|a| !got.iter().any(|g| g.ip() == a.ip())).collect();
+        let missing: Vec<_> = ep
+            .addresses
+            .iter()
+            .filter(|a| !got.iter().any(|g| g.ip() == a.ip()))
+            .collect();
         let reply = if missing.is_empty() {
             self.reply_for(&net, &att)
         } else {
@@ -503,7 +587,9 @@ impl<B: CniBackend> Driver<B> {
 
     fn put_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
         let mut st = self.lock();
-        self.store.put(Kind::Endpoint, &ep.id, ep).context("persist endpoint")?;
+        self.store
+            .put(Kind::Endpoint, &ep.id, ep)
+            .context("persist endpoint")?;
         st.endpoints.insert(ep.id.clone(), ep.clone());
         Ok(())
     }
@@ -513,7 +599,10 @@ impl<B: CniBackend> Driver<B> {
         Ok(Empty {})
     }
 
-    pub fn program_external_connectivity(&self, _req: ProgramExternalConnectivityRequest) -> Result<Empty> {
+    pub fn program_external_connectivity(
+        &self,
+        _req: ProgramExternalConnectivityRequest,
+    ) -> Result<Empty> {
         Ok(Empty {})
     }
 
@@ -533,7 +622,9 @@ impl<B: CniBackend> Driver<B> {
             let lock = self.ep_lock(&ep.id);
             let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
             // Re-read under the endpoint lock: a handler may have changed it meanwhile.
-            let Some(ep) = self.lock().endpoints.get(&ep.id).cloned() else { continue };
+            let Some(ep) = self.lock().endpoints.get(&ep.id).cloned() else {
+                continue;
+            };
             match &ep.attachment {
                 Some(att) if att.phase == Phase::Attaching => {
                     info!(endpoint = %short(&ep.id), "undoing interrupted attachment");
@@ -560,7 +651,12 @@ impl<B: CniBackend> Driver<B> {
     // Address bookkeeping shared with the IPAM half
 
     /// The pool (id, store context) of `net` containing `ip`.
-    pub(crate) fn pool_ctx_for(&self, st: &State, net: &NetworkRecord, ip: IpAddr) -> Option<(String, PoolCtx)> {
+    pub(crate) fn pool_ctx_for(
+        &self,
+        st: &State,
+        net: &NetworkRecord,
+        ip: IpAddr,
+    ) -> Option<(String, PoolCtx)> {
         net.subnets
             .iter()
             .filter(|s| s.pool.contains(ip))
@@ -568,23 +664,49 @@ impl<B: CniBackend> Driver<B> {
             .and_then(|pid| st.pools.get(&pid).map(|p| (pid, self.pool_ctx(p))))
     }
 
-    fn claim_address(&self, st: &mut State, net: &NetworkRecord, ip: IpAddr, endpoint_id: &str) -> Result<()> {
-        let Some((pid, ctx)) = self.pool_ctx_for(st, net, ip) else { return Ok(()) };
-        let Some(pool) = st.pools.get_mut(&pid) else { return Ok(()) };
-        let Some(owner) = pool.owners.get(&ip).cloned() else { return Ok(()) };
+    fn claim_address(
+        &self,
+        st: &mut State,
+        net: &NetworkRecord,
+        ip: IpAddr,
+        endpoint_id: &str,
+    ) -> Result<()> {
+        let Some((pid, ctx)) = self.pool_ctx_for(st, net, ip) else {
+            return Ok(());
+        };
+        let Some(pool) = st.pools.get_mut(&pid) else {
+            return Ok(());
+        };
+        let Some(owner) = pool.owners.get(&ip).cloned() else {
+            return Ok(());
+        };
         self.backend
-            .ipam_transfer(&ctx, &Holder { container_id: owner, ifname: "reserved".into() }, &Holder::endpoint(endpoint_id))
+            .ipam_transfer(
+                &ctx,
+                &Holder {
+                    container_id: owner,
+                    ifname: "reserved".into(),
+                },
+                &Holder::endpoint(endpoint_id),
+            )
             .with_context(|| format!("hand {ip} to endpoint {}", short(endpoint_id)))?;
         pool.owners.remove(&ip);
         pool.endpoint_of.insert(ip, endpoint_id.to_string());
         let p = pool.clone();
-        self.store.put(Kind::Pool, &p.id, &p).context("persist pool")?;
+        self.store
+            .put(Kind::Pool, &p.id, &p)
+            .context("persist pool")?;
         Ok(())
     }
 }
 
 fn find_pool(st: &State, pool: &IpNetwork) -> Option<String> {
-    let mut ids: Vec<&String> = st.pools.values().filter(|p| p.pool == *pool).map(|p| &p.id).collect();
+    let mut ids: Vec<&String> = st
+        .pools
+        .values()
+        .filter(|p| p.pool == *pool)
+        .map(|p| &p.id)
+        .collect();
     ids.sort();
     ids.first().map(|s| s.to_string())
 }

@@ -24,11 +24,17 @@ const ENDPOINT_NAME_OPTION: &str = "com.docker.network.endpoint.name";
 
 impl<B: CniBackend> Driver<B> {
     pub fn ipam_capabilities(&self) -> IpamCapabilities {
-        IpamCapabilities { requires_mac_address: false, requires_request_replay: false }
+        IpamCapabilities {
+            requires_mac_address: false,
+            requires_request_replay: false,
+        }
     }
 
     pub fn address_spaces(&self) -> AddressSpaces {
-        AddressSpaces { local: "plugnet-local".into(), global: "plugnet-global".into() }
+        AddressSpaces {
+            local: "plugnet-local".into(),
+            global: "plugnet-global".into(),
+        }
     }
 
     /// The store context of a pool: which CNI network and `ipam` object it allocates in.
@@ -37,15 +43,34 @@ impl<B: CniBackend> Driver<B> {
             let range = translate::ipam_ranges(&p.conflist_ipam)
                 .ok()
                 .and_then(|rs| rs.into_iter().find(|r| r.subnet == p.pool))
-                .unwrap_or(Range { subnet: p.pool, gateway: p.gateway, start: None, end: None });
-            return PoolCtx { cni_network: p.cni_network.clone(), ipam: p.conflist_ipam.clone(), range };
+                .unwrap_or(Range {
+                    subnet: p.pool,
+                    gateway: p.gateway,
+                    start: None,
+                    end: None,
+                });
+            return PoolCtx {
+                cni_network: p.cni_network.clone(),
+                ipam: p.conflist_ipam.clone(),
+                range,
+            };
         }
-        let range = Range { subnet: p.pool, gateway: p.gateway, start: None, end: None }.with_sub_pool(p.sub_pool);
+        let range = Range {
+            subnet: p.pool,
+            gateway: p.gateway,
+            start: None,
+            end: None,
+        }
+        .with_sub_pool(p.sub_pool);
         let mut ipam = json!({"type": "plugnet-ipam", "ranges": [[range.to_json()]]});
         if let Some(d) = &self.cfg.ipam_data_dir {
             ipam["dataDir"] = json!(d);
         }
-        PoolCtx { cni_network: p.cni_network.clone(), ipam, range }
+        PoolCtx {
+            cni_network: p.cni_network.clone(),
+            ipam,
+            range,
+        }
     }
 
     pub fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
@@ -58,10 +83,17 @@ impl<B: CniBackend> Driver<B> {
             }
             let n: IpNetwork = s.parse().with_context(|| format!("{what} {s:?}"))?;
             if n.ip() != n.network() {
-                bail!("{what} {s} has host bits set (use {}/{})", n.network(), n.prefix());
+                bail!(
+                    "{what} {s} has host bits set (use {}/{})",
+                    n.network(),
+                    n.prefix()
+                );
             }
             if n.is_ipv6() != req.v6 {
-                bail!("{what} {s} is not an IPv{} network", if req.v6 { 6 } else { 4 });
+                bail!(
+                    "{what} {s} is not an IPv{} network",
+                    if req.v6 { 6 } else { 4 }
+                );
             }
             Ok(Some(n))
         };
@@ -78,7 +110,9 @@ impl<B: CniBackend> Driver<B> {
             let cni_name = conflist["name"].as_str().unwrap_or(name).to_string();
             let ipam = translate::conflist_ipam(&conflist)
                 .cloned()
-                .ok_or_else(|| anyhow!("CNI network {name:?} has no ipam section to take a pool from"))?;
+                .ok_or_else(|| {
+                    anyhow!("CNI network {name:?} has no ipam section to take a pool from")
+                })?;
             let range = translate::ipam_ranges(&ipam)?
                 .into_iter()
                 .find(|r| r.subnet.is_ipv6() == req.v6 && want.is_none_or(|w| w == r.subnet))
@@ -89,7 +123,9 @@ impl<B: CniBackend> Driver<B> {
                         want.map(|w| format!(" equal to {w}")).unwrap_or_default()
                     )
                 })?;
-            let gateway = range.gateway.unwrap_or_else(|| translate::usable_bounds(&range.subnet).0);
+            let gateway = range
+                .gateway
+                .unwrap_or_else(|| translate::usable_bounds(&range.subnet).0);
             PoolRecord {
                 id: format!("{cni_name}.{}", pool_name(&range.subnet)),
                 pool: range.subnet,
@@ -115,8 +151,9 @@ impl<B: CniBackend> Driver<B> {
                     } else {
                         (&self.cfg.default_pools_v4, self.cfg.pool_prefix_v4)
                     };
-                    translate::pick_pool(defaults, prefix, &held)
-                        .ok_or_else(|| anyhow!("no free /{prefix} left in the default address pools"))?
+                    translate::pick_pool(defaults, prefix, &held).ok_or_else(|| {
+                        anyhow!("no free /{prefix} left in the default address pools")
+                    })?
                 }
             };
             let mut id = pool_name(&pool);
@@ -146,29 +183,50 @@ impl<B: CniBackend> Driver<B> {
         };
         if let Some(existing) = st.pools.get(&rec.id) {
             rec = existing.clone();
-        } else if let Some(o) = st.pools.values().find(|p| translate::overlaps(&p.pool, &rec.pool)) {
-            bail!("pool {} overlaps pool {} already held by this driver", rec.pool, o.pool);
+        } else if let Some(o) = st
+            .pools
+            .values()
+            .find(|p| translate::overlaps(&p.pool, &rec.pool))
+        {
+            bail!(
+                "pool {} overlaps pool {} already held by this driver",
+                rec.pool,
+                o.pool
+            );
         }
         rec.refs += 1;
-        self.store.put(Kind::Pool, &rec.id, &rec).context("persist pool")?;
+        self.store
+            .put(Kind::Pool, &rec.id, &rec)
+            .context("persist pool")?;
         let mut data = BTreeMap::new();
         if rec.from_conflist.is_some() {
             if let Some(g) = rec.gateway {
-                data.insert(GATEWAY_OPTION.to_string(), format!("{g}/{}", rec.pool.prefix()));
+                data.insert(
+                    GATEWAY_OPTION.to_string(),
+                    format!("{g}/{}", rec.pool.prefix()),
+                );
             }
         }
         info!(pool = %rec.pool, id = %rec.id, refs = rec.refs, "pool requested");
-        let resp = RequestPoolResponse { pool_id: rec.id.clone(), pool: rec.pool.to_string(), data };
+        let resp = RequestPoolResponse {
+            pool_id: rec.id.clone(),
+            pool: rec.pool.to_string(),
+            data,
+        };
         st.pools.insert(rec.id.clone(), rec);
         Ok(resp)
     }
 
     pub fn release_pool(&self, req: ReleasePoolRequest) -> Result<Empty> {
         let mut st = self.lock();
-        let Some(mut rec) = st.pools.get(&req.pool_id).cloned() else { return Ok(Empty {}) };
+        let Some(mut rec) = st.pools.get(&req.pool_id).cloned() else {
+            return Ok(Empty {});
+        };
         rec.refs = rec.refs.saturating_sub(1);
         if rec.refs > 0 {
-            self.store.put(Kind::Pool, &rec.id, &rec).context("persist pool")?;
+            self.store
+                .put(Kind::Pool, &rec.id, &rec)
+                .context("persist pool")?;
             st.pools.insert(rec.id.clone(), rec);
             return Ok(Empty {});
         }
@@ -183,7 +241,9 @@ impl<B: CniBackend> Driver<B> {
                 let _ = self.backend.ipam_release(&ctx, &Holder::endpoint(ep));
             }
         }
-        self.store.delete(Kind::Pool, &rec.id).context("remove pool state")?;
+        self.store
+            .delete(Kind::Pool, &rec.id)
+            .context("remove pool state")?;
         st.pools.remove(&rec.id);
         info!(pool = %rec.pool, "pool released");
         Ok(Empty {})
@@ -191,17 +251,30 @@ impl<B: CniBackend> Driver<B> {
 
     pub fn request_address(&self, req: RequestAddressRequest) -> Result<RequestAddressResponse> {
         let mut st = self.lock();
-        let mut rec = st.pools.get(&req.pool_id).cloned().ok_or_else(|| anyhow!("unknown pool {:?}", req.pool_id))?;
+        let mut rec = st
+            .pools
+            .get(&req.pool_id)
+            .cloned()
+            .ok_or_else(|| anyhow!("unknown pool {:?}", req.pool_id))?;
         let requested: Option<IpAddr> = match req.address.as_str() {
             "" => None,
-            a => Some(a.parse().with_context(|| format!("requested address {a:?}"))?),
+            a => Some(
+                a.parse()
+                    .with_context(|| format!("requested address {a:?}"))?,
+            ),
         };
         if let Some(ip) = requested {
             if !rec.pool.contains(ip) {
                 bail!("requested address {ip} is outside pool {}", rec.pool);
             }
-            if rec.pool.is_ipv4() && rec.pool.prefix() < 31 && (ip == rec.pool.network() || ip == rec.pool.broadcast()) {
-                bail!("requested address {ip} is the network or broadcast address of {}", rec.pool);
+            if rec.pool.is_ipv4()
+                && rec.pool.prefix() < 31
+                && (ip == rec.pool.network() || ip == rec.pool.broadcast())
+            {
+                bail!(
+                    "requested address {ip} is the network or broadcast address of {}",
+                    rec.pool
+                );
             }
         }
         let cidr = |ip: IpAddr| format!("{ip}/{}", rec.pool.prefix());
@@ -214,13 +287,22 @@ impl<B: CniBackend> Driver<B> {
                 (None, Some(g), _) => g,
                 (None, None, _) => translate::usable_bounds(&rec.pool).0,
             };
-            if rec.addresses.get(&gw).is_some_and(|k| *k != AddrKind::Gateway) {
+            if rec
+                .addresses
+                .get(&gw)
+                .is_some_and(|k| *k != AddrKind::Gateway)
+            {
                 bail!("gateway {gw} is already in use");
             }
             rec.gateway = Some(gw);
             rec.addresses.insert(gw, AddrKind::Gateway);
-            self.store.put(Kind::Pool, &rec.id, &rec).context("persist pool")?;
-            let resp = RequestAddressResponse { address: cidr(gw), data: BTreeMap::new() };
+            self.store
+                .put(Kind::Pool, &rec.id, &rec)
+                .context("persist pool")?;
+            let resp = RequestAddressResponse {
+                address: cidr(gw),
+                data: BTreeMap::new(),
+            };
             st.pools.insert(rec.id.clone(), rec);
             return Ok(resp);
         }
@@ -241,7 +323,10 @@ impl<B: CniBackend> Driver<B> {
         let in_range = requested.is_none_or(|ip| in_bounds(&ctx.range, ip));
         let owner = format!(
             "docker-{:x}-{:x}",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
         let ip = if in_range {
@@ -266,15 +351,23 @@ impl<B: CniBackend> Driver<B> {
             }
             return Err(e).context("persist pool");
         }
-        let resp = RequestAddressResponse { address: cidr(ip), data: BTreeMap::new() };
+        let resp = RequestAddressResponse {
+            address: cidr(ip),
+            data: BTreeMap::new(),
+        };
         st.pools.insert(rec.id.clone(), rec);
         Ok(resp)
     }
 
     pub fn release_address(&self, req: ReleaseAddressRequest) -> Result<Empty> {
-        let ip: IpAddr = req.address.parse().with_context(|| format!("address {:?}", req.address))?;
+        let ip: IpAddr = req
+            .address
+            .parse()
+            .with_context(|| format!("address {:?}", req.address))?;
         let mut st = self.lock();
-        let Some(mut rec) = st.pools.get(&req.pool_id).cloned() else { return Ok(Empty {}) };
+        let Some(mut rec) = st.pools.get(&req.pool_id).cloned() else {
+            return Ok(Empty {});
+        };
         let ctx = self.pool_ctx(&rec);
         let mut changed = rec.addresses.remove(&ip).is_some();
         if let Some(owner) = rec.owners.remove(&ip) {
@@ -290,7 +383,9 @@ impl<B: CniBackend> Driver<B> {
             changed = true;
         }
         if changed {
-            self.store.put(Kind::Pool, &rec.id, &rec).context("persist pool")?;
+            self.store
+                .put(Kind::Pool, &rec.id, &rec)
+                .context("persist pool")?;
             st.pools.insert(rec.id.clone(), rec);
         }
         Ok(Empty {})
@@ -299,7 +394,9 @@ impl<B: CniBackend> Driver<B> {
     /// Move a pool's placeholder reservations into the store of `cni_name` (a dual-stack
     /// network's second pool joins the first pool's CNI network).
     pub(crate) fn rehome_pool(&self, st: &mut State, pid: &str, cni_name: &str) -> Result<()> {
-        let Some(mut rec) = st.pools.get(pid).cloned() else { return Ok(()) };
+        let Some(mut rec) = st.pools.get(pid).cloned() else {
+            return Ok(());
+        };
         if rec.cni_network == cni_name || rec.from_conflist.is_some() {
             return Ok(());
         }
@@ -313,14 +410,19 @@ impl<B: CniBackend> Driver<B> {
             let _ = self.backend.ipam_release(&old, &h);
         }
         rec.cni_network = cni_name.to_string();
-        self.store.put(Kind::Pool, &rec.id, &rec).context("persist pool")?;
+        self.store
+            .put(Kind::Pool, &rec.id, &rec)
+            .context("persist pool")?;
         st.pools.insert(rec.id.clone(), rec);
         Ok(())
     }
 }
 
 fn placeholder(owner: &str) -> Holder {
-    Holder { container_id: owner.to_string(), ifname: "reserved".into() }
+    Holder {
+        container_id: owner.to_string(),
+        ifname: "reserved".into(),
+    }
 }
 
 fn in_bounds(r: &Range, ip: IpAddr) -> bool {

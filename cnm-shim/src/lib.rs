@@ -7,8 +7,12 @@
 
 pub mod api;
 pub mod backend;
+pub mod cni;
 pub mod driver;
 pub mod ipam;
+pub mod netns;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod tests;
 pub mod translate;

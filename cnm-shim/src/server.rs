@@ -32,7 +32,10 @@ pub struct Reply {
 
 impl Reply {
     fn json<T: Serialize>(status: u16, v: &T) -> Reply {
-        Reply { status, body: serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()) }
+        Reply {
+            status,
+            body: serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()),
+        }
     }
 }
 
@@ -66,9 +69,15 @@ pub fn dispatch<B: CniBackend>(d: &Driver<B>, path: &str, body: &[u8]) -> Reply 
         "/NetworkDriver.GetCapabilities" => ok(Ok(d.capabilities())),
         "/NetworkDriver.CreateNetwork" => decode(path, body).and_then(|r| ok(d.create_network(r))),
         "/NetworkDriver.DeleteNetwork" => decode(path, body).and_then(|r| ok(d.delete_network(r))),
-        "/NetworkDriver.CreateEndpoint" => decode(path, body).and_then(|r| ok(d.create_endpoint(r))),
-        "/NetworkDriver.EndpointOperInfo" => decode(path, body).and_then(|r| ok(d.endpoint_oper_info(r))),
-        "/NetworkDriver.DeleteEndpoint" => decode(path, body).and_then(|r| ok(d.delete_endpoint(r))),
+        "/NetworkDriver.CreateEndpoint" => {
+            decode(path, body).and_then(|r| ok(d.create_endpoint(r)))
+        }
+        "/NetworkDriver.EndpointOperInfo" => {
+            decode(path, body).and_then(|r| ok(d.endpoint_oper_info(r)))
+        }
+        "/NetworkDriver.DeleteEndpoint" => {
+            decode(path, body).and_then(|r| ok(d.delete_endpoint(r)))
+        }
         "/NetworkDriver.Join" => decode(path, body).and_then(|r| ok(d.join(r))),
         "/NetworkDriver.Leave" => decode(path, body).and_then(|r| ok(d.leave(r))),
         "/NetworkDriver.ProgramExternalConnectivity" => {
@@ -80,16 +89,24 @@ pub fn dispatch<B: CniBackend>(d: &Driver<B>, path: &str, body: &[u8]) -> Reply 
         "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
             decode::<DiscoveryNotification>(path, body).and_then(|_| ok(Ok(Empty {})))
         }
-        "/NetworkDriver.GwAllocCheck" => {
-            decode::<GwAllocCheckRequest>(path, body).and_then(|_| ok(Ok(GwAllocCheckResponse::default())))
-        }
+        "/NetworkDriver.GwAllocCheck" => decode::<GwAllocCheckRequest>(path, body)
+            .and_then(|_| ok(Ok(GwAllocCheckResponse::default()))),
         "/IpamDriver.GetCapabilities" => ok(Ok(d.ipam_capabilities())),
         "/IpamDriver.GetDefaultAddressSpaces" => ok(Ok(d.address_spaces())),
         "/IpamDriver.RequestPool" => decode(path, body).and_then(|r| ok(d.request_pool(r))),
         "/IpamDriver.ReleasePool" => decode(path, body).and_then(|r| ok(d.release_pool(r))),
         "/IpamDriver.RequestAddress" => decode(path, body).and_then(|r| ok(d.request_address(r))),
         "/IpamDriver.ReleaseAddress" => decode(path, body).and_then(|r| ok(d.release_address(r))),
-        _ => return error_reply(path, 404, format!("{} is not implemented by this plugin", path.trim_start_matches('/'))),
+        _ => {
+            return error_reply(
+                path,
+                404,
+                format!(
+                    "{} is not implemented by this plugin",
+                    path.trim_start_matches('/')
+                ),
+            )
+        }
     };
     match res {
         Ok(r) => r,
@@ -100,12 +117,23 @@ pub fn dispatch<B: CniBackend>(d: &Driver<B>, path: &str, body: &[u8]) -> Reply 
 async fn handle<B: CniBackend>(d: Arc<Driver<B>>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     if req.method() != Method::POST {
-        return error_reply(&path, 405, format!("{} {path}: plugin calls are POST", req.method()));
+        return error_reply(
+            &path,
+            405,
+            format!("{} {path}: plugin calls are POST", req.method()),
+        );
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            let status = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() { 413 } else { 400 };
+            let status = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                413
+            } else {
+                400
+            };
             return error_reply(&path, status, format!("read request body: {e}"));
         }
     };
@@ -126,7 +154,10 @@ async fn handle<B: CniBackend>(d: Arc<Driver<B>>, req: Request<Incoming>) -> Rep
 }
 
 /// Serve the plugin protocol on `listener` until the task is dropped.
-pub async fn serve<B: CniBackend>(listener: UnixListener, d: Arc<Driver<B>>) -> std::io::Result<()> {
+pub async fn serve<B: CniBackend>(
+    listener: UnixListener,
+    d: Arc<Driver<B>>,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let d = d.clone();
@@ -136,12 +167,18 @@ pub async fn serve<B: CniBackend>(listener: UnixListener, d: Arc<Driver<B>>) -> 
                 async move {
                     let r = handle(d, req).await;
                     Response::builder()
-                        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                        .status(
+                            StatusCode::from_u16(r.status)
+                                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        )
                         .header("Content-Type", CONTENT_TYPE)
                         .body(Full::new(Bytes::from(r.body)))
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 debug!("connection: {e}");
             }
         });

@@ -196,7 +196,8 @@ pub fn valid_id(id: &str) -> bool {
     !b.is_empty()
         && b.len() <= 200
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// The state directory.
@@ -214,7 +215,9 @@ impl Store {
             fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
                 .map_err(|e| ctx(e, "chmod state dir", &d))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -228,7 +231,10 @@ impl Store {
 
     fn path(&self, kind: Kind, id: &str) -> io::Result<PathBuf> {
         if !valid_id(id) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid id {id:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid id {id:?}"),
+            ));
         }
         Ok(self.root.join(kind.dir()).join(format!("{id}.json")))
     }
@@ -236,8 +242,11 @@ impl Store {
     /// Atomically write one record.
     pub fn put<T: Serialize>(&self, kind: Kind, id: &str, record: &T) -> io::Result<()> {
         let path = self.path(kind, id)?;
-        let body = serde_json::to_vec_pretty(&Envelope { version: STATE_VERSION, record })
-            .map_err(io::Error::other)?;
+        let body = serde_json::to_vec_pretty(&Envelope {
+            version: STATE_VERSION,
+            record,
+        })
+        .map_err(io::Error::other)?;
         write_atomic(&path, &body, 0o600)
     }
 
@@ -245,7 +254,9 @@ impl Store {
     pub fn delete(&self, kind: Kind, id: &str) -> io::Result<()> {
         let path = self.path(kind, id)?;
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ctx(e, "remove state file", &path)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(ctx(e, "remove state file", &path))
+            }
             _ => Ok(()),
         }
     }
@@ -255,15 +266,23 @@ impl Store {
     pub fn load(&self) -> (State, Vec<String>) {
         let mut st = State::default();
         let mut warnings = Vec::new();
-        load_dir(&self.root.join("networks"), &mut warnings, |r: NetworkRecord| {
-            st.networks.insert(r.id.clone(), r);
-        });
+        load_dir(
+            &self.root.join("networks"),
+            &mut warnings,
+            |r: NetworkRecord| {
+                st.networks.insert(r.id.clone(), r);
+            },
+        );
         load_dir(&self.root.join("pools"), &mut warnings, |r: PoolRecord| {
             st.pools.insert(r.id.clone(), r);
         });
-        load_dir(&self.root.join("endpoints"), &mut warnings, |r: EndpointRecord| {
-            st.endpoints.insert(r.id.clone(), r);
-        });
+        load_dir(
+            &self.root.join("endpoints"),
+            &mut warnings,
+            |r: EndpointRecord| {
+                st.endpoints.insert(r.id.clone(), r);
+            },
+        );
         (st, warnings)
     }
 }
@@ -307,7 +326,10 @@ fn load_dir<T: DeserializeOwned>(dir: &Path, warnings: &mut Vec<String>, mut f: 
 /// Write `body` to `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = OpenOptions::new()
@@ -317,7 +339,8 @@ pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)
             .map_err(|e| ctx(e, "create temp file", &tmp))?;
-        f.write_all(body).map_err(|e| ctx(e, "write temp file", &tmp))?;
+        f.write_all(body)
+            .map_err(|e| ctx(e, "write temp file", &tmp))?;
         f.sync_all().map_err(|e| ctx(e, "fsync temp file", &tmp))?;
         fs::rename(&tmp, path).map_err(|e| ctx(e, "rename into place", path))?;
         if let Ok(d) = File::open(dir) {
@@ -370,7 +393,12 @@ mod tests {
         assert_eq!(st.networks["n1"], net("n1"));
         s.delete(Kind::Network, "n1").unwrap();
         s.delete(Kind::Network, "n1").unwrap();
-        assert!(Store::open(dir.path()).unwrap().load().0.networks.is_empty());
+        assert!(Store::open(dir.path())
+            .unwrap()
+            .load()
+            .0
+            .networks
+            .is_empty());
     }
 
     #[test]
@@ -386,7 +414,11 @@ mod tests {
     fn foreign_versions_and_garbage_are_skipped_with_a_warning() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        fs::write(dir.path().join("networks/a.json"), br#"{"version":2,"id":"a"}"#).unwrap();
+        fs::write(
+            dir.path().join("networks/a.json"),
+            br#"{"version":2,"id":"a"}"#,
+        )
+        .unwrap();
         fs::write(dir.path().join("networks/b.json"), b"{trunc").unwrap();
         fs::write(dir.path().join("networks/.c.json.1.tmp"), b"x").unwrap();
         s.put(Kind::Network, "ok", &net("ok")).unwrap();

@@ -86,7 +86,11 @@ pub fn derive_conflist(name: &str, ranges: &[Range], o: &DeriveOptions) -> Value
 
 /// The `ipam` object of a conflist: the first plugin that has one.
 pub fn conflist_ipam(conflist: &Value) -> Option<&Value> {
-    conflist.get("plugins")?.as_array()?.iter().find_map(|p| p.get("ipam").filter(|i| i.is_object()))
+    conflist
+        .get("plugins")?
+        .as_array()?
+        .iter()
+        .find_map(|p| p.get("ipam").filter(|i| i.is_object()))
 }
 
 /// The ranges of an `ipam` object (host-local/plugnet-ipam shape: `ranges` and the legacy
@@ -97,7 +101,10 @@ pub fn ipam_ranges(ipam: &Value) -> Result<Vec<Range>> {
         let ip = |k: &str| -> Result<Option<IpAddr>> {
             match r.get(k).and_then(Value::as_str) {
                 None | Some("") => Ok(None),
-                Some(s) => s.parse().map(Some).with_context(|| format!("ipam {k} {s:?}")),
+                Some(s) => s
+                    .parse()
+                    .map(Some)
+                    .with_context(|| format!("ipam {k} {s:?}")),
             }
         };
         let subnet = r
@@ -105,7 +112,9 @@ pub fn ipam_ranges(ipam: &Value) -> Result<Vec<Range>> {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("ipam range without subnet"))?;
         Ok(Range {
-            subnet: subnet.parse().with_context(|| format!("ipam subnet {subnet:?}"))?,
+            subnet: subnet
+                .parse()
+                .with_context(|| format!("ipam subnet {subnet:?}"))?,
             gateway: ip("gateway")?,
             start: ip("rangeStart")?,
             end: ip("rangeEnd")?,
@@ -133,14 +142,24 @@ pub fn usable_bounds(net: &IpNetwork) -> (IpAddr, IpAddr) {
             if n.prefix() >= 31 {
                 (n.network().into(), n.broadcast().into())
             } else {
-                (std::net::Ipv4Addr::from(base + 1).into(), std::net::Ipv4Addr::from(last - 1).into())
+                (
+                    std::net::Ipv4Addr::from(base + 1).into(),
+                    std::net::Ipv4Addr::from(last - 1).into(),
+                )
             }
         }
         IpNetwork::V6(n) => {
             let base = u128::from(n.network());
-            let size = if n.prefix() == 0 { u128::MAX } else { (1u128 << (128 - n.prefix())) - 1 };
+            let size = if n.prefix() == 0 {
+                u128::MAX
+            } else {
+                (1u128 << (128 - n.prefix())) - 1
+            };
             let first = if n.prefix() >= 127 { base } else { base + 1 };
-            (std::net::Ipv6Addr::from(first).into(), std::net::Ipv6Addr::from(base | size).into())
+            (
+                std::net::Ipv6Addr::from(first).into(),
+                std::net::Ipv6Addr::from(base | size).into(),
+            )
         }
     }
 }
@@ -227,7 +246,8 @@ pub fn port_mappings(bindings: &[PortBinding]) -> Vec<Value> {
                 132 => "sctp",
                 _ => return None,
             };
-            let mut m = json!({"hostPort": b.host_port, "containerPort": b.port, "protocol": proto});
+            let mut m =
+                json!({"hostPort": b.host_port, "containerPort": b.port, "protocol": proto});
             if !b.host_ip.is_empty() {
                 m["hostIP"] = json!(b.host_ip);
             }
@@ -262,12 +282,22 @@ pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
     };
     let (mut gw4, mut gw6) = (None, None);
     let mut routes = Vec::new();
-    for r in result.get("routes").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for r in result
+        .get("routes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         let dst_s = r.get("dst").and_then(Value::as_str).unwrap_or_default();
-        let dst: IpNetwork = dst_s.parse().with_context(|| format!("CNI result route dst {dst_s:?}"))?;
+        let dst: IpNetwork = dst_s
+            .parse()
+            .with_context(|| format!("CNI result route dst {dst_s:?}"))?;
         let gw: Option<IpAddr> = match r.get("gw").and_then(Value::as_str) {
             None | Some("") => None,
-            Some(s) => Some(s.parse().with_context(|| format!("CNI result route gw {s:?}"))?),
+            Some(s) => Some(
+                s.parse()
+                    .with_context(|| format!("CNI result route gw {s:?}"))?,
+            ),
         };
         let gw = gw.or_else(|| gw_of(dst.is_ipv6()));
         if dst.prefix() == 0 {
@@ -307,7 +337,11 @@ pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
 
 /// A CNI-legal, file-name-safe name for a pool: `pn-10.60.1.0_24`, `pn-fd60-1--_64`.
 pub fn pool_name(pool: &IpNetwork) -> String {
-    format!("pn-{}_{}", pool.network().to_string().replace(':', "-"), pool.prefix())
+    format!(
+        "pn-{}_{}",
+        pool.network().to_string().replace(':', "-"),
+        pool.prefix()
+    )
 }
 
 #[cfg(test)]
@@ -315,7 +349,12 @@ mod tests {
     use super::*;
 
     fn r(s: &str) -> Range {
-        Range { subnet: s.parse().unwrap(), gateway: None, start: None, end: None }
+        Range {
+            subnet: s.parse().unwrap(),
+            gateway: None,
+            start: None,
+            end: None,
+        }
     }
 
     #[test]
@@ -325,7 +364,12 @@ mod tests {
         let c = derive_conflist(
             "pn-10.60.1.0_24",
             &[a.with_sub_pool(Some("10.60.1.128/25".parse().unwrap()))],
-            &DeriveOptions { bridge: "pnb0123".into(), mtu: Some(1400), ip_masq: true, ipam_data_dir: None },
+            &DeriveOptions {
+                bridge: "pnb0123".into(),
+                mtu: Some(1400),
+                ip_masq: true,
+                ipam_data_dir: None,
+            },
         );
         assert_eq!(c["cniVersion"], "1.0.0");
         assert_eq!(c["plugins"][0]["type"], "plugnet");
@@ -355,7 +399,10 @@ mod tests {
         let mut rg = r("10.60.2.0/29");
         rg.gateway = Some("10.60.2.1".parse().unwrap());
         let taken = |ip: IpAddr| ip == "10.60.2.2".parse::<IpAddr>().unwrap();
-        assert_eq!(pick_address(&rg, None, &taken, 1000), Some("10.60.2.3".parse().unwrap()));
+        assert_eq!(
+            pick_address(&rg, None, &taken, 1000),
+            Some("10.60.2.3".parse().unwrap())
+        );
         assert_eq!(
             pick_address(&rg, Some("10.60.2.6".parse().unwrap()), &taken, 1000),
             Some("10.60.2.3".parse().unwrap()),
@@ -363,23 +410,49 @@ mod tests {
         );
         assert_eq!(pick_address(&rg, None, &|_| true, 1000), None);
         let v6 = r("fd60::/120");
-        assert_eq!(pick_address(&v6, None, &|_| false, 10), Some("fd60::1".parse().unwrap()));
+        assert_eq!(
+            pick_address(&v6, None, &|_| false, 10),
+            Some("fd60::1".parse().unwrap())
+        );
     }
 
     #[test]
     fn pick_pool_avoids_held() {
         let d: Vec<IpNetwork> = vec!["10.66.0.0/16".parse().unwrap()];
-        let held: Vec<IpNetwork> = vec!["10.66.0.0/24".parse().unwrap(), "10.66.1.0/25".parse().unwrap()];
-        assert_eq!(pick_pool(&d, 24, &held).unwrap().to_string(), "10.66.2.0/24");
+        let held: Vec<IpNetwork> = vec![
+            "10.66.0.0/24".parse().unwrap(),
+            "10.66.1.0/25".parse().unwrap(),
+        ];
+        assert_eq!(
+            pick_pool(&d, 24, &held).unwrap().to_string(),
+            "10.66.2.0/24"
+        );
         assert!(pick_pool(&d, 24, &["10.66.0.0/16".parse().unwrap()]).is_none());
     }
 
     #[test]
     fn ports_translate_and_skip_unallocated() {
         let b = vec![
-            PortBinding { proto: 6, port: 80, host_port: 8080, host_port_end: 8080, ..Default::default() },
-            PortBinding { proto: 17, port: 53, host_port: 5353, host_ip: "127.0.0.1".into(), ..Default::default() },
-            PortBinding { proto: 6, port: 81, host_port: 0, ..Default::default() },
+            PortBinding {
+                proto: 6,
+                port: 80,
+                host_port: 8080,
+                host_port_end: 8080,
+                ..Default::default()
+            },
+            PortBinding {
+                proto: 17,
+                port: 53,
+                host_port: 5353,
+                host_ip: "127.0.0.1".into(),
+                ..Default::default()
+            },
+            PortBinding {
+                proto: 6,
+                port: 81,
+                host_port: 0,
+                ..Default::default()
+            },
         ];
         assert_eq!(
             port_mappings(&b),
@@ -404,8 +477,11 @@ mod tests {
         assert_eq!(j.static_routes[1].next_hop, "fd60:3::9");
         assert!(j.disable_gateway_service);
         // no gateways anywhere: connected routes, no Gateway.
-        let j = join_reply(&json!({"ips":[{"address":"10.60.4.2/24"}],"routes":[{"dst":"10.98.0.0/16"}]}), "x")
-            .unwrap();
+        let j = join_reply(
+            &json!({"ips":[{"address":"10.60.4.2/24"}],"routes":[{"dst":"10.98.0.0/16"}]}),
+            "x",
+        )
+        .unwrap();
         assert_eq!(j.gateway, "");
         assert_eq!(j.static_routes[0].route_type, ROUTE_CONNECTED);
         assert!(join_reply(&json!({"routes":[{"dst":"0.0.0.0/0"}]}), "x").is_err());
@@ -414,7 +490,10 @@ mod tests {
 
     #[test]
     fn pool_names_are_cni_and_file_safe() {
-        assert_eq!(pool_name(&"10.60.1.0/24".parse().unwrap()), "pn-10.60.1.0_24");
+        assert_eq!(
+            pool_name(&"10.60.1.0/24".parse().unwrap()),
+            "pn-10.60.1.0_24"
+        );
         let n = pool_name(&"fd60:1::/64".parse().unwrap());
         assert!(crate::state::valid_id(&n), "{n}");
     }
