@@ -206,6 +206,30 @@ mod tests {
     }
 
     #[test]
+    fn golden_json_for_every_code() {
+        for (kind, code) in [
+            (ErrorCode::IncompatibleVersion, 1),
+            (ErrorCode::UnsupportedField, 2),
+            (ErrorCode::UnknownContainer, 3),
+            (ErrorCode::InvalidEnv, 4),
+            (ErrorCode::Io, 5),
+            (ErrorCode::Decode, 6),
+            (ErrorCode::InvalidConfig, 7),
+            (ErrorCode::TryAgain, 11),
+            (ErrorCode::NotAvailable, 50),
+            (ErrorCode::LimitedConnectivity, 51),
+            (ErrorCode::Internal, 999),
+        ] {
+            let json = CniError::new(kind, "m").details("d").to_json("0.4.0");
+            assert_eq!(
+                json.to_string(),
+                format!(r#"{{"cniVersion":"0.4.0","code":{code},"msg":"m","details":"d"}}"#)
+            );
+            assert_eq!(CniError::from_json(&json).unwrap().code, kind);
+        }
+    }
+
+    #[test]
     fn foreign_codes_survive_parsing() {
         let v = serde_json::json!({"code": 123, "msg": "custom"});
         let e = CniError::from_json(&v).unwrap();

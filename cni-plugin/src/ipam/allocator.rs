@@ -354,13 +354,18 @@ pub struct GcReport {
     pub released: Vec<(Owner, Vec<IpAddr>)>,
     /// Claims no record named (only possible through outside tampering); removed.
     pub repaired: Vec<IpAddr>,
+    /// Temporary links of writers killed mid-way; removed.
+    pub swept: usize,
 }
 
 /// Release every attachment not in `valid`; keep fresh reservations.
 pub fn gc<S: Store>(store: &S, valid: &HashSet<Owner>) -> Result<GcReport, CniError> {
     let guard = store.lock().map_err(store_err("lock"))?;
     let result = (|| -> Result<GcReport, CniError> {
-        let mut report = GcReport::default();
+        let mut report = GcReport {
+            swept: store.sweep().map_err(store_err("sweep"))?,
+            ..Default::default()
+        };
         let records = store.records().map_err(store_err("list records"))?;
         let now = now();
         let mut named: HashSet<(IpAddr, Owner)> = HashSet::new();

@@ -127,6 +127,10 @@ pub trait Store {
     fn claims(&self) -> io::Result<Vec<(IpAddr, Owner)>>;
     /// Make every change so far durable (called after the lock is released).
     fn sync(&self) -> io::Result<()>;
+    /// Remove leftovers of writers killed mid-way (under the lock). Returns how many.
+    fn sweep(&self) -> io::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Files with a lock, one directory per network:
@@ -141,14 +145,20 @@ pub trait Store {
 ///
 /// Claims and records are symlinks: `symlink(2)` creates one atomically and exclusively
 /// (EEXIST), with its content, in a single system call, so there is no window in which a file
-/// exists half-written; replacements go through a temporary symlink and `rename(2)`. Both
-/// directories are fsynced after every mutation.
+/// exists half-written; replacements go through a temporary symlink and `rename(2)`. Every
+/// directory a mutation changed is fsynced before the operation reports success (the round-robin
+/// hint excepted: losing it only changes where the next search starts).
 pub struct FileStore {
     dir: PathBuf,
     ip_dir: PathBuf,
     owner_dir: PathBuf,
-    dirty: std::cell::Cell<bool>,
+    /// Directories changed since the last sync: bit 0 `ip/`, bit 1 `owner/`, bit 2 the top.
+    dirty: std::cell::Cell<u8>,
 }
+
+const DIRTY_IP: u8 = 1;
+const DIRTY_OWNER: u8 = 2;
+const DIRTY_TOP: u8 = 4;
 
 impl FileStore {
     /// The store of `network` under `data_dir`. With `create`, directories and the format
@@ -159,7 +169,7 @@ impl FileStore {
             ip_dir: dir.join("ip"),
             owner_dir: dir.join("owner"),
             dir,
-            dirty: std::cell::Cell::new(false),
+            dirty: std::cell::Cell::new(0),
         };
         match fs::read_to_string(store.dir.join("format")) {
             Ok(f) if f.trim_end() == FORMAT => return Ok(Some(store)),
@@ -207,15 +217,17 @@ impl FileStore {
         }
     }
 
+    fn mark(&self, bits: u8) {
+        self.dirty.set(self.dirty.get() | bits);
+    }
+
     /// Atomically create or replace the symlink `path` → `target`.
     fn replace_link(&self, path: &Path, target: &str) -> io::Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         symlink(target, &tmp)?;
-        fs::rename(&tmp, path)?;
-        self.dirty.set(true);
-        Ok(())
+        fs::rename(&tmp, path)
     }
 
     fn since(path: &Path) -> u64 {
@@ -255,6 +267,7 @@ impl Store for FileStore {
     }
 
     fn put_record(&self, record: &Record) -> io::Result<()> {
+        self.mark(DIRTY_OWNER);
         self.replace_link(&self.owner_dir.join(record.owner.key()), &record.encode())
     }
 
@@ -262,7 +275,7 @@ impl Store for FileStore {
         match fs::remove_file(self.owner_dir.join(owner.key())) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => {
-                self.dirty.set(true);
+                self.mark(DIRTY_OWNER);
                 Ok(())
             }
         }
@@ -277,7 +290,7 @@ impl Store for FileStore {
     fn claim(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool> {
         match symlink(owner.key(), self.ip_dir.join(ip.to_string())) {
             Ok(()) => {
-                self.dirty.set(true);
+                self.mark(DIRTY_IP);
                 Ok(true)
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
@@ -286,6 +299,7 @@ impl Store for FileStore {
     }
 
     fn reassign(&self, ip: IpAddr, owner: &Owner) -> io::Result<()> {
+        self.mark(DIRTY_IP);
         self.replace_link(&self.ip_dir.join(ip.to_string()), &owner.key())
     }
 
@@ -293,7 +307,7 @@ impl Store for FileStore {
         match fs::remove_file(self.ip_dir.join(ip.to_string())) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => {
-                self.dirty.set(true);
+                self.mark(DIRTY_IP);
                 Ok(())
             }
         }
@@ -310,6 +324,7 @@ impl Store for FileStore {
     }
 
     fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()> {
+        // A hint: atomic, but not worth a journal commit of its own.
         self.replace_link(
             &self.dir.join(format!("last_reserved.{set}")),
             &ip.to_string(),
@@ -353,10 +368,33 @@ impl Store for FileStore {
         Ok(out)
     }
 
+    fn sweep(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for dir in [&self.ip_dir, &self.owner_dir, &self.dir] {
+            for entry in fs::read_dir(dir)?.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    fs::remove_file(entry.path())?;
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.mark(DIRTY_IP | DIRTY_OWNER | DIRTY_TOP);
+        }
+        Ok(n)
+    }
+
     fn sync(&self) -> io::Result<()> {
-        if self.dirty.replace(false) {
+        let dirty = self.dirty.replace(0);
+        if dirty & DIRTY_OWNER != 0 {
             sync_dir(&self.owner_dir)?;
+        }
+        if dirty & DIRTY_IP != 0 {
             sync_dir(&self.ip_dir)?;
+        }
+        if dirty & DIRTY_TOP != 0 {
             sync_dir(&self.dir)?;
         }
         Ok(())

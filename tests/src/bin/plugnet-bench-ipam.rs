@@ -1,0 +1,199 @@
+//! IPAM growth benchmark: per-allocation cost of plugnet-ipam and Debian's host-local at
+//! 0, 2,000, 20,000 and 60,000 existing allocations in a /16, measured interleaved in one run.
+//!
+//! Usage: plugnet-bench-ipam [--iterations N] [--levels 0,2000,20000,60000] [--json FILE]
+//! Both stores are pre-filled directly in their on-disk formats (documented in the README for
+//! plugnet; host-local's is one file per address holding "<id>\r\n<ifname>").
+
+use serde_json::json;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn run(plugin: &Path, cmd: &str, id: &str, conf: &[u8]) -> f64 {
+    let start = Instant::now();
+    let mut child = Command::new(plugin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", "/run/netns/bench")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn plugin");
+    child.stdin.take().unwrap().write_all(conf).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        out.status.success(),
+        "{} {cmd} failed: {}",
+        plugin.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ms
+}
+
+fn addr(i: u32) -> Ipv4Addr {
+    // 10.46.0.0/16; .0.1 is the gateway, allocations start at .0.2.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 46, 0, 2)) + i)
+}
+
+fn fill_plugnet(dir: &Path, from: u32, to: u32) {
+    for i in from..to {
+        let ip = addr(i).to_string();
+        let owner = format!("pre{i}:eth0");
+        symlink(&owner, dir.join("ip").join(&ip)).unwrap();
+        symlink(format!("attached {ip}"), dir.join("owner").join(&owner)).unwrap();
+    }
+    let _ = std::fs::remove_file(dir.join("last_reserved.0"));
+    if to > 0 {
+        symlink(addr(to - 1).to_string(), dir.join("last_reserved.0")).unwrap();
+    }
+}
+
+fn fill_host_local(dir: &Path, from: u32, to: u32) {
+    for i in from..to {
+        std::fs::write(dir.join(addr(i).to_string()), format!("pre{i}\r\neth0")).unwrap();
+    }
+    if to > 0 {
+        std::fs::write(dir.join("last_reserved_ip.0"), addr(to - 1).to_string()).unwrap();
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn p95(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[(v.len() * 95 / 100).min(v.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let iterations: usize = get("--iterations")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let levels: Vec<u32> = get("--levels")
+        .unwrap_or_else(|| "0,2000,20000,60000".into())
+        .split(',')
+        .map(|s| s.parse().expect("level"))
+        .collect();
+    let bin_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let plugnet = bin_dir.join("plugnet-ipam");
+    let host_local = PathBuf::from("/usr/lib/cni/host-local");
+    assert!(host_local.is_file(), "install containernetworking-plugins");
+
+    let root = tempfile::Builder::new()
+        .prefix("plugnet-bench-ipam")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let conf = |name: &str, ty: &str| {
+        json!({"cniVersion": "1.0.0", "name": name, "type": ty,
+               "ipam": {"type": ty, "dataDir": root.path(), "ranges": [[{"subnet": "10.46.0.0/16"}]]}})
+        .to_string()
+        .into_bytes()
+    };
+    let pn_conf = conf("bench-pn", "plugnet-ipam");
+    let hl_conf = conf("bench-hl", "host-local");
+    // Create both stores with one allocation each, then release it.
+    run(&plugnet, "ADD", "init", &pn_conf);
+    run(&plugnet, "DEL", "init", &pn_conf);
+    run(&host_local, "ADD", "init", &hl_conf);
+    run(&host_local, "DEL", "init", &hl_conf);
+    let pn_dir = root.path().join("bench-pn");
+    let hl_dir = root.path().join("bench-hl");
+
+    let mut filled = 0;
+    let mut rows = Vec::new();
+    for &level in &levels {
+        fill_plugnet(&pn_dir, filled, level);
+        fill_host_local(&hl_dir, filled, level);
+        filled = level;
+        let (mut pa, mut pd, mut ha, mut hd) = (vec![], vec![], vec![], vec![]);
+        for i in 0..iterations {
+            let id = format!("b{level}x{i}");
+            pa.push(run(&plugnet, "ADD", &id, &pn_conf));
+            ha.push(run(&host_local, "ADD", &id, &hl_conf));
+            pd.push(run(&plugnet, "DEL", &id, &pn_conf));
+            hd.push(run(&host_local, "DEL", &id, &hl_conf));
+        }
+        let row = json!({
+            "allocations": level,
+            "plugnet_add_ms": {"median": median(&mut pa), "p95": p95(&mut pa), "samples": pa},
+            "plugnet_del_ms": {"median": median(&mut pd), "p95": p95(&mut pd), "samples": pd},
+            "host_local_add_ms": {"median": median(&mut ha), "p95": p95(&mut ha), "samples": ha},
+            "host_local_del_ms": {"median": median(&mut hd), "p95": p95(&mut hd), "samples": hd},
+        });
+        eprintln!(
+            "{level:>6} allocations: plugnet-ipam ADD {:.2} ms DEL {:.2} ms | host-local ADD {:.2} ms DEL {:.2} ms",
+            row["plugnet_add_ms"]["median"].as_f64().unwrap(),
+            row["plugnet_del_ms"]["median"].as_f64().unwrap(),
+            row["host_local_add_ms"]["median"].as_f64().unwrap(),
+            row["host_local_del_ms"]["median"].as_f64().unwrap()
+        );
+        rows.push(row);
+    }
+    let m = |r: &serde_json::Value, k: &str| r[k]["median"].as_f64().unwrap();
+    println!("| existing allocations | plugnet-ipam ADD (median / p95 ms) | host-local ADD (median / p95 ms) | ratio | plugnet-ipam DEL | host-local DEL |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2} | {:.2} |",
+            r["allocations"],
+            m(r, "plugnet_add_ms"),
+            r["plugnet_add_ms"]["p95"].as_f64().unwrap(),
+            m(r, "host_local_add_ms"),
+            r["host_local_add_ms"]["p95"].as_f64().unwrap(),
+            m(r, "plugnet_add_ms") / m(r, "host_local_add_ms"),
+            m(r, "plugnet_del_ms"),
+            m(r, "host_local_del_ms"),
+        );
+    }
+    let first = &rows[0];
+    let last = rows.last().unwrap();
+    let growth = m(last, "plugnet_add_ms") / m(first, "plugnet_add_ms");
+    let hl_growth = m(last, "host_local_add_ms") / m(first, "host_local_add_ms");
+    println!();
+    println!(
+        "target: plugnet-ipam ADD last/first <= 1.2 at {}: {:.2} ({}); host-local: {:.2}",
+        last["allocations"],
+        growth,
+        if growth <= 1.2 { "met" } else { "not met" },
+        hl_growth
+    );
+    if let Some(r2k) = rows.iter().find(|r| r["allocations"] == 2000) {
+        let ratio = m(r2k, "plugnet_add_ms") / m(r2k, "host_local_add_ms");
+        println!(
+            "target: median ADD at 2,000 <= 0.3x host-local: {:.2}x ({})",
+            ratio,
+            if ratio <= 0.3 { "met" } else { "not met" }
+        );
+    }
+    if let Some(path) = get("--json") {
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(
+                &json!({"benchmark": "ipam-growth", "iterations": iterations, "rows": rows}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    }
+}
