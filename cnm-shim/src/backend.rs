@@ -45,6 +45,8 @@ pub struct PoolCtx {
     pub ipam: Value,
     /// The pool range (gateway and sub-pool applied).
     pub range: crate::translate::Range,
+    /// The last address handed out (round-robin cursor for stores without their own).
+    pub last: Option<IpAddr>,
 }
 
 /// Parameters of one CNI attachment in a staging netns.
@@ -177,7 +179,7 @@ pub mod fake {
                 }
                 None => crate::translate::pick_address(
                     &pool.range,
-                    None,
+                    pool.last,
                     &|ip| st.contains_key(&(net.clone(), ip)) || docker_held(ip),
                     1 << 16,
                 )

@@ -145,7 +145,7 @@ impl CniBackend for RealBackend {
         let ip = match requested {
             Some(ip) if taken(ip) => bail!("requested address {ip} is already allocated"),
             Some(ip) => ip,
-            None => translate::pick_address(&pool.range, None, &taken, 1 << 20)
+            None => translate::pick_address(&pool.range, pool.last, &taken, 1 << 20)
                 .ok_or_else(|| anyhow!("no free address left in {}", pool.range.subnet))?,
         };
         Ok(IpNetwork::new(ip, pool.range.subnet.prefix())?)

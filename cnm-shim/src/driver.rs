@@ -371,9 +371,21 @@ impl<B: CniBackend> Driver<B> {
                 short(&req.network_id)
             )
         })?;
-        if st.endpoints.contains_key(&req.endpoint_id) {
-            return Ok(CreateEndpointResponse::default());
+        if let Some(ep) = st.endpoints.get(&req.endpoint_id) {
+            return Ok(mac_reply(&req.interface.mac_address, ep.mac.as_deref()));
         }
+        // Like Docker's bridge: a MAC derived from the IPv4 address, so a reused address keeps
+        // its MAC and peers' ARP caches stay right.
+        let mac = match req.interface.mac_address.as_str() {
+            "" => addresses.iter().find_map(|a| match a.ip() {
+                IpAddr::V4(v4) => {
+                    let o = v4.octets();
+                    Some(format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]))
+                }
+                IpAddr::V6(_) => None,
+            }),
+            m => Some(m.to_string()),
+        };
         // Docker's placeholder reservations become the endpoint's (the CNI ADD adopts them).
         for a in &addresses {
             self.claim_address(&mut st, &net, a.ip(), &req.endpoint_id)?;
@@ -382,15 +394,16 @@ impl<B: CniBackend> Driver<B> {
             id: req.endpoint_id.clone(),
             network_id: req.network_id.clone(),
             addresses,
-            mac: Some(req.interface.mac_address.clone()).filter(|m| !m.is_empty()),
+            mac,
             port_mappings: translate::port_mappings(&ports),
             attachment: None,
         };
         self.store
             .put(Kind::Endpoint, &rec.id, &rec)
             .context("persist endpoint")?;
+        let reply = mac_reply(&req.interface.mac_address, rec.mac.as_deref());
         st.endpoints.insert(rec.id.clone(), rec);
-        Ok(CreateEndpointResponse::default())
+        Ok(reply)
     }
 
     pub fn endpoint_oper_info(&self, _req: EndpointRequest) -> Result<EndpointOperInfoResponse> {
@@ -509,6 +522,9 @@ impl<B: CniBackend> Driver<B> {
         if !ep.addresses.is_empty() {
             let ips: Vec<String> = ep.addresses.iter().map(|a| a.ip().to_string()).collect();
             args.push(("IP".into(), ips.join(",")));
+        }
+        if let Some(mac) = &ep.mac {
+            args.push(("MAC".into(), mac.clone()));
         }
         let att = AttachmentRecord {
             phase: Phase::Attaching,
@@ -697,6 +713,19 @@ impl<B: CniBackend> Driver<B> {
             .put(Kind::Pool, &p.id, &p)
             .context("persist pool")?;
         Ok(())
+    }
+}
+
+/// The CreateEndpoint reply: only a MAC the driver chose (never echo Docker's, trap 20).
+fn mac_reply(docker_mac: &str, ours: Option<&str>) -> CreateEndpointResponse {
+    match ours {
+        Some(m) if docker_mac.is_empty() => CreateEndpointResponse {
+            interface: Some(EndpointInterface {
+                mac_address: m.to_string(),
+                ..Default::default()
+            }),
+        },
+        _ => CreateEndpointResponse::default(),
     }
 }
 

@@ -49,10 +49,16 @@ impl<B: CniBackend> Driver<B> {
                     start: None,
                     end: None,
                 });
+            // host-local's implicit gateway (the first address) is never handed out either.
+            let range = Range {
+                gateway: range.gateway.or(p.gateway),
+                ..range
+            };
             return PoolCtx {
                 cni_network: p.cni_network.clone(),
                 ipam: p.conflist_ipam.clone(),
                 range,
+                last: p.last,
             };
         }
         let range = Range {
@@ -70,6 +76,7 @@ impl<B: CniBackend> Driver<B> {
             cni_network: p.cni_network.clone(),
             ipam,
             range,
+            last: p.last,
         }
     }
 

@@ -51,6 +51,7 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
     if let Err(e) = run(cli) {
         error!("{e:#}");

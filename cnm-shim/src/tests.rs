@@ -95,7 +95,10 @@ fn run_container(d: &Driver<FakeBackend>, pool_id: &str, ep: &str) -> (String, V
         json!({"NetworkID": NET, "EndpointID": ep, "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""},
                "Options": {PORTMAP_OPTION: [], "com.docker.network.endpoint.exposedports": []}}),
     );
-    assert_eq!(r, json!({}), "nothing Docker supplied is echoed (trap 20)");
+    let ip: std::net::Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+    let o = ip.octets();
+    let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    assert_eq!(r, json!({"Interface": {"MacAddress": mac}}), "only the MAC Docker left empty is filled (trap 20)");
     let j = ok(
         d,
         "/NetworkDriver.Join",
@@ -290,11 +293,12 @@ fn failed_join_is_rolled_back_and_reported_under_err() {
         "/IpamDriver.RequestAddress",
         json!({"PoolID": pool_id, "Address": "", "Options": {}}),
     );
-    ok(
+    let r = ok(
         d,
         "/NetworkDriver.CreateEndpoint",
-        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": a["Address"]}, "Options": {}}),
+        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": a["Address"], "MacAddress": "02:00:00:00:00:01"}, "Options": {}}),
     );
+    assert_eq!(r, json!({}), "Docker's MAC is not echoed");
     let (s, v) = call(
         d,
         "/NetworkDriver.Join",
@@ -474,4 +478,19 @@ fn router_errors_and_unknown_methods() {
     );
     assert_eq!(s, 500);
     assert!(v["Err"].as_str().unwrap().contains("not known"));
+}
+
+#[test]
+fn existing_conflist_implicit_gateway_is_never_handed_out() {
+    let e = env();
+    let d = &e.d;
+    d.backend.conflists.lock().unwrap().insert(
+        "hl".into(),
+        json!({"cniVersion":"1.0.0","name":"hl","plugins":[{"type":"bridge","ipam":{"type":"host-local",
+            "ranges":[[{"subnet":"10.61.1.0/24"}]]}}]}),
+    );
+    let p = ok(d, "/IpamDriver.RequestPool", json!({"Pool":"","Options":{"cni.network":"hl"},"V6":false}));
+    assert_eq!(p["Data"][GATEWAY_OPTION], "10.61.1.1/24");
+    let a = ok(d, "/IpamDriver.RequestAddress", json!({"PoolID": p["PoolID"], "Address": "", "Options": {}}));
+    assert_eq!(a["Address"], "10.61.1.2/24");
 }

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Black-box test of plugnet-shim against the REAL dockerd: a dockerd of the test's own (own
+# data-root, exec-root, pidfile, socket), a busybox image imported from busybox-static, the shim
+# under a unique name, and checks as a user would see them. Never touches the default dockerd.
+#
+#   tests/docker/shim-e2e.sh [--mode existing|derived|both]   (root; needs docker.io, busybox-static,
+#                                                              containernetworking-plugins)
+# Env: SHIM (binary, default target/debug/plugnet-shim), PLUGNET_BIN (dir with plugnet,
+# plugnet-ipam; default target/debug), KEEP=1 keeps the temp dir and logs.
+# Objects: names pns*-$$, subnets 10.60.0.0/16 .. 10.69.0.0/16 (this test's reserved block).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+MODE=existing
+[ "${1:-}" = "--mode" ] && MODE=$2
+
+X=$$
+NAME=pns-$X
+SHIM=${SHIM:-target/debug/plugnet-shim}
+PLUGNET_BIN=${PLUGNET_BIN:-$(pwd)/target/debug}
+TMP=$(mktemp -d /tmp/pns-e2e-XXXXXX)
+STATE=$TMP/state CONF=$TMP/net.d IPAMDIR=$TMP/ipam LOG=$TMP/shim.log
+DROOT=/var/lib/pns-docker-$X EROOT=/run/pns-docker-$X DSOCK=/run/pns-docker-$X.sock DPID=/run/pns-docker-$X.pid
+DOCKER=(/usr/bin/docker -H "unix://$DSOCK")
+IMG=pnsbb:$X
+SHIM_PID= DOCKERD_PID= FWD_RULE=
+FAILS=0
+
+say() { printf '== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*"; FAILS=$((FAILS + 1)); }
+check() { local what=$1; shift; if "$@"; then printf 'ok   %s\n' "$what"; else fail "$what"; fi; }
+d() { "${DOCKER[@]}" "$@"; }
+
+start_shim() {
+  "$SHIM" --name "$NAME" --state-dir "$STATE" --cni-conf-dir "$CONF" \
+    --cni-path "$PLUGNET_BIN:/usr/lib/cni" --ipam-data-dir "$IPAMDIR" \
+    --default-pool 10.69.0.0/16 --log-level info >>"$LOG" 2>&1 &
+  SHIM_PID=$!
+  for _ in $(seq 100); do [ -S "/run/docker/plugins/$NAME.sock" ] && return 0; sleep 0.05; done
+  echo "shim did not start"; cat "$LOG"; exit 1
+}
+
+stop_shim() {
+  [ -n "$SHIM_PID" ] || return 0
+  kill -TERM "$SHIM_PID" 2>/dev/null || true
+  wait "$SHIM_PID" 2>/dev/null || true
+  SHIM_PID=
+}
+
+cleanup() {
+  set +e
+  if [ -n "$DOCKERD_PID" ]; then
+    d rm -f $(d ps -aq) >/dev/null 2>&1
+    for n in $(d network ls -q --filter driver="$NAME"); do d network rm "$n" >/dev/null 2>&1; done
+    kill -TERM "$DOCKERD_PID"; wait "$DOCKERD_PID" 2>/dev/null
+  fi
+  stop_shim
+  [ -n "$FWD_RULE" ] && iptables -D FORWARD -s 10.60.0.0/14 -d 10.60.0.0/14 -m comment --comment "pns-$X" -j ACCEPT
+  umount "$EROOT/netns/"* 2>/dev/null
+  for m in $(grep -o " $DROOT[^ ]*\| $EROOT[^ ]*" /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
+  rm -rf "$DROOT" "$EROOT" "$DSOCK" "$DPID"
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^(pns[0-9a-z]*$X|pnj)" ); do :; done
+  if [ "${KEEP:-}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------------
+say "dockerd of our own ($DSOCK)"
+dockerd --data-root "$DROOT" --exec-root "$EROOT" --pidfile "$DPID" -H "unix://$DSOCK" \
+  --bridge=none --iptables=false --ip6tables=false >"$TMP/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+for _ in $(seq 200); do d info >/dev/null 2>&1 && break; sleep 0.1; done
+d info >/dev/null || { cat "$TMP/dockerd.log"; exit 1; }
+
+# Another dockerd may have set FORWARD to DROP with br_netfilter loaded: accept our own block.
+if iptables -S FORWARD 2>/dev/null | grep -q -- '-P FORWARD DROP'; then
+  iptables -I FORWARD -s 10.60.0.0/14 -d 10.60.0.0/14 -m comment --comment "pns-$X" -j ACCEPT && FWD_RULE=1
+fi
+
+say "busybox image"
+mkdir -p "$TMP/root/bin"
+cp /bin/busybox "$TMP/root/bin/"
+for c in sh ip ping sleep nc cat ls true; do ln -sf busybox "$TMP/root/bin/$c"; done
+tar -C "$TMP/root" -c . | d import - "$IMG" >/dev/null
+
+mkdir -p "$CONF" "$IPAMDIR"
+start_shim
+
+ip_of() { d inspect -f "{{(index .NetworkSettings.Networks \"$2\").IPAddress}}" "$1"; }
+pings() { d exec "$1" ping -c1 -W2 "$2" >/dev/null 2>&1; }
+
+# Conflists for mode 2: the reference bridge + host-local + portmap.
+refconf() { # name bridge subnet
+  cat >"$CONF/$1.conflist" <<EOF
+{"cniVersion":"1.0.0","name":"$1","plugins":[
+ {"type":"bridge","bridge":"$2","isGateway":true,"ipMasq":false,
+  "ipam":{"type":"host-local","dataDir":"$IPAMDIR","ranges":[[{"subnet":"$3"}]]}},
+ {"type":"portmap","capabilities":{"portMappings":true}}]}
+EOF
+}
+
+mknet() { # docker-name mode subnet-or-conflist
+  if [ "$2" = existing ]; then
+    d network create -d "$NAME" --ipam-driver "$NAME" --ipam-opt "cni.network=$3" -o "cni.network=$3" "$1" >/dev/null
+  else
+    d network create -d "$NAME" --ipam-driver "$NAME" --subnet "$3" -o plugnet.export=true "$1" >/dev/null
+  fi
+}
+
+run_suite() { # mode
+  local mode=$1 A B
+  if [ "$mode" = existing ]; then
+    refconf "pnsa-$X" "pnsa$X" 10.60.1.0/24; refconf "pnsb-$X" "pnsb$X" 10.60.2.0/24
+    A="pnsa-$X"; B="pnsb-$X"
+  else
+    A=10.60.3.0/24; B=10.60.4.0/24
+  fi
+  say "[$mode] docker network create"
+  mknet "na-$X" "$mode" "$A"
+  mknet "nb-$X" "$mode" "$B"
+  local subnet_a
+  subnet_a=$(d network inspect -f '{{(index .IPAM.Config 0).Subnet}}' "na-$X")
+  check "[$mode] network shows the CNI pool ($subnet_a)" test -n "$subnet_a"
+  if [ "$mode" = derived ]; then
+    check "[$mode] plugnet.export wrote the conflist" test -f "$CONF/pn-10.60.3.0_24.conflist"
+  fi
+
+  say "[$mode] two containers"
+  d run -d --name "c1-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
+  d run -d --name "c2-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
+  local ip1 ip2 gw
+  ip1=$(ip_of "c1-$X" "na-$X"); ip2=$(ip_of "c2-$X" "na-$X")
+  check "[$mode] inspect shows addresses ($ip1, $ip2)" test -n "$ip1" -a -n "$ip2" -a "$ip1" != "$ip2"
+  check "[$mode] address is in the CNI pool" sh -c "echo $ip1 | grep -q '^${subnet_a%.*/*}'"
+  check "[$mode] eth0 in the container carries it" sh -c "${DOCKER[*]} exec c1-$X ip -o addr show eth0 | grep -q ' $ip1/'"
+  check "[$mode] c1 pings c2" pings "c1-$X" "$ip2"
+  check "[$mode] c2 pings c1" pings "c2-$X" "$ip1"
+  gw=$(d network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "na-$X")
+  check "[$mode] default route via the network gateway ($gw)" sh -c "${DOCKER[*]} exec c1-$X ip route | grep -q 'default via $gw '"
+  check "[$mode] c1 pings the gateway" pings "c1-$X" "$gw"
+
+  say "[$mode] connect / disconnect on a running container"
+  d run -d --name "c3-$X" --network "nb-$X" "$IMG" sleep 600 >/dev/null
+  local ip3 ip1b
+  ip3=$(ip_of "c3-$X" "nb-$X")
+  d network connect "nb-$X" "c1-$X"
+  ip1b=$(ip_of "c1-$X" "nb-$X")
+  check "[$mode] connected: c1 has a second address ($ip1b)" test -n "$ip1b"
+  check "[$mode] c1 reaches c3 over the second network" pings "c1-$X" "$ip3"
+  check "[$mode] c1 still reaches c2 over the first" pings "c1-$X" "$ip2"
+  d network disconnect "nb-$X" "c1-$X"
+  check "[$mode] disconnected: eth1 gone" sh -c "! ${DOCKER[*]} exec c1-$X ip link show eth1 >/dev/null 2>&1"
+  check "[$mode] disconnected: no address of the second network left in c1" \
+    sh -c "! ${DOCKER[*]} exec c1-$X ip -o addr | grep -q ' ${ip1b%.*}\.'"
+  d network connect "nb-$X" "c1-$X"
+  check "[$mode] reconnected: c1 reaches c3 again" pings "c1-$X" "$(ip_of "c3-$X" "nb-$X")" 
+  d network disconnect "nb-$X" "c1-$X"
+
+  say "[$mode] 20 docker run at once"
+  local pids=() i
+  for i in $(seq 20); do d run -d --name "m$i-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null & pids+=($!); done
+  local okruns=0
+  for p in "${pids[@]}"; do wait "$p" && okruns=$((okruns + 1)); done
+  check "[$mode] 20/20 concurrent runs succeeded ($okruns)" test "$okruns" = 20
+  local addrs
+  addrs=$(for i in $(seq 20); do ip_of "m$i-$X" "na-$X"; done | sort -u | grep -c .)
+  check "[$mode] 20 distinct addresses ($addrs)" test "$addrs" = 20
+  local unreach=0
+  for i in $(seq 20); do pings "c1-$X" "$(ip_of "m$i-$X" "na-$X")" || unreach=$((unreach + 1)); done
+  check "[$mode] all 20 reachable from c1 (unreachable: $unreach)" test "$unreach" = 0
+
+  say "[$mode] shim restart while containers run"
+  stop_shim; start_shim
+  check "[$mode] after shim restart c1 pings c2" pings "c1-$X" "$ip2"
+  d rm -f "c2-$X" >/dev/null
+  d run -d --name "c4-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
+  local ip4
+  ip4=$(ip_of "c4-$X" "na-$X")
+  check "[$mode] after restart a new container works ($ip4)" pings "c1-$X" "$ip4"
+
+  say "[$mode] teardown"
+  d rm -f $(d ps -aq) >/dev/null
+  d network rm "na-$X" "nb-$X" >/dev/null
+  check "[$mode] no shim state left" sh -c "! find $STATE/networks $STATE/pools $STATE/endpoints -type f | grep -q ."
+  check "[$mode] no cached CNI result left" sh -c "[ -z \"\$(ls -A $STATE/cache/results 2>/dev/null)\" ]"
+  check "[$mode] no staging netns left" sh -c "[ -z \"\$(ls -A /run/plugnet-shim/$NAME/ns)\" ]"
+  check "[$mode] no pnj* interface left" sh -c "! ip -o link show | grep -q ': pnj'"
+  check "[$mode] no lease left" sh -c "! find $IPAMDIR -type f -name '10.6*' | grep -q . && ! find $IPAMDIR -type l | grep -q ."
+  check "[$mode] no exported conflist left" sh -c "! ls $CONF/pn-* >/dev/null 2>&1"
+  for br in "pnsa$X" "pnsb$X"; do ip link del "$br" 2>/dev/null || true; done
+}
+
+case $MODE in
+  existing|derived) run_suite "$MODE" ;;
+  both) run_suite existing; run_suite derived ;;
+esac
+
+say "handler latency (ms) per method: median / max / count"
+grep -o 'method=[A-Za-z.]* elapsed_us=[0-9]*' "$LOG" >/dev/null || true
+grep -o 'method=[A-Za-z.]* elapsed_us=[0-9]*' "$LOG" | sed 's/method=//; s/elapsed_us=//' |
+  sort -k1,1 -k2,2n | awk '{a[$1]=a[$1]" "$2; n[$1]++} END {for (m in a) {split(substr(a[m],2),v," "); printf "  %-44s %7.2f %8.2f %4d\n", m, v[int((n[m]+1)/2)]/1000, v[n[m]]/1000, n[m]}}' | sort
+printf '   shim RSS now: %s kB\n' "$(awk '/VmRSS/{print $2}' /proc/$SHIM_PID/status)"
+grep -c 'call failed' "$LOG" | xargs printf '   failed calls logged: %s\n'
+
+if [ "$FAILS" -gt 0 ]; then
+  echo "shim-e2e: $FAILS check(s) failed (log: $LOG)"; KEEP=1; exit 1
+fi
+echo "shim-e2e: all checks passed"
