@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod report;
 pub mod store;
 
 pub use allocator::GcReport;

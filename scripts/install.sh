@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install plugnet: the CNI plugins into the CNI plugin dir, plugnet-shim and its systemd unit,
+# optionally the example conflists; --uninstall reverses exactly what was installed.
+#
+#   scripts/install.sh [--prefix DIR] [--cni-bin-dir DIR] [--with-conf] [--socket PATH]
+#                      [--no-build] [--uninstall]
+#
+#   --prefix DIR        install under DIR (a staging root); default /
+#   --cni-bin-dir DIR   CNI plugin directory inside the prefix; default /opt/cni/bin
+#   --with-conf         also install the example conflists from conf/ into /etc/cni/net.d
+#   --socket PATH       the shim listens on PATH instead of /run/docker/plugins/plugnet.sock;
+#                       a Docker plugin spec pointing at it is installed
+#   --no-build          use the binaries already in target/release
+#   --uninstall         remove everything a previous install under the same prefix recorded
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prefix=/ cni_bin=/opt/cni/bin with_conf=0 socket="" build=1 uninstall=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix=$2; shift 2 ;;
+    --cni-bin-dir) cni_bin=$2; shift 2 ;;
+    --with-conf) with_conf=1; shift ;;
+    --socket) socket=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --uninstall) uninstall=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+prefix=${prefix%/}
+manifest="$prefix/var/lib/plugnet/install-manifest"
+
+if [ "$uninstall" = 1 ]; then
+  if [ ! -f "$manifest" ]; then
+    echo "install.sh: nothing to uninstall under '${prefix:-/}' (no $manifest)" >&2
+    exit 1
+  fi
+  if [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now plugnet-shim.service 2>/dev/null || true
+  fi
+  while IFS= read -r f; do
+    rm -f -- "$f" && echo "removed $f"
+  done < <(sort -r "$manifest")
+  rm -f -- "$manifest"
+  rmdir --ignore-fail-on-non-empty "$prefix/var/lib/plugnet" 2>/dev/null || true
+  [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ] && systemctl daemon-reload || true
+  exit 0
+fi
+
+if [ "$build" = 1 ]; then
+  cargo build --release --workspace --bins -q
+fi
+for b in plugnet plugnet-ipam plugnet-shim; do
+  [ -x "target/release/$b" ] || { echo "install.sh: target/release/$b missing (drop --no-build)" >&2; exit 1; }
+done
+
+mkdir -p "$(dirname "$manifest")"
+: > "$manifest.new"
+put() { # put SRC DEST MODE
+  install -D -m "$3" "$1" "$2"
+  echo "$2" >> "$manifest.new"
+  echo "installed $2"
+}
+put target/release/plugnet "$prefix$cni_bin/plugnet" 0755
+put target/release/plugnet-ipam "$prefix$cni_bin/plugnet-ipam" 0755
+put target/release/plugnet-shim "$prefix/usr/local/bin/plugnet-shim" 0755
+unit=$(mktemp)
+sed "s|--cni-path /opt/cni/bin|--cni-path $cni_bin|" conf/plugnet-shim.service > "$unit"
+if [ -n "$socket" ]; then
+  sed -i "s|--name plugnet |--name plugnet --socket $socket |" "$unit"
+  spec=$(mktemp); echo "unix://$socket" > "$spec"
+  put "$spec" "$prefix/etc/docker/plugins/plugnet.spec" 0644
+  rm -f "$spec"
+fi
+put "$unit" "$prefix/etc/systemd/system/plugnet-shim.service" 0644
+rm -f "$unit"
+if [ "$with_conf" = 1 ]; then
+  for c in conf/*.conflist; do
+    put "$c" "$prefix/etc/cni/net.d/$(basename "$c")" 0644
+  done
+fi
+mv "$manifest.new" "$manifest"
+if [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  echo "enable the shim with: systemctl enable --now plugnet-shim.service"
+fi
