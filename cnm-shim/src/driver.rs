@@ -43,6 +43,8 @@ pub struct DriverConfig {
     pub pool_prefix_v6: u8,
     /// `dataDir` written into derived conflists.
     pub ipam_data_dir: Option<String>,
+    /// Main plugin of derived conflists.
+    pub bridge_plugin: String,
 }
 
 impl DriverConfig {
@@ -54,6 +56,7 @@ impl DriverConfig {
             pool_prefix_v4: 24,
             pool_prefix_v6: 64,
             ipam_data_dir: None,
+            bridge_plugin: "plugnet".into(),
         }
     }
 }
@@ -267,6 +270,7 @@ impl<B: CniBackend> Driver<B> {
             }
         }
         let derive = DeriveOptions {
+            plugin: self.cfg.bridge_plugin.clone(),
             bridge: opts
                 .get("com.docker.network.bridge.name")
                 .cloned()

@@ -35,6 +35,9 @@ struct Cli {
     /// `dataDir` of plugnet-ipam in derived conflists (default: plugnet-ipam's own).
     #[arg(long)]
     ipam_data_dir: Option<String>,
+    /// Main plugin type of derived conflists (`plugnet`; the reference `bridge` also fits).
+    #[arg(long, default_value = "plugnet")]
+    bridge_plugin: String,
     /// Blocks automatic IPv4 pools are cut from (repeatable).
     #[arg(long = "default-pool")]
     default_pools: Vec<ipnetwork::IpNetwork>,
@@ -78,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
     );
     let mut cfg = DriverConfig::new(staging);
     cfg.ipam_data_dir = cli.ipam_data_dir.clone();
+    cfg.bridge_plugin = cli.bridge_plugin.clone();
     if !cli.default_pools.is_empty() {
         cfg.default_pools_v4 = cli.default_pools.clone();
     }

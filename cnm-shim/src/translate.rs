@@ -53,6 +53,8 @@ impl Range {
 /// Options of a derived (mode 1) conflist.
 #[derive(Debug, Clone, Default)]
 pub struct DeriveOptions {
+    /// Main plugin type: `plugnet` (or the reference `bridge`, which takes the same fields).
+    pub plugin: String,
     pub bridge: String,
     pub mtu: Option<u32>,
     pub ip_masq: bool,
@@ -72,7 +74,7 @@ pub fn derive_conflist(name: &str, ranges: &[Range], o: &DeriveOptions) -> Value
         ipam["dataDir"] = json!(d);
     }
     let mut plugin = json!({
-        "type": "plugnet",
+        "type": o.plugin,
         "bridge": o.bridge,
         "isGateway": true,
         "ipMasq": o.ip_masq,
@@ -365,6 +367,7 @@ mod tests {
             "pn-10.60.1.0_24",
             &[a.with_sub_pool(Some("10.60.1.128/25".parse().unwrap()))],
             &DeriveOptions {
+                plugin: "plugnet".into(),
                 bridge: "pnb0123".into(),
                 mtu: Some(1400),
                 ip_masq: true,

@@ -5,7 +5,8 @@
 #
 #   tests/docker/shim-e2e.sh [--mode existing|derived|both]   (root; needs docker.io, busybox-static,
 #                                                              containernetworking-plugins)
-# Env: SHIM (binary, default target/debug/plugnet-shim), PLUGNET_BIN (dir with plugnet,
+# Env: SHIM (binary, default target/debug/plugnet-shim), BRIDGE_PLUGIN (main plugin of derived
+# conflists: plugnet, or the reference bridge until plugnet's lands), PLUGNET_BIN (dir with plugnet,
 # plugnet-ipam; default target/debug), KEEP=1 keeps the temp dir and logs.
 # Objects: names pns*-$$, subnets 10.60.0.0/16 .. 10.69.0.0/16 (this test's reserved block).
 set -euo pipefail
@@ -34,7 +35,7 @@ d() { "${DOCKER[@]}" "$@"; }
 start_shim() {
   "$SHIM" --name "$NAME" --state-dir "$STATE" --cni-conf-dir "$CONF" \
     --cni-path "$PLUGNET_BIN:/usr/lib/cni" --ipam-data-dir "$IPAMDIR" \
-    --default-pool 10.69.0.0/16 --log-level info >>"$LOG" 2>&1 &
+    --default-pool 10.69.0.0/16 --bridge-plugin "${BRIDGE_PLUGIN:-plugnet}" --log-level info >>"$LOG" 2>&1 &
   SHIM_PID=$!
   for _ in $(seq 100); do [ -S "/run/docker/plugins/$NAME.sock" ] && return 0; sleep 0.05; done
   echo "shim did not start"; cat "$LOG"; exit 1
