@@ -20,7 +20,8 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tracing::warn;
+use std::time::Instant;
+use tracing::{debug, warn};
 
 /// `ipam.type` whose store the shim shares directly.
 const PLUGNET_IPAM: &str = "plugnet-ipam";
@@ -181,7 +182,9 @@ impl CniBackend for RealBackend {
 
     fn attach(&self, req: &AttachRequest) -> Result<AttachOutcome> {
         let nl = list_of(&req.conflist)?;
+        let t = Instant::now();
         netns::create(&req.netns).context("create staging netns")?;
+        let t_ns = t.elapsed();
         let rt = Self::runtime(
             &req.container_id,
             Some(&req.netns),
@@ -204,11 +207,16 @@ impl CniBackend for RealBackend {
                 bail!("{e}");
             }
         };
+        let t_add = t.elapsed();
         match netns::move_out(&req.netns, &req.ifname, &self.host_ns, &req.tmp_name) {
-            Ok(peer) => Ok(AttachOutcome {
+            Ok(peer) => {
+                debug!(container = %req.container_id, netns_us = t_ns.as_micros() as u64,
+                    add_us = (t_add - t_ns).as_micros() as u64, move_us = (t.elapsed() - t_add).as_micros() as u64, "attach timing");
+                Ok(AttachOutcome {
                 result: result.to_json(CniVersion::V1_0_0),
                 peer,
-            }),
+            })
+            }
             Err(e) => {
                 undo(&rt);
                 Err(e).context("hand the container interface to Docker")
@@ -218,6 +226,7 @@ impl CniBackend for RealBackend {
 
     fn detach(&self, container_id: &str, rec: &AttachmentRecord) -> Result<()> {
         let mut errors = Vec::new();
+        let t = Instant::now();
         let ns_ok = netns::exists(&rec.netns);
         if ns_ok {
             // After Leave, Docker moved the interface back to the host as SrcName: return it to
@@ -226,6 +235,7 @@ impl CniBackend for RealBackend {
                 errors.push(format!("{e}"));
             }
         }
+        let t_in = t.elapsed();
         match list_of(&rec.conflist) {
             Ok(nl) => {
                 let rt = Self::runtime(
@@ -241,6 +251,7 @@ impl CniBackend for RealBackend {
             }
             Err(e) => errors.push(format!("stored conflist: {e:#}")),
         }
+        let t_del = t.elapsed();
         // Links a plugin's DEL did not remove (the interface may still sit in a container).
         for name in [Some(&rec.tmp_name), rec.peer.as_ref()]
             .into_iter()
@@ -250,9 +261,12 @@ impl CniBackend for RealBackend {
                 errors.push(format!("{e}"));
             }
         }
+        let t_links = t.elapsed();
         if let Err(e) = netns::remove(&rec.netns) {
             errors.push(format!("{e}"));
         }
+        debug!(container = %container_id, move_us = t_in.as_micros() as u64, del_us = (t_del - t_in).as_micros() as u64,
+            links_us = (t_links - t_del).as_micros() as u64, netns_us = (t.elapsed() - t_links).as_micros() as u64, "detach timing");
         if errors.is_empty() {
             Ok(())
         } else {
