@@ -228,13 +228,9 @@ impl CniBackend for RealBackend {
         let mut errors = Vec::new();
         let t = Instant::now();
         let ns_ok = netns::exists(&rec.netns);
-        if ns_ok {
-            // After Leave, Docker moved the interface back to the host as SrcName: return it to
-            // the namespace its CNI ADD put it in, so every plugin's DEL finds what it made.
-            if let Err(e) = netns::move_in(&rec.tmp_name, &rec.netns, &rec.ifname) {
-                errors.push(format!("{e}"));
-            }
-        }
+        // After Leave, Docker moved the interface back to the host as SrcName. It is not moved
+        // back into the staging netns (a netns move costs an RCU grace period): plugins' DEL
+        // tolerates the missing link, and it is deleted below with its peer.
         let t_in = t.elapsed();
         match list_of(&rec.conflist) {
             Ok(nl) => {

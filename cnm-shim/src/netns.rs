@@ -200,39 +200,56 @@ pub fn move_out(
     target: &File,
     new_name: &str,
 ) -> io::Result<Option<String>> {
+    let ns_file = File::open(ns)
+        .map_err(|e| io::Error::new(e.kind(), format!("open netns {}: {e}", ns.display())))?;
     let (ifname, new_name) = (ifname.to_string(), new_name.to_string());
     let fd = target.as_raw_fd();
-    let peer_index = with_netlink(Some(ns), move |h| async move {
-        let link = link_by_name(&h, &ifname).await?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no link {ifname} in staging netns"),
-            )
-        })?;
-        let peer = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Link(i) => Some(*i),
-            _ => None,
-        });
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(link.header.index)
-                    .down()
-                    .setns_by_fd(fd)
-                    .name(new_name.clone())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| nl_err(&format!("move {ifname} to the host as {new_name}"), e))?;
-        Ok(peer)
-    })?;
-    let Some(idx) = peer_index else {
-        return Ok(None);
-    };
-    // The peer index is in the target namespace, which is the caller's (the host's).
-    with_netlink(None, move |h| async move {
-        Ok(link_by_index(&h, idx).await?.as_ref().and_then(link_name))
+    // One thread: a socket in the caller's (host) namespace opened first, then one inside.
+    std::thread::spawn(move || -> io::Result<Option<String>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        let (host_conn, host, _) = rt.block_on(async { rtnetlink::new_connection() })?;
+        setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(|e| nix_err("setns", e))?;
+        rt.block_on(async move {
+            let (conn, h, _) = rtnetlink::new_connection()?;
+            let work = async move {
+                let link = link_by_name(&h, &ifname).await?.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no link {ifname} in staging netns"),
+                    )
+                })?;
+                let peer = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Link(i) => Some(*i),
+                    _ => None,
+                });
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(link.header.index)
+                            .down()
+                            .setns_by_fd(fd)
+                            .name(new_name.clone())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        nl_err(&format!("move {ifname} to the host as {new_name}"), e)
+                    })?;
+                // The peer index is in the target namespace, the host's.
+                match peer {
+                    Some(idx) => Ok(link_by_index(&host, idx).await?.as_ref().and_then(link_name)),
+                    None => Ok(None),
+                }
+            };
+            tokio::select! {
+                r = work => r,
+                _ = conn => Err(io::Error::other("netlink connection closed")),
+                _ = host_conn => Err(io::Error::other("netlink connection closed")),
+            }
+        })
     })
+    .join()
+    .map_err(|_| io::Error::other("netlink thread panicked"))?
 }
 
 /// Move `name` from the caller's namespace into the namespace at `ns`, renamed to
