@@ -213,9 +213,9 @@ impl CniBackend for RealBackend {
                 debug!(container = %req.container_id, netns_us = t_ns.as_micros() as u64,
                     add_us = (t_add - t_ns).as_micros() as u64, move_us = (t.elapsed() - t_add).as_micros() as u64, "attach timing");
                 Ok(AttachOutcome {
-                result: result.to_json(CniVersion::V1_0_0),
-                peer,
-            })
+                    result: result.to_json(CniVersion::V1_0_0),
+                    peer,
+                })
             }
             Err(e) => {
                 undo(&rt);

@@ -384,7 +384,10 @@ impl<B: CniBackend> Driver<B> {
             "" => addresses.iter().find_map(|a| match a.ip() {
                 IpAddr::V4(v4) => {
                     let o = v4.octets();
-                    Some(format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]))
+                    Some(format!(
+                        "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+                        o[0], o[1], o[2], o[3]
+                    ))
                 }
                 IpAddr::V6(_) => None,
             }),

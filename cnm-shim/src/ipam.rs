@@ -189,6 +189,23 @@ impl<B: CniBackend> Driver<B> {
             }
         };
         if let Some(existing) = st.pools.get(&rec.id) {
+            // dockerd re-requests an empty-`Pool` request while the pool it got overlaps a host
+            // route (the conflist's bridge already exists), holding the earlier ones. A conflist
+            // pool cannot change: stop that loop with an error that says what to do (trap 26).
+            let pending = !st.networks.values().any(|n| {
+                n.subnets
+                    .iter()
+                    .any(|s| s.pool_id.as_deref() == Some(&existing.id))
+            });
+            if want.is_none() && existing.from_conflist.is_some() && existing.refs > 0 && pending {
+                bail!(
+                    "pool {} of CNI network {:?} overlaps a route of this host (its bridge exists); \
+                     add --subnet {} so Docker skips its overlap check",
+                    existing.pool,
+                    existing.cni_network,
+                    existing.pool
+                );
+            }
             rec = existing.clone();
         } else if let Some(o) = st
             .pools

@@ -79,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
         store.cache_dir(),
         host_ns,
     );
+    let staging_dir = staging.clone();
     let mut cfg = DriverConfig::new(staging);
     cfg.ipam_data_dir = cli.ipam_data_dir.clone();
     cfg.bridge_plugin = cli.bridge_plugin.clone();
@@ -130,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
         };
         reaper.abort();
         let _ = std::fs::remove_file(&sock);
+        netns::release_dir_if_empty(&staging_dir);
         info!("stopped");
         res
     })

@@ -132,6 +132,20 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Undo [`prepare_dir`] when no staging namespace is left in `dir` (clean shutdown).
+pub fn release_dir_if_empty(dir: &Path) {
+    if fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
+    {
+        let _ = umount2(dir, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(dir);
+        if let Some(parent) = dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
 /// True when `path` is a mounted network namespace.
 pub fn exists(path: &Path) -> bool {
     let Ok(f) = File::open(path) else {
@@ -206,7 +220,9 @@ pub fn move_out(
     let fd = target.as_raw_fd();
     // One thread: a socket in the caller's (host) namespace opened first, then one inside.
     std::thread::spawn(move || -> io::Result<Option<String>> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
         let (host_conn, host, _) = rt.block_on(async { rtnetlink::new_connection() })?;
         setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(|e| nix_err("setns", e))?;
         rt.block_on(async move {
@@ -232,12 +248,13 @@ pub fn move_out(
                     )
                     .execute()
                     .await
-                    .map_err(|e| {
-                        nl_err(&format!("move {ifname} to the host as {new_name}"), e)
-                    })?;
+                    .map_err(|e| nl_err(&format!("move {ifname} to the host as {new_name}"), e))?;
                 // The peer index is in the target namespace, the host's.
                 match peer {
-                    Some(idx) => Ok(link_by_index(&host, idx).await?.as_ref().and_then(link_name)),
+                    Some(idx) => Ok(link_by_index(&host, idx)
+                        .await?
+                        .as_ref()
+                        .and_then(link_name)),
                     None => Ok(None),
                 }
             };

@@ -98,7 +98,11 @@ fn run_container(d: &Driver<FakeBackend>, pool_id: &str, ep: &str) -> (String, V
     let ip: std::net::Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
     let o = ip.octets();
     let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
-    assert_eq!(r, json!({"Interface": {"MacAddress": mac}}), "only the MAC Docker left empty is filled (trap 20)");
+    assert_eq!(
+        r,
+        json!({"Interface": {"MacAddress": mac}}),
+        "only the MAC Docker left empty is filled (trap 20)"
+    );
     let j = ok(
         d,
         "/NetworkDriver.Join",
@@ -489,8 +493,45 @@ fn existing_conflist_implicit_gateway_is_never_handed_out() {
         json!({"cniVersion":"1.0.0","name":"hl","plugins":[{"type":"bridge","ipam":{"type":"host-local",
             "ranges":[[{"subnet":"10.61.1.0/24"}]]}}]}),
     );
-    let p = ok(d, "/IpamDriver.RequestPool", json!({"Pool":"","Options":{"cni.network":"hl"},"V6":false}));
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"Pool":"","Options":{"cni.network":"hl"},"V6":false}),
+    );
     assert_eq!(p["Data"][GATEWAY_OPTION], "10.61.1.1/24");
-    let a = ok(d, "/IpamDriver.RequestAddress", json!({"PoolID": p["PoolID"], "Address": "", "Options": {}}));
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": p["PoolID"], "Address": "", "Options": {}}),
+    );
     assert_eq!(a["Address"], "10.61.1.2/24");
+}
+
+#[test]
+fn conflist_pool_overlap_loop_is_stopped() {
+    let e = env();
+    let d = &e.d;
+    d.backend.conflists.lock().unwrap().insert(
+        "hl".into(),
+        json!({"cniVersion":"1.0.0","name":"hl","plugins":[{"type":"bridge","ipam":{"type":"host-local",
+            "ranges":[[{"subnet":"10.61.2.0/24"}]]}}]}),
+    );
+    let req = json!({"Pool":"","Options":{"cni.network":"hl"},"V6":false});
+    ok(d, "/IpamDriver.RequestPool", req.clone());
+    // dockerd found an overlapping host route and asks again while holding the first.
+    let (s, v) = call(d, "/IpamDriver.RequestPool", req);
+    assert_eq!(s, 200);
+    assert!(
+        v["Error"]
+            .as_str()
+            .unwrap()
+            .contains("--subnet 10.61.2.0/24"),
+        "{v}"
+    );
+    // With --subnet the same pool is granted (no overlap check on Docker's side).
+    ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"Pool":"10.61.2.0/24","Options":{"cni.network":"hl"},"V6":false}),
+    );
 }

@@ -37,15 +37,21 @@ cleanup() {
   set +e
   if [ -n "$DOCKERD_PID" ]; then
     d rm -f $(d ps -aq) >/dev/null 2>&1
+    d network prune -f >/dev/null 2>&1
     for n in $(d network ls -q --filter driver="$NAME"); do d network rm "$n" >/dev/null 2>&1; done
-    kill -TERM "$DOCKERD_PID"; wait "$DOCKERD_PID" 2>/dev/null
+    kill -TERM "$DOCKERD_PID"
+    for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DOCKERD_PID" 2>/dev/null
   fi
   stop_shim
   [ -n "$FWD_RULE" ] && iptables -D FORWARD -s 10.60.0.0/14 -d 10.60.0.0/14 -m comment --comment "pns-$X" -j ACCEPT
-  umount "$EROOT/netns/"* 2>/dev/null
   for m in $(grep -o " $DROOT[^ ]*\| $EROOT[^ ]*" /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
   rm -rf "$DROOT" "$EROOT" "$DSOCK" "$DPID"
-  for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^(pns[0-9a-z]*$X|pnj)" ); do :; done
+  # Bridges this run's conflists made (the reference bridge never deletes its bridge).
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^pns[a-z]$X\$"); do ip link del "$l"; done
+  if [ -d "/run/plugnet-shim/$NAME/ns" ] && [ -z "$(ls -A "/run/plugnet-shim/$NAME/ns")" ]; then
+    umount -l "/run/plugnet-shim/$NAME/ns" 2>/dev/null; rmdir "/run/plugnet-shim/$NAME/ns" "/run/plugnet-shim/$NAME" 2>/dev/null
+  fi
   if [ "${KEEP:-}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT

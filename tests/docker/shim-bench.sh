@@ -18,15 +18,16 @@ time_cd() { # network container -> ms of connect+disconnect
   local t0 t1; t0=$(now_ms); d network connect "$1" "$2"; d network disconnect "$1" "$2"; t1=$(now_ms)
   calc "$t1 - $t0"
 }
-calc() { awk "BEGIN {printf \"%.3f\", $1}"; }
+calc() { awk "BEGIN {printf \"%.3f\\n\", $1}"; }
 
 sleep 2
 printf 'shim idle RSS: %s kB\n' "$(awk '/VmRSS/{print $2}' /proc/$SHIM_PID/status)"
 refconf "pnsr-$X" "pnsr$X" 10.61.1.0/24
 d network create -d bridge --subnet 10.61.9.0/24 "builtin-$X" >/dev/null
-d network create -d "$NAME" --ipam-driver "$NAME" --ipam-opt "cni.network=pnsr-$X" -o "cni.network=pnsr-$X" "ref-$X" >/dev/null
+d network create -d "$NAME" --ipam-driver "$NAME" --subnet 10.61.1.0/24 --ipam-opt "cni.network=pnsr-$X" -o "cni.network=pnsr-$X" "ref-$X" >/dev/null
 d network create -d "$NAME" --ipam-driver "$NAME" --subnet 10.61.2.0/24 "der-$X" >/dev/null
-d run -d --name "hold-$X" --network none "$IMG" sleep 600 >/dev/null
+d network create -d bridge --subnet 10.61.8.0/24 "home-$X" >/dev/null
+d run -d --name "hold-$X" --network "home-$X" "$IMG" sleep 600 >/dev/null
 for net in none "builtin-$X" "ref-$X" "der-$X"; do time_run "$net" >/dev/null; done   # warm-up
 declare -A RUN CD
 for net in none "builtin-$X" "ref-$X" "der-$X"; do
@@ -47,7 +48,7 @@ for net in "ref-$X" "der-$X"; do
     "$(calc "(${RUN[$net]} - $base) / $b")" "$(calc "${CD[$net]} / ${CD[builtin-$X]}")"
 done
 d rm -f "hold-$X" >/dev/null
-d network rm "builtin-$X" "ref-$X" "der-$X" >/dev/null
+d network rm "builtin-$X" "ref-$X" "der-$X" "home-$X" >/dev/null
 ip link del "pnsr$X" 2>/dev/null || true
 say "handler latency (ms) per method: median / max / count"
 latency_table
