@@ -248,21 +248,30 @@ impl CniBackend for RealBackend {
             Err(e) => errors.push(format!("stored conflist: {e:#}")),
         }
         let t_del = t.elapsed();
-        // Links a plugin's DEL did not remove (the interface may still sit in a container).
-        for name in [Some(&rec.tmp_name), rec.peer.as_ref()]
+        // Links a plugin's DEL did not remove (the interface may still sit in a container) and
+        // the staging netns go in the background: deleting a veth costs an RCU grace period
+        // (~15-30 ms here) that Docker's disconnect/stop need not wait for. Nothing refers to
+        // either any more; a failure is logged.
+        let links: Vec<String> = [Some(&rec.tmp_name), rec.peer.as_ref()]
             .into_iter()
             .flatten()
-        {
-            if let Err(e) = netns::delete_link(name) {
-                errors.push(format!("{e}"));
+            .cloned()
+            .collect();
+        let ns = rec.netns.clone();
+        let id = container_id.to_string();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            for name in &links {
+                if let Err(e) = netns::delete_link(name) {
+                    warn!(container = %id, "cleanup: {e}");
+                }
             }
-        }
-        let t_links = t.elapsed();
-        if let Err(e) = netns::remove(&rec.netns) {
-            errors.push(format!("{e}"));
-        }
-        debug!(container = %container_id, move_us = t_in.as_micros() as u64, del_us = (t_del - t_in).as_micros() as u64,
-            links_us = (t_links - t_del).as_micros() as u64, netns_us = (t.elapsed() - t_links).as_micros() as u64, "detach timing");
+            if let Err(e) = netns::remove(&ns) {
+                warn!(container = %id, "cleanup: {e}");
+            }
+            debug!(container = %id, cleanup_us = t.elapsed().as_micros() as u64, "detach cleanup timing");
+        });
+        debug!(container = %container_id, del_us = (t_del - t_in).as_micros() as u64, "detach timing");
         if errors.is_empty() {
             Ok(())
         } else {

@@ -92,6 +92,7 @@ run_suite() { # mode
   say "[$mode] teardown"
   d rm -f $(d ps -aq) >/dev/null
   d network rm "na-$X" "nb-$X" >/dev/null
+  sleep 0.5   # the shim deletes veths and staging namespaces just after replying
   check "[$mode] no shim state left" sh -c "! find $STATE/networks $STATE/pools $STATE/endpoints -type f | grep -q ."
   check "[$mode] no cached CNI result left" sh -c "[ -z \"\$(ls -A $STATE/cache/results 2>/dev/null)\" ]"
   check "[$mode] no staging netns left" sh -c "[ -z \"\$(ls -A /run/plugnet-shim/$NAME/ns)\" ]"
