@@ -58,11 +58,14 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------
 say "dockerd of our own ($DSOCK)"
-dockerd --data-root "$DROOT" --exec-root "$EROOT" --pidfile "$DPID" -H "unix://$DSOCK" \
-  --bridge=none --iptables=false --ip6tables=false >"$TMP/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-for _ in $(seq 200); do d info >/dev/null 2>&1 && break; sleep 0.1; done
-d info >/dev/null || { cat "$TMP/dockerd.log"; exit 1; }
+start_dockerd() {
+  dockerd --data-root "$DROOT" --exec-root "$EROOT" --pidfile "$DPID" -H "unix://$DSOCK" \
+    --bridge=none --iptables=false --ip6tables=false >>"$TMP/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 300); do d info >/dev/null 2>&1 && break; sleep 0.1; done
+  d info >/dev/null || { tail -30 "$TMP/dockerd.log"; exit 1; }
+}
+start_dockerd
 
 # Another dockerd may have set FORWARD to DROP with br_netfilter loaded: accept our own block.
 if iptables -S FORWARD 2>/dev/null | grep -q -- '-P FORWARD DROP'; then

@@ -89,6 +89,30 @@ run_suite() { # mode
   ip4=$(ip_of "c4-$X" "na-$X")
   check "[$mode] after restart a new container works ($ip4)" pings "c1-$X" "$ip4"
 
+  say "[$mode] dockerd killed and restarted (no live-restore)"
+  d rm -f $(d ps -aq --filter name="m[0-9]*-$X") >/dev/null
+  d run -d --restart always --name "r1-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
+  d run -d --restart always --name "r2-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
+  kill -KILL "$DOCKERD_PID"; wait "$DOCKERD_PID" 2>/dev/null || true
+  start_dockerd
+  local r1 r2 n
+  for _ in $(seq 100); do
+    r1=$(ip_of "r1-$X" "na-$X" 2>/dev/null || true); r2=$(ip_of "r2-$X" "na-$X" 2>/dev/null || true)
+    [ -n "$r1" ] && [ -n "$r2" ] && break; sleep 0.2
+  done
+  check "[$mode] restart-policy containers came back with addresses ($r1, $r2)" test -n "$r1" -a -n "$r2"
+  check "[$mode] and reach each other" pings "r1-$X" "$r2"
+  # Endpoints of the containers that died with dockerd are gone: the shim holds exactly the
+  # running ones (dockerd's force-cleanup, or the shim's own reaper within 30 s).
+  local want
+  for _ in $(seq 40); do
+    want=$(d ps -q --filter network="na-$X" | grep -c . || true)
+    n=$(find "$STATE/endpoints" -type f | grep -c . || true)
+    [ "$n" = "$want" ] && break; sleep 1
+  done
+  check "[$mode] shim endpoints = running containers ($n = $want)" test "$n" = "$want"
+  check "[$mode] staging namespaces = running containers" test "$(ls "/run/plugnet-shim/$NAME/ns" | grep -c . || true)" = "$want"
+
   say "[$mode] teardown"
   d rm -f $(d ps -aq) >/dev/null
   d network rm "na-$X" "nb-$X" >/dev/null
