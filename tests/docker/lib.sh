@@ -43,7 +43,15 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$DOCKERD_PID" 2>/dev/null
   fi
+  # Containers outliving a dockerd this run killed: their shims (ours by -address) and children.
+  for p in $(pgrep -x containerd-shim-runc-v2 || true); do
+    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "-address $EROOT/"; then
+      for c in $(pgrep -P "$p" || true); do kill -KILL "$c"; done
+      kill -KILL "$p"
+    fi
+  done
   stop_shim
+  for f in /run/plugnet-shim/"$NAME"/ns/*; do [ -e "$f" ] && umount -l "$f" && rm -f "$f"; done
   [ -n "$FWD_RULE" ] && iptables -D FORWARD -s 10.60.0.0/14 -d 10.60.0.0/14 -m comment --comment "pns-$X" -j ACCEPT
   for m in $(grep -o " $DROOT[^ ]*\| $EROOT[^ ]*" /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
   rm -rf "$DROOT" "$EROOT" "$DSOCK" "$DPID"

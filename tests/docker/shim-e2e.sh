@@ -93,7 +93,11 @@ run_suite() { # mode
   d rm -f $(d ps -aq --filter name="m[0-9]*-$X") >/dev/null
   d run -d --restart always --name "r1-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
   d run -d --restart always --name "r2-$X" --network "na-$X" "$IMG" sleep 600 >/dev/null
+  local cpid
+  cpid=$(cat "$EROOT/containerd/containerd.pid" 2>/dev/null || true)
   kill -KILL "$DOCKERD_PID"; wait "$DOCKERD_PID" 2>/dev/null || true
+  # dockerd's containerd follows it down; a new dockerd must not find it half-alive.
+  for _ in $(seq 100); do [ -n "$cpid" ] && kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
   start_dockerd
   local r1 r2 n
   for _ in $(seq 100); do
