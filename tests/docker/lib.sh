@@ -44,7 +44,7 @@ cleanup() {
     kill -KILL "$DOCKERD_PID" 2>/dev/null
   fi
   # Containers outliving a dockerd this run killed: their shims (ours by -address) and children.
-  for p in $(pgrep -x containerd-shim-runc-v2 || true); do
+  for p in $(pgrep -x containerd-shim || true); do
     if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "-address $EROOT/"; then
       for c in $(pgrep -P "$p" || true); do kill -KILL "$c"; done
       kill -KILL "$p"

@@ -50,6 +50,28 @@ run_suite() { # mode
   check "[$mode] default route via the network gateway ($gw)" sh -c "${DOCKER[*]} exec c1-$X ip route | grep -q 'default via $gw '"
   check "[$mode] c1 pings the gateway" pings "c1-$X" "$gw"
 
+  if [ "$mode" = derived ] && command -v podman >/dev/null; then
+    say "[$mode] a podman (CNI backend) container on the exported network"
+    local cni="pn-10.60.3.0_24" pip
+    printf '[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["%s", "/usr/lib/cni"]\nnetwork_config_dir = "%s"\n' \
+      "$PLUGNET_BIN" "$CONF" >"$TMP/containers.conf"
+    POD=(env CONTAINERS_CONF="$TMP/containers.conf" podman --root "$TMP/podroot" --runroot "$TMP/podrun" --storage-driver vfs
+         --network-backend cni)
+    tar -C "$TMP/root" -c . | "${POD[@]}" import - "localhost/pnsbb:$X" >/dev/null
+    if "${POD[@]}" run -d --name "p1-$X" --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+         --network "$cni" "localhost/pnsbb:$X" sleep 600 >/dev/null; then
+      pip=$("${POD[@]}" inspect -f "{{(index .NetworkSettings.Networks \"$cni\").IPAddress}}" "p1-$X")
+      check "[$mode] podman got an address Docker does not hold ($pip)" test -n "$pip" -a "$pip" != "$ip1" -a "$pip" != "$ip2"
+      check "[$mode] docker c1 pings the podman container" pings "c1-$X" "$pip"
+      check "[$mode] the podman container pings docker c1" "${POD[@]}" exec "p1-$X" ping -c1 -W2 "$ip1"
+      "${POD[@]}" rm -f "p1-$X" >/dev/null
+      check "[$mode] podman rm released its lease" sh -c "! find $IPAMDIR -path '*/ip/$pip*' | grep -q ."
+    else
+      fail "[$mode] podman run on the exported network"
+    fi
+    "${POD[@]}" rmi -f "localhost/pnsbb:$X" >/dev/null 2>&1 || true
+  fi
+
   say "[$mode] connect / disconnect on a running container"
   d run -d --name "c3-$X" --network "nb-$X" "$IMG" sleep 600 >/dev/null
   local ip3 ip1b
