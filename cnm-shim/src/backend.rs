@@ -19,14 +19,6 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// The placeholder owner of an address Docker requested but no endpoint claimed yet.
-    pub fn docker(ip: IpAddr) -> Holder {
-        Holder {
-            container_id: format!("docker-{}", ip.to_string().replace(':', "-")),
-            ifname: "reserved".into(),
-        }
-    }
-
     /// The owner of an endpoint's attachment (= CNI_CONTAINERID, CNI_IFNAME).
     pub fn endpoint(endpoint_id: &str) -> Holder {
         Holder {
@@ -105,6 +97,8 @@ pub trait CniBackend: Send + Sync + 'static {
     fn detach(&self, container_id: &str, rec: &AttachmentRecord) -> Result<()>;
     /// False once the attachment's container side is gone for good (its netns died).
     fn attachment_alive(&self, rec: &AttachmentRecord) -> bool;
+    /// Remove staging namespaces in `dir` that no attachment refers to (left by a crash).
+    fn sweep_staging(&self, dir: &std::path::Path, keep: &[PathBuf]) -> usize;
 }
 
 #[cfg(test)]
@@ -249,6 +243,10 @@ pub mod fake {
             let mut st = self.store.lock().unwrap();
             st.retain(|_, h| h.container_id != container_id);
             Ok(())
+        }
+        fn sweep_staging(&self, _dir: &std::path::Path, keep: &[PathBuf]) -> usize {
+            self.log(format!("sweep keep={}", keep.len()));
+            0
         }
         fn attachment_alive(&self, rec: &AttachmentRecord) -> bool {
             !self.dead.lock().unwrap().contains(&rec.tmp_name)

@@ -279,6 +279,23 @@ impl CniBackend for RealBackend {
         }
     }
 
+    fn sweep_staging(&self, dir: &Path, keep: &[PathBuf]) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let p = e.path();
+            if !keep.contains(&p) {
+                match netns::remove(&p) {
+                    Ok(()) => n += 1,
+                    Err(err) => warn!("sweep {}: {err}", p.display()),
+                }
+            }
+        }
+        n
+    }
+
     fn attachment_alive(&self, rec: &AttachmentRecord) -> bool {
         if rec.phase != Phase::Joined {
             return true;

@@ -69,6 +69,7 @@ pub struct Driver<B: CniBackend> {
     pub(crate) state: Mutex<State>,
     ep_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) counter: std::sync::atomic::AtomicU64,
+    swept: std::sync::atomic::AtomicBool,
 }
 
 fn generic(options: &Map<String, Value>) -> HashMap<String, String> {
@@ -115,6 +116,7 @@ impl<B: CniBackend> Driver<B> {
             state: Mutex::new(state),
             ep_locks: Mutex::new(HashMap::new()),
             counter: std::sync::atomic::AtomicU64::new(0),
+            swept: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -422,7 +424,8 @@ impl<B: CniBackend> Driver<B> {
         let g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let rec = self.lock().endpoints.get(&req.endpoint_id).cloned();
         if let Some(rec) = rec {
-            self.teardown_endpoint(&rec, true);
+            // Docker still holds the addresses until its ReleaseAddress.
+            self.teardown_endpoint(&rec, false);
         }
         drop(g);
         self.forget_ep_lock(&req.endpoint_id);
@@ -447,13 +450,13 @@ impl<B: CniBackend> Driver<B> {
                     }
                     if let Some(pool) = st.pools.get_mut(&pid) {
                         let mut changed = false;
+                        if pool.endpoint_of.get(&a.ip()) == Some(&rec.id) {
+                            pool.endpoint_of.remove(&a.ip());
+                            changed = true;
+                        }
+                        // Docker will never release it (it forgot the endpoint): we do.
                         if forget_addresses {
-                            changed = pool.addresses.remove(&a.ip()).is_some();
-                        } else if let Some(e) = pool.endpoint_of.get(&a.ip()) {
-                            if e == &rec.id {
-                                pool.endpoint_of.remove(&a.ip());
-                                changed = true;
-                            }
+                            changed |= pool.addresses.remove(&a.ip()).is_some();
                         }
                         if changed {
                             let p = pool.clone();
@@ -641,6 +644,14 @@ impl<B: CniBackend> Driver<B> {
     pub fn reconcile(&self) -> usize {
         let eps: Vec<EndpointRecord> = self.lock().endpoints.values().cloned().collect();
         let mut cleaned = 0;
+        if !self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // Once, at start-up: staging namespaces no record refers to (a crash mid-cleanup).
+            let keep: Vec<PathBuf> = eps
+                .iter()
+                .filter_map(|e| e.attachment.as_ref().map(|a| a.netns.clone()))
+                .collect();
+            cleaned += self.backend.sweep_staging(&self.cfg.staging_dir, &keep);
+        }
         for ep in eps {
             let lock = self.ep_lock(&ep.id);
             let _g = lock.lock().unwrap_or_else(|p| p.into_inner());

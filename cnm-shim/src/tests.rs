@@ -535,3 +535,43 @@ fn conflist_pool_overlap_loop_is_stopped() {
         json!({"Pool":"10.61.2.0/24","Options":{"cni.network":"hl"},"V6":false}),
     );
 }
+
+#[test]
+fn address_stays_docker_held_between_delete_endpoint_and_release() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.7.0/29", json!({}));
+    let (addr, _) = run_container(d, &pool_id, EP);
+    let ep = json!({"NetworkID": NET, "EndpointID": EP});
+    ok(d, "/NetworkDriver.Leave", ep.clone());
+    ok(d, "/NetworkDriver.DeleteEndpoint", ep);
+    // Until ReleaseAddress, the address is Docker's: a new request must get another one.
+    for _ in 0..4 {
+        let a = ok(
+            d,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+        );
+        assert_ne!(a["Address"], addr.as_str());
+    }
+    let (_, v) = call(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    assert!(
+        v["Error"].is_string(),
+        "pool full while Docker holds {addr}: {v}"
+    );
+    ok(
+        d,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": addr.split('/').next().unwrap()}),
+    );
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    assert_eq!(a["Address"], addr.as_str(), "the only free address left");
+}
