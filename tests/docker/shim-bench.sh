@@ -29,13 +29,14 @@ d network create -d "$NAME" --ipam-driver "$NAME" --subnet 10.61.2.0/24 "der-$X"
 d network create -d bridge --subnet 10.61.8.0/24 "home-$X" >/dev/null
 d run -d --name "hold-$X" --network "home-$X" "$IMG" sleep 600 >/dev/null
 for net in none "builtin-$X" "ref-$X" "der-$X"; do time_run "$net" >/dev/null; done   # warm-up
+# Interleaved rounds (the VMs are shared: drift hits every network alike), medians per network.
 declare -A RUN CD
-for net in none "builtin-$X" "ref-$X" "der-$X"; do
-  RUN[$net]=$(for _ in $(seq "$N"); do time_run "$net"; done | median)
+for _ in $(seq "$N"); do
+  for net in none "builtin-$X" "ref-$X" "der-$X"; do time_run "$net" >>"$TMP/run-$net"; done
+  for net in "builtin-$X" "ref-$X" "der-$X"; do time_cd "$net" "hold-$X" >>"$TMP/cd-$net"; done
 done
-for net in "builtin-$X" "ref-$X" "der-$X"; do
-  CD[$net]=$(for _ in $(seq "$N"); do time_cd "$net" "hold-$X"; done | median)
-done
+for net in none "builtin-$X" "ref-$X" "der-$X"; do RUN[$net]=$(median <"$TMP/run-$net"); done
+for net in "builtin-$X" "ref-$X" "der-$X"; do CD[$net]=$(median <"$TMP/cd-$net"); done
 base=${RUN[none]}
 printf '%-28s %10s %12s %12s\n' network "run (ms)" "net part" "conn+disc"
 for net in "builtin-$X" "ref-$X" "der-$X"; do
