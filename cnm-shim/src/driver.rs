@@ -6,7 +6,7 @@
 //! Calls for one endpoint are serialized; calls for different endpoints run in parallel, and
 //! the state lock is never held across a CNI invocation.
 
-use crate::api::{self, *};
+use crate::api::*;
 use crate::backend::{AttachRequest, CniBackend, Holder, PoolCtx};
 use crate::state::{
     valid_id, AttachmentRecord, EndpointRecord, Kind, Mode, NetworkRecord, Phase, State, Store,
@@ -197,10 +197,10 @@ impl<B: CniBackend> Driver<B> {
                     }) {
                         bail!(
                             "pool {} is not part of CNI network {name:?} ({}); create the network with \
-                             --ipam-driver {} --ipam-opt {OPT_CNI_NETWORK}={name} or a matching --subnet",
+                             this driver as --ipam-driver and --ipam-opt {OPT_CNI_NETWORK}={name}, or \
+                             a matching --subnet",
                             s.pool,
-                            ranges.iter().map(|r| r.subnet.to_string()).collect::<Vec<_>>().join(", "),
-                            "<this driver>"
+                            ranges.iter().map(|r| r.subnet.to_string()).collect::<Vec<_>>().join(", ")
                         );
                     }
                 }
@@ -757,5 +757,3 @@ fn find_pool(st: &State, pool: &IpNetwork) -> Option<String> {
     ids.sort();
     ids.first().map(|s| s.to_string())
 }
-
-pub use api::Empty as EmptyReply;
