@@ -156,7 +156,7 @@ impl CniBackend for RealBackend {
         if ipam_type(&pool.ipam) != PLUGNET_IPAM {
             return Ok(());
         }
-        plugnet::ipam::transfer(
+        crate::handoff::transfer_merge(
             &pool.ipam,
             &pool.cni_network,
             &owner(from),

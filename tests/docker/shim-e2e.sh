@@ -139,6 +139,20 @@ run_suite() { # mode
   check "[$mode] shim endpoints = running containers ($n = $want)" test "$n" = "$want"
   check "[$mode] staging namespaces = running containers" test "$(ls "/run/plugnet-shim/$NAME/ns" | grep -c . || true)" = "$want"
 
+  if [ "$mode" = derived ]; then
+    say "[$mode] dual-stack network"
+    d network create -d "$NAME" --ipam-driver "$NAME" --ipv6 --subnet 10.60.5.0/24 --subnet fd60:5::/64 "n6-$X" >/dev/null
+    d run -d --name "s1-$X" --network "n6-$X" "$IMG" sleep 600 >/dev/null
+    d run -d --name "s2-$X" --network "n6-$X" "$IMG" sleep 600 >/dev/null
+    local s2v6
+    s2v6=$(d inspect -f "{{(index .NetworkSettings.Networks \"n6-$X\").GlobalIPv6Address}}" "s2-$X")
+    check "[$mode] IPv6 address from the pool ($s2v6)" sh -c "echo $s2v6 | grep -q '^fd60:5::'"
+    check "[$mode] ping6 between containers" pings "s1-$X" "$s2v6"
+    check "[$mode] IPv6 default route via the gateway" sh -c "${DOCKER[*]} exec s1-$X ip -6 route | grep -q 'default via fd60:5::1 '"
+    d rm -f "s1-$X" "s2-$X" >/dev/null
+    d network rm "n6-$X" >/dev/null
+  fi
+
   say "[$mode] teardown"
   d rm -f $(d ps -aq) >/dev/null
   d network rm "na-$X" "nb-$X" >/dev/null
