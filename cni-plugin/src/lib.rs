@@ -5,9 +5,15 @@
 //! - [`types`], [`version`], [`error`], [`args`], [`validate`]: the protocol core.
 //! - [`ipam`]: plugnet-ipam, the files-with-lock address store.
 //! - [`invoke`] and [`libcni`]: running other plugins and whole network lists, as libcni does.
+//! - [`netlink`] and [`netns`]: the only code that talks rtnetlink / enters namespaces.
+//! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
+//! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
 
 pub mod args;
+pub mod bridge;
 pub mod error;
+pub mod netlink;
+pub mod netns;
 pub mod skel;
 pub mod types;
 pub mod validate;
@@ -17,6 +23,8 @@ pub use error::{CniError, ErrorCode};
 pub use skel::{Command, Request};
 pub use types::CniResult;
 pub use version::CniVersion;
+pub mod cli;
 pub mod invoke;
 pub mod ipam;
 pub mod libcni;
+pub mod runner;

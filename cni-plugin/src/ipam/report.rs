@@ -162,16 +162,31 @@ mod tests {
         .unwrap();
         let store = FileStore::open(d.path(), "n", true).unwrap().unwrap();
         for id in ["a", "b"] {
-            allocator::allocate(&store, &cfg.ranges, &Owner::new(id, "eth0"), &[], Hold::Attached)
-                .unwrap();
-        }
-        allocator::allocate(&store, &cfg.ranges, &Owner::new("a", "eth1"), &[], Hold::Attached)
+            allocator::allocate(
+                &store,
+                &cfg.ranges,
+                &Owner::new(id, "eth0"),
+                &[],
+                Hold::Attached,
+            )
             .unwrap();
+        }
+        allocator::allocate(
+            &store,
+            &cfg.ranges,
+            &Owner::new("a", "eth1"),
+            &[],
+            Hold::Attached,
+        )
+        .unwrap();
         assert_eq!(networks(d.path()), vec!["n".to_string()]);
         let u = usage(d.path(), "n", Some(&cfg)).unwrap();
         assert_eq!(u.holders.len(), 3);
         assert_eq!(u.holders[0].address.to_string(), "10.0.0.2");
-        assert_eq!((u.ranges[0].size, u.ranges[0].used, u.ranges[0].free), (5, 3, 2));
+        assert_eq!(
+            (u.ranges[0].size, u.ranges[0].used, u.ranges[0].free),
+            (5, 3, 2)
+        );
         let released = release(d.path(), "n", "a", None).unwrap();
         assert_eq!(released.len(), 2);
         assert_eq!(usage(d.path(), "n", None).unwrap().holders.len(), 1);

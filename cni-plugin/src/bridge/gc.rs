@@ -1,0 +1,65 @@
+//! GC: release IPAM reservations and delete host veths of attachments not in the valid list.
+//! Only veths that are ports of this network's bridge, have plugnet's name shape and carry this
+//! network's owner alias are candidates, so networks sharing a bridge never touch each other.
+
+use std::collections::HashSet;
+
+use super::config::BridgeConf;
+use super::{ipam, kernel, naming, setup};
+use crate::error::CniError;
+use crate::invoke::Exec;
+use crate::netlink::Netlink;
+use crate::skel::{Command, Request};
+
+pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
+    let mut errors: Vec<String> = Vec::new();
+    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Gc, req) {
+        errors.push(format!("IPAM GC: {}", e.msg));
+    }
+    // Without the key there is no list to judge by: leave the links alone.
+    if let Some(valid) = &req.config.valid_attachments {
+        let keep: HashSet<String> = valid
+            .iter()
+            .map(|a| naming::host_veth_name(&a.container_id, &a.ifname))
+            .collect();
+        if let Err(e) = stale_veths(conf, req, &keep).await {
+            errors.push(e.msg);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(errors.join("; ")))
+    }
+}
+
+async fn stale_veths(
+    conf: &BridgeConf,
+    req: &Request,
+    keep: &HashSet<String>,
+) -> Result<(), CniError> {
+    let host = Netlink::host().map_err(kernel)?;
+    let Some(br) = host.link_by_name(&conf.bridge).await.map_err(kernel)? else {
+        return Ok(());
+    };
+    let owner = setup::owner_alias(&req.config.name);
+    let mut errors = Vec::new();
+    for link in host.links().await.map_err(kernel)? {
+        let ours = link.master == Some(br.index)
+            && naming::is_host_veth_name(&link.name)
+            && link.alias.as_deref() == Some(owner.as_str());
+        if !ours || keep.contains(&link.name) {
+            continue;
+        }
+        match host.del_link(link.index).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(errors.join("; ")))
+    }
+}

@@ -1,0 +1,154 @@
+//! netns: handles on network namespaces and running work inside one.
+//!
+//! Invariant: `setns` only ever happens on a short-lived std thread spawned for that purpose,
+//! never on the caller's thread (and so never on a tokio worker); the caller's namespace is
+//! untouched whatever the closure does.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// `statfs` magic of nsfs: the filesystem namespace handles live on (bind mounts in
+/// /run/netns, /proc/<pid>/ns/net).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Stack of the short-lived namespace threads: they open a socket or write a sysctl, nothing
+/// deep; a small stack keeps the spawn cheap (no 2 MiB mapping).
+const NETNS_THREAD_STACK: usize = 256 * 1024;
+
+/// An open network namespace handle (a file on nsfs).
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens the namespace at `path`; fails with ENOENT if it is missing and EINVAL if the file
+    /// is not a network namespace (e.g. an unmounted bind-mount target).
+    pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path)?;
+        if !is_nsfs(&file)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a network namespace", path.display()),
+            ));
+        }
+        Ok(Netns {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// True if this handle names the namespace the calling thread is in.
+    pub fn is_current(&self) -> io::Result<bool> {
+        let mine = std::fs::metadata("/proc/thread-self/ns/net")?;
+        let theirs = self.file.metadata()?;
+        Ok(mine.dev() == theirs.dev() && mine.ino() == theirs.ino())
+    }
+
+    /// Runs `f` on a fresh std thread that has entered this namespace and returns its value.
+    /// The thread ends with the closure, so the namespace switch never leaks to other work.
+    pub fn run<F, R>(&self, f: F) -> io::Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("plugnet-netns".into())
+                .stack_size(NETNS_THREAD_STACK)
+                .spawn_scoped(scope, || {
+                    nix::sched::setns(self.fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(io::Error::from)?;
+                    Ok(f())
+                })?
+                .join()
+                .map_err(|_| io::Error::other("thread inside the netns panicked"))?
+        })
+    }
+}
+
+/// True if `path` exists and is a network namespace handle. A path whose bind mount is gone
+/// (a plain file left behind) is not a namespace.
+pub fn exists(path: impl AsRef<Path>) -> bool {
+    File::open(path.as_ref())
+        .and_then(|f| is_nsfs(&f))
+        .unwrap_or(false)
+}
+
+fn is_nsfs(file: &File) -> io::Result<bool> {
+    // SAFETY: fstatfs writes into the zeroed struct we own; the fd is valid for the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == NSFS_MAGIC)
+}
+
+/// Writes `value` to the sysctl at `/proc/sys/<key>` (key with `/` separators, e.g.
+/// `net/ipv4/ip_forward`) in the calling thread's network namespace, skipping the write when the
+/// value is already set. Returns whether it wrote.
+pub fn ensure_sysctl(key: &str, value: &str) -> io::Result<bool> {
+    let path = Path::new("/proc/sys").join(key);
+    let current = std::fs::read_to_string(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", path.display())))?;
+    if current.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(&path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_file_is_not_a_netns() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(!exists(f.path()));
+        let err = Netns::open(f.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn missing_path_is_not_a_netns() {
+        assert!(!exists("/nonexistent/pnb-netns"));
+        assert_eq!(
+            Netns::open("/nonexistent/pnb-netns").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn own_netns_is_current() {
+        let ns = Netns::open("/proc/self/ns/net").unwrap();
+        assert!(ns.is_current().unwrap());
+        // The closure runs on another thread but in the same namespace.
+        let inside = ns
+            .run(|| {
+                Netns::open("/proc/thread-self/ns/net")
+                    .unwrap()
+                    .file
+                    .metadata()
+                    .unwrap()
+                    .ino()
+            })
+            .unwrap();
+        assert_eq!(inside, ns.file.metadata().unwrap().ino());
+    }
+}

@@ -1,0 +1,359 @@
+//! Harness for the bridge black-box tests: a throwaway "host" namespace per test (so bridges,
+//! iptables rules and sysctls never touch the machine's real host namespace), container
+//! namespaces inside it, and the real `plugnet` binary run from a thread that entered the host
+//! namespace. Every namespace is removed on drop, also when the test fails.
+//! Names: netns `pnb-<tag>-<pid>[-c<n>]`, subnets 10.50.0.0/16 and fd50::/16.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use plugnet::netns::Netns;
+use serde_json::{json, Value};
+
+pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+/// Where cargo put the binaries: the grandparent of the test executable (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("plugnet").exists() && dir.join("plugnet-ipam").exists(),
+        "{} lacks plugnet/plugnet-ipam: run `cargo build -p plugnet` first",
+        dir.display()
+    );
+    dir
+}
+
+pub fn plugnet() -> PathBuf {
+    bin_dir().join("plugnet")
+}
+
+pub fn cni_path() -> String {
+    format!("{}:{REFERENCE_DIR}", bin_dir().display())
+}
+
+/// A network namespace owned by a test.
+pub struct Ns {
+    pub name: String,
+}
+
+impl Ns {
+    pub fn new(name: String) -> Ns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip netns add {name}: {out:?}");
+        let ns = Ns { name };
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside this namespace (`ip netns exec`), returning the raw output.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn sh(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(out.status.success(), "{args:?} in {}: {out:?}", self.name);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn ping(&self, target: &str) -> bool {
+        self.exec(&["ping", "-c1", "-W1", target]).status.success()
+    }
+
+    /// `ip -j <args>` parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["ip", "-j"];
+        full.extend_from_slice(args);
+        let s = self.sh(&full);
+        serde_json::from_str(if s.trim().is_empty() { "[]" } else { &s }).unwrap()
+    }
+
+    pub fn link_names(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// What a plugin invocation printed and returned.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "plugin failed: {self:?}");
+        self
+    }
+    pub fn err_code(&self) -> u64 {
+        assert_ne!(self.code, 0, "plugin unexpectedly succeeded: {self:?}");
+        self.json()["code"].as_u64().unwrap()
+    }
+}
+
+/// One attachment's parameters.
+#[derive(Clone, Debug)]
+pub struct Att {
+    pub id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub args: String,
+}
+
+impl Att {
+    pub fn new(id: &str, netns: &str, ifname: &str) -> Att {
+        Att {
+            id: id.into(),
+            netns: netns.into(),
+            ifname: ifname.into(),
+            args: String::new(),
+        }
+    }
+}
+
+/// The throwaway host: a namespace the plugin runs in, plus an IPAM data dir.
+pub struct Host {
+    pub ns: Ns,
+    handle: Netns,
+    pub tag: String,
+    pub data_dir: tempfile::TempDir,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Host {
+    pub fn new(tag: &str) -> Host {
+        let ns = Ns::new(format!("pnb-{tag}-{}", std::process::id()));
+        let handle = Netns::open(ns.path()).unwrap();
+        Host {
+            ns,
+            handle,
+            tag: tag.into(),
+            data_dir: tempfile::Builder::new()
+                .prefix("pnb-ipam-")
+                .tempdir()
+                .unwrap(),
+            next: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// A fresh container namespace.
+    pub fn container(&self) -> Ns {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ns::new(format!("pnb-{}-{}-c{n}", self.tag, std::process::id()))
+    }
+
+    /// Runs `bin` with CNI_COMMAND=`cmd` inside the host namespace.
+    pub fn run(&self, bin: &Path, cmd: &str, conf: &Value, att: Option<&Att>) -> Out {
+        let stdin = serde_json::to_vec(conf).unwrap();
+        let (id, netns, ifname, args) = match att {
+            Some(a) => (
+                a.id.as_str(),
+                a.netns.as_str(),
+                a.ifname.as_str(),
+                a.args.as_str(),
+            ),
+            None => ("", "", "", ""),
+        };
+        let mut c = Command::new(bin);
+        c.env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", cni_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.spawn_in(c, &stdin)
+    }
+
+    /// Spawns `c` from a thread inside the host namespace (children inherit it).
+    pub fn spawn_in(&self, mut c: Command, stdin: &[u8]) -> Out {
+        self.handle
+            .run(move || {
+                let mut child = c.spawn().unwrap();
+                child.stdin.take().unwrap().write_all(stdin).unwrap();
+                let out = child.wait_with_output().unwrap();
+                Out {
+                    code: out.status.code().unwrap_or(-1),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                }
+            })
+            .unwrap()
+    }
+
+    pub fn add(&self, conf: &Value, att: &Att) -> Value {
+        self.run(&plugnet(), "ADD", conf, Some(att)).ok().json()
+    }
+
+    /// Host veths plugnet made (name shape `pn` + 13 hex).
+    pub fn plugnet_veths(&self) -> Vec<String> {
+        self.ns
+            .link_names()
+            .into_iter()
+            .filter(|n| plugnet::bridge::naming::is_host_veth_name(n))
+            .collect()
+    }
+
+    /// Addresses held in plugnet-ipam's store for `network` (one entry per held IP).
+    pub fn leases(&self, network: &str) -> Vec<String> {
+        let dir = self.data_dir.path().join(network).join("ip");
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A plugnet configuration on bridge `br` with plugnet-ipam over 10.50.`net`.0/24 (and
+/// fd50:`net`::/64 when `v6`).
+pub fn conf(host: &Host, version: &str, name: &str, br: &str, net: u8, v6: bool) -> Value {
+    let mut ranges = vec![json!([{"subnet": format!("10.50.{net}.0/24")}])];
+    if v6 {
+        ranges.push(json!([{"subnet": format!("fd50:{net}::/64")}]));
+    }
+    json!({
+        "cniVersion": version,
+        "name": name,
+        "type": "plugnet",
+        "bridge": br,
+        "isDefaultGateway": true,
+        "ipam": {
+            "type": "plugnet-ipam",
+            "dataDir": host.data_dir.path(),
+            "ranges": ranges,
+        }
+    })
+}
+
+/// `conf` with `prevResult` set.
+pub fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+/// Runs a network list the way libcni does (ADD in order with prevResult threading, CHECK in
+/// order and DEL in reverse with the final result), each plugin inside the host namespace.
+pub struct Chain<'a> {
+    pub host: &'a Host,
+    pub list: Value,
+    pub runtime_config: Value,
+}
+
+impl Chain<'_> {
+    fn plugin_conf(&self, p: &Value, prev: Option<&Value>) -> Value {
+        let mut c = p.clone();
+        c["name"] = self.list["name"].clone();
+        c["cniVersion"] = self.list["cniVersion"].clone();
+        if let Some(caps) = p.get("capabilities").and_then(Value::as_object) {
+            let mut rc = serde_json::Map::new();
+            for (k, on) in caps {
+                if on.as_bool() == Some(true) {
+                    if let Some(v) = self.runtime_config.get(k) {
+                        rc.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            if !rc.is_empty() {
+                c["runtimeConfig"] = Value::Object(rc);
+            }
+        }
+        if let Some(prev) = prev {
+            c["prevResult"] = prev.clone();
+        }
+        c
+    }
+
+    fn bin(p: &Value) -> PathBuf {
+        let t = p["type"].as_str().unwrap();
+        let ours = bin_dir().join(t);
+        if ours.exists() {
+            ours
+        } else {
+            Path::new(REFERENCE_DIR).join(t)
+        }
+    }
+
+    pub fn add(&self, att: &Att) -> Value {
+        let mut prev: Option<Value> = None;
+        for p in self.list["plugins"].as_array().unwrap() {
+            let out = self.host.run(
+                &Self::bin(p),
+                "ADD",
+                &self.plugin_conf(p, prev.as_ref()),
+                Some(att),
+            );
+            prev = Some(out.ok().json());
+        }
+        prev.unwrap()
+    }
+
+    pub fn check(&self, att: &Att, result: &Value) -> Vec<Out> {
+        self.list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                self.host.run(
+                    &Self::bin(p),
+                    "CHECK",
+                    &self.plugin_conf(p, Some(result)),
+                    Some(att),
+                )
+            })
+            .collect()
+    }
+
+    pub fn del(&self, att: &Att, result: &Value) {
+        for p in self.list["plugins"].as_array().unwrap().iter().rev() {
+            self.host
+                .run(
+                    &Self::bin(p),
+                    "DEL",
+                    &self.plugin_conf(p, Some(result)),
+                    Some(att),
+                )
+                .ok();
+        }
+    }
+}
