@@ -45,6 +45,8 @@ pub struct DriverConfig {
     pub ipam_data_dir: Option<String>,
     /// Main plugin of derived conflists.
     pub bridge_plugin: String,
+    /// `ipMasq` of derived conflists unless `-o com.docker.network.bridge.enable_ip_masquerade`.
+    pub default_ip_masq: bool,
 }
 
 impl DriverConfig {
@@ -57,6 +59,7 @@ impl DriverConfig {
             pool_prefix_v6: 64,
             ipam_data_dir: None,
             bridge_plugin: "plugnet".into(),
+            default_ip_masq: false,
         }
     }
 }
@@ -284,8 +287,8 @@ impl<B: CniBackend> Driver<B> {
             ip_masq: !internal
                 && opts
                     .get("com.docker.network.bridge.enable_ip_masquerade")
-                    .map(String::as_str)
-                    != Some("false"),
+                    .map(|v| truthy(Some(v)))
+                    .unwrap_or(self.cfg.default_ip_masq),
             ipam_data_dir: self.cfg.ipam_data_dir.clone(),
         };
         if derive.bridge.len() > 15 {

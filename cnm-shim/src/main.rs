@@ -38,6 +38,10 @@ struct Cli {
     /// Main plugin type of derived conflists (`plugnet`; the reference `bridge` also fits).
     #[arg(long, default_value = "plugnet")]
     bridge_plugin: String,
+    /// Masquerade derived networks' traffic by default (`ipMasq`), as Docker's bridge does.
+    /// Off by default until plugnet's nftables masquerading is in every build.
+    #[arg(long)]
+    ip_masq: bool,
     /// Blocks automatic IPv4 pools are cut from (repeatable).
     #[arg(long = "default-pool")]
     default_pools: Vec<ipnetwork::IpNetwork>,
@@ -83,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
     let mut cfg = DriverConfig::new(staging);
     cfg.ipam_data_dir = cli.ipam_data_dir.clone();
     cfg.bridge_plugin = cli.bridge_plugin.clone();
+    cfg.default_ip_masq = cli.ip_masq;
     if !cli.default_pools.is_empty() {
         cfg.default_pools_v4 = cli.default_pools.clone();
     }
