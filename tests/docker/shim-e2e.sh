@@ -72,6 +72,20 @@ run_suite() { # mode
     "${POD[@]}" rmi -f "localhost/pnsbb:$X" >/dev/null 2>&1 || true
   fi
 
+  if [ "$mode" = existing ]; then
+    say "[$mode] -p 18080:80 through the chained reference portmap"
+    d run -d --name "w-$X" --network "na-$X" -p 18080:80 "$IMG" \
+      sh -c 'while true; do nc -l -p 80 -e echo hello; done' >/dev/null
+    local hip
+    hip=$(ip -4 route get 192.0.2.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
+    sleep 0.5
+    check "[$mode] published port answers on the host address ($hip)" \
+      sh -c "busybox nc -w 2 $hip 18080 </dev/null | grep -q hello"
+    check "[$mode] published port answers on the gateway ($gw)" sh -c "busybox nc -w 2 $gw 18080 </dev/null | grep -q hello"
+    d rm -f "w-$X" >/dev/null
+    check "[$mode] no DNAT rule left for it" sh -c "! iptables -t nat -S | grep -q 'dport 18080'"
+  fi
+
   say "[$mode] connect / disconnect on a running container"
   d run -d --name "c3-$X" --network "nb-$X" "$IMG" sleep 600 >/dev/null
   local ip3 ip1b
