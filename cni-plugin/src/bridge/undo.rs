@@ -3,12 +3,15 @@
 use super::config::BridgeConf;
 use super::ipam;
 use crate::invoke::Exec;
+use crate::firewall::{Attachment, Firewall};
 use crate::netlink::Netlink;
 use crate::skel::{Command, Request};
 
 enum Step {
     ReleaseIpam,
     DeleteLink(String),
+    RemoveFirewall(Firewall, Attachment),
+    RemoveShaping { host_veth: String, ifb: String },
 }
 
 #[derive(Default)]
@@ -25,6 +28,14 @@ impl Undo {
         self.steps.push(Step::DeleteLink(name));
     }
 
+    pub fn remove_firewall(&mut self, fw: Firewall, att: Attachment) {
+        self.steps.push(Step::RemoveFirewall(fw, att));
+    }
+
+    pub fn remove_shaping(&mut self, host_veth: String, ifb: String) {
+        self.steps.push(Step::RemoveShaping { host_veth, ifb });
+    }
+
     /// Runs every registered undo, newest first. Failures are logged, not returned: the
     /// caller reports the error that caused the rollback.
     pub async fn rollback(self, exec: &dyn Exec, conf: &BridgeConf, req: &Request, host: &Netlink) {
@@ -33,6 +44,16 @@ impl Undo {
                 Step::ReleaseIpam => {
                     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
                         eprintln!("plugnet: rollback: release addresses: {}", e.msg);
+                    }
+                }
+                Step::RemoveFirewall(fw, a) => {
+                    if let Err(e) = fw.remove(&a.network, &a.container_id, &a.ifname) {
+                        eprintln!("plugnet: rollback: remove firewall rules: {e}");
+                    }
+                }
+                Step::RemoveShaping { host_veth, ifb } => {
+                    if let Err(e) = crate::tc::remove(host.handle(), &host_veth, &ifb).await {
+                        eprintln!("plugnet: rollback: remove bandwidth: {e}");
                     }
                 }
                 Step::DeleteLink(name) => match host.del_link_by_name(&name).await {

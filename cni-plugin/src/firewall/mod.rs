@@ -239,6 +239,13 @@ impl Firewall {
         }
     }
 
+    /// Does the state record this attachment? One `stat`, no lock: lets DEL skip the firewall
+    /// entirely for attachments that never used it.
+    pub fn is_recorded(&self, network: &str, container_id: &str, ifname: &str) -> bool {
+        let key = attachment_key(network, container_id, ifname);
+        self.store.has_attachment(&key)
+    }
+
     /// Removes the attachment's rules; success when nothing is recorded or installed.
     pub fn remove(
         &self,

@@ -1,0 +1,320 @@
+//! The bridge plugin's optional features — `ipMasq`, port mappings (`portMappings`
+//! capability), egress rules (`netOut`) and bandwidth (`bandwidth` capability or the reference
+//! bandwidth plugin's config fields) — translated from the request into [`crate::firewall`] and
+//! [`crate::tc`] calls.
+//!
+//! Invariants: a request that uses none of them costs no firewall or tc work on ADD (no state
+//! file, no netlink round trip); DEL finds what ADD installed from (network, container id,
+//! ifname) alone, without the container's namespace; firewall calls run on the calling thread,
+//! which is in the host namespace.
+
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::config::BridgeConf;
+use crate::error::{CniError, ErrorCode};
+use crate::firewall::{self, Attachment, Firewall, FirewallError, NetOut, PortMapping};
+use crate::netlink::Netlink;
+use crate::skel::Request;
+use crate::tc::{self, Bandwidth, TcError};
+use crate::types::CniResult;
+
+/// What one attachment asks for beyond the plain bridge.
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub ip_masq: bool,
+    pub port_mappings: Vec<PortMapping>,
+    pub net_out: Option<NetOut>,
+    pub bandwidth: Option<Bandwidth>,
+    /// The firewall's state directory (`firewallStateDir`, default
+    /// [`firewall::DEFAULT_STATE_DIR`]).
+    pub state_dir: PathBuf,
+}
+
+/// The plugin-config fields this module reads (the rest of the config is [`BridgeConf`]'s).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Wire {
+    net_out: Option<Value>,
+    ingress_rate: Option<u64>,
+    ingress_burst: Option<u64>,
+    egress_rate: Option<u64>,
+    egress_burst: Option<u64>,
+    firewall_state_dir: Option<PathBuf>,
+}
+
+fn bad(msg: impl Into<String>) -> CniError {
+    CniError::new(ErrorCode::InvalidConfig, msg)
+}
+
+fn decode<T: DeserializeOwned>(what: &str, v: &Value) -> Result<T, CniError> {
+    serde_json::from_value(v.clone()).map_err(|e| bad(format!("{what}: {e}")))
+}
+
+impl Features {
+    /// Reads the features from the request: `runtimeConfig` (capabilities) wins over the
+    /// plugin config's own fields, as the reference portmap/bandwidth plugins do.
+    pub fn from_request(req: &Request, conf: &BridgeConf) -> Result<Features, CniError> {
+        let w: Wire = serde_json::from_value(req.raw.clone())
+            .map_err(|e| CniError::decode(format!("failed to load netconf: {e}")))?;
+        let rc = &req.config.runtime_config;
+        let port_mappings: Vec<PortMapping> = match rc.get("portMappings") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => decode("runtimeConfig.portMappings", v)?,
+        };
+        let net_out: Option<NetOut> = match rc.get("netOut").or(w.net_out.as_ref()) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(decode("netOut", v)?),
+        };
+        if let Some(n) = &net_out {
+            n.validate().map_err(|e| bad(e.to_string()))?;
+        }
+        let bandwidth = match rc.get("bandwidth") {
+            Some(v) if !v.is_null() => Some(decode::<Bandwidth>("runtimeConfig.bandwidth", v)?),
+            _ => Some(Bandwidth {
+                ingress_rate: w.ingress_rate.unwrap_or(0),
+                ingress_burst: w.ingress_burst.unwrap_or(0),
+                egress_rate: w.egress_rate.unwrap_or(0),
+                egress_burst: w.egress_burst.unwrap_or(0),
+            }),
+        }
+        .filter(|b| b.shapes_ingress() || b.shapes_egress());
+        if let Some(b) = &bandwidth {
+            b.validate().map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(Features {
+            ip_masq: conf.ip_masq,
+            port_mappings,
+            net_out,
+            bandwidth,
+            state_dir: w
+                .firewall_state_dir
+                .unwrap_or_else(|| PathBuf::from(firewall::DEFAULT_STATE_DIR)),
+        })
+    }
+
+    /// Does this attachment need nftables rules?
+    pub fn uses_firewall(&self) -> bool {
+        self.ip_masq || !self.port_mappings.is_empty() || self.net_out.is_some()
+    }
+
+    pub fn firewall(&self) -> Firewall {
+        Firewall::new(firewall::Options {
+            state_dir: self.state_dir.clone(),
+            ..firewall::Options::default()
+        })
+    }
+
+    /// The firewall's view of the attachment, from the (final or previous) result's addresses
+    /// on the container interface. Port mappings whose `hostIP` is of a family the container
+    /// lacks are left out, as the reference portmap plugin does.
+    pub fn attachment(
+        &self,
+        conf: &BridgeConf,
+        req: &Request,
+        host_veth: &str,
+        result: &CniResult,
+    ) -> Result<Attachment, CniError> {
+        let sandbox = result
+            .interfaces
+            .iter()
+            .position(|i| i.name == req.ifname && i.sandbox.is_some());
+        let container_ips: Vec<_> = result
+            .ips
+            .iter()
+            .filter(|ip| sandbox.is_none() || ip.interface == sandbox)
+            .map(|ip| ip.address)
+            .collect();
+        if container_ips.is_empty() {
+            return Err(bad(
+                "ipMasq, portMappings and netOut need container addresses (configure ipam)",
+            ));
+        }
+        let port_mappings = self
+            .port_mappings
+            .iter()
+            .filter(|pm| match pm.host_ip {
+                None => true,
+                Some(h) => container_ips.iter().any(|c| c.is_ipv4() == h.is_ipv4()),
+            })
+            .cloned()
+            .collect();
+        Ok(Attachment {
+            network: req.config.name.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            bridge: conf.bridge.clone(),
+            host_veth: host_veth.to_string(),
+            container_ips,
+            ip_masq: self.ip_masq,
+            port_mappings,
+            net_out: self.net_out.clone(),
+        })
+    }
+}
+
+/// The ifb device of an attachment.
+pub fn ifb(req: &Request) -> String {
+    tc::ifb_name(&req.config.name, &req.container_id, &req.ifname)
+}
+
+/// ADD, firewall part: installs the attachment's rules (one nftables transaction).
+pub fn apply_firewall(fw: &Firewall, att: &Attachment) -> Result<(), CniError> {
+    fw.apply(att).map_err(firewall_error("apply firewall rules"))
+}
+
+/// ADD, tc part: shapes the host veth (and its ifb) through the plugin's host connection.
+pub async fn apply_bandwidth(
+    host: &Netlink,
+    host_veth: &str,
+    ifb: &str,
+    bw: &Bandwidth,
+) -> Result<(), CniError> {
+    tc::apply(host.handle(), host_veth, ifb, bw)
+        .await
+        .map_err(tc_error("apply bandwidth"))
+}
+
+/// DEL: removes rules and shaping. Runs the firewall only when the config uses it or the
+/// state records the attachment (a `stat`); deletes the ifb by name (the veth's own qdiscs
+/// go with the veth). Errors are collected into `errors`.
+pub async fn del(
+    feats: &Features,
+    req: &Request,
+    host: &Netlink,
+    host_veth: &str,
+    errors: &mut Vec<String>,
+) {
+    let fw = feats.firewall();
+    let (net, cid, ifname) = (&req.config.name, &req.container_id, &req.ifname);
+    if feats.uses_firewall() || fw.is_recorded(net, cid, ifname) {
+        if let Err(e) = fw.remove(net, cid, ifname) {
+            errors.push(format!("remove firewall rules: {e}"));
+        }
+    }
+    let ifb = ifb(req);
+    if feats.bandwidth.is_some() {
+        if let Err(e) = tc::remove(host.handle(), host_veth, &ifb).await {
+            errors.push(format!("remove bandwidth: {e}"));
+        }
+    } else {
+        match host.del_link_by_name(&ifb).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => errors.push(format!("remove bandwidth: {e}")),
+        }
+    }
+}
+
+/// CHECK: the rules and qdiscs of the attachment are in place.
+pub async fn check(
+    feats: &Features,
+    conf: &BridgeConf,
+    req: &Request,
+    host: &Netlink,
+    host_veth: &str,
+    prev: &CniResult,
+) -> Result<(), CniError> {
+    if feats.uses_firewall() {
+        let att = feats.attachment(conf, req, host_veth, prev)?;
+        feats
+            .firewall()
+            .check(&att)
+            .map_err(firewall_error("check firewall rules"))?;
+    }
+    if let Some(bw) = &feats.bandwidth {
+        tc::check(host.handle(), host_veth, &ifb(req), bw)
+            .await
+            .map_err(tc_error("check bandwidth"))?;
+    }
+    Ok(())
+}
+
+/// GC: drops firewall state of attachments not in the valid list and deletes plugnet ifb
+/// devices that belong to none of them.
+pub async fn gc(
+    feats: &Features,
+    req: &Request,
+    host: &Netlink,
+    valid: &[(String, String)],
+) -> Result<(), CniError> {
+    let mut errors = Vec::new();
+    let fw = feats.firewall();
+    if feats.state_dir.exists() {
+        if let Err(e) = fw.gc(&req.config.name, valid) {
+            errors.push(format!("firewall GC: {e}"));
+        }
+    }
+    // ifb names are digests of (network, id, ifname): keep those of valid attachments of this
+    // network, and those some other network's recorded attachment still owns.
+    let mut keep: std::collections::HashSet<String> = valid
+        .iter()
+        .map(|(c, i)| tc::ifb_name(&req.config.name, c, i))
+        .collect();
+    if let Ok(all) = fw.list() {
+        keep.extend(
+            all.iter()
+                .filter(|a| a.network != req.config.name)
+                .map(|a| tc::ifb_name(&a.network, &a.container_id, &a.ifname)),
+        );
+    }
+    match host.links().await {
+        Ok(links) => {
+            for l in links {
+                if is_ifb_name(&l.name) && !keep.contains(&l.name) && l.kind.as_deref() == Some("ifb") {
+                    match host.del_link(l.index).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => errors.push(format!("delete stale ifb {}: {e}", l.name)),
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(format!("list links: {e}")),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(errors.join("; ")))
+    }
+}
+
+/// `pnb` + 12 lowercase hex digits: the shape of [`tc::ifb_name`].
+pub fn is_ifb_name(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("pnb")
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Firewall errors as CNI errors: bad input is a config error (7), a taken host port is
+/// "try again later"-free internal error naming the conflict, the rest internal (999).
+fn firewall_error(step: &'static str) -> impl Fn(FirewallError) -> CniError {
+    move |e| match &e {
+        FirewallError::Invalid(_) => bad(format!("{step}: {e}")),
+        _ => CniError::internal(format!("{step}: {e}")),
+    }
+}
+
+fn tc_error(step: &'static str) -> impl Fn(TcError) -> CniError {
+    move |e| match &e {
+        TcError::Invalid(_) => bad(format!("{step}: {e}")),
+        _ => CniError::internal(format!("{step}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifb_shape() {
+        assert!(is_ifb_name(&tc::ifb_name("n", "c", "eth0")));
+        assert!(!is_ifb_name("pnb0"));
+        assert!(!is_ifb_name("pnbXXXXXXXXXXXX"));
+    }
+}
