@@ -42,21 +42,40 @@ impl World {
         let outside = Ns::new(format!("pnx-{tag}-{}-out", std::process::id()));
         let (h, o) = (format!("pnxo{n}h"), format!("pnxo{n}o"));
         host.ns.sh(&[
-            "ip", "link", "add", &h, "type", "veth", "peer", "name", &o, "netns", &outside.name,
+            "ip",
+            "link",
+            "add",
+            &h,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &o,
+            "netns",
+            &outside.name,
         ]);
         host.ns
             .sh(&["ip", "addr", "add", &format!("10.101.{n}.1/24"), "dev", &h]);
         host.ns.sh(&["ip", "link", "set", &h, "up"]);
         host.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        outside
-            .sh(&["ip", "addr", "add", &format!("10.101.{n}.2/24"), "dev", &o]);
+        outside.sh(&["ip", "addr", "add", &format!("10.101.{n}.2/24"), "dev", &o]);
         outside.sh(&["ip", "link", "set", &o, "up"]);
-        outside.sh(&["ip", "route", "add", "default", "via", &format!("10.101.{n}.1")]);
+        outside.sh(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.101.{n}.1"),
+        ]);
         World {
             host,
             outside,
             n,
-            fw_dir: tempfile::Builder::new().prefix("pnx-fw-").tempdir().unwrap(),
+            fw_dir: tempfile::Builder::new()
+                .prefix("pnx-fw-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -272,7 +291,11 @@ fn port_mappings_answer_from_everywhere_and_go_away() {
         Some("tcp-hello")
     );
     let hp = |p: u16| format!("{}:{p}", w.host_ip());
-    for (who, ns) in [("client", &w.outside), ("host", &w.host.ns), ("neighbour", &nb)] {
+    for (who, ns) in [
+        ("client", &w.outside),
+        ("host", &w.host.ns),
+        ("neighbour", &nb),
+    ] {
         assert_eq!(
             tcp_get(ns, &hp(18080)).as_deref(),
             Some("tcp-hello"),
@@ -398,7 +421,16 @@ fn ip_masq_hides_container_addresses() {
 fn iperf(w: &World, ctr: &Ns, port: u16, reverse: bool) -> f64 {
     let port_s = port.to_string();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &w.outside.name, "iperf3", "-s", "-1", "-p", &port_s])
+        .args([
+            "netns",
+            "exec",
+            &w.outside.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port_s,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -407,7 +439,16 @@ fn iperf(w: &World, ctr: &Ns, port: u16, reverse: bool) -> f64 {
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(200));
         let mut args = vec![
-            "iperf3", "-c", &w.outside_ip(), "-p", &port_s, "-t", "4", "-O", "1", "-J",
+            "iperf3",
+            "-c",
+            &w.outside_ip(),
+            "-p",
+            &port_s,
+            "-t",
+            "4",
+            "-O",
+            "1",
+            "-J",
         ]
         .into_iter()
         .map(String::from)
@@ -421,7 +462,10 @@ fn iperf(w: &World, ctr: &Ns, port: u16, reverse: bool) -> f64 {
         if out.status.success() {
             let _ = server.wait();
             let v: Value = serde_json::from_str(&last).unwrap();
-            return v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6;
+            return v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap()
+                / 1e6;
         }
     }
     let _ = server.kill();

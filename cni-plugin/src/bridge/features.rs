@@ -163,7 +163,8 @@ pub fn ifb(req: &Request) -> String {
 
 /// ADD, firewall part: installs the attachment's rules (one nftables transaction).
 pub fn apply_firewall(fw: &Firewall, att: &Attachment) -> Result<(), CniError> {
-    fw.apply(att).map_err(firewall_error("apply firewall rules"))
+    fw.apply(att)
+        .map_err(firewall_error("apply firewall rules"))
 }
 
 /// ADD, tc part: shapes the host veth (and its ifb) through the plugin's host connection.
@@ -264,7 +265,10 @@ pub async fn gc(
     match host.links().await {
         Ok(links) => {
             for l in links {
-                if is_ifb_name(&l.name) && !keep.contains(&l.name) && l.kind.as_deref() == Some("ifb") {
+                if is_ifb_name(&l.name)
+                    && !keep.contains(&l.name)
+                    && l.kind.as_deref() == Some("ifb")
+                {
                     match host.del_link(l.index).await {
                         Ok(()) => {}
                         Err(e) if e.is_not_found() => {}

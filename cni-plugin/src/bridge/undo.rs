@@ -2,8 +2,8 @@
 
 use super::config::BridgeConf;
 use super::ipam;
-use crate::invoke::Exec;
 use crate::firewall::{Attachment, Firewall};
+use crate::invoke::Exec;
 use crate::netlink::Netlink;
 use crate::skel::{Command, Request};
 
