@@ -327,7 +327,7 @@ fn port_mappings_answer_from_everywhere_and_go_away() {
     assert_ne!(out.code, 0, "{out:?}");
     let out = w.firewall(&["reload"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.stdout.contains("\"attachments\": 1"), true, "{out:?}");
+    assert!(out.stdout.contains("\"attachments\": 1"), "{out:?}");
     w.host.run(&plugnet(), "CHECK", &checked, Some(&att)).ok();
     assert_eq!(
         tcp_get(&w.outside, &hp(18080)).as_deref(),

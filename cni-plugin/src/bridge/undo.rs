@@ -10,7 +10,7 @@ use crate::skel::{Command, Request};
 enum Step {
     ReleaseIpam,
     DeleteLink(String),
-    RemoveFirewall(Firewall, Attachment),
+    RemoveFirewall(Box<(Firewall, Attachment)>),
     RemoveShaping { host_veth: String, ifb: String },
 }
 
@@ -29,7 +29,7 @@ impl Undo {
     }
 
     pub fn remove_firewall(&mut self, fw: Firewall, att: Attachment) {
-        self.steps.push(Step::RemoveFirewall(fw, att));
+        self.steps.push(Step::RemoveFirewall(Box::new((fw, att))));
     }
 
     pub fn remove_shaping(&mut self, host_veth: String, ifb: String) {
@@ -46,7 +46,8 @@ impl Undo {
                         eprintln!("plugnet: rollback: release addresses: {}", e.msg);
                     }
                 }
-                Step::RemoveFirewall(fw, a) => {
+                Step::RemoveFirewall(b) => {
+                    let (fw, a) = *b;
                     if let Err(e) = fw.remove(&a.network, &a.container_id, &a.ifname) {
                         eprintln!("plugnet: rollback: remove firewall rules: {e}");
                     }
