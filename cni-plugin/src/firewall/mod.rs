@@ -8,7 +8,7 @@
 //! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
 //! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
 //! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
-//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
+//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See the README, "Port mappings, egress rules, bandwidth".
 
 mod conntrack;
 pub mod hostfw;
