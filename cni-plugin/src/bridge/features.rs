@@ -314,6 +314,113 @@ fn tc_error(step: &'static str) -> impl Fn(TcError) -> CniError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::config::tests::request;
+    use crate::types::{Interface, IpConfig};
+    use serde_json::json;
+
+    fn feats(raw: Value) -> Result<Features, CniError> {
+        let req = request(raw, "");
+        let conf = BridgeConf::from_request(&req)?;
+        Features::from_request(&req, &conf)
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "plugnet", "bridge": "pnb0"})
+    }
+
+    #[test]
+    fn nothing_asked_means_no_work() {
+        let f = feats(base()).unwrap();
+        assert!(!f.uses_firewall());
+        assert!(f.bandwidth.is_none());
+        assert_eq!(f.state_dir, PathBuf::from(firewall::DEFAULT_STATE_DIR));
+        // Zero rates are "not limited", as in the reference bandwidth plugin.
+        let mut raw = base();
+        raw["runtimeConfig"] = json!({"bandwidth": {"ingressRate": 0, "egressRate": 0}});
+        assert!(feats(raw).unwrap().bandwidth.is_none());
+    }
+
+    #[test]
+    fn runtime_config_wins_over_config_fields() {
+        let mut raw = base();
+        raw["ipMasq"] = json!(true);
+        raw["netOut"] = json!({"default": "allow"});
+        raw["egressRate"] = json!(1000);
+        raw["egressBurst"] = json!(800);
+        raw["firewallStateDir"] = json!("/tmp/x");
+        let f = feats(raw.clone()).unwrap();
+        assert!(f.ip_masq && f.uses_firewall());
+        assert_eq!(
+            f.net_out.as_ref().unwrap().default,
+            firewall::NetOutDefault::Allow
+        );
+        assert_eq!(f.bandwidth.unwrap().egress_rate, 1000);
+        assert_eq!(f.state_dir, PathBuf::from("/tmp/x"));
+        raw["runtimeConfig"] = json!({
+            "netOut": {"default": "deny"},
+            "bandwidth": {"ingressRate": 8000, "ingressBurst": 8000},
+            "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}]});
+        let f = feats(raw).unwrap();
+        assert_eq!(f.net_out.unwrap().default, firewall::NetOutDefault::Deny);
+        let bw = f.bandwidth.unwrap();
+        assert_eq!((bw.ingress_rate, bw.egress_rate), (8000, 0));
+        assert_eq!(f.port_mappings[0].host_port, 8080);
+    }
+
+    #[test]
+    fn bad_features_are_config_errors() {
+        for patch in [
+            json!({"netOut": {"default": "maybe"}}),
+            json!({"netOut": {"rules": [{"protocol": "icmp", "ports": [{"start": 1, "end": 2}]}]}}),
+            json!({"ingressRate": 1000}),
+            json!({"runtimeConfig": {"portMappings": [{"hostPort": "x"}]}}),
+        ] {
+            let mut raw = base();
+            for (k, v) in patch.as_object().unwrap() {
+                raw[k] = v.clone();
+            }
+            let e = feats(raw).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidConfig, "{patch}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn attachment_takes_the_container_addresses_and_drops_foreign_host_ips() {
+        let mut raw = base();
+        raw["ipMasq"] = json!(true);
+        raw["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 1, "containerPort": 2, "hostIP": "fd00::1"},
+            {"hostPort": 3, "containerPort": 4, "hostIP": "10.0.0.1"}]});
+        let req = request(raw, "");
+        let conf = BridgeConf::from_request(&req).unwrap();
+        let f = Features::from_request(&req, &conf).unwrap();
+        let mut res = CniResult {
+            interfaces: vec![
+                Interface {
+                    name: "pnb0".into(),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: "eth0".into(),
+                    sandbox: Some("/x".into()),
+                    ..Interface::default()
+                },
+            ],
+            ..CniResult::default()
+        };
+        assert!(f.attachment(&conf, &req, "pnveth", &res).is_err());
+        res.ips.push(IpConfig {
+            address: "10.9.0.2/24".parse().unwrap(),
+            gateway: None,
+            interface: Some(1),
+        });
+        let a = f.attachment(&conf, &req, "pnveth", &res).unwrap();
+        assert_eq!(a.container_ips, vec!["10.9.0.2/24".parse().unwrap()]);
+        assert_eq!(a.port_mappings.len(), 1);
+        assert_eq!(a.port_mappings[0].host_port, 3);
+        assert!(a.ip_masq);
+        a.validate().unwrap();
+    }
 
     #[test]
     fn ifb_shape() {
