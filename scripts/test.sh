@@ -37,3 +37,13 @@ cargo build --workspace --all-targets
 # Unit tests first (fast, no kernel), then everything else.
 cargo test --workspace --lib --bins
 cargo test --workspace --tests "$@"
+
+# plugnet-shim against a real dockerd of its own (tests/docker/shim-e2e.sh). Mode 2 runs the
+# reference bridge + host-local + portmap; mode 1 derives conflists for the `plugnet` bridge, or
+# for the reference bridge (+ plugnet-ipam) while the `plugnet` binary does not answer VERSION.
+if [ $# -eq 0 ]; then
+  derived_plugin=plugnet
+  echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION target/debug/plugnet 2>/dev/null |
+    grep -q supportedVersions || derived_plugin=bridge
+  BRIDGE_PLUGIN=$derived_plugin tests/docker/shim-e2e.sh --mode both
+fi

@@ -43,7 +43,6 @@ struct Wire {
     ingress_burst: Option<u64>,
     egress_rate: Option<u64>,
     egress_burst: Option<u64>,
-    firewall_state_dir: Option<PathBuf>,
 }
 
 fn bad(msg: impl Into<String>) -> CniError {
@@ -90,9 +89,11 @@ impl Features {
             port_mappings,
             net_out,
             bandwidth,
-            state_dir: w
-                .firewall_state_dir
-                .unwrap_or_else(|| PathBuf::from(firewall::DEFAULT_STATE_DIR)),
+            state_dir: PathBuf::from(
+                conf.firewall_state_dir
+                    .as_deref()
+                    .unwrap_or(firewall::DEFAULT_STATE_DIR),
+            ),
         })
     }
 
@@ -109,15 +110,20 @@ impl Features {
     }
 
     /// The firewall's view of the attachment, from the (final or previous) result's addresses
-    /// on the container interface. Port mappings whose `hostIP` is of a family the container
-    /// lacks are left out, as the reference portmap plugin does.
+    /// on the container interface; `None` when no firewall work is asked for, or when only
+    /// `ipMasq` is and there are no addresses (L2 only: nothing to masquerade, as in the
+    /// reference plugin). Port mappings whose `hostIP` is of a family the container lacks are
+    /// left out, as the reference portmap plugin does.
     pub fn attachment(
         &self,
         conf: &BridgeConf,
         req: &Request,
         host_veth: &str,
         result: &CniResult,
-    ) -> Result<Attachment, CniError> {
+    ) -> Result<Option<Attachment>, CniError> {
+        if !self.uses_firewall() {
+            return Ok(None);
+        }
         let sandbox = result
             .interfaces
             .iter()
@@ -129,8 +135,11 @@ impl Features {
             .map(|ip| ip.address)
             .collect();
         if container_ips.is_empty() {
+            if self.port_mappings.is_empty() && self.net_out.is_none() {
+                return Ok(None);
+            }
             return Err(bad(
-                "ipMasq, portMappings and netOut need container addresses (configure ipam)",
+                "portMappings and netOut need container addresses (configure ipam)",
             ));
         }
         let port_mappings = self
@@ -142,7 +151,7 @@ impl Features {
             })
             .cloned()
             .collect();
-        Ok(Attachment {
+        Ok(Some(Attachment {
             network: req.config.name.clone(),
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
@@ -152,7 +161,7 @@ impl Features {
             ip_masq: self.ip_masq,
             port_mappings,
             net_out: self.net_out.clone(),
-        })
+        }))
     }
 }
 
@@ -219,8 +228,7 @@ pub async fn check(
     host_veth: &str,
     prev: &CniResult,
 ) -> Result<(), CniError> {
-    if feats.uses_firewall() {
-        let att = feats.attachment(conf, req, host_veth, prev)?;
+    if let Some(att) = feats.attachment(conf, req, host_veth, prev)? {
         feats
             .firewall()
             .check(&att)
@@ -409,12 +417,20 @@ mod tests {
             ..CniResult::default()
         };
         assert!(f.attachment(&conf, &req, "pnveth", &res).is_err());
+        let masq_only = Features {
+            port_mappings: vec![],
+            ..f.clone()
+        };
+        assert!(masq_only
+            .attachment(&conf, &req, "pnveth", &res)
+            .unwrap()
+            .is_none());
         res.ips.push(IpConfig {
             address: "10.9.0.2/24".parse().unwrap(),
             gateway: None,
             interface: Some(1),
         });
-        let a = f.attachment(&conf, &req, "pnveth", &res).unwrap();
+        let a = f.attachment(&conf, &req, "pnveth", &res).unwrap().unwrap();
         assert_eq!(a.container_ips, vec!["10.9.0.2/24".parse().unwrap()]);
         assert_eq!(a.port_mappings.len(), 1);
         assert_eq!(a.port_mappings[0].host_port, 3);

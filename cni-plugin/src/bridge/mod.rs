@@ -148,8 +148,7 @@ async fn add_steps(
 
     let result = setup::result(conf, req, &br, &pair, &host_name, mtu, result);
 
-    if feats.uses_firewall() {
-        let att = feats.attachment(conf, req, &host_name, &result)?;
+    if let Some(att) = feats.attachment(conf, req, &host_name, &result)? {
         let fw = feats.firewall();
         features::apply_firewall(&fw, &att)?;
         undo.remove_firewall(fw, att);
