@@ -345,6 +345,11 @@ fn port_mappings_answer_from_everywhere_and_go_away() {
     assert_ne!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("port mapping conflict"), "{out:?}");
     assert_eq!(w.host.plugnet_veths().len(), 2);
+    assert_eq!(
+        w.host.leases("pnxnet1").len(),
+        2,
+        "the failed ADD released its address"
+    );
     w.del(&conf, &att2);
 
     w.del(&conf, &att);

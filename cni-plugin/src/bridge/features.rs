@@ -188,9 +188,9 @@ pub async fn apply_bandwidth(
         .map_err(tc_error("apply bandwidth"))
 }
 
-/// DEL: removes rules and shaping. Runs the firewall only when the config uses it or the
-/// state records the attachment (a `stat`); deletes the ifb by name (the veth's own qdiscs
-/// go with the veth). Errors are collected into `errors`.
+/// DEL: removes rules and shaping. Runs the firewall only when its state records the
+/// attachment (one `stat`: the state, not today's config, says what ADD installed); deletes the
+/// ifb by name (the veth's own qdiscs go with the veth). Errors are collected into `errors`.
 pub async fn del(
     feats: &Features,
     req: &Request,
@@ -200,7 +200,7 @@ pub async fn del(
 ) {
     let fw = feats.firewall();
     let (net, cid, ifname) = (&req.config.name, &req.container_id, &req.ifname);
-    if feats.uses_firewall() || fw.is_recorded(net, cid, ifname) {
+    if fw.is_recorded(net, cid, ifname) {
         if let Err(e) = fw.remove(net, cid, ifname) {
             errors.push(format!("remove firewall rules: {e}"));
         }
