@@ -365,7 +365,7 @@ mod tests {
         assert!(err.contains("metrics"), "{err}");
         let (code, out, _) = run_cli(&["--help"], &[], "");
         assert_eq!(code, 0);
-        for sub in ["up", "down", "check", "info", "metrics", "list"] {
+        for sub in ["up", "down", "check", "info", "metrics", "list", "firewall"] {
             assert!(out.contains(sub), "{out}");
         }
     }
