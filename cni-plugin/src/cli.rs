@@ -4,7 +4,7 @@
 //! Invariant: [`run`] takes args, environment, stdin, stdout and stderr as parameters and
 //! returns the exit code; only [`main`] touches the real process. JSON goes to stdout, human
 //! diagnostics to stderr; exit 0 on success, 1 on failure, 2 on a usage error.
-//! New command groups (`ipam ls|release`, `gc`, `firewall reload`) are further [`Command`]
+//! `ipam ls|release` and `gc` live in [`crate::ops`]. New command groups (`firewall reload`) are further [`Command`]
 //! variants with their own argument structs; the global options apply to all of them.
 
 use crate::error::CniError;
@@ -48,6 +48,12 @@ pub enum Command {
     Metrics(IdArgs),
     /// Every container and its networks.
     List(ListArgs),
+    /// plugnet-ipam stores: `ls` who holds what, `release` one owner by hand.
+    #[command(subcommand)]
+    Ipam(crate::ops::IpamCommand),
+    /// Reclaim IPAM records, host veths and result caches of containers that are provably gone
+    /// (see `plugnet gc --help` for the rules).
+    Gc(crate::ops::GcArgs),
 }
 
 #[derive(Debug, Args)]
@@ -129,8 +135,7 @@ pub fn run(
         }
     };
     let opts = RunnerOptions::from_env(cli.state_dir, getenv);
-    let runner = Runner::new(opts, Arc::new(RawExec));
-    match dispatch(&runner, cli.command, stdin, stdout) {
+    match dispatch(opts, cli.command, stdin, stdout) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(stderr, "plugnet: {e}");
@@ -145,11 +150,12 @@ fn print(stdout: &mut dyn Write, v: &Value) -> Result<(), CniError> {
 }
 
 fn dispatch(
-    runner: &Runner,
+    opts: RunnerOptions,
     command: Command,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
 ) -> Result<i32, CniError> {
+    let runner = &Runner::new(opts.clone(), Arc::new(RawExec));
     match command {
         Command::Up(a) => {
             let bytes = read_spec(a.spec.as_ref(), stdin)?;
@@ -182,6 +188,8 @@ fn dispatch(
             print(stdout, &keyed(&m.networks, |n: &NetworkMetrics| &n.name))?;
         }
         Command::List(a) => list(runner, a.table, stdout)?,
+        Command::Ipam(c) => return crate::ops::ipam(c, &opts, stdout),
+        Command::Gc(a) => return crate::ops::gc(a, &opts, stdout),
     }
     Ok(0)
 }

@@ -8,6 +8,7 @@
 //! - [`netlink`] and [`netns`]: the only code that talks rtnetlink / enters namespaces.
 //! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
 //! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
+//! - [`ops`]: day-two operations (`plugnet ipam ls|release`, `plugnet gc`); [`log`]: plugin logging.
 
 pub mod args;
 pub mod bridge;
@@ -27,4 +28,6 @@ pub mod cli;
 pub mod invoke;
 pub mod ipam;
 pub mod libcni;
+pub mod log;
+pub mod ops;
 pub mod runner;

@@ -484,6 +484,62 @@ impl CniConfig {
     }
 }
 
+/// One libcni result-cache file (`<cache>/results/<net>-<id>-<ifname>`), as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub path: PathBuf,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// The `netns` the attachment was added in, when the cache recorded one.
+    pub netns: Option<PathBuf>,
+}
+
+/// Every cniCacheV1 file under `<cache_dir>/results`, sorted by path; other files are skipped
+/// (a runtime may keep its own files there).
+pub fn cache_entries(cache_dir: &Path) -> Vec<CacheEntry> {
+    let Ok(rd) = fs::read_dir(cache_dir.join("results")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let Ok(bytes) = fs::read(entry.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND) {
+            continue;
+        }
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+        if s("networkName").is_empty() || s("containerId").is_empty() {
+            continue;
+        }
+        out.push(CacheEntry {
+            path: entry.path(),
+            network: s("networkName").to_string(),
+            container_id: s("containerId").to_string(),
+            ifname: s("ifName").to_string(),
+            netns: v
+                .get("netns")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Remove one cache file (what libcni does after a successful DEL); a missing file is success.
+pub fn remove_cache_entry(entry: &CacheEntry) -> std::io::Result<()> {
+    match fs::remove_file(&entry.path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Write `bytes` to `path` atomically: temp file (0600), fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));

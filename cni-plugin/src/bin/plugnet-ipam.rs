@@ -1,6 +1,7 @@
 //! `plugnet-ipam`: the CNI IPAM plugin executable. All logic lives in `plugnet::ipam`.
 
 use plugnet::ipam::IpamPlugin;
+use plugnet::log::Logged;
 use plugnet::skel::{self, Env, OsEnv};
 use plugnet::version::SUPPORTED;
 
@@ -20,8 +21,14 @@ fn main() {
         );
         return;
     }
+    let plugin = Logged::new(
+        IpamPlugin,
+        "plugnet-ipam",
+        OsEnv.var("PLUGNET_LOG"),
+        OsEnv.var("PLUGNET_LOG_LEVEL"),
+    );
     let code = skel::run(
-        &IpamPlugin,
+        &plugin,
         &OsEnv,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),
