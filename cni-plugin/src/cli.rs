@@ -24,7 +24,9 @@ use std::sync::Arc;
     version,
     about = "Attach ordered lists of CNI networks to containers (and, with CNI_COMMAND set, act as the plugnet CNI plugin)",
     after_help = "Environment: PLUGNET_STATE_DIR (state dir, default /var/lib/plugnet/runner), \
-                  CNI_PATH (plugin dirs, default /opt/cni/bin), NETCONFPATH (conflist dir, default /etc/cni/net.d)"
+                  CNI_PATH (plugin dirs, default /opt/cni/bin), NETCONFPATH (conflist dir, default /etc/cni/net.d).\n\
+                  As a CNI plugin it logs to PLUGNET_LOG=stderr|syslog|file:/PATH|off at \
+                  PLUGNET_LOG_LEVEL=error|warn|info|debug|trace (or the config key \"log\"); default stderr at warn."
 )]
 pub struct Cli {
     /// State dir (overrides PLUGNET_STATE_DIR).

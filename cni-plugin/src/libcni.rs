@@ -491,8 +491,10 @@ pub struct CacheEntry {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
-    /// The `netns` the attachment was added in, when the cache recorded one.
-    pub netns: Option<PathBuf>,
+    /// The namespace paths the attachment was added in: the cache's `netns` (libcni >= 1.2
+    /// records it), else the `sandbox` of the cached result's interfaces (what libcni 1.1
+    /// caches carry). Only absolute paths; empty when neither says.
+    pub netns: Vec<PathBuf>,
 }
 
 /// Every cniCacheV1 file under `<cache_dir>/results`, sorted by path; other files are skipped
@@ -521,14 +523,27 @@ pub fn cache_entries(cache_dir: &Path) -> Vec<CacheEntry> {
             network: s("networkName").to_string(),
             container_id: s("containerId").to_string(),
             ifname: s("ifName").to_string(),
-            netns: v
-                .get("netns")
-                .and_then(Value::as_str)
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
+            netns: cached_netns(&v),
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn cached_netns(v: &Value) -> Vec<PathBuf> {
+    let abs = |p: &&str| p.starts_with('/');
+    if let Some(p) = v.get("netns").and_then(Value::as_str).filter(abs) {
+        return vec![PathBuf::from(p)];
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    let ifaces = v.pointer("/result/interfaces").and_then(Value::as_array);
+    for i in ifaces.into_iter().flatten() {
+        if let Some(p) = i.get("sandbox").and_then(Value::as_str).filter(abs) {
+            if !out.iter().any(|o| o.as_os_str() == p) {
+                out.push(PathBuf::from(p));
+            }
+        }
+    }
     out
 }
 

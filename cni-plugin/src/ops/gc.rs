@@ -192,7 +192,7 @@ fn judge(
     let paths: BTreeSet<&Path> = owner
         .caches
         .iter()
-        .filter_map(|c| c.netns.as_deref())
+        .flat_map(|c| c.netns.iter().map(PathBuf::as_path))
         .collect();
     if paths.is_empty() {
         return (

@@ -64,12 +64,13 @@ An owner (a container id) is reclaimed only when all of these hold:
   1. no owner source holds it: not in the runner's state (--state-dir), not an endpoint or pool
      reservation in plugnet-shim's state (--shim-state-dir; skipped when the dir is absent);
   2. a netns path is recorded for it (a libcni result cache in --cache-dir or in the runner's
-     state dir) and every recorded path is gone (missing, or no longer a namespace);
+     state dir: its `netns`, or the result's interface `sandbox` for libcni 1.1 caches) and
+     every recorded path is gone (missing, or no longer a namespace);
   3. none of its plugnet host veths still has a peer in another namespace (that namespace would
      still be alive, held by some process).
 Anything else is kept and the report says why: an address with no recorded netns (no cache, no
 state) cannot be proved dead; release it with `plugnet ipam release` if you know better.
-An unreadable state file or an unprobeable netns stops the reclaim of the owners it concerns.
+An unreadable runner or shim state stops gc altogether; a netns that cannot be probed keeps its owner.
 Reclaimed: IPAM records (released through the allocator, under the store lock), host veths
 named by plugnet's scheme carrying the network's alias, and the libcni cache files.";
 

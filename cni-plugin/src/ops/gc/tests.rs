@@ -71,15 +71,16 @@ fn alloc(data: &Path, id: &str) {
     .unwrap();
 }
 
+/// A cache as libcni >= 1.2 writes it (`netns`), or as 1.1 does (only the result's sandbox).
 fn cache(dir: &Path, id: &str, netns: &str) {
     std::fs::create_dir_all(dir.join("results")).unwrap();
-    std::fs::write(
-        dir.join(format!("results/pnonet-{id}-eth0")),
-        json!({"kind": "cniCacheV1", "containerId": id, "ifName": "eth0",
-               "networkName": "pnonet", "netns": netns, "result": {}})
-        .to_string(),
-    )
-    .unwrap();
+    let mut v = json!({"kind": "cniCacheV1", "containerId": id, "ifName": "eth0",
+        "networkName": "pnonet",
+        "result": {"cniVersion": "1.0.0", "interfaces": [{"name": "pn0"}, {"name": "eth0", "sandbox": netns}]}});
+    if id.len() % 2 == 0 {
+        v["netns"] = json!(netns);
+    }
+    std::fs::write(dir.join(format!("results/pnonet-{id}-eth0")), v.to_string()).unwrap();
 }
 
 fn holders(data: &Path) -> Vec<String> {
