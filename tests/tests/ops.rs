@@ -190,6 +190,15 @@ fn the_installed_unit_passes_systemd_analyze_verify() {
     // The check is meaningful: a unit whose binary is missing fails it.
     let out = verify(&prefix.join("missing/plugnet-shim"));
     assert!(!out.status.success(), "verify accepted a missing ExecStart");
+    // The Debian package's unit is the same unit with the shim in /usr/bin.
+    let src = std::fs::read_to_string(repo().join("conf/plugnet-shim.service")).unwrap();
+    let deb =
+        std::fs::read_to_string(repo().join("conf/deb/plugnet.plugnet-shim.service")).unwrap();
+    assert_eq!(
+        deb,
+        src.replace("/usr/local/bin/plugnet-shim", "/usr/bin/plugnet-shim"),
+        "conf/deb/plugnet.plugnet-shim.service drifted from conf/plugnet-shim.service"
+    );
 }
 
 /// A process keeping a namespace alive after its /run/netns path is gone; killed on drop.
