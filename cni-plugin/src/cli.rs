@@ -141,6 +141,12 @@ pub fn run(
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(stderr, "plugnet: {e}");
+            if e.msg.contains("os error 13") || e.msg.contains("os error 1)") {
+                let _ = writeln!(
+                    stderr,
+                    "plugnet: this needs root (or CAP_NET_ADMIN and access to the state dirs)"
+                );
+            }
             1
         }
     }

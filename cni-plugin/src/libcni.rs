@@ -128,7 +128,8 @@ impl NetworkList {
             }
         }
         Err(CniError::config(format!(
-            "no net configuration with name {name:?} in {}",
+            "no net configuration with name {name:?} in {} (add a conflist with that \"name\" \
+             there, or point NETCONFPATH at the directory that has it)",
             dir.display()
         )))
     }
