@@ -100,8 +100,8 @@ impl LogSpec {
     }
 }
 
-/// Install the process-wide subscriber for `spec` (once; later calls are no-ops). Returns the
-/// spec actually used (a file that cannot be opened falls back to stderr).
+/// Install the process-wide subscriber for `spec` (once; later calls are no-ops). A file that
+/// cannot be opened falls back to stderr and is reported as the error.
 pub fn init(program: &'static str, spec: &LogSpec) -> Result<(), String> {
     if spec.is_off() {
         return Ok(());
@@ -249,7 +249,8 @@ impl<P: Plugin> Logged<P> {
             req.raw.get("log"),
         );
         let init_problem = init(self.program, &spec).err();
-        let span = tracing::info_span!(
+        // At ERROR level so the span is recorded whatever level is enabled: every line names it.
+        let span = tracing::error_span!(
             "cni",
             plugin = self.program,
             cmd = req.command.as_str(),
@@ -265,8 +266,11 @@ impl<P: Plugin> Logged<P> {
         let out = f();
         match &out {
             Ok(v) => tracing::info!("{}", done(v)),
+            Err(e) if e.details.is_empty() => {
+                tracing::warn!(code = e.code_u32(), "failed: {}", e.msg)
+            }
             Err(e) => {
-                tracing::warn!(code = e.code as u32, details = %e.details, "failed: {}", e.msg)
+                tracing::warn!(code = e.code_u32(), details = %e.details, "failed: {}", e.msg)
             }
         }
         out

@@ -505,3 +505,67 @@ fn ipam_ls_and_gc_reclaim_exactly_the_dead_owners() {
     let _ = sh_ok(&format!("ip -n {} link del {leak_peer}", w.host.name));
     drop(live);
 }
+
+#[test]
+fn plugin_logs_name_network_and_container_and_never_touch_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("plugnet.log");
+    let conf = json!({"cniVersion": "1.0.0", "name": "pnolog",
+        "log": {"target": "stderr", "level": "warn"},
+        "ipam": {"type": "plugnet-ipam", "dataDir": tmp.path().join("data"),
+                 "ranges": [[{"subnet": "10.92.0.0/24"}]]}});
+    let target = format!("file:{}", log.display());
+    let call = |cmd: &str, id: &str, env: &[(&str, &str)]| {
+        let mut all = vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", "/run/netns/pno-none"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/nonexistent"),
+        ];
+        all.extend_from_slice(env);
+        plugnet_tests::cni(&bin("plugnet-ipam"), &all, conf.to_string().as_bytes())
+    };
+    // The environment overrides the config's stderr/warn: info lines go to the file.
+    let env = [
+        ("PLUGNET_LOG", target.as_str()),
+        ("PLUGNET_LOG_LEVEL", "info"),
+    ];
+    let add = call("ADD", "pno-log1", &env);
+    add.ok();
+    assert_eq!(add.json()["ips"][0]["address"], "10.92.0.2/24");
+    assert_eq!(add.stderr, "", "logging went to stderr");
+    call("ADD", "pno-log2", &env).ok();
+    call("DEL", "pno-log1", &env).ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (line, id) in lines.iter().zip(["pno-log1", "pno-log2", "pno-log1"]) {
+        assert!(
+            line.contains("network=pnolog") && line.contains(&format!("container={id}")),
+            "{line}"
+        );
+    }
+    assert!(
+        lines[0].contains("INFO") && lines[0].contains("added: 10.92.0.2/24"),
+        "{text}"
+    );
+    assert!(lines[2].contains("cmd=\"DEL\""), "{text}");
+    // Default (config: stderr at warn): a failure is logged on stderr, naming the container;
+    // stdout is still exactly the CNI error.
+    let bad = call("CHECK", "pno-log9", &[]);
+    bad.err(999);
+    assert!(
+        bad.stderr.contains("WARN") && bad.stderr.contains("container=pno-log9"),
+        "{}",
+        bad.stderr
+    );
+    // A bad setting never fails the request.
+    let odd = call("DEL", "pno-log2", &[("PLUGNET_LOG", "carrier-pigeon")]);
+    odd.ok();
+    assert!(odd.stderr.contains("log setting ignored"), "{}", odd.stderr);
+    // off: nothing anywhere.
+    let quiet = call("CHECK", "pno-log9", &[("PLUGNET_LOG", "off")]);
+    quiet.err(999);
+    assert_eq!(quiet.stderr, "");
+}
