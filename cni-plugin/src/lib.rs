@@ -9,13 +9,24 @@
 //! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
 //! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
 //! - [`ops`]: day-two operations (`plugnet ipam ls|release`, `plugnet gc`); [`log`]: plugin logging.
+//! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
+//! - [`tc`]: bandwidth shaping (tbf, ifb) through rtnetlink.
 
 pub mod args;
 pub mod bridge;
+pub mod cli;
 pub mod error;
+pub mod firewall;
+pub mod invoke;
+pub mod ipam;
+pub mod libcni;
+pub mod log;
 pub mod netlink;
 pub mod netns;
+pub mod ops;
+pub mod runner;
 pub mod skel;
+pub mod tc;
 pub mod types;
 pub mod validate;
 pub mod version;
@@ -24,10 +35,3 @@ pub use error::{CniError, ErrorCode};
 pub use skel::{Command, Request};
 pub use types::CniResult;
 pub use version::CniVersion;
-pub mod cli;
-pub mod invoke;
-pub mod ipam;
-pub mod libcni;
-pub mod log;
-pub mod ops;
-pub mod runner;

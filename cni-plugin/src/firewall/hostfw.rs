@@ -1,0 +1,249 @@
+//! Coexistence with iptables users (Docker): when the host's iptables FORWARD path would drop
+//! plugnet traffic (policy DROP, or Docker's DOCKER-USER chain present), plugnet keeps one
+//! chain of its own, `PLUGNET-FORWARD`, jumped to from DOCKER-USER (or FORWARD), holding a few
+//! accept rules per plugnet bridge; invariant: the chain holds rules for exactly the bridges
+//! that have attachments, traffic towards Docker's bridges is handed back to Docker's chains
+//! untouched, and everything is removed with the last bridge. Runs iptables only when the set
+//! of bridges changes (first/last attachment on a bridge), never per container.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::FirewallError;
+
+pub const CHAIN: &str = "PLUGNET-FORWARD";
+const TAG: &str = "plugnet";
+
+/// What `iptables -S` shows about the filter table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub forward_drops: bool,
+    pub docker_user: bool,
+    pub our_chain: bool,
+    /// The chain holding our jump rule, if any.
+    pub jump_from: Option<String>,
+}
+
+pub fn parse_rules(s: &str) -> Observed {
+    let mut o = Observed::default();
+    for line in s.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["-P", "FORWARD", p, ..] => o.forward_drops = *p != "ACCEPT",
+            ["-N", "DOCKER-USER"] => o.docker_user = true,
+            ["-N", c] if *c == CHAIN => o.our_chain = true,
+            ["-A", from, rest @ ..] if rest.ends_with(&["-j", CHAIN]) => {
+                o.jump_from = Some(from.to_string())
+            }
+            _ => {}
+        }
+    }
+    o
+}
+
+/// The iptables-restore input that makes the filter table hold exactly our rules for `bridges`
+/// (empty: remove our chain and jump). `None` when nothing is to be done.
+pub fn restore_input(o: &Observed, bridges: &[String]) -> Option<String> {
+    let needed = o.forward_drops || o.docker_user;
+    if bridges.is_empty() || !needed {
+        if !o.our_chain {
+            return None;
+        }
+        let mut s = String::from("*filter\n");
+        s.push_str(&format!(":{CHAIN} - [0:0]\n"));
+        if let Some(from) = &o.jump_from {
+            s.push_str(&format!(
+                "-D {from} -m comment --comment {TAG} -j {CHAIN}\n"
+            ));
+        }
+        s.push_str(&format!("-X {CHAIN}\nCOMMIT\n"));
+        return Some(s);
+    }
+    let mut s = String::from("*filter\n");
+    // Declaring the chain with --noflush empties it: it is rewritten whole each time.
+    s.push_str(&format!(":{CHAIN} - [0:0]\n"));
+    for b in bridges {
+        let c = format!("-m comment --comment \"{TAG} bridge {b}\"");
+        s.push_str(&format!("-A {CHAIN} -i {b} -o {b} {c} -j ACCEPT\n"));
+        s.push_str(&format!(
+            "-A {CHAIN} -o {b} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {c} -j ACCEPT\n"
+        ));
+        // Towards Docker's own bridges Docker decides (published ports only), as for any host.
+        s.push_str(&format!("-A {CHAIN} -i {b} -o docker0 {c} -j RETURN\n"));
+        s.push_str(&format!("-A {CHAIN} -i {b} -o br-+ {c} -j RETURN\n"));
+        s.push_str(&format!("-A {CHAIN} -i {b} {c} -j ACCEPT\n"));
+    }
+    let want_from = if o.docker_user {
+        "DOCKER-USER"
+    } else {
+        "FORWARD"
+    };
+    if o.jump_from.as_deref() != Some(want_from) {
+        if let Some(from) = &o.jump_from {
+            s.push_str(&format!(
+                "-D {from} -m comment --comment {TAG} -j {CHAIN}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "-I {want_from} 1 -m comment --comment {TAG} -j {CHAIN}\n"
+        ));
+    }
+    s.push_str("COMMIT\n");
+    Some(s)
+}
+
+/// Brings iptables' filter table (IPv4 and IPv6) in line with `bridges`.
+pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
+    for (list, restore) in [
+        ("iptables", "iptables-restore"),
+        ("ip6tables", "ip6tables-restore"),
+    ] {
+        let out = match Command::new(list)
+            .args(["-w", "-t", "filter", "-S"])
+            .stderr(Stdio::piped())
+            .output()
+        {
+            Ok(o) => o,
+            // No iptables at all: nothing there can drop our traffic.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(FirewallError::HostFirewall(format!("run {list}: {e}"))),
+        };
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr);
+            // ip6tables without IPv6 support in the kernel: nothing to coexist with.
+            if list == "ip6tables" {
+                continue;
+            }
+            return Err(FirewallError::HostFirewall(format!(
+                "{list} -S: {}",
+                msg.trim()
+            )));
+        }
+        let observed = parse_rules(&String::from_utf8_lossy(&out.stdout));
+        let Some(input) = restore_input(&observed, bridges) else {
+            continue;
+        };
+        let mut child = Command::new(restore)
+            .args(["-w", "--noflush"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                FirewallError::HostFirewall(format!(
+                    "{list} FORWARD would drop plugnet traffic and {restore} cannot run: {e}"
+                ))
+            })?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| FirewallError::HostFirewall(format!("{restore}: {e}")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| FirewallError::HostFirewall(format!("{restore}: {e}")))?;
+        if !out.status.success() {
+            return Err(FirewallError::HostFirewall(format!(
+                "{restore}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist.
+pub fn check(bridge: &str) -> Result<(), FirewallError> {
+    let out = match Command::new("iptables")
+        .args(["-w", "-t", "filter", "-S"])
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            return Err(FirewallError::HostFirewall(format!(
+                "iptables -S: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FirewallError::HostFirewall(format!("run iptables: {e}"))),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    check_rules(&text, bridge)
+}
+
+fn check_rules(text: &str, bridge: &str) -> Result<(), FirewallError> {
+    let o = parse_rules(text);
+    if !(o.forward_drops || o.docker_user) {
+        return Ok(());
+    }
+    if o.jump_from.is_none() {
+        return Err(FirewallError::Check(format!(
+            "iptables FORWARD drops and the jump to {CHAIN} is missing"
+        )));
+    }
+    let want = format!("-A {CHAIN} -i {bridge} -o {bridge} ");
+    if !text.lines().any(|l| l.starts_with(&want)) {
+        return Err(FirewallError::Check(format!(
+            "{CHAIN} has no rules for bridge {bridge}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCKER: &str = "-P INPUT ACCEPT\n-P FORWARD DROP\n-P OUTPUT ACCEPT\n-N DOCKER\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n";
+
+    #[test]
+    fn docker_host_gets_jump_from_docker_user() {
+        let o = parse_rules(DOCKER);
+        assert!(o.forward_drops && o.docker_user && !o.our_chain);
+        let s = restore_input(&o, &["pnfbr0".into()]).unwrap();
+        assert!(s.contains("-I DOCKER-USER 1 -m comment --comment plugnet -j PLUGNET-FORWARD\n"));
+        assert!(s.contains("-A PLUGNET-FORWARD -i pnfbr0 -o pnfbr0 -m comment --comment \"plugnet bridge pnfbr0\" -j ACCEPT\n"));
+        assert!(s.contains("-o docker0"));
+    }
+
+    #[test]
+    fn existing_jump_is_not_duplicated_and_last_bridge_cleans_up() {
+        let with = format!("{DOCKER}-N PLUGNET-FORWARD\n-A DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n");
+        let o = parse_rules(&with);
+        assert_eq!(o.jump_from.as_deref(), Some("DOCKER-USER"));
+        assert!(!restore_input(&o, &["b".into()]).unwrap().contains("-I "));
+        let s = restore_input(&o, &[]).unwrap();
+        assert!(s.contains(
+            "-D DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n-X PLUGNET-FORWARD\n"
+        ));
+    }
+
+    #[test]
+    fn check_finds_missing_pieces() {
+        assert!(check_rules("-P FORWARD ACCEPT\n", "b").is_ok());
+        assert!(check_rules(DOCKER, "b")
+            .unwrap_err()
+            .to_string()
+            .contains("jump"));
+        let s = restore_input(&parse_rules(DOCKER), &["b".into()]).unwrap();
+        let listed: String = s
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with = format!("{DOCKER}-N PLUGNET-FORWARD\n-A DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n{listed}");
+        assert!(check_rules(&with, "b").is_ok());
+        assert!(check_rules(&with, "c").is_err());
+    }
+
+    #[test]
+    fn permissive_host_needs_nothing() {
+        let o = parse_rules("-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n");
+        assert_eq!(restore_input(&o, &["b".into()]), None);
+        let o = parse_rules("-P FORWARD DROP\n");
+        assert!(restore_input(&o, &["b".into()])
+            .unwrap()
+            .contains("-I FORWARD 1"));
+    }
+}

@@ -1,0 +1,609 @@
+//! plugnet's packet filtering and NAT for container attachments (ipMasq, port mappings, egress
+//! rules, coexistence with Docker's iptables), in an nftables table of its own;
+//! invariant: every `apply`/`remove` is one nftables transaction that touches only the
+//! attachment's own chains and map elements (plus shared objects on their first/last use), and
+//! the state directory always describes what is installed, so `reload` can rebuild it.
+//!
+//! Layout (`nft list table inet plugnet`): verdict maps keyed per container (`pm_any`,
+//! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
+//! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
+//! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
+//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
+
+mod conntrack;
+pub mod hostfw;
+pub mod names;
+mod nft;
+pub mod plan;
+pub mod state;
+pub mod types;
+pub mod vocab;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+pub use types::{
+    Attachment, IcmpMatch, NetOut, NetOutDefault, NetOutProtocol, NetOutRule, NetRange,
+    PortMapping, PortRange, Protocol,
+};
+
+use names::{attachment_key, check_cni_name, check_ifname, egress_chain};
+use plan::{Op, SharedEdges};
+use state::{Shared, Store};
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/plugnet/firewall";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("invalid firewall input: {0}")]
+    Invalid(String),
+    #[error("firewall state: {step}: {source}")]
+    State {
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error("nftables: {step}: {op}: {source}")]
+    Nft {
+        step: &'static str,
+        op: String,
+        source: io::Error,
+    },
+    #[error("port mapping conflict: {0}")]
+    PortConflict(String),
+    #[error("host firewall: {0}")]
+    HostFirewall(String),
+    #[error("sysctl {path}: {source}")]
+    Sysctl { path: String, source: io::Error },
+    #[error("firewall check: {0}")]
+    Check(String),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Multiple(Vec<FirewallError>),
+}
+
+impl FirewallError {
+    /// The kernel errno behind this error, if any (EEXIST, ENOENT, EPERM, ...).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            FirewallError::Nft { source, .. }
+            | FirewallError::State { source, .. }
+            | FirewallError::Sysctl { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+fn state_err(step: &'static str) -> impl FnOnce(io::Error) -> FirewallError {
+    move |source| FirewallError::State { step, source }
+}
+
+fn nft_err(step: &'static str) -> impl FnOnce(nft::NftError) -> FirewallError {
+    move |e| {
+        if e.source.raw_os_error() == Some(libc::EEXIST)
+            && e.op.starts_with("add element inet plugnet pm")
+        {
+            return FirewallError::PortConflict(format!(
+                "host port already mapped by another attachment ({})",
+                e.op
+            ));
+        }
+        FirewallError::Nft {
+            step,
+            op: e.op,
+            source: e.source,
+        }
+    }
+}
+
+/// How the firewall runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where attachments and reference counts are kept.
+    pub state_dir: PathBuf,
+    /// Keep iptables' FORWARD path (Docker's DOCKER-USER) open for plugnet bridges.
+    pub host_firewall: bool,
+    /// Flush stale UDP conntrack entries of mapped ports on apply/remove.
+    pub flush_conntrack: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            host_firewall: true,
+            flush_conntrack: true,
+        }
+    }
+}
+
+/// What `reload` rebuilt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub attachments: usize,
+    pub bridges: usize,
+}
+
+/// The firewall over one state directory.
+#[derive(Clone, Debug)]
+pub struct Firewall {
+    opts: Options,
+    store: Store,
+}
+
+impl Firewall {
+    pub fn new(opts: Options) -> Firewall {
+        let store = Store::new(opts.state_dir.clone());
+        Firewall { opts, store }
+    }
+
+    /// Installs the attachment's rules in one nftables transaction (idempotent for an identical
+    /// attachment; a changed one replaces the recorded one).
+    pub fn apply(&self, att: &Attachment) -> Result<(), FirewallError> {
+        att.validate()?;
+        let _lock = self.store.lock().map_err(state_err("lock state"))?;
+        let key = attachment_key(&att.network, &att.container_id, &att.ifname);
+        if let Some(old) = self
+            .store
+            .load_attachment(&key)
+            .map_err(state_err("read attachment"))?
+        {
+            if old == *att && self.check_kernel(att, &key).is_ok() {
+                return Ok(());
+            }
+            self.remove_locked(&key, &old)?;
+        }
+        let mut shared = self
+            .store
+            .load_shared()
+            .map_err(state_err("read shared state"))?;
+        let mut ops = Vec::new();
+        let table = nft::table_exists().map_err(|e| FirewallError::Nft {
+            step: "look up table",
+            op: "get table inet plugnet".into(),
+            source: e,
+        })?;
+        let rebuilt = !table;
+        if rebuilt {
+            // Fresh host, or someone flushed our table: rebuild what the state records.
+            let atts = self
+                .store
+                .all_attachments()
+                .map_err(state_err("read attachments"))?;
+            // The counters are a cache of the attachment files: trust the files.
+            shared = recount(&atts, &shared);
+            ops.extend(rebuild_ops(&shared, &atts));
+        }
+        let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
+        let edges = SharedEdges {
+            bridge_portmap: !att.port_mappings.is_empty() && bridge.portmap_refs == 0,
+        };
+        ops.extend(plan::attach_ops(att, &key, &edges));
+
+        // Host-side effects that nftables cannot roll back: do them first, undo on failure.
+        let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
+        let result = (|| {
+            if self.opts.host_firewall && bridge.refs == 0 {
+                let mut bridges = active_bridges(&shared);
+                bridges.insert(att.bridge.clone());
+                hostfw::sync(&bridges.iter().cloned().collect::<Vec<_>>())?;
+                let before: Vec<String> = active_bridges(&shared).into_iter().collect();
+                undo.push(Box::new(move || {
+                    let _ = hostfw::sync(&before);
+                }));
+            }
+            let mut route_localnet_was = bridge.route_localnet_was.clone();
+            if edges.bridge_portmap && att.addrs().any(|a| a.is_ipv4()) {
+                let was = set_route_localnet(&att.bridge, "1")?;
+                let b = att.bridge.clone();
+                let prev = was.clone();
+                undo.push(Box::new(move || {
+                    let _ = set_route_localnet(&b, &prev);
+                }));
+                route_localnet_was = Some(was);
+            }
+            nft::run(&ops).map_err(nft_err("apply attachment"))?;
+            // Record.
+            shared.attachments += 1;
+            let b = shared.bridges.entry(att.bridge.clone()).or_default();
+            b.refs += 1;
+            if !att.port_mappings.is_empty() {
+                b.portmap_refs += 1;
+                b.route_localnet_was = route_localnet_was;
+            }
+            let saved = self
+                .store
+                .save_attachment(&key, att)
+                .and_then(|()| self.store.save_shared(&shared))
+                .map_err(state_err("write state"));
+            if let Err(e) = saved {
+                let _ = self.store.delete_attachment(&key);
+                let edges_back = edges.clone();
+                let _ = nft::run(&plan::detach_ops(att, &key, &edges_back));
+                return Err(e);
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.flush_udp(att);
+                Ok(())
+            }
+            Err(e) => {
+                for u in undo.into_iter().rev() {
+                    u();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the attachment's rules; success when nothing is recorded or installed.
+    pub fn remove(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), FirewallError> {
+        check_cni_name("network name", network)?;
+        check_cni_name("container id", container_id)?;
+        check_ifname("ifname", ifname)?;
+        let _lock = self.store.lock().map_err(state_err("lock state"))?;
+        let key = attachment_key(network, container_id, ifname);
+        match self
+            .store
+            .load_attachment(&key)
+            .map_err(state_err("read attachment"))?
+        {
+            None => Ok(()),
+            Some(old) => self.remove_locked(&key, &old),
+        }
+    }
+
+    fn remove_locked(&self, key: &str, att: &Attachment) -> Result<(), FirewallError> {
+        let mut errors = Vec::new();
+        let mut shared = self
+            .store
+            .load_shared()
+            .map_err(state_err("read shared state"))?;
+        let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
+        let edges = SharedEdges {
+            bridge_portmap: !att.port_mappings.is_empty() && bridge.portmap_refs <= 1,
+        };
+        let table = nft::table_exists().unwrap_or(true);
+        if table {
+            // The last attachment takes the whole table with it. The counter is a cache: when it
+            // says "last", the attachment files confirm (a directory scan, only then).
+            let last = shared.attachments <= 1
+                && !self
+                    .store
+                    .has_other_attachment(key)
+                    .map_err(state_err("read attachments"))?;
+            let ops = if last {
+                vec![Op::DelTable]
+            } else {
+                plan::detach_ops(att, key, &edges)
+            };
+            if let Err(e) = nft::run(&ops) {
+                if e.source.raw_os_error() == Some(libc::ENOENT) {
+                    // Partly gone already (someone deleted rules by hand): delete what is left.
+                    for op in &ops {
+                        match nft::run(std::slice::from_ref(op)) {
+                            Err(e) if e.source.raw_os_error() != Some(libc::ENOENT) => {
+                                errors.push(nft_err("remove attachment")(e))
+                            }
+                            _ => {}
+                        }
+                    }
+                } else {
+                    errors.push(nft_err("remove attachment")(e));
+                }
+            }
+        }
+        // Shared bookkeeping.
+        shared.attachments = shared.attachments.saturating_sub(1);
+        let mut bridge_gone = false;
+        if let Some(b) = shared.bridges.get_mut(&att.bridge) {
+            b.refs = b.refs.saturating_sub(1);
+            if !att.port_mappings.is_empty() {
+                b.portmap_refs = b.portmap_refs.saturating_sub(1);
+                if b.portmap_refs == 0 {
+                    if let Some(was) = b.route_localnet_was.take() {
+                        if let Err(e) = set_route_localnet(&att.bridge, &was) {
+                            // The bridge may be gone already: nothing to restore then.
+                            if !matches!(&e, FirewallError::Sysctl { source, .. } if source.kind() == io::ErrorKind::NotFound)
+                            {
+                                errors.push(e);
+                            }
+                        }
+                    }
+                }
+            }
+            if b.refs == 0 {
+                shared.bridges.remove(&att.bridge);
+                bridge_gone = true;
+            }
+        }
+        if bridge_gone && self.opts.host_firewall {
+            if let Err(e) = hostfw::sync(&active_bridges(&shared).into_iter().collect::<Vec<_>>()) {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = self
+            .store
+            .delete_attachment(key)
+            .and_then(|()| self.store.save_shared(&shared))
+        {
+            errors.push(state_err("write state")(e));
+        }
+        self.flush_udp(att);
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(FirewallError::Multiple(errors)),
+        }
+    }
+
+    /// Verifies that the attachment is recorded as given and its chains and map elements are in
+    /// the kernel.
+    pub fn check(&self, att: &Attachment) -> Result<(), FirewallError> {
+        att.validate()?;
+        let key = attachment_key(&att.network, &att.container_id, &att.ifname);
+        match self
+            .store
+            .load_attachment(&key)
+            .map_err(state_err("read attachment"))?
+        {
+            None => {
+                return Err(FirewallError::Check(
+                    "no firewall state for this attachment".into(),
+                ))
+            }
+            Some(rec) if rec != *att => {
+                return Err(FirewallError::Check(
+                    "recorded firewall state differs from the configuration".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+        self.check_kernel(att, &key)?;
+        if self.opts.host_firewall {
+            hostfw::check(&att.bridge)?;
+        }
+        Ok(())
+    }
+
+    fn check_kernel(&self, att: &Attachment, key: &str) -> Result<(), FirewallError> {
+        let io_err = |e: io::Error| FirewallError::Check(format!("query nftables: {e}"));
+        if !nft::table_exists().map_err(io_err)? {
+            return Err(FirewallError::Check(
+                "table inet plugnet is missing (run `plugnet firewall reload`)".into(),
+            ));
+        }
+        let mut chains = Vec::new();
+        let mut elems = Vec::new();
+        elems.extend(
+            plan::portmap_elems(att)
+                .into_iter()
+                .map(|(set, k, _)| (set, k)),
+        );
+        if att.ip_masq {
+            elems.extend(plan::masq_elems(att));
+        }
+        if att.net_out.is_some() {
+            chains.push(egress_chain(key));
+            elems.extend(plan::egress_elems(att));
+        }
+        elems.extend(plan::member_elems(att));
+        for c in chains {
+            if !nft::chain_exists(&c).map_err(io_err)? {
+                return Err(FirewallError::Check(format!("chain {c} is missing")));
+            }
+        }
+        for (set, k) in elems {
+            if !nft::elem_exists(&set, &k).map_err(io_err)? {
+                let shown: Vec<String> = k.iter().map(|x| x.to_string()).collect();
+                return Err(FirewallError::Check(format!(
+                    "element {} missing from {set}",
+                    shown.join(" . ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-installs everything the state records, in one transaction (after `nft flush ruleset`,
+    /// a firewalld reload or a Docker restart). Reference counts are recomputed from the
+    /// recorded attachments.
+    pub fn reload(&self) -> Result<ReloadReport, FirewallError> {
+        let _lock = self.store.lock().map_err(state_err("lock state"))?;
+        let atts = self
+            .store
+            .all_attachments()
+            .map_err(state_err("read attachments"))?;
+        let old = self
+            .store
+            .load_shared()
+            .map_err(state_err("read shared state"))?;
+        let shared = recount(&atts, &old);
+        let mut ops = Vec::new();
+        if nft::table_exists().map_err(|e| FirewallError::Nft {
+            step: "look up table",
+            op: "get table".into(),
+            source: e,
+        })? {
+            ops.push(Op::DelTable);
+        }
+        if !atts.is_empty() {
+            ops.extend(rebuild_ops(&shared, &atts));
+        }
+        nft::run(&ops).map_err(nft_err("reload"))?;
+        let bridges: Vec<String> = active_bridges(&shared).into_iter().collect();
+        if self.opts.host_firewall {
+            hostfw::sync(&bridges)?;
+        }
+        for (name, b) in &shared.bridges {
+            if b.portmap_refs > 0 && b.route_localnet_was.is_some() {
+                set_route_localnet(name, "1")?;
+            }
+        }
+        self.store
+            .save_shared(&shared)
+            .map_err(state_err("write state"))?;
+        Ok(ReloadReport {
+            attachments: atts.len(),
+            bridges: bridges.len(),
+        })
+    }
+
+    /// CNI GC: removes the recorded attachments of `network` whose (container id, ifname) is
+    /// not in `valid`. Returns how many were removed.
+    pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<usize, FirewallError> {
+        check_cni_name("network name", network)?;
+        let atts = {
+            let _lock = self.store.lock().map_err(state_err("lock state"))?;
+            self.store
+                .all_attachments()
+                .map_err(state_err("read attachments"))?
+        };
+        let mut n = 0;
+        let mut errors = Vec::new();
+        for (_, a) in atts.iter().filter(|(_, a)| a.network == network) {
+            if !valid
+                .iter()
+                .any(|(c, i)| *c == a.container_id && *i == a.ifname)
+            {
+                match self.remove(&a.network, &a.container_id, &a.ifname) {
+                    Ok(()) => n += 1,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(n)
+        } else {
+            Err(FirewallError::Multiple(errors))
+        }
+    }
+
+    /// Every recorded attachment.
+    pub fn list(&self) -> Result<Vec<Attachment>, FirewallError> {
+        Ok(self
+            .store
+            .all_attachments()
+            .map_err(state_err("read attachments"))?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    fn flush_udp(&self, att: &Attachment) {
+        if !self.opts.flush_conntrack {
+            return;
+        }
+        let ports: Vec<u16> = att
+            .port_mappings
+            .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
+            .map(|p| p.host_port)
+            .collect();
+        if let Err(e) = conntrack::flush_udp_ports(&ports) {
+            eprintln!("plugnet firewall: flush UDP conntrack entries for ports {ports:?}: {e}");
+        }
+    }
+}
+
+/// Bridges with at least one attachment.
+fn active_bridges(shared: &Shared) -> BTreeSet<String> {
+    shared
+        .bridges
+        .iter()
+        .filter(|(_, b)| b.refs > 0)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Shared counters as the recorded attachments imply (keeps remembered sysctl values).
+fn recount(atts: &[(String, Attachment)], old: &Shared) -> Shared {
+    let mut s = Shared {
+        version: state::VERSION,
+        attachments: atts.len() as u64,
+        ..Shared::default()
+    };
+    for (_, a) in atts {
+        let b = s.bridges.entry(a.bridge.clone()).or_default();
+        b.refs += 1;
+        if !a.port_mappings.is_empty() {
+            b.portmap_refs += 1;
+            b.route_localnet_was = old
+                .bridges
+                .get(&a.bridge)
+                .and_then(|o| o.route_localnet_was.clone())
+                .or_else(|| Some("0".into()));
+        }
+    }
+    s
+}
+
+/// The whole table from state: infrastructure, shared chains and elements, then every
+/// attachment's own objects.
+fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
+    let mut ops = plan::infrastructure();
+    for (name, b) in &shared.bridges {
+        if b.portmap_refs > 0 {
+            ops.extend(
+                plan::bridge_elems(name)
+                    .into_iter()
+                    .map(|(set, key)| Op::AddElem {
+                        set,
+                        key,
+                        data: None,
+                    }),
+            );
+        }
+    }
+    for (key, a) in atts {
+        ops.extend(plan::attach_ops(a, key, &SharedEdges::default()));
+    }
+    ops
+}
+
+/// Sets `net.ipv4.conf.<bridge>.route_localnet`, returning the previous value.
+fn set_route_localnet(bridge: &str, value: &str) -> Result<String, FirewallError> {
+    check_ifname("bridge name", bridge)?;
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    let err = |source| FirewallError::Sysctl {
+        path: path.clone(),
+        source,
+    };
+    let was = fs::read_to_string(&path).map_err(err)?.trim().to_string();
+    if was != value {
+        fs::write(&path, value).map_err(err)?;
+    }
+    Ok(was)
+}
+
+/// [`Firewall::apply`] with default options.
+pub fn apply(att: &Attachment) -> Result<(), FirewallError> {
+    Firewall::new(Options::default()).apply(att)
+}
+
+/// [`Firewall::remove`] with default options.
+pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<(), FirewallError> {
+    Firewall::new(Options::default()).remove(network, container_id, ifname)
+}
+
+/// [`Firewall::check`] with default options.
+pub fn check(att: &Attachment) -> Result<(), FirewallError> {
+    Firewall::new(Options::default()).check(att)
+}
+
+/// [`Firewall::reload`] over `state_dir`.
+pub fn reload(state_dir: impl Into<PathBuf>) -> Result<ReloadReport, FirewallError> {
+    Firewall::new(Options {
+        state_dir: state_dir.into(),
+        ..Options::default()
+    })
+    .reload()
+}
