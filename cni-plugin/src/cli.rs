@@ -326,9 +326,17 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("metrics"), "{err}");
+        let (code, out, _) = run_cli(&["gc", "--help"], &[], "");
+        assert_eq!(code, 0);
+        assert!(out.contains("cannot be proved dead"), "{out}");
+        let (code, _, err) = run_cli(&["ipam", "release", "--network", "n"], &[], "");
+        assert_eq!(code, 2);
+        assert!(err.contains("--id"), "{err}");
         let (code, out, _) = run_cli(&["--help"], &[], "");
         assert_eq!(code, 0);
-        for sub in ["up", "down", "check", "info", "metrics", "list"] {
+        for sub in [
+            "up", "down", "check", "info", "metrics", "list", "ipam", "gc",
+        ] {
             assert!(out.contains(sub), "{out}");
         }
     }

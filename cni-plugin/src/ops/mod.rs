@@ -72,7 +72,8 @@ Anything else is kept and the report says why: an address with no recorded netns
 state) cannot be proved dead; release it with `plugnet ipam release` if you know better.
 An unreadable runner or shim state stops gc altogether; a netns that cannot be probed keeps its owner.
 Reclaimed: IPAM records (released through the allocator, under the store lock), host veths
-named by plugnet's scheme carrying the network's alias, and the libcni cache files.";
+named by plugnet's scheme carrying the network's alias, and the libcni cache files.
+Exit status: 0 when every step succeeded (or would, with --dry-run), 1 when one failed.";
 
 #[derive(Debug, Args)]
 #[command(after_long_help = GC_RULES)]
@@ -247,4 +248,55 @@ fn gc_text(r: &gc::GcReport) -> String {
         s.push_str("dry run: nothing changed (run without --dry-run to reclaim)\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gc::{Action, GcReport, Verdict};
+    use super::*;
+
+    fn report(dry_run: bool, error: Option<&str>) -> GcReport {
+        GcReport {
+            dry_run,
+            sources: vec!["runner state /x: 0 container(s)".into()],
+            owners: vec![Verdict {
+                container_id: "c1".into(),
+                verdict: "dead",
+                reason: "netns /run/netns/a gone".into(),
+            }],
+            actions: vec![Action {
+                container_id: "c1".into(),
+                kind: "release-ipam",
+                what: "10.0.0.2 eth0 on n".into(),
+                done: !dry_run && error.is_none(),
+                error: error.map(String::from),
+            }],
+        }
+    }
+
+    #[test]
+    fn gc_text_says_would_did_and_failed() {
+        let t = gc_text(&report(true, None));
+        assert!(t.contains("source: runner state /x"), "{t}");
+        assert!(
+            t.contains("c1         dead     netns /run/netns/a gone"),
+            "{t}"
+        );
+        assert!(
+            t.contains("would release 10.0.0.2 eth0 on n (container c1)"),
+            "{t}"
+        );
+        assert!(t.contains("dry run: nothing changed"), "{t}");
+        let t = gc_text(&report(false, None));
+        assert!(t.contains("did release 10.0.0.2"), "{t}");
+        let r = report(false, Some("lock: EIO"));
+        assert!(r.failed());
+        let t = gc_text(&r);
+        assert!(
+            t.contains("FAILED to release 10.0.0.2 eth0 on n (container c1): lock: EIO"),
+            "{t}"
+        );
+        let empty = GcReport::default();
+        assert!(gc_text(&empty).contains("nothing to do"));
+    }
 }
