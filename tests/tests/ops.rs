@@ -569,3 +569,107 @@ fn plugin_logs_name_network_and_container_and_never_touch_stdout() {
     quiet.err(999);
     assert_eq!(quiet.stderr, "");
 }
+
+/// `PLUGNET_LOG=syslog`: the plugin runs in a private mount namespace whose /dev is a fresh
+/// tmpfs with /dev/log bind-mounted to a datagram socket this test listens on, so nothing on the
+/// host (which may have no syslog daemon) is touched.
+#[test]
+fn plugin_logs_to_syslog() {
+    use std::ffi::CString;
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("log.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "pnosys",
+        "ipam": {"type": "plugnet-ipam", "dataDir": tmp.path().join("data"),
+                 "ranges": [[{"subnet": "10.92.1.0/24"}]]}});
+    let c = |s: &str| CString::new(s).unwrap();
+    let (root, dev, devlog, tmpfs) = (c("/"), c("/dev"), c("/dev/log"), c("tmpfs"));
+    let src = c(sock_path.to_str().unwrap());
+    let mut cmd = Command::new(bin("plugnet-ipam"));
+    cmd.envs([
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "pno-sys1"),
+        ("CNI_NETNS", "/run/netns/pno-none"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/nonexistent"),
+        ("PLUGNET_LOG", "syslog"),
+        ("PLUGNET_LOG_LEVEL", "info"),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc != 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                tmpfs.as_ptr(),
+                dev.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ))?;
+            let fd = libc::open(devlog.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            check(libc::mount(
+                src.as_ptr(),
+                devlog.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(conf.to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("10.92.1.2/24"), "{stdout}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no syslog datagram within 10 s");
+    let line = String::from_utf8_lossy(&buf[..n]);
+    // <30> = facility daemon (3) * 8 + info (6); ident with pid; the span's fields.
+    assert!(line.starts_with("<30>"), "{line}");
+    assert!(line.contains("plugnet-ipam["), "{line}");
+    assert!(
+        line.contains("network=pnosys") && line.contains("container=pno-sys1"),
+        "{line}"
+    );
+    assert!(line.contains("added: 10.92.1.2/24"), "{line}");
+}
