@@ -149,22 +149,17 @@ fn collect(opts: &GcOptions) -> Result<BTreeMap<String, Owner>, CniError> {
     let mut owners: BTreeMap<String, Owner> = BTreeMap::new();
     for dir in &opts.data_dirs {
         for network in report::networks(dir) {
-            let usage = report::usage(dir, &network, None)?;
-            let mut by_owner: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
-            for h in usage.holders {
-                by_owner
-                    .entry((h.container_id, h.ifname))
-                    .or_default()
-                    .push(h.address);
-            }
-            for ((id, ifname), ips) in by_owner {
-                let o = owners.entry(id).or_default();
-                o.attachments.insert((network.clone(), ifname.clone()));
+            // Every record, including one whose claims a crashed ADD never completed: release
+            // cleans both.
+            for r in crate::ipam::records(dir, &network)? {
+                let o = owners.entry(r.owner.container_id.clone()).or_default();
+                o.attachments
+                    .insert((network.clone(), r.owner.ifname.clone()));
                 o.held.push(Held {
                     data_dir: dir.clone(),
                     network: network.clone(),
-                    ifname,
-                    ips,
+                    ifname: r.owner.ifname,
+                    ips: r.ips,
                 });
             }
         }
