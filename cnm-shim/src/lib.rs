@@ -1,1 +1,18 @@
-//! plugnet-shim library (placeholder until its issue lands).
+//! plugnet-shim: a Docker libnetwork remote NetworkDriver + IpamDriver that runs CNI plugins.
+//!
+//! `server` speaks Docker's plugin protocol (wire types in `api`) and routes each call to the
+//! `driver` (networks, endpoints, Join) or `ipam` (pools, addresses) half of one `Driver`,
+//! which keeps its `state` on disk and does CNI work through the `backend::CniBackend` trait;
+//! `cni` is the real backend (libcni + the IPAM store), `netns` its staging namespaces.
+
+pub mod api;
+pub mod backend;
+pub mod cni;
+pub mod driver;
+pub mod ipam;
+pub mod netns;
+pub mod server;
+pub mod state;
+#[cfg(test)]
+mod tests;
+pub mod translate;

@@ -1,1 +1,143 @@
-fn main() {}
+//! plugnet-shim: serve Docker's remote NetworkDriver + IpamDriver protocol over CNI.
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use plugnet_shim::{
+    cni::RealBackend, driver::Driver, driver::DriverConfig, netns, server, state::Store,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plugnet-shim",
+    version,
+    about = "Docker network and IPAM driver running CNI plugins"
+)]
+struct Cli {
+    /// Driver name: `docker network create -d NAME --ipam-driver NAME`; also the socket name.
+    #[arg(long, default_value = "plugnet")]
+    name: String,
+    #[arg(long, default_value = "/var/lib/plugnet/shim")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Colon-separated plugin directories.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_path: String,
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Where Docker looks for plugin sockets.
+    #[arg(long, default_value = "/run/docker/plugins")]
+    socket_dir: PathBuf,
+    /// `dataDir` of plugnet-ipam in derived conflists (default: plugnet-ipam's own).
+    #[arg(long)]
+    ipam_data_dir: Option<String>,
+    /// Main plugin type of derived conflists (`plugnet`; the reference `bridge` also fits).
+    #[arg(long, default_value = "plugnet")]
+    bridge_plugin: String,
+    /// Masquerade derived networks' traffic by default (`ipMasq`), as Docker's bridge does.
+    /// Off by default until plugnet's nftables masquerading is in every build.
+    #[arg(long)]
+    ip_masq: bool,
+    /// Blocks automatic IPv4 pools are cut from (repeatable).
+    #[arg(long = "default-pool")]
+    default_pools: Vec<ipnetwork::IpNetwork>,
+    /// Blocks automatic IPv6 pools are cut from (repeatable).
+    #[arg(long = "default-pool-v6")]
+    default_pools_v6: Vec<ipnetwork::IpNetwork>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if let Err(e) = run(cli) {
+        error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !plugnet_shim::state::valid_id(&cli.name) {
+        bail!("--name {:?}: use letters, digits, '_', '.', '-'", cli.name);
+    }
+    let store = Store::open(&cli.state_dir)
+        .with_context(|| format!("open state dir {}", cli.state_dir.display()))?;
+    let staging = PathBuf::from("/run/plugnet-shim")
+        .join(&cli.name)
+        .join("ns");
+    netns::prepare_dir(&staging).context("prepare staging netns dir")?;
+    let host_ns = netns::current().context("open host netns")?;
+    let backend = RealBackend::new(
+        cli.cni_conf_dir.clone(),
+        std::env::split_paths(&cli.cni_path).collect(),
+        store.cache_dir(),
+        host_ns,
+    );
+    let staging_dir = staging.clone();
+    let mut cfg = DriverConfig::new(staging);
+    cfg.ipam_data_dir = cli.ipam_data_dir.clone();
+    cfg.bridge_plugin = cli.bridge_plugin.clone();
+    cfg.default_ip_masq = cli.ip_masq;
+    if !cli.default_pools.is_empty() {
+        cfg.default_pools_v4 = cli.default_pools.clone();
+    }
+    if !cli.default_pools_v6.is_empty() {
+        cfg.default_pools_v6 = cli.default_pools_v6.clone();
+    }
+    let driver = Arc::new(Driver::new(cfg, backend, store));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&cli.socket_dir)
+            .with_context(|| format!("create {}", cli.socket_dir.display()))?;
+        let sock = cli.socket_dir.join(format!("{}.sock", cli.name));
+        if tokio::net::UnixStream::connect(&sock).await.is_ok() {
+            bail!("{} is served by another running process", sock.display());
+        }
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock)
+            .with_context(|| format!("bind {}", sock.display()))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
+            .context("chmod socket")?;
+        info!(socket = %sock.display(), "serving");
+
+        // Reconcile in the background: never block start-up (dockerd may be waiting for us).
+        let d = driver.clone();
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                let d = d.clone();
+                if let Ok(n) = tokio::task::spawn_blocking(move || d.reconcile()).await {
+                    if n > 0 {
+                        info!(cleaned = n, "reconciled");
+                    }
+                }
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let res = tokio::select! {
+            r = server::serve(listener, driver) => r.context("serve"),
+            _ = term.recv() => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        };
+        reaper.abort();
+        let _ = std::fs::remove_file(&sock);
+        netns::release_dir_if_empty(&staging_dir);
+        info!("stopped");
+        res
+    })
+}

@@ -719,6 +719,62 @@ fn mtu_defaults_to_the_default_route_link() {
 }
 
 #[test]
+fn ip_masq_lets_containers_reach_outside() {
+    need_root!();
+    let host = Host::new("masq");
+    // "Outside": a namespace behind an uplink of the host with no route back to the
+    // container subnet, so only masqueraded traffic gets answers.
+    let outside = Ns::new(format!("pnb-masq-{}-out", std::process::id()));
+    host.ns.sh(&[
+        "ip", "link", "add", "pnbup0", "type", "veth", "peer", "name", "pnbup1",
+    ]);
+    host.ns
+        .sh(&["ip", "link", "set", "pnbup1", "netns", &outside.name]);
+    host.ns
+        .sh(&["ip", "addr", "add", "10.50.19.1/24", "dev", "pnbup0"]);
+    host.ns.sh(&["ip", "link", "set", "pnbup0", "up"]);
+    outside.sh(&["ip", "addr", "add", "10.50.19.2/24", "dev", "pnbup1"]);
+    outside.sh(&["ip", "link", "set", "pnbup1", "up"]);
+    let state = tempfile::Builder::new()
+        .prefix("pnb-fw-")
+        .tempdir()
+        .unwrap();
+    let mut c = conf(&host, "1.0.0", "pnbmasq", "pnbbrq", 20, false);
+    c["ipMasq"] = json!(true);
+    c["firewallStateDir"] = json!(state.path());
+    let ctr = host.container();
+    let att = Att::new("masq", &ctr.path(), "eth0");
+    let res = host.add(&c, &att);
+    assert!(
+        ctr.ping("10.50.19.2"),
+        "masqueraded ping to the outside failed"
+    );
+    let rules = host.ns.sh(&["nft", "list", "table", "inet", "plugnet"]);
+    assert!(rules.contains("10.50.20.2"), "{rules}");
+    assert_eq!(
+        host.run(&plugnet(), "CHECK", &with_prev(&c, &res), Some(&att))
+            .code,
+        0
+    );
+    host.run(&plugnet(), "DEL", &with_prev(&c, &res), Some(&att))
+        .ok();
+    let rules = host.ns.exec(&["nft", "list", "table", "inet", "plugnet"]);
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("10.50.20.2"),
+        "rule left after DEL"
+    );
+    // Without ipMasq the outside cannot answer: the test above can fail.
+    let mut plain = c.clone();
+    plain["ipMasq"] = json!(false);
+    host.add(&plain, &att);
+    assert!(
+        !ctr.ping("10.50.19.2"),
+        "outside answered without masquerading"
+    );
+    host.run(&plugnet(), "DEL", &plain, Some(&att)).ok();
+}
+
+#[test]
 fn bad_input_is_a_clean_error() {
     need_root!();
     let host = Host::new("bad");
@@ -729,7 +785,7 @@ fn bad_input_is_a_clean_error() {
         (json!({"hairpinMode": true, "promiscMode": true}), 7),
         (json!({"bridge": "a-name-longer-than-15"}), 7),
         (json!({"mtu": "x"}), 6),
-        (json!({"ipMasq": true}), 2),
+        (json!({"macspoofchk": true}), 2),
         (json!({"ipam": {"type": "no-such-ipam"}}), 999),
     ] {
         let mut c = base.clone();

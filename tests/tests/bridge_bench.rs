@@ -4,7 +4,8 @@
 //!   cargo build --release -p plugnet && \
 //!   cargo test --release -p plugnet-tests --test bridge_bench -- --ignored --nocapture
 //! Env: PNB_BENCH_ITERS (default 100); PNB_BENCH_DATADIR puts both IPAM stores in that
-//! directory (e.g. /dev/shm to take the disk's fsync cost out of the comparison).
+//! directory (e.g. /dev/shm to take the disk's fsync cost out of the comparison);
+//! PNB_BENCH_MASQ=1 turns on `ipMasq` for both plugins.
 
 mod bridge_support;
 
@@ -74,6 +75,16 @@ fn run(host: &Host, dual: bool, iters: usize) {
     if dual {
         theirs["ipam"]["ranges"][1][0]["subnet"] = json!("fd50:61::/64");
     }
+    let fw_state = tempfile::Builder::new()
+        .prefix("pnb-bench-fw-")
+        .tempdir()
+        .unwrap();
+    let masq = std::env::var("PNB_BENCH_MASQ").is_ok_and(|v| v == "1");
+    if masq {
+        ours["ipMasq"] = json!(true);
+        ours["firewallStateDir"] = json!(fw_state.path());
+        theirs["ipMasq"] = json!(true);
+    }
     if let Ok(dir) = std::env::var("PNB_BENCH_DATADIR") {
         let dir = Path::new(&dir).join(format!("pnb-bench-{}", std::process::id()));
         ours["ipam"]["dataDir"] = json!(dir);
@@ -88,6 +99,14 @@ fn run(host: &Host, dual: bool, iters: usize) {
         ),
     ];
     let handle = Netns::open(host.ns.path()).unwrap();
+    // One long-lived container per network, as on a real host: first-use costs (bridge
+    // creation, the firewall's per-bridge setup) are not what a runtime pays per container.
+    let anchors: Vec<Ns> = subjects.iter().map(|_| host.container()).collect();
+    for (s, a) in subjects.iter().zip(&anchors) {
+        handle
+            .run(|| invoke(&s.bin, "ADD", &s.conf, "anchor", &a.path()))
+            .unwrap();
+    }
     for i in 0..iters {
         for s in subjects.iter_mut() {
             let ctr = host.container();
@@ -104,10 +123,16 @@ fn run(host: &Host, dual: bool, iters: usize) {
             s.del.push(d);
         }
     }
+    for (s, a) in subjects.iter().zip(&anchors) {
+        handle
+            .run(|| invoke(&s.bin, "DEL", &s.conf, "anchor", &a.path()))
+            .unwrap();
+    }
     let [ours, theirs] = &subjects;
     let (oa, od) = (median(ours.add.clone()), median(ours.del.clone()));
     let (ta, td) = (median(theirs.add.clone()), median(theirs.del.clone()));
-    println!("{tag}, IPAM stores under {store}, {iters} iterations, medians:");
+    let masq_tag = if masq { ", ipMasq" } else { "" };
+    println!("{tag}{masq_tag}, IPAM stores under {store}, {iters} iterations, medians:");
     println!("  {:<24} ADD {oa:7.2} ms   DEL {od:7.2} ms", ours.label);
     println!("  {:<24} ADD {ta:7.2} ms   DEL {td:7.2} ms", theirs.label);
     println!(

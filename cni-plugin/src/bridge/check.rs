@@ -96,6 +96,10 @@ pub async fn check(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<
         }
     }
 
+    if conf.ip_masq && !prev.ips.is_empty() {
+        super::masq::check(conf, &super::masq::attachment(conf, req, &host_name, prev))?;
+    }
+
     for family in [IpFamily::V4, IpFamily::V6] {
         let wanted: Vec<_> = prev
             .routes

@@ -42,6 +42,9 @@ pub struct BridgeConf {
     pub macspoofchk: bool,
     pub disable_container_interface: bool,
     pub port_isolation: bool,
+    /// plugnet extension: the nftables firewall's state directory (default
+    /// `/var/lib/plugnet/firewall`); one per host network namespace.
+    pub firewall_state_dir: Option<String>,
     pub ipam: IpamKind,
     pub dns: Option<Dns>,
     /// The container interface's MAC, from `runtimeConfig.mac`, `args.cni.mac` or `CNI_ARGS`
@@ -68,6 +71,7 @@ struct Wire {
     macspoofchk: bool,
     disable_container_interface: bool,
     port_isolation: bool,
+    firewall_state_dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +164,7 @@ impl BridgeConf {
             macspoofchk: w.macspoofchk,
             disable_container_interface: w.disable_container_interface,
             port_isolation: w.port_isolation,
+            firewall_state_dir: w.firewall_state_dir,
             ipam,
             dns: req.config.dns.clone().filter(|d| !d.is_empty()),
             mac: requested_mac(req)?,

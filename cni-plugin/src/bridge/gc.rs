@@ -16,6 +16,11 @@ pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(),
     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Gc, req) {
         errors.push(format!("IPAM GC: {}", e.msg));
     }
+    if conf.ip_masq {
+        if let Err(e) = super::masq::gc(conf, req) {
+            errors.push(e.msg);
+        }
+    }
     // Without the key there is no list to judge by: leave the links alone.
     if let Some(valid) = &req.config.valid_attachments {
         let keep: HashSet<String> = valid

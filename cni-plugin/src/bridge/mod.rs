@@ -11,6 +11,7 @@ pub mod check;
 pub mod config;
 pub mod gc;
 pub mod ipam;
+pub mod masq;
 pub mod naming;
 pub mod setup;
 mod undo;
@@ -127,6 +128,10 @@ async fn add_steps(
     if conf.is_gateway {
         setup::gateways_on_bridge(conf, host, &br, &result).await?;
     }
+    if conf.ip_masq && !result.ips.is_empty() {
+        masq::apply(conf, &masq::attachment(conf, req, &host_name, &result))?;
+        undo.remove_masquerade();
+    }
     if !conf.disable_container_interface {
         let container = Netlink::in_open_netns(ns).map_err(kernel)?;
         setup::container(conf, &container, pair.peer_index, &mut result).await?;
@@ -137,12 +142,18 @@ async fn add_steps(
     ))
 }
 
-/// DEL: release the addresses first, then delete the host veth (its peer goes with it).
+/// DEL: release the addresses first, then the masquerading rules, then delete the host veth
+/// (its peer goes with it).
 /// Missing netns, link or lease are success; every failure is collected and reported.
 async fn del(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
         errors.push(format!("release addresses: {}", e.msg));
+    }
+    if conf.ip_masq {
+        if let Err(e) = masq::remove(conf, req) {
+            errors.push(e.msg);
+        }
     }
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     match Netlink::host() {
@@ -164,8 +175,8 @@ async fn del(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), Cn
 /// than ignored: a container without the masquerading its network asked for is worse than
 /// no container.
 fn refuse_unbuilt_features(conf: &BridgeConf) -> Result<(), CniError> {
-    // GAP: ipMasq and macspoofchk need plugnet's nftables module, not on main yet.
-    for (set, field) in [(conf.ip_masq, "ipMasq"), (conf.macspoofchk, "macspoofchk")] {
+    // GAP: macspoofchk needs nftables rules plugnet's firewall does not build yet.
+    for (set, field) in [(conf.macspoofchk, "macspoofchk")] {
         if set {
             return Err(CniError::new(
                 ErrorCode::UnsupportedField,

@@ -9,6 +9,7 @@ use crate::skel::{Command, Request};
 enum Step {
     ReleaseIpam,
     DeleteLink(String),
+    RemoveMasquerade,
 }
 
 #[derive(Default)]
@@ -25,6 +26,10 @@ impl Undo {
         self.steps.push(Step::DeleteLink(name));
     }
 
+    pub fn remove_masquerade(&mut self) {
+        self.steps.push(Step::RemoveMasquerade);
+    }
+
     /// Runs every registered undo, newest first. Failures are logged, not returned: the
     /// caller reports the error that caused the rollback.
     pub async fn rollback(self, exec: &dyn Exec, conf: &BridgeConf, req: &Request, host: &Netlink) {
@@ -33,6 +38,11 @@ impl Undo {
                 Step::ReleaseIpam => {
                     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
                         eprintln!("plugnet: rollback: release addresses: {}", e.msg);
+                    }
+                }
+                Step::RemoveMasquerade => {
+                    if let Err(e) = super::masq::remove(conf, req) {
+                        eprintln!("plugnet: rollback: {}", e.msg);
                     }
                 }
                 Step::DeleteLink(name) => match host.del_link_by_name(&name).await {

@@ -1,0 +1,577 @@
+//! Driver and router tests over the fake backend: Docker's call sequences (protocols.md B8)
+//! replayed as dockerd sends them, checked by what Docker and the store would see.
+
+use crate::api::*;
+use crate::backend::fake::FakeBackend;
+use crate::driver::{Driver, DriverConfig};
+use crate::server::dispatch;
+use crate::state::Store;
+use serde_json::{json, Value};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    d: Driver<FakeBackend>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Driver::new(
+        DriverConfig::new(dir.path().join("ns")),
+        FakeBackend::default(),
+        Store::open(&dir.path().join("state")).unwrap(),
+    );
+    Env { _dir: dir, d }
+}
+
+fn call(d: &Driver<FakeBackend>, path: &str, body: Value) -> (u16, Value) {
+    let b = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&body).unwrap()
+    };
+    let r = dispatch(d, path, &b);
+    (
+        r.status,
+        serde_json::from_slice(&r.body).expect("every reply is JSON"),
+    )
+}
+
+fn ok(d: &Driver<FakeBackend>, path: &str, body: Value) -> Value {
+    let (s, v) = call(d, path, body);
+    assert_eq!(s, 200, "{path}: {v}");
+    assert!(
+        v.get("Err").is_none() && v.get("Error").is_none(),
+        "{path}: {v}"
+    );
+    v
+}
+
+const NET: &str = "6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a";
+const EP: &str = "e0e1e2e3e4e5e6e7e8e9eaebecedeeefe0e1e2e3e4e5e6e7e8e9eaebecedeeef";
+
+/// `docker network create -d X --ipam-driver X --subnet S`, as dockerd sequences it.
+fn create_network(d: &Driver<FakeBackend>, subnet: &str, generic: Value) -> (String, String) {
+    ok(d, "/Plugin.Activate", Value::Null);
+    ok(d, "/NetworkDriver.GetCapabilities", Value::Null);
+    ok(d, "/IpamDriver.GetCapabilities", Value::Null);
+    ok(d, "/IpamDriver.GetDefaultAddressSpaces", Value::Null);
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"plugnet-local","Pool":subnet,"SubPool":"","Options":{},"V6":false}),
+    );
+    let pool_id = p["PoolID"].as_str().unwrap().to_string();
+    let gw = match p["Data"].get(GATEWAY_OPTION) {
+        Some(g) => g.as_str().unwrap().to_string(),
+        None => ok(
+            d,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "", "Options": {"RequestAddressType": GATEWAY_OPTION}}),
+        )["Address"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    };
+    ok(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: generic, "com.docker.network.enable_ipv6": false},
+               "IPv4Data": [{"AddressSpace":"plugnet-local","Pool": p["Pool"], "Gateway": gw}], "IPv6Data": []}),
+    );
+    (pool_id, gw)
+}
+
+/// `docker run --network N`: RequestAddress, CreateEndpoint, Join.
+fn run_container(d: &Driver<FakeBackend>, pool_id: &str, ep: &str) -> (String, Value) {
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {"com.docker.network.endpoint.name": "c1"}}),
+    );
+    let addr = a["Address"].as_str().unwrap().to_string();
+    let r = ok(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": ep, "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""},
+               "Options": {PORTMAP_OPTION: [], "com.docker.network.endpoint.exposedports": []}}),
+    );
+    let ip: std::net::Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+    let o = ip.octets();
+    let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    assert_eq!(
+        r,
+        json!({"Interface": {"MacAddress": mac}}),
+        "only the MAC Docker left empty is filled (trap 20)"
+    );
+    let j = ok(
+        d,
+        "/NetworkDriver.Join",
+        json!({"NetworkID": NET, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x",
+               "Options": {PORTMAP_OPTION: [{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}),
+    );
+    (addr, j)
+}
+
+fn stop_container(d: &Driver<FakeBackend>, pool_id: &str, ep: &str, addr: &str) {
+    let e = json!({"NetworkID": NET, "EndpointID": ep});
+    ok(d, "/NetworkDriver.RevokeExternalConnectivity", e.clone());
+    ok(d, "/NetworkDriver.Leave", e.clone());
+    ok(d, "/NetworkDriver.DeleteEndpoint", e);
+    let ip = addr.split('/').next().unwrap();
+    ok(
+        d,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": ip}),
+    );
+}
+
+#[test]
+fn derived_network_full_lifecycle_leaves_nothing() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, gw) = create_network(d, "10.60.1.0/24", json!({"plugnet.export": "true"}));
+    assert_eq!(gw, "10.60.1.1/24");
+    assert!(d
+        .backend
+        .exported
+        .lock()
+        .unwrap()
+        .contains_key("pn-10.60.1.0_24"));
+    let (addr, j) = run_container(d, &pool_id, EP);
+    assert_eq!(addr, "10.60.1.2/24");
+    assert_eq!(
+        j["InterfaceName"],
+        json!({"SrcName": "pnje0e1e2e3e4e5", "DstPrefix": "eth"})
+    );
+    assert_eq!(j["Gateway"], "10.60.1.1");
+    assert_eq!(j["DisableGatewayService"], true);
+    // The Docker-chosen address went to the CNI ADD, and the store has it under the endpoint.
+    let att = d.backend.attached.lock().unwrap()[EP].clone();
+    assert_eq!(att.capability_args["ips"], json!(["10.60.1.2/24"]));
+    assert_eq!(
+        att.capability_args["portMappings"],
+        json!([{"hostPort":8080,"containerPort":80,"protocol":"tcp"}])
+    );
+    assert!(att.args.contains(&("IP".into(), "10.60.1.2".into())));
+    assert_eq!(att.conflist["plugins"][0]["type"], "plugnet");
+    let held = d.backend.held_by("pn-10.60.1.0_24");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].1.container_id, EP);
+    // Join again (idempotent) returns the same reply without a second ADD.
+    let j2 = ok(
+        d,
+        "/NetworkDriver.Join",
+        json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}}),
+    );
+    assert_eq!(j, j2);
+    assert_eq!(
+        d.backend
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("attach"))
+            .count(),
+        1
+    );
+
+    stop_container(d, &pool_id, EP, &addr);
+    assert!(d.backend.held_by("pn-10.60.1.0_24").is_empty());
+    assert!(d.backend.attached.lock().unwrap().is_empty());
+    // docker network rm
+    ok(
+        d,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": "10.60.1.1"}),
+    );
+    ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    assert!(d.backend.exported.lock().unwrap().is_empty());
+    let st = d.snapshot();
+    assert!(st.networks.is_empty() && st.pools.is_empty() && st.endpoints.is_empty());
+    for sub in ["networks", "pools", "endpoints"] {
+        assert_eq!(
+            std::fs::read_dir(d.store.root().join(sub)).unwrap().count(),
+            0,
+            "{sub}"
+        );
+    }
+}
+
+#[test]
+fn teardown_is_idempotent_and_accepts_unknown_ids() {
+    let e = env();
+    let d = &e.d;
+    let ep = json!({"NetworkID": NET, "EndpointID": EP});
+    for p in [
+        "/NetworkDriver.Leave",
+        "/NetworkDriver.DeleteEndpoint",
+        "/NetworkDriver.RevokeExternalConnectivity",
+        "/NetworkDriver.EndpointOperInfo",
+    ] {
+        ok(d, p, ep.clone());
+        ok(d, p, ep.clone());
+    }
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": "nope"}));
+    ok(
+        d,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": "nope", "Address": "10.60.0.9"}),
+    );
+}
+
+#[test]
+fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mk = || {
+        Driver::new(
+            DriverConfig::new(dir.path().join("ns")),
+            FakeBackend::default(),
+            Store::open(&dir.path().join("state")).unwrap(),
+        )
+    };
+    let d = mk();
+    let (pool_id, _) = create_network(&d, "10.60.2.0/24", json!({}));
+    let (addr, j) = run_container(&d, &pool_id, EP);
+    drop(d);
+    let d = mk();
+    // Docker does not replay CreateNetwork: the network is known from disk.
+    let j2 = ok(
+        &d,
+        "/NetworkDriver.Join",
+        json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}}),
+    );
+    assert_eq!(j, j2);
+    // A second container after the restart gets the next address, not the held one.
+    let a = ok(
+        &d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    assert_ne!(a["Address"].as_str().unwrap(), addr);
+    stop_container(&d, &pool_id, EP, &addr);
+    assert!(d
+        .backend
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c == &format!("detach {EP}")));
+}
+
+#[test]
+fn reconcile_undoes_interrupted_attach_and_collects_dead_endpoints() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.3.0/24", json!({}));
+    let (_, j) = run_container(d, &pool_id, EP);
+    assert_eq!(d.reconcile(), 0, "a live endpoint is left alone");
+    d.backend
+        .dead
+        .lock()
+        .unwrap()
+        .push(j["InterfaceName"]["SrcName"].as_str().unwrap().into());
+    assert_eq!(d.reconcile(), 1);
+    assert!(d.snapshot().endpoints.is_empty());
+    assert!(
+        d.backend.held_by("pn-10.60.3.0_24").is_empty(),
+        "its address went back"
+    );
+    // Docker's late calls for it still succeed.
+    ok(
+        d,
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": NET, "EndpointID": EP}),
+    );
+}
+
+#[test]
+fn failed_join_is_rolled_back_and_reported_under_err() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.4.0/24", json!({}));
+    *d.backend.fail_attach.lock().unwrap() = Some("bridge exploded".into());
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    let r = ok(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": a["Address"], "MacAddress": "02:00:00:00:00:01"}, "Options": {}}),
+    );
+    assert_eq!(r, json!({}), "Docker's MAC is not echoed");
+    let (s, v) = call(
+        d,
+        "/NetworkDriver.Join",
+        json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}}),
+    );
+    assert_eq!(s, 500);
+    assert!(
+        v["Err"].as_str().unwrap().contains("bridge exploded"),
+        "{v}"
+    );
+    assert!(d.snapshot().endpoints[EP].attachment.is_none());
+}
+
+#[test]
+fn existing_conflist_mode_takes_pool_and_gateway_from_it() {
+    let e = env();
+    let d = &e.d;
+    d.backend.conflists.lock().unwrap().insert(
+        "ref".into(),
+        json!({"cniVersion":"1.0.0","name":"ref","plugins":[{"type":"bridge","ipam":{"type":"host-local",
+            "ranges":[[{"subnet":"10.61.0.0/24","gateway":"10.61.0.254"}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}),
+    );
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"x","Pool":"","SubPool":"","Options":{"cni.network":"ref"},"V6":false}),
+    );
+    assert_eq!(p["Pool"], "10.61.0.0/24");
+    assert_eq!(p["Data"][GATEWAY_OPTION], "10.61.0.254/24");
+    let (s, v) = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: {"cni.network": "ref"}},
+               "IPv4Data": [{"Pool": "10.62.0.0/24", "Gateway": "10.62.0.1/24"}]}),
+    );
+    assert_eq!(s, 500, "a pool outside the conflist is refused: {v}");
+    ok(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: {"cni.network": "ref"}},
+               "IPv4Data": [{"Pool": "10.61.0.0/24", "Gateway": "10.61.0.254/24"}]}),
+    );
+    let (addr, j) = run_container(d, p["PoolID"].as_str().unwrap(), EP);
+    assert_eq!(addr, "10.61.0.1/24");
+    assert_eq!(j["Gateway"], "10.61.0.254");
+    assert_eq!(
+        d.backend.attached.lock().unwrap()[EP].conflist["name"],
+        "ref"
+    );
+}
+
+#[test]
+fn pools_are_refcounted_and_auto_pools_never_repeat() {
+    let e = env();
+    let d = &e.d;
+    let req =
+        json!({"AddressSpace":"a","Pool":"10.60.5.0/24","SubPool":"","Options":{},"V6":false});
+    let a = ok(d, "/IpamDriver.RequestPool", req.clone());
+    let b = ok(d, "/IpamDriver.RequestPool", req.clone());
+    assert_eq!(a, b);
+    let (s, v) = call(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"Pool":"10.60.5.128/25","V6":false}),
+    );
+    assert_eq!(s, 200);
+    assert!(
+        v["Error"].as_str().unwrap().contains("overlaps"),
+        "IPAM errors are under Error: {v}"
+    );
+    let auto = json!({"AddressSpace":"a","Pool":"","SubPool":"","Options":null,"V6":false});
+    let x = ok(d, "/IpamDriver.RequestPool", auto.clone());
+    let y = ok(d, "/IpamDriver.RequestPool", auto);
+    assert_ne!(x["Pool"], y["Pool"], "trap 26");
+    ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": a["PoolID"]}));
+    assert!(
+        d.snapshot()
+            .pools
+            .contains_key(a["PoolID"].as_str().unwrap()),
+        "one reference left"
+    );
+    ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": a["PoolID"]}));
+    assert!(!d
+        .snapshot()
+        .pools
+        .contains_key(a["PoolID"].as_str().unwrap()));
+}
+
+#[test]
+fn requested_addresses_are_exclusive() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.6.0/24", json!({}));
+    let r = |ip: &str| {
+        call(
+            d,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": ip, "Options": {}}),
+        )
+    };
+    assert_eq!(r("10.60.6.7").1["Address"], "10.60.6.7/24");
+    for bad in [
+        "10.60.6.7",
+        "10.60.6.1",
+        "10.60.7.1",
+        "10.60.6.0",
+        "10.60.6.255",
+        "nonsense",
+    ] {
+        let (s, v) = r(bad);
+        assert_eq!(s, 200);
+        assert!(v["Error"].is_string(), "{bad}: {v}");
+    }
+    ok(
+        d,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": "10.60.6.7"}),
+    );
+    assert_eq!(r("10.60.6.7").1["Address"], "10.60.6.7/24");
+}
+
+#[test]
+fn router_errors_and_unknown_methods() {
+    let e = env();
+    let d = &e.d;
+    let (s, v) = call(d, "/NetworkDriver.Bogus", json!({}));
+    assert_eq!(s, 404);
+    assert!(v["Err"].is_string());
+    let r = dispatch(d, "/NetworkDriver.Join", b"{not json");
+    assert_eq!(r.status, 500);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        v["Err"]
+            .as_str()
+            .unwrap()
+            .contains("decode NetworkDriver.Join"),
+        "{v}"
+    );
+    let r = dispatch(d, "/IpamDriver.RequestPool", b"");
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v["Error"].is_string() && v.get("Err").is_none());
+    let v = ok(d, "/Plugin.Activate", Value::Null);
+    assert_eq!(v, json!({"Implements": ["NetworkDriver", "IpamDriver"]}));
+    assert_eq!(
+        ok(d, "/NetworkDriver.GetCapabilities", Value::Null),
+        json!({"Scope": "local", "ConnectivityScope": "local"})
+    );
+    assert_eq!(
+        ok(
+            d,
+            "/NetworkDriver.ProgramExternalConnectivity",
+            json!({"NetworkID":"a","EndpointID":"b","Options":{}})
+        ),
+        json!({})
+    );
+    assert_eq!(
+        ok(
+            d,
+            "/NetworkDriver.DiscoverNew",
+            json!({"DiscoveryType":1,"DiscoveryData":{}})
+        ),
+        json!({})
+    );
+    assert_eq!(
+        ok(
+            d,
+            "/NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID":"a","EndpointID":"b"})
+        ),
+        json!({"Value": {}})
+    );
+    let (s, v) = call(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": "unknown", "EndpointID": EP, "Interface": {}}),
+    );
+    assert_eq!(s, 500);
+    assert!(v["Err"].as_str().unwrap().contains("not known"));
+}
+
+#[test]
+fn existing_conflist_implicit_gateway_is_never_handed_out() {
+    let e = env();
+    let d = &e.d;
+    d.backend.conflists.lock().unwrap().insert(
+        "hl".into(),
+        json!({"cniVersion":"1.0.0","name":"hl","plugins":[{"type":"bridge","ipam":{"type":"host-local",
+            "ranges":[[{"subnet":"10.61.1.0/24"}]]}}]}),
+    );
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"Pool":"","Options":{"cni.network":"hl"},"V6":false}),
+    );
+    assert_eq!(p["Data"][GATEWAY_OPTION], "10.61.1.1/24");
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": p["PoolID"], "Address": "", "Options": {}}),
+    );
+    assert_eq!(a["Address"], "10.61.1.2/24");
+}
+
+#[test]
+fn conflist_pool_overlap_loop_is_stopped() {
+    let e = env();
+    let d = &e.d;
+    d.backend.conflists.lock().unwrap().insert(
+        "hl".into(),
+        json!({"cniVersion":"1.0.0","name":"hl","plugins":[{"type":"bridge","ipam":{"type":"host-local",
+            "ranges":[[{"subnet":"10.61.2.0/24"}]]}}]}),
+    );
+    let req = json!({"Pool":"","Options":{"cni.network":"hl"},"V6":false});
+    ok(d, "/IpamDriver.RequestPool", req.clone());
+    // dockerd found an overlapping host route and asks again while holding the first.
+    let (s, v) = call(d, "/IpamDriver.RequestPool", req);
+    assert_eq!(s, 200);
+    assert!(
+        v["Error"]
+            .as_str()
+            .unwrap()
+            .contains("--subnet 10.61.2.0/24"),
+        "{v}"
+    );
+    // With --subnet the same pool is granted (no overlap check on Docker's side).
+    ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"Pool":"10.61.2.0/24","Options":{"cni.network":"hl"},"V6":false}),
+    );
+}
+
+#[test]
+fn address_stays_docker_held_between_delete_endpoint_and_release() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.7.0/29", json!({}));
+    let (addr, _) = run_container(d, &pool_id, EP);
+    let ep = json!({"NetworkID": NET, "EndpointID": EP});
+    ok(d, "/NetworkDriver.Leave", ep.clone());
+    ok(d, "/NetworkDriver.DeleteEndpoint", ep);
+    // Until ReleaseAddress, the address is Docker's: a new request must get another one.
+    for _ in 0..4 {
+        let a = ok(
+            d,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+        );
+        assert_ne!(a["Address"], addr.as_str());
+    }
+    let (_, v) = call(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    assert!(
+        v["Error"].is_string(),
+        "pool full while Docker holds {addr}: {v}"
+    );
+    ok(
+        d,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": addr.split('/').next().unwrap()}),
+    );
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    assert_eq!(a["Address"], addr.as_str(), "the only free address left");
+}
