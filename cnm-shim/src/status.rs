@@ -418,6 +418,9 @@ mod tests {
             "{m}"
         );
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        // The real counters exist for loopback and are refused for path tricks.
+        assert!(SysfsCounters.traffic("lo").is_some());
+        assert!(SysfsCounters.traffic("../lo").is_none());
     }
 
     #[test]

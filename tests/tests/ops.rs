@@ -673,3 +673,130 @@ fn plugin_logs_to_syslog() {
     );
     assert!(line.contains("added: 10.92.1.2/24"), "{line}");
 }
+
+/// The shim process; SIGTERM (then kill) on drop.
+struct Shim(Child);
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get_unix(sock: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn shim_status_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    for d in ["networks", "endpoints", "pools"] {
+        std::fs::create_dir_all(state.join(d)).unwrap();
+    }
+    std::fs::write(
+        state.join("networks/pnonet1.json"),
+        json!({"version": 1, "id": "pnonet1", "mode": "derived", "cni_name": "pno-shimnet",
+               "subnets": [{"pool": "10.92.2.0/24", "gateway": "10.92.2.1"}]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        state.join("endpoints/pnoep1.json"),
+        json!({"version": 1, "id": "pnoep1", "network_id": "pnonet1",
+               "addresses": ["10.92.2.5/24"]})
+        .to_string(),
+    )
+    .unwrap();
+    let shim = bin("plugnet-shim");
+    let st = state.display().to_string();
+    let status = |extra: &[&str]| {
+        ok(
+            run(Command::new(&shim)
+                .args(["status", "--state-dir", &st])
+                .args(extra)),
+            "plugnet-shim status",
+        )
+    };
+    let v: Value = serde_json::from_str(&status(&["--json"])).unwrap();
+    assert_eq!(v["networks"][0]["cniNetwork"], "pno-shimnet", "{v}");
+    assert_eq!(v["networks"][0]["endpoints"][0]["id"], "pnoep1", "{v}");
+    let text = status(&[]);
+    assert!(
+        text.contains("network pno-shimnet") && text.contains("10.92.2.5/24"),
+        "{text}"
+    );
+    let missing = run(Command::new(&shim).args(["status", "--state-dir", "/nonexistent/pno"]));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--state-dir"));
+
+    // The daemon with a metrics socket, in a private netns.
+    let host = Netns::new("pno-sh");
+    let msock = tmp.path().join("metrics.sock");
+    let name = format!("pnoshim{}", unique());
+    let _shim = Shim(
+        Command::new("ip")
+            .args(["netns", "exec", &host.name])
+            .arg(&shim)
+            .args(["--name", &name, "--state-dir", &st, "--socket-dir"])
+            .arg(tmp.path().join("sock"))
+            .arg("--cni-conf-dir")
+            .arg(tmp.path().join("conf"))
+            .arg("--metrics-listen")
+            .arg(format!("unix:{}", msock.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !msock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no metrics socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = http_get_unix(&msock, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("text/plain; version=0.0.4"), "{m}");
+    assert!(m.contains("plugnet_shim_networks 1"), "{m}");
+    assert!(
+        m.contains("plugnet_shim_endpoints{network=\"pno-shimnet\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("plugnet_network_rx_bytes_total{network=\"pno-shimnet\"} 0"),
+        "{m}"
+    );
+    assert!(http_get_unix(&msock, "/other").starts_with("HTTP/1.1 404"));
+    // A non-loopback listener is refused with the reason.
+    let bad = run(Command::new(&shim).args([
+        "--metrics-listen",
+        "0.0.0.0:9465",
+        "status",
+        "--state-dir",
+        &st,
+    ]));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("loopback"));
+    drop(_shim);
+    assert!(!msock.exists(), "metrics socket left behind");
+}
