@@ -91,6 +91,9 @@ pub struct Link {
     pub alias: Option<String>,
     /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
     pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: for a veth whose peer lives in another namespace, that namespace's
+    /// id as seen from here. `None` when the peer is in this namespace (or the link has none).
+    pub link_netnsid: Option<i32>,
     pub stats: Option<LinkStats>,
 }
 
@@ -110,6 +113,7 @@ impl Link {
                 LinkAttribute::Controller(c) if *c != 0 => l.master = Some(*c),
                 LinkAttribute::Link(i) => l.link = Some(*i),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+                LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(*id),
                 LinkAttribute::Stats64(s) => {
                     l.stats = Some(LinkStats {
                         rx_bytes: s.rx_bytes,
