@@ -482,7 +482,10 @@ impl Netlink {
     /// Moves the link with `index` into the namespace `target`, renamed to `new_name` and down,
     /// in one request (`ip link set <index> down netns <target> name <new_name>`). A veth keeps
     /// its peer: afterwards the moved end's `link` names the peer's index in the peer's
-    /// namespace.
+    /// namespace. The kernel names the link `new_name` as it arrives when its current name is
+    /// taken in the target (the usual `eth0`); otherwise it moves it, then renames it, so if
+    /// `new_name` is taken there the call fails with EEXIST leaving the link in the target
+    /// under its old name.
     pub async fn move_link_to_netns(
         &self,
         index: u32,
