@@ -9,7 +9,7 @@
 //! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
 //! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
 //! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
-//! - [`tc`]: bandwidth shaping (tbf, ifb) through rtnetlink.
+//! - [`tc`]: bandwidth shaping policy (tbf, ifb) over the netlink vocabulary.
 
 pub mod args;
 pub mod bridge;

@@ -364,19 +364,25 @@ fn named_netns_create_replace_remove() {
     use std::os::unix::fs::MetadataExt;
     let mut g = NamedNs::new();
     let dir = g.ns_dir();
-    assert_eq!(propagation(&dir), "shared", "prepare_dir makes a shared mount");
+    assert_eq!(
+        propagation(&dir),
+        "shared",
+        "prepare_dir makes a shared mount"
+    );
     netns::prepare_dir(&dir).unwrap(); // idempotent
     let p = g.path("a");
     netns::create(&p).unwrap();
     assert!(netns::exists(&p));
     let first = Netns::open(&p).unwrap();
     assert!(!first.is_current().unwrap(), "a new namespace, not ours");
-    let ino = |ns: &Netns| std::fs::metadata(format!("/proc/self/fd/{}", {
-        use std::os::fd::AsRawFd;
-        ns.fd().as_raw_fd()
-    }))
-    .unwrap()
-    .ino();
+    let ino = |ns: &Netns| {
+        std::fs::metadata(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            ns.fd().as_raw_fd()
+        }))
+        .unwrap()
+        .ino()
+    };
     // A second create replaces it with a fresh namespace.
     netns::create(&p).unwrap();
     let second = Netns::open(&p).unwrap();
