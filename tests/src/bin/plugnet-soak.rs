@@ -219,7 +219,9 @@ fn main() {
     let (_, ruleset) = sh("nft list ruleset");
     if ruleset.contains("plugnet") {
         let elements: Vec<&str> = ruleset.lines().filter(|l| l.contains("elements")).collect();
-        leaks.push(format!("nftables: table inet plugnet left; element lines: {elements:?}"));
+        leaks.push(format!(
+            "nftables: table inet plugnet left; element lines: {elements:?}"
+        ));
         if let Ok(dump) = std::env::var("PNK_DUMP") {
             let shared = std::fs::read_to_string(fw_dir.join("shared.json")).unwrap_or_default();
             std::fs::write(dump, format!("{ruleset}\n---\n{shared}")).unwrap();
