@@ -8,7 +8,7 @@
 //! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
 //! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
 //! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
-//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
+//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See the README, "Port mappings, egress rules, bandwidth".
 
 mod conntrack;
 pub mod hostfw;
@@ -238,6 +238,13 @@ impl Firewall {
                 Err(e)
             }
         }
+    }
+
+    /// Does the state record this attachment? One `stat`, no lock: lets DEL skip the firewall
+    /// entirely for attachments that never used it.
+    pub fn is_recorded(&self, network: &str, container_id: &str, ifname: &str) -> bool {
+        let key = attachment_key(network, container_id, ifname);
+        self.store.has_attachment(&key)
     }
 
     /// Removes the attachment's rules; success when nothing is recorded or installed.

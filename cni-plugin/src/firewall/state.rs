@@ -148,6 +148,11 @@ impl Store {
         }
     }
 
+    /// Is `key` recorded (its file exists)?
+    pub fn has_attachment(&self, key: &str) -> bool {
+        self.attachment_path(key).exists()
+    }
+
     /// Is any attachment other than `key` recorded? Stops at the first one found.
     pub fn has_other_attachment(&self, key: &str) -> io::Result<bool> {
         let rd = match fs::read_dir(self.attachments_dir()) {
