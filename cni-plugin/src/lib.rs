@@ -10,7 +10,7 @@
 //! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
 //! - [`ops`]: day-two operations (`plugnet ipam ls|release`, `plugnet gc`); [`log`]: plugin logging.
 //! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
-//! - [`tc`]: bandwidth shaping (tbf, ifb) through rtnetlink.
+//! - [`tc`]: bandwidth shaping policy (tbf, ifb) over the netlink vocabulary.
 
 pub mod args;
 pub mod bridge;

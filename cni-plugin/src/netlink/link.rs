@@ -483,6 +483,80 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Moves the link with `index` into the namespace `target`, renamed to `new_name` and down,
+    /// in one request (`ip link set <index> down netns <target> name <new_name>`). A veth keeps
+    /// its peer: afterwards the moved end's `link` names the peer's index in the peer's
+    /// namespace. The kernel names the link `new_name` as it arrives when its current name is
+    /// taken in the target (the usual `eth0`); otherwise it moves it, then renames it, so if
+    /// `new_name` is taken there the call fails with EEXIST leaving the link in the target
+    /// under its old name.
+    pub async fn move_link_to_netns(
+        &self,
+        index: u32,
+        target: BorrowedFd<'_>,
+        new_name: &str,
+    ) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .down()
+            .setns_by_fd(target.as_raw_fd())
+            .name(new_name.to_string())
+            .build();
+        self.exchange(
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            &|| format!("move link {index} to another netns as {new_name}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The links enslaved to the link with `index` (a bridge's ports), one filtered dump.
+    pub async fn ports_of(&self, index: u32) -> Result<Vec<Link>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        // With strict checking (set on every socket here) the kernel filters the dump by master.
+        msg.attributes.push(LinkAttribute::Controller(index));
+        let answers = self
+            .exchange(
+                RouteNetlinkMessage::GetLink(msg),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                &|| format!("list ports of link {index}"),
+            )
+            .await?;
+        Ok(answers
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .filter(|l| l.master == Some(index))
+            .collect())
+    }
+
+    /// Deletes bridge `name` only if no port is enslaved to it. Returns whether it deleted it;
+    /// a missing bridge is `Ok(false)`, a link of another kind an error.
+    pub async fn del_bridge_if_unused(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(br) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        if !br.is_bridge() {
+            return Err(NetlinkError::protocol(
+                format!("delete bridge {name}"),
+                format!(
+                    "link {name} is a {}, not a bridge",
+                    br.kind.as_deref().unwrap_or("device without kind")
+                ),
+            ));
+        }
+        if !self.ports_of(br.index).await?.is_empty() {
+            return Ok(false);
+        }
+        match self.del_link(br.index).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Hairpin mode on a bridge port: frames may leave by the port they came in on.
     pub async fn set_hairpin(&self, port: u32, on: bool) -> Result<(), NetlinkError> {
         let msg = LinkBridgePort::new(port).hairpin(on).build();
