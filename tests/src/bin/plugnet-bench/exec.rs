@@ -65,8 +65,13 @@ pub fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> R
         .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     let mut pipe = child.stdin.take().expect("stdin piped");
     // Configs are a few hundred bytes: well under the pipe buffer, so no feeder thread.
-    pipe.write_all(stdin)
-        .map_err(|e| format!("write stdin of {}: {e}", bin.display()))?;
+    // A plugin may exit without reading stdin (Go's VERSION): EPIPE is not a failure.
+    match pipe.write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(format!("write stdin of {}: {e}", bin.display()));
+        }
+        _ => {}
+    }
     drop(pipe);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     child

@@ -1,4 +1,4 @@
-//! Sequential ADD/CHECK/DEL latency (subjects interleaved per iteration, the starting subject
+//! Sequential ADD/CHECK/DEL latency (and VERSION: the process start-up floor) (subjects interleaved per iteration, the starting subject
 //! rotating) and the concurrency rounds (1..64 simultaneous ADDs then DELs per subject,
 //! verified: every container addressed, addresses distinct, nothing left on the bridge).
 //!
@@ -61,6 +61,11 @@ pub fn sequential(seats: &[Seat], iterations: usize, check: bool) -> Result<Seri
             }
             let runs = sub.del(&a)?;
             s.push(format!("{}.{del}", sub.key), &runs);
+            if check {
+                if let Some(r) = sub.version()? {
+                    s.push(format!("{}.version", sub.key), &[r]);
+                }
+            }
         }
     }
     Ok(s)

@@ -5,7 +5,7 @@
 //! the target lines and the charts.
 //!
 //! Usage: plugnet-bench [--quick] [--iterations N] [--rounds N] [--portmap-n N]
-//!                      [--sections latency,concurrency,portmap] --out FILE
+//!                      [--sections latency,concurrency,portmap] [--store DIR] --out FILE
 //! Needs root. Every object it makes lives in throwaway namespaces named `pnm-*`.
 
 mod exec;
@@ -31,6 +31,8 @@ struct Args {
     portmap_iterations: usize,
     sections: Vec<String>,
     out: PathBuf,
+    /// Where the IPAM stores and firewall state live (ext4 `/var/tmp` by default).
+    store: PathBuf,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,12 +57,16 @@ fn parse_args() -> Result<Args, String> {
         None => return Err("usage: plugnet-bench [--quick] ... --out FILE".into()),
     };
     Ok(Args {
-        iterations: get("--iterations")?.unwrap_or(if quick { 40 } else { 200 }),
+        iterations: get("--iterations")?.unwrap_or(if quick { 30 } else { 200 }),
         rounds: get("--rounds")?.unwrap_or(if quick { 2 } else { 5 }),
         portmap_n: get("--portmap-n")?.unwrap_or(if quick { 100 } else { 500 }),
         portmap_iterations: if quick { 15 } else { 41 },
         sections: sections.split(',').map(String::from).collect(),
         out,
+        store: match argv.iter().position(|a| a == "--store") {
+            Some(i) => PathBuf::from(argv.get(i + 1).ok_or("--store wants a directory")?),
+            None => PathBuf::from("/var/tmp"),
+        },
     })
 }
 
@@ -114,7 +120,7 @@ fn run() -> Result<(), String> {
     let cni_path = format!("{}:{}", bins.display(), plugnet_tests::REFERENCE_PLUGINS);
     let root = tempfile::Builder::new()
         .prefix("pnm-bench-")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(&args.store)
         .map_err(|e| format!("temp dir: {e}"))?;
     let mut report = json!({
         "meta": {"load_before": loadavg(), "plugnet_bin": plugnet_bin,

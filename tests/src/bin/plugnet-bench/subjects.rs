@@ -200,6 +200,23 @@ impl Subject {
         Ok((a, runs))
     }
 
+    /// VERSION (CNI subjects): what a process start costs with no work behind it.
+    pub fn version(&self) -> Result<Option<Run>, String> {
+        match &self.driver {
+            Driver::Cni { bin, .. } => {
+                let call = Call {
+                    command: "VERSION",
+                    id: "",
+                    netns: "",
+                    ifname: "",
+                    cni_path: &self.cni_path,
+                };
+                cni(bin, &call, br#"{"cniVersion":"1.0.0"}"#).map(Some)
+            }
+            Driver::Netavark { .. } => Ok(None),
+        }
+    }
+
     /// CHECK with the ADD result as `prevResult` (CNI subjects only).
     pub fn check(&self, a: &Attached) -> Result<Run, String> {
         match &self.driver {
