@@ -169,6 +169,13 @@ for (label, om, op, peer, tm, tp, r) in table:
               f"{f(tp, ' ms')} | {f(r)} |")
 md.append(f"| peak RSS of one ADD | {f(rss_pn / 1024, ' MB')} | | Go bridge + host-local "
           f"(netavark setup {f(rss_nv / 1024, ' MB')}) | {f(rss_go / 1024, ' MB')} | | {f(r_rss)} |")
+cpu = lat.get("cpu_ms", {})
+for key, label in (("add", "CPU time of one ADD"), ("del", "CPU time of one DEL"),
+                   ("version", "CPU time of VERSION")):
+    a, b = cpu.get(f"plugnet.{key}", []), cpu.get(f"go.{key}", [])
+    if a and b:
+        md.append(f"| {label} | {f(med(a), ' ms')} | {f(p95(a), ' ms')} | Go bridge + host-local | "
+                  f"{f(med(b), ' ms')} | {f(p95(b), ' ms')} | {f(med(a) / med(b))} |")
 for lv in levels:
     if ("plugnet", lv) in conc and ("go", lv) in conc:
         a, b = conc[("plugnet", lv)], conc[("go", lv)]

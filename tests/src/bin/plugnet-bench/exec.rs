@@ -20,6 +20,8 @@ use serde_json::Value;
 pub struct Run {
     pub ms: f64,
     pub rss_kb: u64,
+    /// User + system CPU time of the process and the children it reaped.
+    pub cpu_ms: f64,
     pub stdout: Vec<u8>,
 }
 
@@ -110,8 +112,13 @@ pub fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> R
     Ok(Run {
         ms,
         rss_kb: ru.ru_maxrss as u64,
+        cpu_ms: tv_ms(ru.ru_utime) + tv_ms(ru.ru_stime),
         stdout: out,
     })
+}
+
+fn tv_ms(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3
 }
 
 /// A CNI plugin invocation.

@@ -14,22 +14,25 @@ use serde_json::{json, Value};
 use crate::exec::{enter_netns, Run};
 use crate::subjects::{addresses, Attached, Driver, Subject};
 
-/// Samples by series name (`<subject>.<op>`), in milliseconds, plus peak RSS of each ADD.
+/// Samples by series name (`<subject>.<op>`): wall milliseconds, peak RSS, CPU milliseconds.
 #[derive(Default)]
 pub struct Series {
     pub ms: BTreeMap<String, Vec<f64>>,
     pub rss_kb: BTreeMap<String, Vec<u64>>,
+    pub cpu_ms: BTreeMap<String, Vec<f64>>,
 }
 
 impl Series {
     pub fn push(&mut self, name: String, runs: &[Run]) {
         let ms: f64 = runs.iter().map(|r| r.ms).sum();
         let rss = runs.iter().map(|r| r.rss_kb).max().unwrap_or(0);
+        let cpu: f64 = runs.iter().map(|r| r.cpu_ms).sum();
         self.ms.entry(name.clone()).or_default().push(ms);
+        self.cpu_ms.entry(name.clone()).or_default().push(cpu);
         self.rss_kb.entry(name).or_default().push(rss);
     }
     pub fn to_json(&self) -> Value {
-        json!({"ms": self.ms, "rss_kb": self.rss_kb})
+        json!({"ms": self.ms, "rss_kb": self.rss_kb, "cpu_ms": self.cpu_ms})
     }
 }
 

@@ -242,6 +242,9 @@ fn run() -> Result<(), String> {
                 for (k, v) in peers.rss_kb {
                     m["rss_kb"][k] = json!(v);
                 }
+                for (k, v) in peers.cpu_ms {
+                    m["cpu_ms"][k] = json!(v);
+                }
                 report["latency"] = m;
             }
             if has("concurrency") {
