@@ -179,10 +179,11 @@ for key, label in (("add", "CPU time of one ADD"), ("del", "CPU time of one DEL"
 for lv in levels:
     if ("plugnet", lv) in conc and ("go", lv) in conc:
         a, b = conc[("plugnet", lv)], conc[("go", lv)]
-        md.append(f"| {lv} concurrent ADDs (ops/s) | {med(a['add']):.0f} | | Go | "
-                  f"{med(b['add']):.0f} | | {med(a['add']) / med(b['add']):.2f}× |")
-        md.append(f"| {lv} concurrent DELs (ops/s) | {med(a['del']):.0f} | | Go | "
-                  f"{med(b['del']):.0f} | | {med(a['del']) / med(b['del']):.2f}× |")
+        for op in ("add", "del"):
+            ra, rb = med(a[op]), med(b[op])
+            md.append(f"| {lv} concurrent {op.upper()}s: ops/s (round) | {ra:.0f} "
+                      f"({lv / ra * 1e3:.0f} ms) | | Go | {rb:.0f} ({lv / rb * 1e3:.0f} ms) | | "
+                      f"{ra / rb:.2f}× |")
 for r in ipam_rows:
     pa, ha = r["plugnet_add_ms"], r["host_local_add_ms"]
     md.append(f"| IPAM ADD, {r['allocations']:,} allocated | {f(pa['median'], ' ms')} | "
@@ -208,6 +209,15 @@ if "builtin" in dk:
 if fwlib and pm_src != "CNI":
     md.append("\nPort mappings, plugnet side measured on its firewall library (in-process):\n")
     md.extend("    " + line for line in fwlib.strip().splitlines())
+try:
+    dtxt = open(os.path.join(out, "docker.txt")).read()
+    lat_lines = dtxt.split("handler latency", 1)[1].splitlines()[1:]
+    lat_lines = [x for x in lat_lines if x.startswith("  ")]
+    if lat_lines:
+        md.append("\nplugnet-shim handler latency per method (ms: median / max / count):\n")
+        md.extend("    " + x.strip() for x in lat_lines)
+except (OSError, IndexError):
+    pass
 md.append("\nTargets (issues 2, 3, 4, 6):\n")
 md.extend(f"- {t}" for t in targets)
 text = "\n".join(md) + "\n"
