@@ -25,7 +25,10 @@ done
 OUT=bench-out
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
-cleanup() { for n in $(ip netns list | awk '/^pnm-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done; }
+cleanup() {
+  for n in $(ip netns list | awk '/^pnm-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done
+  rm -rf /var/tmp/pnm-bench-* /dev/shm/pnm-bench-* # stores of a harness that died mid-run
+}
 trap cleanup EXIT
 cleanup
 T0=$(date +%s)
