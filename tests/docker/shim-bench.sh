@@ -21,7 +21,8 @@ time_cd() { # network container -> ms of connect+disconnect
 calc() { awk "BEGIN {printf \"%.3f\\n\", $1}"; }
 
 sleep 2
-printf 'shim idle RSS: %s kB\n' "$(awk '/VmRSS/{print $2}' /proc/$SHIM_PID/status)"
+IDLE_RSS=$(awk '/VmRSS/{print $2}' /proc/$SHIM_PID/status)
+printf 'shim idle RSS: %s kB\n' "$IDLE_RSS"
 refconf "pnsr-$X" "pnsr$X" 10.61.1.0/24
 d network create -d bridge --subnet 10.61.9.0/24 "builtin-$X" >/dev/null
 d network create -d "$NAME" --ipam-driver "$NAME" --subnet 10.61.1.0/24 --ipam-opt "cni.network=pnsr-$X" -o "cni.network=pnsr-$X" "ref-$X" >/dev/null
@@ -48,6 +49,12 @@ for net in "ref-$X" "der-$X"; do
   printf 'ratio vs builtin (%s): run-net %.2f  connect+disconnect %.2f\n' "$net" \
     "$(calc "(${RUN[$net]} - $base) / $b")" "$(calc "${CD[$net]} / ${CD[builtin-$X]}")"
 done
+if [ -n "${BENCH_JSON:-}" ]; then # every sample, for scripts/bench.sh
+  arr() { paste -sd, "$TMP/$1"; }
+  printf '{"rounds":%s,"idle_rss_kb":%s,"run_ms":{"none":[%s],"builtin":[%s],"existing":[%s],"derived":[%s]},"connect_disconnect_ms":{"builtin":[%s],"existing":[%s],"derived":[%s]}}\n' \
+    "$N" "$IDLE_RSS" "$(arr run-none)" "$(arr "run-builtin-$X")" "$(arr "run-ref-$X")" "$(arr "run-der-$X")" \
+    "$(arr "cd-builtin-$X")" "$(arr "cd-ref-$X")" "$(arr "cd-der-$X")" >"$BENCH_JSON"
+fi
 d rm -f "hold-$X" >/dev/null
 d network rm "builtin-$X" "ref-$X" "der-$X" "home-$X" >/dev/null
 ip link del "pnsr$X" 2>/dev/null || true

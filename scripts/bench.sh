@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The benchmark suite: plugnet against Debian's Go plugins, podman's netavark and Docker's
+# builtin bridge, every comparison interleaved (paired) within this one run. Figures only, no
+# timed assertions. Needs root; every object lives in throwaway namespaces (pnm-*, pns-*) or
+# a dockerd of its own.
+#   scripts/bench.sh [--quick] [--no-docker] [--publish]
+#     --quick      fewer iterations (< 3 minutes); same sections
+#     --no-docker  skip the Docker section (it starts its own dockerd)
+#     --publish    copy the table and charts to docs/bench/ (what the README shows)
+# BENCH_STORE=/dev/shm puts the CNI section's IPAM stores on tmpfs (default /var/tmp, ext4).
+# Output: bench-out/bench.json (every sample), bench-out/bench.md (medians, p95, ratios,
+# target lines), bench-out/*.png (charts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK= DOCKER=1 PUBLISH=
+for a in "$@"; do
+  case $a in
+    --quick) QUICK=1 ;;
+    --no-docker) DOCKER= ;;
+    --publish) PUBLISH=1 ;;
+    *) echo "usage: $0 [--quick] [--no-docker] [--publish]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
+OUT=bench-out
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.txt
+cleanup() {
+  for n in $(ip netns list | awk '/^pnm-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done
+  rm -rf /var/tmp/pnm-bench-* /dev/shm/pnm-bench-* # stores of a harness that died mid-run
+}
+trap cleanup EXIT
+cleanup
+T0=$(date +%s)
+PY=/usr/bin/python3 # Debian's, where python3-matplotlib lands (not a pyenv shim)
+$PY -c 'import matplotlib' 2>/dev/null ||
+  { apt-get install -y -q python3-matplotlib >/dev/null 2>&1 || echo "python3-matplotlib missing: no charts"; }
+for p in /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap; do
+  [ -x "$p" ] || { echo "$p missing: apt-get install containernetworking-plugins" >&2; exit 1; }
+done
+echo "== build (release)"
+cargo build --release -q -p plugnet -p plugnet-shim -p plugnet-tests --bins
+B=$PWD/target/release
+
+# The machine, for the table's header.
+{
+  printf '{"date":"%s","kernel":"%s","cpus":%s,"cpu":"%s","mem_kb":%s,"load_start":"%s","quick":%s,"commit":"%s"}\n' \
+    "$(date -u +%FT%TZ)" "$(uname -r)" "$(nproc)" \
+    "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" \
+    "$(awk '/MemTotal/ {print $2}' /proc/meminfo)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    "$([ -n "$QUICK" ] && echo true || echo false)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} >"$OUT/machine.json"
+
+lap() { echo "   ($(($(date +%s) - T0)) s)"; }
+echo "== CNI: latency, dual-stack, RSS, netavark, concurrency, port mappings"
+"$B/plugnet-bench" ${QUICK:+--quick} --store "${BENCH_STORE:-/var/tmp}" --out "$OUT/cni.json"
+
+lap; echo "== IPAM growth (plugnet-ipam vs host-local)"
+"$B/plugnet-bench-ipam" --iterations "$([ -n "$QUICK" ] && echo 8 || echo 60)" \
+  --json "$OUT/ipam.json" >"$OUT/ipam.txt"
+
+if $PY -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["portmap"]["plugnet_supported"] else 1)' "$OUT/cni.json"; then
+  :
+else
+  # This build's plugnet ignores runtimeConfig.portMappings: measure its firewall library
+  # (the code the bridge calls) at the same N instead, and say so in the report.
+  echo "== port mappings: plugnet's firewall library (this plugnet build takes no portMappings)"
+  PNF_BENCH_N=$([ -n "$QUICK" ] && echo 100 || echo 500) PNF_BENCH_NO_PORTMAP=1 \
+    cargo bench -q -p plugnet --bench firewall_scale 2>/dev/null >"$OUT/fwlib.txt" || echo "firewall_scale failed" >&2
+fi
+
+lap
+if [ -n "$DOCKER" ] && command -v dockerd >/dev/null; then
+  echo "== Docker: plugnet-shim vs builtin bridge (own dockerd)"
+  SHIM=$B/plugnet-shim PLUGNET_BIN=$B BENCH_JSON=$PWD/$OUT/docker.json \
+    tests/docker/shim-bench.sh "$([ -n "$QUICK" ] && echo 3 || echo 20)" >"$OUT/docker.txt" 2>&1 ||
+    { echo "Docker section failed:"; tail -20 "$OUT/docker.txt"; }
+fi
+
+echo "== report ($(($(date +%s) - T0)) s so far)"
+$PY scripts/bench-report.py "$OUT"
+if [ -n "$PUBLISH" ]; then
+  mkdir -p docs/bench
+  cp "$OUT"/bench.md "$OUT"/*.png docs/bench/
+  echo "published to docs/bench/"
+fi
+echo "== done in $(($(date +%s) - T0)) s"
