@@ -388,16 +388,32 @@ impl Store for FileStore {
 
     fn sync(&self) -> io::Result<()> {
         let dirty = self.dirty.replace(0);
-        if dirty & DIRTY_OWNER != 0 {
-            sync_dir(&self.owner_dir)?;
+        let dirs: Vec<&Path> = [
+            (DIRTY_OWNER, &self.owner_dir),
+            (DIRTY_IP, &self.ip_dir),
+            (DIRTY_TOP, &self.dir),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| dirty & bit != 0)
+        .map(|(_, d)| d.as_path())
+        .collect();
+        match dirs.as_slice() {
+            [] => Ok(()),
+            [one] => sync_dir(one),
+            // Concurrent fsyncs of directories on one journaling filesystem wait for the same
+            // journal commit: the wall time of one instead of one per directory.
+            [first, rest @ ..] => std::thread::scope(|s| {
+                let others: Vec<_> = rest.iter().map(|d| s.spawn(move || sync_dir(d))).collect();
+                let mut result = sync_dir(first);
+                for h in others {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("fsync thread")));
+                    result = result.and(r);
+                }
+                result
+            }),
         }
-        if dirty & DIRTY_IP != 0 {
-            sync_dir(&self.ip_dir)?;
-        }
-        if dirty & DIRTY_TOP != 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
     }
 }
 
