@@ -33,7 +33,8 @@ fn cni(step: &str, e: FirewallError) -> CniError {
 }
 
 /// The firewall's view of this attachment: the container's addresses (from the result's IPs on
-/// the container interface) behind `host_veth` on the configured bridge.
+/// the container interface) behind `host_veth` on the configured bridge (routed mode: behind
+/// `host_veth` alone, which the firewall reads as a routed attachment).
 pub fn attachment(
     conf: &BridgeConf,
     req: &Request,
@@ -48,7 +49,11 @@ pub fn attachment(
         network: req.config.name.clone(),
         container_id: req.container_id.clone(),
         ifname: req.ifname.clone(),
-        bridge: conf.bridge.clone(),
+        // In routed mode the host veth is the container's own uplink.
+        bridge: match conf.mode {
+            super::config::Mode::Bridge => conf.bridge.clone(),
+            super::config::Mode::Routed => host_veth.to_string(),
+        },
         host_veth: host_veth.to_string(),
         container_ips: result
             .ips

@@ -3,7 +3,8 @@
 //!
 //! This file is orchestration only: configuration lives in [`config`], host veth names in
 //! [`naming`], the IPAM seam in [`ipam`], the container/host setup steps in [`setup`], CHECK in
-//! [`check`], GC in [`gc`]; all kernel work goes through [`crate::netlink`].
+//! [`check`], GC in [`gc`], routed mode (no bridge, /32 + host routes) in [`routed`]; all kernel
+//! work goes through [`crate::netlink`].
 //! Invariants: ADD either completes or undoes every step it took; DEL is idempotent and never
 //! needs the container's namespace (the host veth name derives from the attachment).
 
@@ -13,6 +14,7 @@ pub mod gc;
 pub mod ipam;
 pub mod masq;
 pub mod naming;
+pub mod routed;
 pub mod setup;
 mod undo;
 
@@ -25,7 +27,7 @@ use crate::netns::Netns;
 use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
-use config::BridgeConf;
+use config::{BridgeConf, Mode};
 use undo::Undo;
 
 /// The `plugnet` CNI plugin. `exec` runs delegated IPAM plugins (a fake in tests).
@@ -59,7 +61,10 @@ impl Plugin for BridgePlugin {
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
-        block_on(check::check(&*self.exec, &conf, req))?
+        match conf.mode {
+            Mode::Bridge => block_on(check::check(&*self.exec, &conf, req))?,
+            Mode::Routed => block_on(routed::check(&*self.exec, &conf, req))?,
+        }
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
@@ -69,7 +74,10 @@ impl Plugin for BridgePlugin {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
-        block_on(gc::gc(&*self.exec, &conf, req))?
+        match conf.mode {
+            Mode::Bridge => block_on(gc::gc(&*self.exec, &conf, req))?,
+            Mode::Routed => block_on(routed::gc(&*self.exec, &conf, req))?,
+        }
     }
 }
 
@@ -96,7 +104,11 @@ async fn add(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<CniRes
     }
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
-    match add_steps(exec, conf, req, &ns, &host, &mut undo).await {
+    let added = match conf.mode {
+        Mode::Bridge => add_steps(exec, conf, req, &ns, &host, &mut undo).await,
+        Mode::Routed => routed::add_steps(exec, conf, req, &ns, &host, &mut undo).await,
+    };
+    match added {
         Ok(result) => Ok(result),
         Err(e) => {
             undo.rollback(exec, conf, req, &host).await;
@@ -142,8 +154,8 @@ async fn add_steps(
     ))
 }
 
-/// DEL: release the addresses first, then the masquerading rules, then delete the host veth
-/// (its peer goes with it).
+/// DEL (both modes): release the addresses first, then the masquerading rules, then delete the
+/// host veth (its peer and, in routed mode, the host routes through it go with it).
 /// Missing netns, link or lease are success; every failure is collected and reported.
 async fn del(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();

@@ -396,6 +396,7 @@ impl Firewall {
             elems.extend(plan::egress_elems(att));
         }
         elems.extend(plan::member_elems(att));
+        elems.extend(plan::routed_elems(att));
         for c in chains {
             if !nft::chain_exists(&c).map_err(io_err)? {
                 return Err(FirewallError::Check(format!("chain {c} is missing")));
