@@ -210,7 +210,10 @@ fn bridge_only_fields(w: &Wire) -> Vec<&'static str> {
         ("hairpinMode", w.hairpin_mode),
         ("promiscMode", w.promisc_mode),
         ("vlan", w.vlan.is_some_and(|v| v != 0)),
-        ("vlanTrunk", w.vlan_trunk.as_ref().is_some_and(|t| !t.is_empty())),
+        (
+            "vlanTrunk",
+            w.vlan_trunk.as_ref().is_some_and(|t| !t.is_empty()),
+        ),
         ("portIsolation", w.port_isolation),
         ("disableContainerInterface", w.disable_container_interface),
         ("bridge", w.bridge.is_some()),

@@ -54,7 +54,10 @@ pub fn refuse_bridge_only(fields: &[&str]) -> Result<(), CniError> {
             ErrorCode::InvalidConfig,
             format!("{f} has no meaning in routed mode (there is no bridge)"),
         )
-        .details(format!("remove {} or use \"mode\": \"bridge\"", fields.join(", ")))),
+        .details(format!(
+            "remove {} or use \"mode\": \"bridge\"",
+            fields.join(", ")
+        ))),
     }
 }
 
@@ -73,7 +76,10 @@ pub fn plan(ipam: &CniResult) -> (Vec<IpConfig>, Vec<Route>) {
         .collect();
     let mut routes = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
-        if !ips.iter().any(|ip| IpFamily::of(&ip.address.ip()) == family) {
+        if !ips
+            .iter()
+            .any(|ip| IpFamily::of(&ip.address.ip()) == family)
+        {
             continue;
         }
         let hop = next_hop(family);
@@ -504,7 +510,10 @@ mod tests {
                     interface: None,
                 })
                 .collect(),
-            routes: routes.iter().map(|r| Route::to(r.parse().unwrap())).collect(),
+            routes: routes
+                .iter()
+                .map(|r| Route::to(r.parse().unwrap()))
+                .collect(),
             ..CniResult::default()
         }
     }

@@ -64,7 +64,8 @@ impl Netlink {
     ) -> Result<Vec<Neighbour>, NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = family.netlink();
-        msg.header.ifindex = index;
+        // Strict dump checking filters by the NDA_IFINDEX attribute, not the header's index.
+        msg.attributes.push(NeighbourAttribute::IfIndex(index));
         let answers = self
             .exchange(
                 RouteNetlinkMessage::GetNeighbour(msg),
@@ -122,8 +123,10 @@ mod tests {
         assert!(m
             .attributes
             .contains(&NeighbourAttribute::LinkLayerAddress(mac.0.to_vec())));
-        assert!(m.attributes.contains(&NeighbourAttribute::Destination(
-            NeighbourAddress::Inet("169.254.1.1".parse().unwrap())
-        )));
+        assert!(m
+            .attributes
+            .contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                "169.254.1.1".parse().unwrap()
+            ))));
     }
 }

@@ -150,6 +150,7 @@ impl Att {
 /// The throwaway host: a namespace the plugin runs in, plus an IPAM data dir.
 pub struct Host {
     pub ns: Ns,
+    prefix: String,
     handle: Netns,
     pub tag: String,
     pub data_dir: tempfile::TempDir,
@@ -158,10 +159,17 @@ pub struct Host {
 
 impl Host {
     pub fn new(tag: &str) -> Host {
-        let ns = Ns::new(format!("pnb-{tag}-{}", std::process::id()));
+        Host::with_prefix("pnb", tag)
+    }
+
+    /// A host whose namespaces are named `<prefix>-<tag>-<pid>[-c<n>]` (each test file owns one
+    /// prefix).
+    pub fn with_prefix(prefix: &str, tag: &str) -> Host {
+        let ns = Ns::new(format!("{prefix}-{tag}-{}", std::process::id()));
         let handle = Netns::open(ns.path()).unwrap();
         Host {
             ns,
+            prefix: prefix.into(),
             handle,
             tag: tag.into(),
             data_dir: tempfile::Builder::new()
@@ -175,7 +183,12 @@ impl Host {
     /// A fresh container namespace.
     pub fn container(&self) -> Ns {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ns::new(format!("pnb-{}-{}-c{n}", self.tag, std::process::id()))
+        Ns::new(format!(
+            "{}-{}-{}-c{n}",
+            self.prefix,
+            self.tag,
+            std::process::id()
+        ))
     }
 
     /// Runs `bin` with CNI_COMMAND=`cmd` inside the host namespace.
