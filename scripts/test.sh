@@ -33,10 +33,12 @@ fi
 ensure_packages
 
 export CARGO_TERM_COLOR=never
+log=$(mktemp /tmp/plugnet-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
 cargo build --workspace --all-targets
 # Unit tests first (fast, no kernel), then everything else.
-cargo test --workspace --lib --bins
-cargo test --workspace --tests "$@"
+cargo test --workspace --lib --bins 2>&1 | tee -a "$log"
+cargo test --workspace --tests "$@" 2>&1 | tee -a "$log"
 
 # plugnet-shim against a real dockerd of its own (tests/docker/shim-e2e.sh). Mode 2 runs the
 # reference bridge + host-local + portmap; mode 1 derives conflists for the `plugnet` bridge, or
@@ -45,5 +47,19 @@ if [ $# -eq 0 ]; then
   derived_plugin=plugnet
   echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION target/debug/plugnet 2>/dev/null |
     grep -q supportedVersions || derived_plugin=bridge
-  BRIDGE_PLUGIN=$derived_plugin tests/docker/shim-e2e.sh --mode both
+  BRIDGE_PLUGIN=$derived_plugin tests/docker/shim-e2e.sh --mode both 2>&1 | tee -a "$log"
 fi
+
+if [ $# -eq 0 ]; then
+  # Fault injection: 1,000 ADD/DEL cycles at 8-way with random SIGKILLs, then the audit.
+  target/debug/plugnet-soak --cycles 1000 --workers 8 --runner-rounds 40 --max-seconds 300 2>&1 | tee -a "$log"
+  # Every fuzz target for a bounded time on its seed corpus (PLUGNET_SKIP_FUZZ=1 skips).
+  if [ "${PLUGNET_SKIP_FUZZ:-0}" != 1 ]; then
+    scripts/fuzz.sh "${PLUGNET_FUZZ_SECONDS:-15}" 2>&1 | tee -a "$log"
+  fi
+fi
+
+# One closing line for CI: every cargo test, the soak, the shim e2e checks and the fuzz targets.
+cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+other_passed=$(grep -Ec '^(ok   |fuzz: [a-z_]+: )|^soak: [0-9]+ cycles.*leaks: 0' "$log" || true)
+echo "plugnet: $((cargo_passed + other_passed)) passed, 0 failed"

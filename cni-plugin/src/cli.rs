@@ -1,5 +1,6 @@
 //! cli: the `plugnet` command line when it is not run as a CNI plugin (`CNI_COMMAND` unset):
-//! `up`, `down`, `check`, `info`, `metrics`, `list` over [`crate::runner`].
+//! `up`, `down`, `check`, `info`, `metrics`, `list` over [`crate::runner`], and
+//! `firewall reload|ls` over [`crate::firewall`].
 //!
 //! Invariant: [`run`] takes args, environment, stdin, stdout and stderr as parameters and
 //! returns the exit code; only [`main`] touches the real process. JSON goes to stdout, human
@@ -48,6 +49,19 @@ pub enum Command {
     Metrics(IdArgs),
     /// Every container and its networks.
     List(ListArgs),
+    /// plugnet's nftables rules (`--state-dir` is the firewall state dir here, default
+    /// /var/lib/plugnet/firewall).
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Re-apply every rule plugnet owns from its state (after `nft flush ruleset`, a firewalld
+    /// reload or a Docker restart). Idempotent.
+    Reload,
+    /// The attachments the firewall state records (JSON).
+    Ls,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +142,9 @@ pub fn run(
             return e.exit_code();
         }
     };
+    if let Command::Firewall(fc) = &cli.command {
+        return firewall_command(fc, cli.state_dir, stdout, stderr);
+    }
     let opts = RunnerOptions::from_env(cli.state_dir, getenv);
     let runner = Runner::new(opts, Arc::new(RawExec));
     match dispatch(&runner, cli.command, stdin, stdout) {
@@ -182,8 +199,44 @@ fn dispatch(
             print(stdout, &keyed(&m.networks, |n: &NetworkMetrics| &n.name))?;
         }
         Command::List(a) => list(runner, a.table, stdout)?,
+        Command::Firewall(_) => unreachable!("handled before the runner is built"),
     }
     Ok(0)
+}
+
+/// `plugnet firewall reload|ls`: runs in the caller's network namespace over `state_dir`.
+fn firewall_command(
+    command: &FirewallCommand,
+    state_dir: Option<PathBuf>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    use crate::firewall::{Firewall, Options, DEFAULT_STATE_DIR};
+    let fw = Firewall::new(Options {
+        state_dir: state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        ..Options::default()
+    });
+    let out = match command {
+        FirewallCommand::Reload => fw
+            .reload()
+            .map(|r| json!({"attachments": r.attachments, "bridges": r.bridges})),
+        FirewallCommand::Ls => fw
+            .list()
+            .map(|l| serde_json::to_value(l).expect("attachments serialise")),
+    };
+    match out {
+        Ok(v) => match print(stdout, &v) {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = writeln!(stderr, "plugnet: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            let _ = writeln!(stderr, "plugnet firewall: {e}");
+            1
+        }
+    }
 }
 
 /// `[{name, …}]` as `{name: {…}}`, in order.
@@ -312,7 +365,7 @@ mod tests {
         assert!(err.contains("metrics"), "{err}");
         let (code, out, _) = run_cli(&["--help"], &[], "");
         assert_eq!(code, 0);
-        for sub in ["up", "down", "check", "info", "metrics", "list"] {
+        for sub in ["up", "down", "check", "info", "metrics", "list", "firewall"] {
             assert!(out.contains(sub), "{out}");
         }
     }
@@ -348,6 +401,10 @@ mod tests {
         assert!(err.contains("invalid characters"), "{err}");
         assert_eq!(run_cli(&["down", "--id", "c1"], &env, "").0, 0);
         let (code, out, _) = run_cli(&["list"], &env, "");
+        assert_eq!((code, out.trim()), (0, "[]"));
+        let fw = d.path().join("fw");
+        let fw = fw.to_str().unwrap();
+        let (code, out, _) = run_cli(&["firewall", "ls", "--state-dir", fw], &[], "");
         assert_eq!((code, out.trim()), (0, "[]"));
         let (code, out, _) = run_cli(&["--state-dir", sd, "list", "--table"], &[], "");
         assert_eq!(code, 0);

@@ -8,6 +8,7 @@ use crate::error::CniError;
 use crate::skel::{Command, Request};
 use crate::types::CniResult;
 use std::io::{ErrorKind, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -76,7 +77,23 @@ impl Exec for RawExec {
         // libcni retries "text file busy" (a binary being replaced) a few times.
         let mut attempt = 0;
         let mut child = loop {
-            let spawned = std::process::Command::new(plugin)
+            let mut cmd = std::process::Command::new(plugin);
+            // The plugin dies with its invoker: a runtime killed mid-ADD must not leave an
+            // orphaned ADD that completes after the runtime's cleanup DEL.
+            // SAFETY: prctl and getppid are async-signal-safe system calls.
+            unsafe {
+                let parent = libc::getpid();
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+            let spawned = cmd
                 .env_clear()
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())

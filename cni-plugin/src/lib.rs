@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod cli;
 pub mod error;
 pub mod firewall;
+pub mod fsutil;
 pub mod invoke;
 pub mod ipam;
 pub mod libcni;

@@ -156,7 +156,7 @@ impl CniBackend for RealBackend {
         if ipam_type(&pool.ipam) != PLUGNET_IPAM {
             return Ok(());
         }
-        crate::handoff::transfer_merge(
+        plugnet::ipam::transfer(
             &pool.ipam,
             &pool.cni_network,
             &owner(from),

@@ -9,7 +9,6 @@ pub mod api;
 pub mod backend;
 pub mod cni;
 pub mod driver;
-pub mod handoff;
 pub mod ipam;
 pub mod netns;
 pub mod server;

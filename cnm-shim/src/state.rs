@@ -11,10 +11,10 @@ use ipnetwork::IpNetwork;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// On-disk format version of every state file.
@@ -325,33 +325,8 @@ fn load_dir<T: DeserializeOwned>(dir: &Path, warnings: &mut Vec<String>, mut f: 
 
 /// Write `body` to `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| ctx(e, "create temp file", &tmp))?;
-        f.write_all(body)
-            .map_err(|e| ctx(e, "write temp file", &tmp))?;
-        f.sync_all().map_err(|e| ctx(e, "fsync temp file", &tmp))?;
-        fs::rename(&tmp, path).map_err(|e| ctx(e, "rename into place", path))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    plugnet::fsutil::write_atomic(path, body, mode, plugnet::fsutil::Durability::FileAndDir)
+        .map_err(|e| ctx(e, "write state file", path))
 }
 
 fn ctx(e: io::Error, step: &str, path: &Path) -> io::Error {

@@ -786,6 +786,12 @@ fn bad_input_is_a_clean_error() {
         (json!({"bridge": "a-name-longer-than-15"}), 7),
         (json!({"mtu": "x"}), 6),
         (json!({"macspoofchk": true}), 2),
+        (json!({"netOut": {"default": "sometimes"}}), 7),
+        (json!({"ingressRate": 1000000}), 7),
+        (
+            json!({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}),
+            7,
+        ),
         (json!({"ipam": {"type": "no-such-ipam"}}), 999),
     ] {
         let mut c = base.clone();

@@ -3,6 +3,7 @@
 //! MAC), its addresses and its routes.
 
 use super::config::BridgeConf;
+use super::features::{self, Features};
 use super::{ipam, kernel, naming};
 use crate::error::CniError;
 use crate::invoke::Exec;
@@ -13,7 +14,12 @@ fn failed(msg: impl Into<String>) -> CniError {
     CniError::internal(msg)
 }
 
-pub async fn check(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
+pub async fn check(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
     let prev = req
         .config
         .prev_result
@@ -96,10 +102,6 @@ pub async fn check(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<
         }
     }
 
-    if conf.ip_masq && !prev.ips.is_empty() {
-        super::masq::check(conf, &super::masq::attachment(conf, req, &host_name, prev))?;
-    }
-
     for family in [IpFamily::V4, IpFamily::V6] {
         let wanted: Vec<_> = prev
             .routes
@@ -130,5 +132,5 @@ pub async fn check(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<
             }
         }
     }
-    Ok(())
+    features::check(feats, conf, req, &host, &host_name, prev).await
 }

@@ -1,25 +1,27 @@
-//! GC: release IPAM reservations and delete host veths of attachments not in the valid list.
+//! GC: release IPAM reservations, delete host veths, firewall state and ifb devices of
+//! attachments not in the valid list.
 //! Only veths that are ports of this network's bridge, have plugnet's name shape and carry this
 //! network's owner alias are candidates, so networks sharing a bridge never touch each other.
 
 use std::collections::HashSet;
 
 use super::config::BridgeConf;
+use super::features::{self, Features};
 use super::{ipam, kernel, naming, setup};
 use crate::error::CniError;
 use crate::invoke::Exec;
 use crate::netlink::Netlink;
 use crate::skel::{Command, Request};
 
-pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
+pub async fn gc(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Gc, req) {
         errors.push(format!("IPAM GC: {}", e.msg));
-    }
-    if conf.ip_masq {
-        if let Err(e) = super::masq::gc(conf, req) {
-            errors.push(e.msg);
-        }
     }
     // Without the key there is no list to judge by: leave the links alone.
     if let Some(valid) = &req.config.valid_attachments {
@@ -29,6 +31,18 @@ pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(),
             .collect();
         if let Err(e) = stale_veths(conf, req, &keep).await {
             errors.push(e.msg);
+        }
+        let pairs: Vec<(String, String)> = valid
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        match Netlink::host() {
+            Ok(host) => {
+                if let Err(e) = features::gc(feats, req, &host, &pairs).await {
+                    errors.push(e.msg);
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
         }
     }
     if errors.is_empty() {

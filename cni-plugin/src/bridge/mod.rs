@@ -3,16 +3,17 @@
 //!
 //! This file is orchestration only: configuration lives in [`config`], host veth names in
 //! [`naming`], the IPAM seam in [`ipam`], the container/host setup steps in [`setup`], CHECK in
-//! [`check`], GC in [`gc`], routed mode (no bridge, /32 + host routes) in [`routed`]; all kernel
-//! work goes through [`crate::netlink`].
+//! [`check`], GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`], routed
+//! mode (no bridge, /32 + host routes) in [`routed`]; all kernel work goes through
+//! [`crate::netlink`], [`crate::firewall`] and [`crate::tc`].
 //! Invariants: ADD either completes or undoes every step it took; DEL is idempotent and never
 //! needs the container's namespace (the host veth name derives from the attachment).
 
 pub mod check;
 pub mod config;
+pub mod features;
 pub mod gc;
 pub mod ipam;
-pub mod masq;
 pub mod naming;
 pub mod routed;
 pub mod setup;
@@ -28,6 +29,7 @@ use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
 use config::{BridgeConf, Mode};
+use features::Features;
 use undo::Undo;
 
 /// The `plugnet` CNI plugin. `exec` runs delegated IPAM plugins (a fake in tests).
@@ -51,19 +53,22 @@ impl Plugin for BridgePlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let conf = BridgeConf::from_request(req)?;
         refuse_unbuilt_features(&conf)?;
-        block_on(add(&*self.exec, &conf, req))?
+        let feats = Features::from_request(req, &conf)?;
+        block_on(add(&*self.exec, &conf, &feats, req))?
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
-        block_on(del(&*self.exec, &conf, req))?
+        let feats = Features::from_request(req, &conf)?;
+        block_on(del(&*self.exec, &conf, &feats, req))?
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
+        let feats = Features::from_request(req, &conf)?;
         match conf.mode {
-            Mode::Bridge => block_on(check::check(&*self.exec, &conf, req))?,
-            Mode::Routed => block_on(routed::check(&*self.exec, &conf, req))?,
+            Mode::Bridge => block_on(check::check(&*self.exec, &conf, &feats, req))?,
+            Mode::Routed => block_on(routed::check(&*self.exec, &conf, &feats, req))?,
         }
     }
 
@@ -74,16 +79,23 @@ impl Plugin for BridgePlugin {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
+        let feats = Features::from_request(req, &conf)?;
         match conf.mode {
-            Mode::Bridge => block_on(gc::gc(&*self.exec, &conf, req))?,
-            Mode::Routed => block_on(routed::gc(&*self.exec, &conf, req))?,
+            Mode::Bridge => block_on(gc::gc(&*self.exec, &conf, &feats, req))?,
+            Mode::Routed => block_on(routed::gc(&*self.exec, &conf, &feats, req))?,
         }
     }
 }
 
-/// ADD: bridge, IPAM, veth, port settings, gateway, container side, result. Every step that
-/// creates something registers its undo; on failure the undo list runs in reverse.
-async fn add(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<CniResult, CniError> {
+/// ADD: bridge, IPAM, veth, port settings, gateway, container side, firewall, bandwidth,
+/// result. Every step that creates something registers its undo; on failure the undo list runs
+/// in reverse.
+async fn add(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<CniResult, CniError> {
     let netns_path = req
         .netns
         .as_ref()
@@ -105,8 +117,8 @@ async fn add(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<CniRes
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
     let added = match conf.mode {
-        Mode::Bridge => add_steps(exec, conf, req, &ns, &host, &mut undo).await,
-        Mode::Routed => routed::add_steps(exec, conf, req, &ns, &host, &mut undo).await,
+        Mode::Bridge => add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
+        Mode::Routed => routed::add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
     };
     match added {
         Ok(result) => Ok(result),
@@ -120,6 +132,7 @@ async fn add(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<CniRes
 async fn add_steps(
     exec: &dyn Exec,
     conf: &BridgeConf,
+    feats: &Features,
     req: &Request,
     ns: &Netns,
     host: &Netlink,
@@ -140,40 +153,49 @@ async fn add_steps(
     if conf.is_gateway {
         setup::gateways_on_bridge(conf, host, &br, &result).await?;
     }
-    if conf.ip_masq && !result.ips.is_empty() {
-        masq::apply(conf, &masq::attachment(conf, req, &host_name, &result))?;
-        undo.remove_masquerade();
-    }
     if !conf.disable_container_interface {
         let container = Netlink::in_open_netns(ns).map_err(kernel)?;
         setup::container(conf, &container, pair.peer_index, &mut result).await?;
     }
 
-    Ok(setup::result(
-        conf, req, &br, &pair, &host_name, mtu, result,
-    ))
+    let result = setup::result(conf, req, &br, &pair, &host_name, mtu, result);
+
+    if let Some(att) = feats.attachment(conf, req, &host_name, &result)? {
+        let fw = feats.firewall();
+        features::apply_firewall(&fw, &att)?;
+        undo.remove_firewall(fw, att);
+    }
+    if let Some(bw) = &feats.bandwidth {
+        let ifb = features::ifb(req);
+        undo.remove_shaping(host_name.clone(), ifb.clone());
+        features::apply_bandwidth(host, &host_name, &ifb, bw).await?;
+    }
+    Ok(result)
 }
 
-/// DEL (both modes): release the addresses first, then the masquerading rules, then delete the
-/// host veth (its peer and, in routed mode, the host routes through it go with it).
-/// Missing netns, link or lease are success; every failure is collected and reported.
-async fn del(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
+/// DEL (both modes): release the addresses first, then the firewall rules and shaping, then
+/// delete the host veth (its peer and, in routed mode, the host routes through it go with it). Missing netns, link, lease or rule are success; every failure
+/// is collected and reported.
+async fn del(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
         errors.push(format!("release addresses: {}", e.msg));
     }
-    if conf.ip_masq {
-        if let Err(e) = masq::remove(conf, req) {
-            errors.push(e.msg);
-        }
-    }
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     match Netlink::host() {
-        Ok(host) => match host.del_link_by_name(&host_name).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => errors.push(e.to_string()),
-        },
+        Ok(host) => {
+            features::del(feats, req, &host, &host_name, &mut errors).await;
+            match host.del_link_by_name(&host_name).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
         Err(e) => errors.push(e.to_string()),
     }
     if errors.is_empty() {
@@ -187,17 +209,13 @@ async fn del(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), Cn
 /// than ignored: a container without the masquerading its network asked for is worse than
 /// no container.
 fn refuse_unbuilt_features(conf: &BridgeConf) -> Result<(), CniError> {
-    // GAP: macspoofchk needs nftables rules plugnet's firewall does not build yet.
-    for (set, field) in [(conf.macspoofchk, "macspoofchk")] {
-        if set {
-            return Err(CniError::new(
-                ErrorCode::UnsupportedField,
-                format!("{field}: true is not supported by this plugnet build"),
-            )
-            .details(format!(
-                "{field} needs plugnet's nftables support; remove the field or set it to false"
-            )));
-        }
+    // GAP: macspoofchk needs a bridge-family table in plugnet's nftables module.
+    if conf.macspoofchk {
+        return Err(CniError::new(
+            ErrorCode::UnsupportedField,
+            "macspoofchk: true is not supported by this plugnet build",
+        )
+        .details("remove the field or set it to false"));
     }
     Ok(())
 }

@@ -15,8 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 use super::config::BridgeConf;
+use super::features::{self, Features};
 use super::undo::Undo;
-use super::{ipam, kernel, masq, naming, setup};
+use super::{ipam, kernel, naming, setup};
 use crate::error::{CniError, ErrorCode};
 use crate::invoke::Exec;
 use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair};
@@ -113,6 +114,7 @@ pub fn plan(ipam: &CniResult) -> (Vec<IpConfig>, Vec<Route>) {
 pub(super) async fn add_steps(
     exec: &dyn Exec,
     conf: &BridgeConf,
+    feats: &Features,
     req: &Request,
     ns: &Netns,
     host: &Netlink,
@@ -166,9 +168,16 @@ pub(super) async fn add_steps(
     }
 
     let result = result(conf, req, &pair, &host_name, mtu, ips, routes, from_ipam);
-    if conf.ip_masq {
-        masq::apply(conf, &masq::attachment(conf, req, &host_name, &result))?;
-        undo.remove_masquerade();
+    // ipMasq, port mappings, egress rules and bandwidth key on the host veth, as in bridge mode.
+    if let Some(att) = feats.attachment(conf, req, &host_name, &result)? {
+        let fw = feats.firewall();
+        features::apply_firewall(&fw, &att)?;
+        undo.remove_firewall(fw, att);
+    }
+    if let Some(bw) = &feats.bandwidth {
+        let ifb = features::ifb(req);
+        undo.remove_shaping(host_name.clone(), ifb.clone());
+        features::apply_bandwidth(host, &host_name, &ifb, bw).await?;
     }
     Ok(result)
 }
@@ -303,8 +312,13 @@ fn failed(msg: impl Into<String>) -> CniError {
 
 /// CHECK in routed mode: IPAM reservation, host veth (up, unbridged, peer of the container
 /// interface), one host route per address through it, the container's /32s, routes and
-/// permanent next-hop neighbours, masquerading.
-pub async fn check(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
+/// permanent next-hop neighbours, firewall rules and shaping.
+pub async fn check(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
     let prev = req
         .config
         .prev_result
@@ -442,24 +456,21 @@ pub async fn check(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<
             }
         }
     }
-    if conf.ip_masq && !prev.ips.is_empty() {
-        masq::check(conf, &masq::attachment(conf, req, &host_name, prev))?;
-    }
-    Ok(())
+    features::check(feats, conf, req, &host, &host_name, prev).await
 }
 
-/// GC in routed mode: IPAM and masquerading as in bridge mode; host veths that are unbridged,
-/// have plugnet's name shape and this network's owner alias and are not in the valid list are
-/// deleted (their host routes go with them).
-pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(), CniError> {
+/// GC in routed mode: IPAM, firewall state and ifb devices as in bridge mode; host veths that
+/// are unbridged, have plugnet's name shape and this network's owner alias and are not in the
+/// valid list are deleted (their host routes go with them).
+pub async fn gc(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Gc, req) {
         errors.push(format!("IPAM GC: {}", e.msg));
-    }
-    if conf.ip_masq {
-        if let Err(e) = masq::gc(conf, req) {
-            errors.push(e.msg);
-        }
     }
     if let Some(valid) = &req.config.valid_attachments {
         let keep: std::collections::HashSet<String> = valid
@@ -467,6 +478,10 @@ pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(),
             .map(|a| naming::host_veth_name(&a.container_id, &a.ifname))
             .collect();
         let owner = setup::owner_alias(&req.config.name);
+        let pairs: Vec<(String, String)> = valid
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
         match Netlink::host() {
             Ok(host) => match host.links().await {
                 Ok(links) => {
@@ -482,6 +497,9 @@ pub async fn gc(exec: &dyn Exec, conf: &BridgeConf, req: &Request) -> Result<(),
                             Err(e) if e.is_not_found() => {}
                             Err(e) => errors.push(e.to_string()),
                         }
+                    }
+                    if let Err(e) = features::gc(feats, req, &host, &pairs).await {
+                        errors.push(e.msg);
                     }
                 }
                 Err(e) => errors.push(e.to_string()),

@@ -2,6 +2,7 @@
 
 use super::config::BridgeConf;
 use super::ipam;
+use crate::firewall::{Attachment, Firewall};
 use crate::invoke::Exec;
 use crate::netlink::Netlink;
 use crate::skel::{Command, Request};
@@ -9,7 +10,8 @@ use crate::skel::{Command, Request};
 enum Step {
     ReleaseIpam,
     DeleteLink(String),
-    RemoveMasquerade,
+    RemoveFirewall(Box<(Firewall, Attachment)>),
+    RemoveShaping { host_veth: String, ifb: String },
 }
 
 #[derive(Default)]
@@ -26,8 +28,12 @@ impl Undo {
         self.steps.push(Step::DeleteLink(name));
     }
 
-    pub fn remove_masquerade(&mut self) {
-        self.steps.push(Step::RemoveMasquerade);
+    pub fn remove_firewall(&mut self, fw: Firewall, att: Attachment) {
+        self.steps.push(Step::RemoveFirewall(Box::new((fw, att))));
+    }
+
+    pub fn remove_shaping(&mut self, host_veth: String, ifb: String) {
+        self.steps.push(Step::RemoveShaping { host_veth, ifb });
     }
 
     /// Runs every registered undo, newest first. Failures are logged, not returned: the
@@ -40,9 +46,15 @@ impl Undo {
                         eprintln!("plugnet: rollback: release addresses: {}", e.msg);
                     }
                 }
-                Step::RemoveMasquerade => {
-                    if let Err(e) = super::masq::remove(conf, req) {
-                        eprintln!("plugnet: rollback: {}", e.msg);
+                Step::RemoveFirewall(b) => {
+                    let (fw, a) = *b;
+                    if let Err(e) = fw.remove(&a.network, &a.container_id, &a.ifname) {
+                        eprintln!("plugnet: rollback: remove firewall rules: {e}");
+                    }
+                }
+                Step::RemoveShaping { host_veth, ifb } => {
+                    if let Err(e) = crate::tc::remove(host.handle(), &host_veth, &ifb).await {
+                        eprintln!("plugnet: rollback: remove bandwidth: {e}");
                     }
                 }
                 Step::DeleteLink(name) => match host.del_link_by_name(&name).await {

@@ -8,7 +8,7 @@
 //! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
 //! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
 //! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
-//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
+//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See the README, "Port mappings, egress rules, bandwidth".
 
 mod conntrack;
 pub mod hostfw;
@@ -203,8 +203,17 @@ impl Firewall {
                 }));
                 route_localnet_was = Some(was);
             }
-            nft::run(&ops).map_err(nft_err("apply attachment"))?;
-            // Record.
+            // Record first: a process killed right after the commit must leave a record that
+            // DEL finds (DEL of a record whose rules never landed is harmless: ENOENT per op).
+            self.store
+                .save_attachment(&key, att)
+                .map_err(state_err("write attachment"))?;
+            if let Err(e) = nft::run(&ops) {
+                let _ = self.store.delete_attachment(&key);
+                return Err(nft_err("apply attachment")(e));
+            }
+            // The counters are a cache of the attachment files (decisions that reach zero are
+            // confirmed against the files), so a kill before this write loses nothing.
             shared.attachments += 1;
             let b = shared.bridges.entry(att.bridge.clone()).or_default();
             b.refs += 1;
@@ -212,17 +221,9 @@ impl Firewall {
                 b.portmap_refs += 1;
                 b.route_localnet_was = route_localnet_was;
             }
-            let saved = self
-                .store
-                .save_attachment(&key, att)
-                .and_then(|()| self.store.save_shared(&shared))
-                .map_err(state_err("write state"));
-            if let Err(e) = saved {
-                let _ = self.store.delete_attachment(&key);
-                let edges_back = edges.clone();
-                let _ = nft::run(&plan::detach_ops(att, &key, &edges_back));
-                return Err(e);
-            }
+            self.store
+                .save_shared(&shared)
+                .map_err(state_err("write state"))?;
             Ok(())
         })();
         match result {
@@ -237,6 +238,13 @@ impl Firewall {
                 Err(e)
             }
         }
+    }
+
+    /// Does the state record this attachment? One `stat`, no lock: lets DEL skip the firewall
+    /// entirely for attachments that never used it.
+    pub fn is_recorded(&self, network: &str, container_id: &str, ifname: &str) -> bool {
+        let key = attachment_key(network, container_id, ifname);
+        self.store.has_attachment(&key)
     }
 
     /// Removes the attachment's rules; success when nothing is recorded or installed.
@@ -263,31 +271,52 @@ impl Firewall {
 
     fn remove_locked(&self, key: &str, att: &Attachment) -> Result<(), FirewallError> {
         let mut errors = Vec::new();
-        let mut shared = self
+        let before = self
             .store
             .load_shared()
             .map_err(state_err("read shared state"))?;
-        let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
+        let counted = before.bridges.get(&att.bridge).cloned().unwrap_or_default();
+        // What is left without this attachment. The counters are a cache: when one of them is
+        // about to reach zero (last attachment, bridge or port-mapping user), the attachment
+        // files decide — a directory scan, only then.
+        let reaches_zero = before.attachments <= 1
+            || counted.refs <= 1
+            || (!att.port_mappings.is_empty() && counted.portmap_refs <= 1);
+        let shared = if reaches_zero {
+            let others: Vec<(String, Attachment)> = self
+                .store
+                .all_attachments()
+                .map_err(state_err("read attachments"))?
+                .into_iter()
+                .filter(|(k, _)| k != key)
+                .collect();
+            recount(&others, &before)
+        } else {
+            let mut s = before.clone();
+            s.attachments -= 1;
+            if let Some(b) = s.bridges.get_mut(&att.bridge) {
+                b.refs -= 1;
+                if !att.port_mappings.is_empty() {
+                    b.portmap_refs -= 1;
+                }
+            }
+            s
+        };
+        let left = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
         let edges = SharedEdges {
-            bridge_portmap: !att.port_mappings.is_empty() && bridge.portmap_refs <= 1,
+            bridge_portmap: !att.port_mappings.is_empty() && left.portmap_refs == 0,
         };
         let table = nft::table_exists().unwrap_or(true);
         if table {
-            // The last attachment takes the whole table with it. The counter is a cache: when it
-            // says "last", the attachment files confirm (a directory scan, only then).
-            let last = shared.attachments <= 1
-                && !self
-                    .store
-                    .has_other_attachment(key)
-                    .map_err(state_err("read attachments"))?;
-            let ops = if last {
+            let ops = if shared.attachments == 0 {
                 vec![Op::DelTable]
             } else {
                 plan::detach_ops(att, key, &edges)
             };
             if let Err(e) = nft::run(&ops) {
                 if e.source.raw_os_error() == Some(libc::ENOENT) {
-                    // Partly gone already (someone deleted rules by hand): delete what is left.
+                    // Partly gone already (someone deleted rules by hand, or the ADD that
+                    // recorded this attachment died before its commit): delete what is left.
                     for op in &ops {
                         match nft::run(std::slice::from_ref(op)) {
                             Err(e) if e.source.raw_os_error() != Some(libc::ENOENT) => {
@@ -301,39 +330,30 @@ impl Firewall {
                 }
             }
         }
-        // Shared bookkeeping.
-        shared.attachments = shared.attachments.saturating_sub(1);
-        let mut bridge_gone = false;
-        if let Some(b) = shared.bridges.get_mut(&att.bridge) {
-            b.refs = b.refs.saturating_sub(1);
-            if !att.port_mappings.is_empty() {
-                b.portmap_refs = b.portmap_refs.saturating_sub(1);
-                if b.portmap_refs == 0 {
-                    if let Some(was) = b.route_localnet_was.take() {
-                        if let Err(e) = set_route_localnet(&att.bridge, &was) {
-                            // The bridge may be gone already: nothing to restore then.
-                            if !matches!(&e, FirewallError::Sysctl { source, .. } if source.kind() == io::ErrorKind::NotFound)
-                            {
-                                errors.push(e);
-                            }
-                        }
+        if !att.port_mappings.is_empty() && left.portmap_refs == 0 {
+            if let Some(was) = counted.route_localnet_was.clone() {
+                if let Err(e) = set_route_localnet(&att.bridge, &was) {
+                    // The bridge may be gone already: nothing to restore then.
+                    if !matches!(&e, FirewallError::Sysctl { source, .. } if source.kind() == io::ErrorKind::NotFound)
+                    {
+                        errors.push(e);
                     }
                 }
             }
-            if b.refs == 0 {
-                shared.bridges.remove(&att.bridge);
-                bridge_gone = true;
-            }
         }
+        let bridge_gone = left.refs == 0;
         if bridge_gone && self.opts.host_firewall {
             if let Err(e) = hostfw::sync(&active_bridges(&shared).into_iter().collect::<Vec<_>>()) {
                 errors.push(e);
             }
         }
+        // Counters first, then the record: a kill in between leaves a counter one too low,
+        // which the next decision that reaches zero corrects from the files; a counter one
+        // too high would make the last DEL keep the table.
         if let Err(e) = self
             .store
-            .delete_attachment(key)
-            .and_then(|()| self.store.save_shared(&shared))
+            .save_shared(&shared)
+            .and_then(|()| self.store.delete_attachment(key))
         {
             errors.push(state_err("write state")(e));
         }
@@ -464,6 +484,9 @@ impl Firewall {
         check_cni_name("network name", network)?;
         let atts = {
             let _lock = self.store.lock().map_err(state_err("lock state"))?;
+            self.store
+                .sweep_temporaries()
+                .map_err(state_err("sweep temporaries"))?;
             self.store
                 .all_attachments()
                 .map_err(state_err("read attachments"))?

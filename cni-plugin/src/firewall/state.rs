@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -148,6 +148,11 @@ impl Store {
         }
     }
 
+    /// Is `key` recorded (its file exists)?
+    pub fn has_attachment(&self, key: &str) -> bool {
+        self.attachment_path(key).exists()
+    }
+
     /// Is any attachment other than `key` recorded? Stops at the first one found.
     pub fn has_other_attachment(&self, key: &str) -> io::Result<bool> {
         let rd = match fs::read_dir(self.attachments_dir()) {
@@ -164,6 +169,14 @@ impl Store {
             }
         }
         Ok(false)
+    }
+
+    /// Remove temporary files of writers killed before their rename. Returns how many.
+    pub fn sweep_temporaries(&self) -> io::Result<usize> {
+        Ok(
+            crate::fsutil::sweep_dead_temporaries(&self.attachments_dir())?
+                + crate::fsutil::sweep_dead_temporaries(&self.dir)?,
+        )
     }
 
     /// Every recorded attachment with its key, sorted by key.
@@ -198,31 +211,16 @@ fn check_version(v: u32) -> io::Result<()> {
     }
 }
 
-/// temp file (0600) -> write -> fsync (when `durable`) -> rename. The directory is not fsynced:
-/// the records describe kernel objects that a reboot removes anyway, so only atomicity matters
-/// (a reader sees the old or the new file, never a torn one).
-pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
-    }
-    fs::rename(&tmp, path)
+/// The records describe kernel objects that a reboot removes anyway, so only atomicity and
+/// (for attachments) the file's own data matter: no directory fsync on the ADD path.
+fn write_atomic(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+    use crate::fsutil::{self, Durability};
+    let durability = if durable {
+        Durability::File
+    } else {
+        Durability::Atomic
+    };
+    fsutil::write_atomic(path, data, 0o600, durability)
 }
 
 #[cfg(test)]

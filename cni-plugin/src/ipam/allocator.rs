@@ -299,39 +299,35 @@ pub fn check<S: Store>(store: &S, owner: &Owner) -> Result<Record, CniError> {
     Ok(record)
 }
 
-/// Move `from`'s addresses to `to` (e.g. a reservation made before the endpoint id was known).
+/// Move `from`'s live addresses to `to`, which then holds them, together with any it already
+/// holds, as `hold`. A dual-stack Docker endpoint receives its IPv4 and its IPv6 placeholder
+/// one after the other, so the target may already hold addresses.
 pub fn transfer<S: Store>(store: &S, from: &Owner, to: &Owner, hold: Hold) -> Result<(), CniError> {
     let guard = store.lock().map_err(store_err("lock"))?;
     let result = (|| -> Result<(), CniError> {
-        let rec = store
-            .record(from)
-            .map_err(store_err("read record"))?
-            .ok_or_else(|| CniError::internal(format!("{} holds no addresses", from.key())))?;
-        if let Some(existing) = store.record(to).map_err(store_err("read record"))? {
-            for ip in existing.ips {
-                if store.holder(ip).map_err(store_err("read claim"))?.as_ref() == Some(to) {
-                    return Err(CniError::internal(format!(
-                        "{} already holds {ip}",
-                        to.key()
-                    )));
-                }
-            }
+        let moving = live_ips(store, from)?;
+        if moving.is_empty() {
+            return Err(CniError::internal(format!(
+                "{} holds no addresses",
+                from.key()
+            )));
         }
-        let mut ips = Vec::new();
-        for ip in &rec.ips {
-            if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() == Some(from) {
+        let mut ips = live_ips(store, to)?;
+        for ip in &moving {
+            if !ips.contains(ip) {
                 ips.push(*ip);
             }
         }
+        // Same order as ADD: the target's record first, then the claims, the source last.
         store
             .put_record(&Record {
                 owner: to.clone(),
                 hold,
-                ips: ips.clone(),
+                ips,
                 since: now(),
             })
             .map_err(store_err("write record"))?;
-        for ip in ips {
+        for ip in moving {
             store
                 .reassign(ip, to)
                 .map_err(store_err("reassign claim"))?;
@@ -343,6 +339,19 @@ pub fn transfer<S: Store>(store: &S, from: &Owner, to: &Owner, hold: Hold) -> Re
     drop(guard);
     result?;
     store.sync().map_err(store_err("sync"))
+}
+
+/// The addresses `owner`'s record names that it still has claimed.
+fn live_ips<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+    let mut ips = Vec::new();
+    if let Some(rec) = store.record(owner).map_err(store_err("read record"))? {
+        for ip in rec.ips {
+            if store.holder(ip).map_err(store_err("read claim"))?.as_ref() == Some(owner) {
+                ips.push(ip);
+            }
+        }
+    }
+    Ok(ips)
 }
 
 /// Reservations older than this are abandoned hand-offs and GC may take them back.
@@ -526,12 +535,36 @@ mod tests {
         assert_eq!(addr(&got), ["10.0.0.2/24"]);
         transfer(&s, &pending, &o("ep1"), Hold::Reserved).unwrap();
         assert!(s.record(&pending).unwrap().is_none());
+        assert!(
+            transfer(&s, &pending, &o("ep1"), Hold::Reserved).is_err(),
+            "nothing left to move"
+        );
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
         let adopted = allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).unwrap();
         assert_eq!(addr(&adopted), ["10.0.0.2/24"]);
         assert_eq!(check(&s, &o("ep1")).unwrap().hold, Hold::Attached);
         // Now attached: a second ADD is a duplicate.
         assert!(allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).is_err());
+    }
+
+    #[test]
+    fn dual_stack_placeholders_merge_into_one_owner() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]]}));
+        let (p4, p6) = (
+            Owner::new("docker-a", "reserved"),
+            Owner::new("docker-b", "reserved"),
+        );
+        let v4 = allocate(&s, &r[..1], &p4, &[], Hold::Reserved).unwrap();
+        let v6 = allocate(&s, &r[1..], &p6, &[], Hold::Reserved).unwrap();
+        transfer(&s, &p4, &o("ep"), Hold::Reserved).unwrap();
+        transfer(&s, &p6, &o("ep"), Hold::Reserved).unwrap();
+        let rec = s.record(&o("ep")).unwrap().unwrap();
+        assert_eq!(rec.ips, vec![v4[0].address.ip(), v6[0].address.ip()]);
+        // The endpoint's ADD adopts both.
+        let got = allocate(&s, &r, &o("ep"), &[], Hold::Attached).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(s.records().unwrap().len(), 1);
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub fn reserve(
     Ok(got[0].address)
 }
 
-/// Move `from`'s addresses to `to`, which then holds them as `hold`.
+/// Move `from`'s addresses to `to`, which then holds them (and any it already held) as `hold`.
 pub fn transfer(
     ipam_conf: &Value,
     network: &str,

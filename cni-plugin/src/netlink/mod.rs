@@ -74,6 +74,12 @@ impl Netlink {
         })
     }
 
+    /// The underlying rtnetlink handle, for crate modules that speak tc through the same
+    /// connection (see [`crate::tc`]); nothing else should build messages on it.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// How many requests this connection has sent (each is one kernel round trip).
     pub fn requests_sent(&self) -> u32 {
         self.sent.load(Ordering::Relaxed)

@@ -178,6 +178,10 @@ impl StateDir {
         validate::container_id(&state.container_id)?;
         let path = self.container_path(&state.container_id);
         if state.networks.is_empty() {
+            // The container is gone: also take what writers killed mid-write left behind.
+            for sub in ["containers", "results"] {
+                let _ = crate::fsutil::sweep_dead_temporaries(&self.root.join(sub));
+            }
             return match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(CniError::io(format!("remove {}: {e}", path.display())))

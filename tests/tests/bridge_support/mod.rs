@@ -162,8 +162,7 @@ impl Host {
         Host::with_prefix("pnb", tag)
     }
 
-    /// A host whose namespaces are named `<prefix>-<tag>-<pid>[-c<n>]` (each test file owns one
-    /// prefix).
+    /// A host whose namespaces are named `<prefix>-<tag>-<pid>[-c<n>]`.
     pub fn with_prefix(prefix: &str, tag: &str) -> Host {
         let ns = Ns::new(format!("{prefix}-{tag}-{}", std::process::id()));
         let handle = Netns::open(ns.path()).unwrap();

@@ -1,0 +1,550 @@
+//! Black-box tests of the bridge plugin's features (issue 6): port mappings, egress rules,
+//! bandwidth, ipMasq, CHECK, `plugnet firewall reload`, and chaining with the reference
+//! portmap — the real `plugnet` binary run the way a runtime runs it, real traffic between
+//! namespaces. Every test owns its "host" namespace (so nftables/iptables rules and sysctls
+//! never touch the machine's real host), an "outside" namespace routed to it, and its
+//! containers; all are removed on drop, also on failure.
+//! Names: netns `pnx-<tag>-<pid>[-c<n>]`, links `pnx…`; subnets 10.100-10.109.x.
+
+mod bridge_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_support::*;
+use plugnet::netns::Netns;
+use serde_json::{json, Value};
+
+fn need_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "feature tests need root (network namespaces, nftables, tc)"
+    );
+}
+
+/// The test's world: host namespace (plugin runs here), an "outside" namespace routed to it
+/// over `pnxo<n>` (host 10.101.<n>.1, outside 10.101.<n>.2), a firewall state dir.
+struct World {
+    host: Host,
+    outside: Ns,
+    n: u8,
+    fw_dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(tag: &str, n: u8) -> World {
+        let host = Host::with_prefix("pnx", tag);
+        let outside = Ns::new(format!("pnx-{tag}-{}-out", std::process::id()));
+        let (h, o) = (format!("pnxo{n}h"), format!("pnxo{n}o"));
+        host.ns.sh(&[
+            "ip",
+            "link",
+            "add",
+            &h,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &o,
+            "netns",
+            &outside.name,
+        ]);
+        host.ns
+            .sh(&["ip", "addr", "add", &format!("10.101.{n}.1/24"), "dev", &h]);
+        host.ns.sh(&["ip", "link", "set", &h, "up"]);
+        host.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        outside.sh(&["ip", "addr", "add", &format!("10.101.{n}.2/24"), "dev", &o]);
+        outside.sh(&["ip", "link", "set", &o, "up"]);
+        outside.sh(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.101.{n}.1"),
+        ]);
+        World {
+            host,
+            outside,
+            n,
+            fw_dir: tempfile::Builder::new()
+                .prefix("pnx-fw-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn host_ip(&self) -> String {
+        format!("10.101.{}.1", self.n)
+    }
+    fn outside_ip(&self) -> String {
+        format!("10.101.{}.2", self.n)
+    }
+
+    /// A plugnet config on bridge `pnxbr<n>`, 10.100.<n>.0/24, with `extra` merged in.
+    fn conf(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.0.0",
+            "name": format!("pnxnet{}", self.n),
+            "type": "plugnet",
+            "bridge": format!("pnxbr{}", self.n),
+            "isDefaultGateway": true,
+            "firewallStateDir": self.fw_dir.path(),
+            "ipam": {
+                "type": "plugnet-ipam",
+                "dataDir": self.host.data_dir.path(),
+                "ranges": [[{"subnet": format!("10.100.{}.0/24", self.n)}]],
+            }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    /// ADD a fresh container; returns (namespace, attachment, result).
+    fn add(&self, conf: &Value, id: &str) -> (Ns, Att, Value) {
+        let ctr = self.host.container();
+        let att = Att::new(id, &ctr.path(), "eth0");
+        let res = self.host.add(conf, &att);
+        (ctr, att, res)
+    }
+
+    fn del(&self, conf: &Value, att: &Att) {
+        self.host.run(&plugnet(), "DEL", conf, Some(att)).ok();
+    }
+
+    /// `plugnet firewall <args>` inside the host namespace.
+    fn firewall(&self, args: &[&str]) -> Out {
+        let mut c = Command::new(plugnet());
+        c.arg("firewall")
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.fw_dir.path())
+            .env_remove("CNI_COMMAND")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.host.spawn_in(c, b"")
+    }
+
+    /// Nothing of plugnet's left in the host namespace: no nft table/chain, no tbf qdisc, no ifb.
+    fn assert_clean(&self) {
+        let rules = self.host.ns.sh(&["nft", "list", "ruleset"]);
+        assert!(!rules.contains("plugnet"), "{rules}");
+        assert!(!rules.contains("chain c-"), "{rules}");
+        let q = self.host.ns.sh(&["tc", "qdisc", "show"]);
+        assert!(!q.contains("tbf"), "{q}");
+        let links = self.host.ns.link_names();
+        assert!(
+            !links.iter().any(|l| l.starts_with("pnb") && l.len() == 15),
+            "{links:?}"
+        );
+        assert!(self.host.plugnet_veths().is_empty());
+    }
+}
+
+fn ip_of(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A TCP or UDP server inside a namespace answering every request with `reply` (or, with
+/// `reply == "peer"`, the peer address it sees); stopped on drop.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn tcp(ns: &Ns, port: u16, reply: &str) -> Server {
+        let l = Netns::open(ns.path())
+            .unwrap()
+            .run(move || TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        l.set_nonblocking(true).unwrap();
+        let reply = reply.to_string();
+        Server::spawn(move || match l.accept() {
+            Ok((mut s, peer)) => {
+                let r = if reply == "peer" {
+                    peer.ip().to_string()
+                } else {
+                    reply.clone()
+                };
+                let _ = s.set_nonblocking(false);
+                let _ = s.write_all(r.as_bytes());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        })
+    }
+
+    fn udp(ns: &Ns, port: u16, reply: &str) -> Server {
+        let s = Netns::open(ns.path())
+            .unwrap()
+            .run(move || UdpSocket::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let reply = reply.to_string();
+        Server::spawn(move || {
+            let mut buf = [0u8; 64];
+            if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(reply.as_bytes(), peer);
+            }
+        })
+    }
+
+    fn spawn(mut step: impl FnMut() + Send + 'static) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                step();
+            }
+        });
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a TCP server at `addr` says to a client in `ns` (None: no answer within 2 s).
+fn tcp_get(ns: &Ns, addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    Netns::open(ns.path())
+        .unwrap()
+        .run(move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .unwrap()
+}
+
+/// What a UDP server at `addr` answers to a client in `ns` (three tries of 1 s).
+fn udp_get(ns: &Ns, addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    Netns::open(ns.path())
+        .unwrap()
+        .run(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            for _ in 0..3 {
+                s.send_to(b"hi", addr).ok()?;
+                let mut buf = [0u8; 64];
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            None
+        })
+        .unwrap()
+}
+
+fn with_runtime(conf: &Value, rc: Value) -> Value {
+    let mut c = conf.clone();
+    c["runtimeConfig"] = rc;
+    c
+}
+
+#[test]
+fn port_mappings_answer_from_everywhere_and_go_away() {
+    need_root();
+    let w = World::new("pm", 1);
+    let conf = with_runtime(
+        &w.conf(json!({})),
+        json!({"portMappings": [
+            {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 18053, "containerPort": 53, "protocol": "udp"}]}),
+    );
+    let plain = w.conf(json!({}));
+    let (ctr, att, res) = w.add(&conf, "pnx-pm-svc");
+    let (nb, nb_att, _) = w.add(&plain, "pnx-pm-nb");
+    let _tcp = Server::tcp(&ctr, 80, "tcp-hello");
+    let _udp = Server::udp(&ctr, 53, "udp-hello");
+    // The mapping's own address answers directly too (sanity of the servers).
+    assert_eq!(
+        tcp_get(&nb, &format!("{}:80", ip_of(&res))).as_deref(),
+        Some("tcp-hello")
+    );
+    let hp = |p: u16| format!("{}:{p}", w.host_ip());
+    for (who, ns) in [
+        ("client", &w.outside),
+        ("host", &w.host.ns),
+        ("neighbour", &nb),
+    ] {
+        assert_eq!(
+            tcp_get(ns, &hp(18080)).as_deref(),
+            Some("tcp-hello"),
+            "tcp from {who}"
+        );
+        assert_eq!(
+            udp_get(ns, &hp(18053)).as_deref(),
+            Some("udp-hello"),
+            "udp from {who}"
+        );
+    }
+    assert_eq!(
+        tcp_get(&w.host.ns, "127.0.0.1:18080").as_deref(),
+        Some("tcp-hello"),
+        "tcp from host via 127.0.0.1"
+    );
+    assert_eq!(
+        udp_get(&w.host.ns, "127.0.0.1:18053").as_deref(),
+        Some("udp-hello"),
+        "udp from host via 127.0.0.1"
+    );
+    // CHECK sees the rules; after someone deletes plugnet's table it does not, and
+    // `plugnet firewall reload` brings everything back.
+    let checked = with_prev(&conf, &res);
+    w.host.run(&plugnet(), "CHECK", &checked, Some(&att)).ok();
+    w.host.ns.sh(&["nft", "delete", "table", "inet", "plugnet"]);
+    assert_eq!(tcp_get(&w.outside, &hp(18080)), None);
+    let out = w.host.run(&plugnet(), "CHECK", &checked, Some(&att));
+    assert_ne!(out.code, 0, "{out:?}");
+    let out = w.firewall(&["reload"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("\"attachments\": 1"), "{out:?}");
+    w.host.run(&plugnet(), "CHECK", &checked, Some(&att)).ok();
+    assert_eq!(
+        tcp_get(&w.outside, &hp(18080)).as_deref(),
+        Some("tcp-hello")
+    );
+    let ls = w.firewall(&["ls"]);
+    assert!(ls.stdout.contains("pnx-pm-svc"), "{ls:?}");
+    // A second container may not take the same host port: ADD fails and leaves nothing.
+    let (_c2, att2) = {
+        let c = w.host.container();
+        let a = Att::new("pnx-pm-dup", &c.path(), "eth0");
+        (c, a)
+    };
+    let out = w.host.run(&plugnet(), "ADD", &conf, Some(&att2));
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("port mapping conflict"), "{out:?}");
+    assert_eq!(w.host.plugnet_veths().len(), 2);
+    assert_eq!(
+        w.host.leases("pnxnet1").len(),
+        2,
+        "the failed ADD released its address"
+    );
+    w.del(&conf, &att2);
+
+    w.del(&conf, &att);
+    w.del(&conf, &att); // idempotent
+    for ns in [&w.outside, &w.host.ns, &nb] {
+        assert_eq!(tcp_get(ns, &hp(18080)), None);
+        assert_eq!(udp_get(ns, &hp(18053)), None);
+    }
+    w.del(&plain, &nb_att);
+    w.assert_clean();
+}
+
+#[test]
+fn egress_rules_allow_only_what_is_listed() {
+    need_root();
+    let w = World::new("eg", 2);
+    let _a = Server::tcp(&w.outside, 8001, "allowed");
+    let _b = Server::tcp(&w.outside, 8002, "other");
+    let tcp_rule = json!({"protocol": "tcp", "networks": [{"cidr": format!("{}/32", w.outside_ip())}],
+                          "ports": [{"start": 8001, "end": 8001}]});
+    let no_icmp = w.conf(json!({"netOut": {"default": "deny", "rules": [tcp_rule]}}));
+    let with_icmp = with_runtime(
+        &w.conf(json!({})),
+        json!({"netOut": {"default": "deny", "rules": [tcp_rule, {"protocol": "icmp", "icmps": {"type": 8}}]}}),
+    );
+    let (c1, a1, r1) = w.add(&no_icmp, "pnx-eg-1");
+    let (c2, a2, _) = w.add(&with_icmp, "pnx-eg-2");
+    let (c3, a3, _) = w.add(&w.conf(json!({})), "pnx-eg-3");
+    let to = |p: u16| format!("{}:{p}", w.outside_ip());
+    for c in [&c1, &c2] {
+        assert_eq!(tcp_get(c, &to(8001)).as_deref(), Some("allowed"));
+        assert_eq!(tcp_get(c, &to(8002)), None);
+    }
+    assert!(!c1.ping(&w.outside_ip()), "icmp not allowed for c1");
+    assert!(c2.ping(&w.outside_ip()), "icmp allowed for c2");
+    // Unrestricted neighbour; the own network is never affected by netOut.
+    assert_eq!(tcp_get(&c3, &to(8002)).as_deref(), Some("other"));
+    assert!(c1.ping(&format!("10.100.{}.1", w.n)));
+    assert!(c3.ping(&ip_of(&r1)));
+    w.host
+        .run(&plugnet(), "CHECK", &with_prev(&no_icmp, &r1), Some(&a1))
+        .ok();
+    w.del(&no_icmp, &a1);
+    assert_eq!(tcp_get(&w.outside, &to(8002)).as_deref(), Some("other"));
+    w.del(&with_icmp, &a2);
+    w.del(&w.conf(json!({})), &a3);
+    w.assert_clean();
+}
+
+#[test]
+fn ip_masq_hides_container_addresses() {
+    need_root();
+    let w = World::new("mq", 3);
+    let _s = Server::tcp(&w.outside, 9000, "peer");
+    let masq = w.conf(json!({"ipMasq": true}));
+    let plain = w.conf(json!({}));
+    let (c1, a1, r1) = w.add(&masq, "pnx-mq-1");
+    let (c2, a2, r2) = w.add(&plain, "pnx-mq-2");
+    let to = format!("{}:9000", w.outside_ip());
+    assert_eq!(tcp_get(&c1, &to), Some(w.host_ip()));
+    assert_eq!(tcp_get(&c2, &to), Some(ip_of(&r2)));
+    // Traffic on the bridge keeps its source address.
+    let _in = Server::tcp(&c2, 9001, "peer");
+    assert_eq!(
+        tcp_get(&c1, &format!("{}:9001", ip_of(&r2))),
+        Some(ip_of(&r1))
+    );
+    w.del(&masq, &a1);
+    w.del(&plain, &a2);
+    w.assert_clean();
+}
+
+/// iperf3 throughput in Mbit/s from the container to the outside (`reverse`: the other way).
+fn iperf(w: &World, ctr: &Ns, port: u16, reverse: bool) -> f64 {
+    let port_s = port.to_string();
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.outside.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port_s,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut last = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut args = vec![
+            "iperf3",
+            "-c",
+            &w.outside_ip(),
+            "-p",
+            &port_s,
+            "-t",
+            "4",
+            "-O",
+            "1",
+            "-J",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if reverse {
+            args.push("-R".into());
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ctr.exec(&a);
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            let _ = server.wait();
+            let v: Value = serde_json::from_str(&last).unwrap();
+            return v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap()
+                / 1e6;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    panic!("iperf3 never ran: {last}");
+}
+
+#[test]
+fn bandwidth_limits_both_directions() {
+    need_root();
+    let w = World::new("bw", 4);
+    let limited = with_runtime(
+        &w.conf(json!({})),
+        json!({"bandwidth": {"ingressRate": 10_000_000, "ingressBurst": 500_000,
+                             "egressRate": 10_000_000, "egressBurst": 500_000}}),
+    );
+    let (c1, a1, r1) = w.add(&limited, "pnx-bw-1");
+    w.host
+        .run(&plugnet(), "CHECK", &with_prev(&limited, &r1), Some(&a1))
+        .ok();
+    let up = iperf(&w, &c1, 15201, false);
+    let down = iperf(&w, &c1, 15202, true);
+    eprintln!("limited 10 Mbit/s: egress {up:.2} Mbit/s, ingress {down:.2} Mbit/s");
+    for v in [up, down] {
+        assert!((8.5..=11.5).contains(&v), "{v} Mbit/s not within 15% of 10");
+    }
+    // Config fields (the reference bandwidth plugin's) work too, and unlimited is far above.
+    let fields = w.conf(json!({"egressRate": 10_000_000, "egressBurst": 500_000}));
+    let (c2, a2, _) = w.add(&fields, "pnx-bw-2");
+    let (c3, a3, _) = w.add(&w.conf(json!({})), "pnx-bw-3");
+    let up2 = iperf(&w, &c2, 15203, false);
+    let free = iperf(&w, &c3, 15204, false);
+    eprintln!("config-field limit: {up2:.2} Mbit/s; unlimited: {free:.2} Mbit/s");
+    assert!((8.5..=11.5).contains(&up2), "{up2}");
+    assert!(free > 50.0, "unlimited only {free} Mbit/s");
+    w.del(&limited, &a1);
+    w.del(&fields, &a2);
+    w.del(&w.conf(json!({})), &a3);
+    w.assert_clean();
+}
+
+#[test]
+fn chained_after_plugnet_the_reference_portmap_works() {
+    need_root();
+    if !Path::new(REFERENCE_DIR).join("portmap").exists() {
+        eprintln!("skipped: reference plugins not installed");
+        return;
+    }
+    let w = World::new("ch", 5);
+    let mut first = w.conf(json!({"ipMasq": true}));
+    first.as_object_mut().unwrap().remove("cniVersion");
+    first.as_object_mut().unwrap().remove("name");
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "name": "pnxnet5",
+        "plugins": [first, {"type": "portmap", "capabilities": {"portMappings": true}}],
+    });
+    let chain = Chain {
+        host: &w.host,
+        list,
+        runtime_config: json!({"portMappings": [{"hostPort": 18081, "containerPort": 81, "protocol": "tcp"}]}),
+    };
+    let ctr = w.host.container();
+    let att = Att::new("pnx-ch-1", &ctr.path(), "eth0");
+    let res = chain.add(&att);
+    let _s = Server::tcp(&ctr, 81, "chained");
+    assert_eq!(
+        tcp_get(&w.outside, &format!("{}:18081", w.host_ip())).as_deref(),
+        Some("chained")
+    );
+    let checks = chain.check(&att, &res);
+    checks[0].ok(); // plugnet's CHECK (portmap 1.1.1's own CHECK has a known IPv4-only bug)
+    chain.del(&att, &res);
+    assert_eq!(tcp_get(&w.outside, &format!("{}:18081", w.host_ip())), None);
+    let rules = w.host.ns.sh(&["nft", "list", "ruleset"]);
+    assert!(!rules.contains("table inet plugnet"), "{rules}");
+}
