@@ -477,3 +477,82 @@ fn runner_spec_with_a_routed_and_a_bridged_network() {
     assert!(host_routes(&host).is_empty());
     assert!(host.plugnet_veths().is_empty());
 }
+
+#[test]
+fn port_mappings_masquerade_and_bandwidth_work_on_the_host_veth() {
+    need_root!();
+    let host = Host::with_prefix("pnq", "feat");
+    let outside = Ns::new(format!("pnq-feat-{}-out", std::process::id()));
+    host.ns.sh(&[
+        "ip",
+        "link",
+        "add",
+        "pnqo0h",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pnqo0o",
+        "netns",
+        &outside.name,
+    ]);
+    host.ns
+        .sh(&["ip", "addr", "add", "10.112.0.1/24", "dev", "pnqo0h"]);
+    host.ns.sh(&["ip", "link", "set", "pnqo0h", "up"]);
+    outside.sh(&["ip", "addr", "add", "10.112.0.2/24", "dev", "pnqo0o"]);
+    outside.sh(&["ip", "link", "set", "pnqo0o", "up"]);
+    outside.sh(&["ip", "route", "add", "default", "via", "10.112.0.1"]);
+    let fw = tempfile::Builder::new()
+        .prefix("pnq-fw-")
+        .tempdir()
+        .unwrap();
+    let mut conf = routed(&host, "1.0.0", "pnqfeat", 73, false);
+    conf["ipMasq"] = json!(true);
+    conf["firewallStateDir"] = json!(fw.path());
+    conf["runtimeConfig"] = json!({
+        "portMappings": [{"hostPort": 18090, "containerPort": 90, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 100_000_000, "ingressBurst": 1_000_000}
+    });
+    let ctr = host.container();
+    let att = Att::new("feat-a", &ctr.path(), "eth0");
+    let res = host.add(&conf, &att);
+    let veth = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+
+    // Port mapping: outside -> host:18090 -> container:90.
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", &ctr.name, "busybox", "nc", "-l", "-p", "90", "-e", "echo", "hello",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let got = outside.exec(&["busybox", "nc", "-w", "2", "10.112.0.1", "18090"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "hello",
+        "{got:?}"
+    );
+    // ipMasq: the outside sees the host's address, and answers.
+    assert!(
+        ctr.ping("10.112.0.2"),
+        "container -> outside through masquerading"
+    );
+    // Bandwidth: shaping sits on the host veth.
+    let qdisc = host.ns.sh(&["tc", "qdisc", "show", "dev", &veth]);
+    assert!(qdisc.contains("tbf"), "{qdisc}");
+    let check = host.run(&plugnet(), "CHECK", &with_prev(&conf, &res), Some(&att));
+    assert_eq!(check.code, 0, "{check:?}");
+
+    host.run(&plugnet(), "DEL", &with_prev(&conf, &res), Some(&att))
+        .ok();
+    assert!(host.plugnet_veths().is_empty());
+    assert!(!host
+        .ns
+        .exec(&["nft", "list", "table", "inet", "plugnet"])
+        .status
+        .success());
+}
