@@ -98,6 +98,11 @@ pub fn derive_conflist(name: &str, ranges: &[Range], o: &DeriveOptions) -> Value
     json!({"cniVersion": DERIVED_CNI_VERSION, "name": name, "plugins": [plugin]})
 }
 
+/// True when the conflist's first plugin is plugnet in routed mode.
+pub fn conflist_is_routed(conflist: &Value) -> bool {
+    conflist.pointer("/plugins/0/mode").and_then(Value::as_str) == Some("routed")
+}
+
 /// The `ipam` object of a conflist: the first plugin that has one.
 pub fn conflist_ipam(conflist: &Value) -> Option<&Value> {
     conflist
@@ -426,6 +431,7 @@ mod tests {
         );
         let p = &c["plugins"][0];
         assert_eq!(p["mode"], "routed");
+        assert!(conflist_is_routed(&c));
         assert!(p.get("bridge").is_none() && p.get("isGateway").is_none());
         // The result plugnet's routed mode prints.
         let res = json!({"cniVersion":"1.0.0",

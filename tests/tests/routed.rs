@@ -274,18 +274,34 @@ fn check_notices_a_removed_route_or_neighbour() {
     let out = check();
     assert_ne!(out.code, 0);
     assert!(out.stdout.contains("neighbour"), "{out:?}");
-    // Proxy ARP on the host veth still answers for the next hop (as on a real host, it needs
-    // the host to route 169.254.1.1 elsewhere: give it an uplink with a default route).
+    // The host veth carries the next hop: ARP for it is answered at once.
     host_addresses(&host);
-    host.ns.sh(&[
-        "ip", "link", "add", "pnqup0", "type", "veth", "peer", "name", "pnqup1",
+    assert!(
+        ctr.ping("10.110.0.1"),
+        "the host answers ARP for 169.254.1.1"
+    );
+    ctr.sh(&[
+        "ip",
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "lladdr",
+        res["interfaces"][0]["mac"].as_str().unwrap(),
+        "nud",
+        "permanent",
     ]);
-    host.ns.sh(&["ip", "link", "set", "pnqup0", "up"]);
+    assert_eq!(check().code, 0);
     host.ns
-        .sh(&["ip", "addr", "add", "10.110.1.1/24", "dev", "pnqup0"]);
+        .sh(&["ip", "addr", "del", "169.254.1.1/32", "dev", veth]);
+    let out = check();
+    assert!(out.stdout.contains("next hop"), "{out:?}");
+    // Removing a link's last IPv4 address also flushes the routes through it: restore both.
     host.ns
-        .sh(&["ip", "route", "add", "default", "via", "10.110.1.254"]);
-    assert!(ctr.ping("10.110.0.1"), "proxy ARP answers for 169.254.1.1");
+        .sh(&["ip", "addr", "add", "169.254.1.1/32", "dev", veth]);
+    host.ns.sh(&["ip", "route", "add", &dst, "dev", veth]);
+    assert_eq!(check().code, 0);
 
     ctr.sh(&["ip", "route", "del", "default"]);
     let out = check();

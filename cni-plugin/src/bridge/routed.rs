@@ -5,8 +5,9 @@
 //!
 //! Invariants: the host side answers for the next hop in two ways, so any runtime works —
 //! a permanent neighbour entry in the container (written here) and, for runtimes that configure
-//! the interface themselves (Docker through the shim), proxy ARP on the host veth (IPv4) and
-//! fe80::1 on the host veth (IPv6). Everything on the host hangs off the host veth: deleting it
+//! the interface themselves (Docker through the shim), the next hop itself on the host veth
+//! (169.254.1.1/32, fe80::1/64: the kernel answers ARP/NDP for it at once, with no proxy delay
+//! and no dependence on the host's other routes). Everything on the host hangs off the host veth: deleting it
 //! (DEL) takes the host routes with it. The CNI result says exactly what was configured: /32
 //! addresses, the next-hop and default routes, [host veth, container interface].
 
@@ -25,7 +26,7 @@ use crate::netns::{self, Netns};
 use crate::skel::{Command, Request};
 use crate::types::{CniResult, Interface, IpConfig, Route};
 
-/// The IPv4 next hop every routed container uses (never assigned to anything).
+/// The IPv4 next hop every routed container uses (an address of every routed host veth).
 pub const NEXT_HOP_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The IPv6 next hop: a link-local address on every routed host veth.
 pub const NEXT_HOP_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -213,25 +214,32 @@ async fn veth(
     })
 }
 
-/// The host veth answers for the next hop (proxy ARP, fe80::1) and the host forwards.
-async fn host_side(host: &Netlink, veth: &Link, v4: bool, v6: bool) -> Result<(), CniError> {
-    let sysctl = |key: String| {
-        netns::ensure_sysctl(&key, "1")
-            .map(drop)
-            .map_err(|e| CniError::internal(format!("routed host side: {e}")))
-    };
-    if v4 {
-        sysctl(format!("net/ipv4/conf/{}/proxy_arp", veth.name))?;
-        sysctl("net/ipv4/ip_forward".into())?;
+/// The next hop's address on the host veth of `family`: 169.254.1.1/32, fe80::1/64.
+fn host_hop(family: IpFamily) -> IpNetwork {
+    match family {
+        IpFamily::V4 => IpNetwork::new(IpAddr::V4(NEXT_HOP_V4), 32),
+        IpFamily::V6 => IpNetwork::new(IpAddr::V6(NEXT_HOP_V6), 64),
     }
-    if v6 {
-        let hop = IpNetwork::new(IpAddr::V6(NEXT_HOP_V6), 64).expect("link-local /64");
-        match host.add_addr(veth.index, hop).await {
+    .expect("valid prefix")
+}
+
+/// The host veth carries the next hop (every routed veth the same address: the kernel answers
+/// ARP/NDP for it on each) and the host forwards.
+async fn host_side(host: &Netlink, veth: &Link, v4: bool, v6: bool) -> Result<(), CniError> {
+    for (on, family, key) in [
+        (v4, IpFamily::V4, "net/ipv4/ip_forward"),
+        (v6, IpFamily::V6, "net/ipv6/conf/all/forwarding"),
+    ] {
+        if !on {
+            continue;
+        }
+        match host.add_addr(veth.index, host_hop(family)).await {
             Ok(()) => {}
             Err(e) if e.is_exists() => {}
             Err(e) => return Err(kernel(e)),
         }
-        sysctl("net/ipv6/conf/all/forwarding".into())?;
+        netns::ensure_sysctl(key, "1")
+            .map_err(|e| CniError::internal(format!("enable forwarding: {e}")))?;
     }
     Ok(())
 }
@@ -311,7 +319,7 @@ fn failed(msg: impl Into<String>) -> CniError {
 }
 
 /// CHECK in routed mode: IPAM reservation, host veth (up, unbridged, peer of the container
-/// interface), one host route per address through it, the container's /32s, routes and
+/// interface, carrying the next hop), one host route per address through it, the container's /32s, routes and
 /// permanent next-hop neighbours, firewall rules and shaping.
 pub async fn check(
     exec: &dyn Exec,
@@ -358,6 +366,18 @@ pub async fn check(
         .filter(|ip| ip.interface == Some(idx))
         .collect();
 
+    let on_veth = host.addrs(veth.index, None).await.map_err(kernel)?;
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let hop = host_hop(family);
+        let used = ips
+            .iter()
+            .any(|ip| IpFamily::of(&ip.address.ip()) == family);
+        if used && !on_veth.contains(&hop) {
+            return Err(failed(format!(
+                "host interface {host_name} lacks the next hop {hop}"
+            )));
+        }
+    }
     for family in [IpFamily::V4, IpFamily::V6] {
         let mine: Vec<&&IpConfig> = ips
             .iter()
