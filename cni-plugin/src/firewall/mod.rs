@@ -7,7 +7,9 @@
 //! Layout (`nft list table inet plugnet`): verdict maps keyed per container (`pm_any`,
 //! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
 //! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
-//! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
+//! `members4/6`) drive masquerading and hairpin NAT; `routed` holds the host veths of routed
+//! attachments (whose "bridge" is their own host veth: traffic out to one keeps its source
+//! address); base chains `guard`, `prerouting`,
 //! `output`, `postrouting`, `forward` hold a fixed handful of rules. See the README, "Port mappings, egress rules, bandwidth".
 
 mod conntrack;
