@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+BRIDGE_PLUGIN=plugnet   # routed mode is plugnet's own
 source "$(dirname "$0")/lib.sh"
 
 SUBNET=100.72.0.0/16 SUBNET6=fd11:72::/64
