@@ -38,9 +38,9 @@ struct Cli {
     /// Main plugin type of derived conflists (`plugnet`; the reference `bridge` also fits).
     #[arg(long, default_value = "plugnet")]
     bridge_plugin: String,
-    /// Masquerade derived networks' traffic by default (`ipMasq`), as Docker's bridge does.
-    /// Off by default until plugnet's nftables masquerading is in every build.
-    #[arg(long)]
+    /// Masquerade derived networks' outbound traffic (`ipMasq`), as Docker's bridge does;
+    /// `--ip-masq=false` turns it off (`-o com.docker.network.bridge.enable_ip_masquerade=…` decides per network).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ip_masq: bool,
     /// Blocks automatic IPv4 pools are cut from (repeatable).
     #[arg(long = "default-pool")]

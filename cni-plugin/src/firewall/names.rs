@@ -4,18 +4,15 @@
 
 use super::FirewallError;
 
-/// CNI's rule for container ids and network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+/// CNI's rule for container ids and network names (the workspace's one definition,
+/// [`crate::validate::is_valid_id`]).
 pub fn check_cni_name(what: &str, s: &str) -> Result<(), FirewallError> {
-    let ok = !s.is_empty()
-        && s.len() <= 1024
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if crate::validate::is_valid_id(s) {
         Ok(())
     } else {
         Err(FirewallError::Invalid(format!(
-            "{what} {s:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ (at most 1024 bytes)"
+            "{what} {s:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ (at most {} bytes)",
+            crate::validate::MAX_ID_LEN
         )))
     }
 }

@@ -190,7 +190,7 @@ impl FileStore {
         for d in [&store.ip_dir, &store.owner_dir] {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o755)
+                .mode(0o700)
                 .create(d)?;
         }
         let tmp = store.dir.join(format!(".format.{}", std::process::id()));

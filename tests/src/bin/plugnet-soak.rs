@@ -72,7 +72,10 @@ struct Guard(Vec<String>);
 impl Drop for Guard {
     fn drop(&mut self) {
         for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -158,6 +161,18 @@ fn main() {
                             ("CNI_PATH", path.clone()),
                         ]
                     };
+                    // Every cycle maps its own host port; every other one is also shaped, so
+                    // kills land in nftables port maps and tc as well.
+                    let mut cycle_conf: Value = serde_json::from_slice(conf).unwrap();
+                    cycle_conf["runtimeConfig"] = json!({"portMappings": [
+                        {"hostPort": 20000 + c, "containerPort": 80, "protocol": "tcp"},
+                        {"hostPort": 20000 + c, "containerPort": 53, "protocol": "udp"}]});
+                    if c % 2 == 0 {
+                        cycle_conf["runtimeConfig"]["bandwidth"] = json!({
+                            "ingressRate": 10_000_000, "ingressBurst": 1_000_000,
+                            "egressRate": 10_000_000, "egressBurst": 1_000_000});
+                    }
+                    let conf = &serde_json::to_vec(&cycle_conf).unwrap();
                     let maybe_kill =
                         |rng: &mut Rng| (rng.below(100) < kill_percent).then(|| rng.below(12_000));
                     for cmd in ["ADD", "DEL"] {

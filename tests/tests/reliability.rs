@@ -1,0 +1,130 @@
+//! Reliability black-box tests: a simulated reboot (state on disk survives; namespaces,
+//! bridges, veths and nftables rules vanish). The next ADDs must work and GC must return every
+//! stale address and firewall record. (Kill storms live in `plugnet-soak`, run by test.sh.)
+
+mod bridge_support;
+
+use bridge_support::*;
+use serde_json::{json, Value};
+
+fn conf(dirs: &tempfile::TempDir, br: &str, port: u16) -> Value {
+    json!({
+        "cniVersion": "1.1.0", "name": "pnb-reboot", "type": "plugnet",
+        "bridge": br, "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
+        "firewallStateDir": dirs.path().join("fw"),
+        "runtimeConfig": {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]},
+        "ipam": {"type": "plugnet-ipam", "dataDir": dirs.path().join("ipam"),
+                  "ranges": [[{"subnet": "10.50.90.0/24"}]]}
+    })
+}
+
+fn leases(dirs: &tempfile::TempDir) -> usize {
+    std::fs::read_dir(dirs.path().join("ipam/pnb-reboot/ip"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+fn fw_records(dirs: &tempfile::TempDir) -> usize {
+    std::fs::read_dir(dirs.path().join("fw/attachments"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn reboot_keeps_state_next_adds_work_and_gc_returns_the_stale() {
+    // State that survives the "reboot": IPAM store and firewall records.
+    let dirs = tempfile::Builder::new()
+        .prefix("pnb-reboot-")
+        .tempdir()
+        .unwrap();
+    let br = "pnbrb0";
+    {
+        let before = Host::new("rb1");
+        let containers: Vec<Ns> = (0..3).map(|_| before.container()).collect();
+        for (i, c) in containers.iter().enumerate() {
+            before.add(
+                &conf(&dirs, br, 18080 + i as u16),
+                &Att::new(&format!("old{i}"), &c.path(), "eth0"),
+            );
+        }
+        assert_eq!(leases(&dirs), 3);
+        assert_eq!(fw_records(&dirs), 3);
+        // The reboot: every namespace goes, and with it bridges, veths and nftables rules.
+    }
+
+    let after = Host::new("rb2");
+    let fresh: Vec<Ns> = (0..2).map(|_| after.container()).collect();
+    let mut results = Vec::new();
+    for (i, c) in fresh.iter().enumerate() {
+        let att = Att::new(&format!("new{i}"), &c.path(), "eth0");
+        results.push((
+            att.clone(),
+            after.add(&conf(&dirs, br, 18090 + i as u16), &att),
+        ));
+    }
+    assert_eq!(leases(&dirs), 5, "stale leases are still held until GC");
+    // The new containers work: they reach each other and the gateway.
+    let ip1 = results[1].1["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        fresh[0].ping(&ip1),
+        "new containers cannot reach each other after the reboot"
+    );
+    assert!(
+        fresh[0].ping("10.50.90.1"),
+        "gateway unreachable after the reboot"
+    );
+
+    // The first ADD after the reboot rebuilt the table from the records, stale ones included
+    // (plugnet cannot know yet which are dead): they are there until GC says so.
+    let ruleset = String::from_utf8(after.ns.exec(&["nft", "list", "ruleset"]).stdout).unwrap();
+    assert!(
+        ruleset.contains("18080") && ruleset.contains("18090"),
+        "{ruleset}"
+    );
+
+    // GC with the runtime's valid list returns everything of the old boot.
+    let mut gc = conf(&dirs, br, 0);
+    gc.as_object_mut().unwrap().remove("runtimeConfig");
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "new0", "ifname": "eth0"}, {"containerID": "new1", "ifname": "eth0"}
+    ]);
+    after.run(&plugnet(), "GC", &gc, None).ok();
+    assert_eq!(leases(&dirs), 2, "GC left stale leases");
+    assert_eq!(fw_records(&dirs), 2, "GC left stale firewall records");
+    let ruleset = String::from_utf8(after.ns.exec(&["nft", "list", "ruleset"]).stdout).unwrap();
+    for old_port in ["18080", "18081", "18082"] {
+        assert!(
+            !ruleset.contains(old_port),
+            "stale port mapping {old_port} left:\n{ruleset}"
+        );
+    }
+    assert!(fresh[1].ping("10.50.90.1"), "GC broke a valid attachment");
+
+    for (i, (att, res)) in results.iter().enumerate() {
+        after
+            .run(
+                &plugnet(),
+                "DEL",
+                &with_prev(&conf(&dirs, br, 18090 + i as u16), res),
+                Some(att),
+            )
+            .ok();
+    }
+    assert_eq!(leases(&dirs), 0);
+    assert_eq!(fw_records(&dirs), 0);
+    let ruleset = String::from_utf8(after.ns.exec(&["nft", "list", "ruleset"]).stdout).unwrap();
+    assert!(
+        !ruleset.contains("plugnet"),
+        "rules left after the last DEL:\n{ruleset}"
+    );
+}
