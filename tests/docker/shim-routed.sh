@@ -14,20 +14,17 @@ source "$(dirname "$0")/lib.sh"
 
 SUBNET=100.72.0.0/16 SUBNET6=fd11:72::/64
 CNS=pnq-dock-$X
-RFWD=
 routed_cleanup() {
   set +e
-  [ -n "$RFWD" ] && iptables -D FORWARD -s $SUBNET -d $SUBNET -m comment --comment "pnq-$X" -j ACCEPT
   ip netns del "$CNS" 2>/dev/null
 }
 trap 'routed_cleanup; cleanup' EXIT
-# Docker has set FORWARD to DROP on this machine: accept our own block (the routed traffic).
-if iptables -S FORWARD 2>/dev/null | grep -q -- '-P FORWARD DROP'; then
-  iptables -I FORWARD -s $SUBNET -d $SUBNET -m comment --comment "pnq-$X" -j ACCEPT && RFWD=1
-fi
+# No FORWARD rule of the test's own: with ipMasq, plugnet's firewall keeps iptables' FORWARD
+# path (policy DROP once any dockerd ran) open for routed host veths itself.
 
 say "[routed] docker network create -o plugnet.mode=routed --ipv6 --subnet $SUBNET --subnet $SUBNET6"
 d network create -d "$NAME" --ipam-driver "$NAME" -o plugnet.mode=routed -o plugnet.export=true \
+  -o com.docker.network.bridge.enable_ip_masquerade=true \
   --ipv6 --subnet "$SUBNET" --subnet "$SUBNET6" "r1-$X" >/dev/null
 CL="$CONF/pn-100.72.0.0_16.conflist"
 check "[routed] exported conflist uses mode routed" grep -Eq '"mode": ?"routed"' "$CL"
@@ -47,6 +44,7 @@ check "[routed] r1 pings r2 over IPv6" pings "r1-$X" "$v6_2"
 check "[routed] default route via the next hop 169.254.1.1" sh -c "${DOCKER[*]} exec r1-$X ip route | grep -q 'default via 169.254.1.1 dev eth0'"
 check "[routed] host has a /32 to each container via a plugnet veth" \
   sh -c "ip route show $ip1 | grep -q 'dev pn' && ip route show $ip2 | grep -q 'dev pn'"
+check "[routed] nftables 'routed' set holds the host veths" sh -c "nft list set inet plugnet routed | grep -q 'pn'"
 check "[routed] r1 pings r2" pings "r1-$X" "$ip2"
 check "[routed] r2 pings r1" pings "r2-$X" "$ip1"
 check "[routed] the host pings r1" ping -c1 -W2 "$ip1"

@@ -398,6 +398,8 @@ fn routed_with_ip_masq_keeps_source_addresses_between_containers() {
     let mut conf = routed(&host, "1.0.0", "pnqmasq", 77, false);
     conf["ipMasq"] = json!(true);
     conf["firewallStateDir"] = json!(fw.path());
+    // A table left by a plugnet without routed mode (no `routed` set): ADD rebuilds it.
+    host.ns.sh(&["nft", "add", "table", "inet", "plugnet"]);
     let (a, b) = (host.container(), host.container());
     let (att_a, att_b) = (
         Att::new("masq-a", &a.path(), "eth0"),

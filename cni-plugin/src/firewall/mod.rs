@@ -166,9 +166,22 @@ impl Firewall {
             op: "get table inet plugnet".into(),
             source: e,
         })?;
-        let rebuilt = !table;
+        // A table made by a plugnet without routed mode lacks the `routed` set (and its rule):
+        // a routed attachment rebuilds the table, in the same transaction.
+        let outdated = table
+            && att.is_routed()
+            && !nft::set_exists(plan::SET_ROUTED).map_err(|e| FirewallError::Nft {
+                step: "look up set",
+                op: format!("get set inet plugnet {}", plan::SET_ROUTED),
+                source: e,
+            })?;
+        if outdated {
+            ops.push(Op::DelTable);
+        }
+        let rebuilt = !table || outdated;
         if rebuilt {
-            // Fresh host, or someone flushed our table: rebuild what the state records.
+            // Fresh host, someone flushed our table, or it is outdated: rebuild what the state
+            // records.
             let atts = self
                 .store
                 .all_attachments()
