@@ -3,7 +3,7 @@
 # optionally the example conflists; --uninstall reverses exactly what was installed.
 #
 #   scripts/install.sh [--prefix DIR] [--cni-bin-dir DIR] [--with-conf] [--socket PATH]
-#                      [--no-build] [--uninstall]
+#                      [--no-build | --bin-dir DIR] [--uninstall]
 #
 #   --prefix DIR        install under DIR (a staging root); default /
 #   --cni-bin-dir DIR   CNI plugin directory inside the prefix; default /opt/cni/bin
@@ -11,11 +11,12 @@
 #   --socket PATH       the shim listens on PATH instead of /run/docker/plugins/plugnet.sock;
 #                       a Docker plugin spec pointing at it is installed
 #   --no-build          use the binaries already in target/release
+#   --bin-dir DIR       take the binaries from DIR (e.g. target/debug); implies --no-build
 #   --uninstall         remove everything a previous install under the same prefix recorded
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-prefix=/ cni_bin=/opt/cni/bin with_conf=0 socket="" build=1 uninstall=0
+prefix=/ cni_bin=/opt/cni/bin with_conf=0 socket="" build=1 uninstall=0 bin_dir=target/release
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -23,8 +24,9 @@ while [ $# -gt 0 ]; do
     --with-conf) with_conf=1; shift ;;
     --socket) socket=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --bin-dir) bin_dir=${2%/}; build=0; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,7 +54,10 @@ if [ "$build" = 1 ]; then
   cargo build --release --workspace --bins -q
 fi
 for b in plugnet plugnet-ipam plugnet-shim; do
-  [ -x "target/release/$b" ] || { echo "install.sh: target/release/$b missing (drop --no-build)" >&2; exit 1; }
+  [ -x "$bin_dir/$b" ] || {
+    echo "install.sh: $bin_dir/$b missing: build it (cargo build --release --workspace --bins), or drop --no-build / fix --bin-dir" >&2
+    exit 1
+  }
 done
 
 mkdir -p "$(dirname "$manifest")"
@@ -62,9 +67,9 @@ put() { # put SRC DEST MODE
   echo "$2" >> "$manifest.new"
   echo "installed $2"
 }
-put target/release/plugnet "$prefix$cni_bin/plugnet" 0755
-put target/release/plugnet-ipam "$prefix$cni_bin/plugnet-ipam" 0755
-put target/release/plugnet-shim "$prefix/usr/local/bin/plugnet-shim" 0755
+put "$bin_dir/plugnet" "$prefix$cni_bin/plugnet" 0755
+put "$bin_dir/plugnet-ipam" "$prefix$cni_bin/plugnet-ipam" 0755
+put "$bin_dir/plugnet-shim" "$prefix/usr/local/bin/plugnet-shim" 0755
 unit=$(mktemp)
 sed "s|--cni-path /opt/cni/bin|--cni-path $cni_bin|" conf/plugnet-shim.service > "$unit"
 if [ -n "$socket" ]; then

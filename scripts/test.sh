@@ -12,6 +12,7 @@ PACKAGES=(
   docker.io podman
   golang-go golang-github-appc-cni-dev
   pkg-config libnftnl-dev libmnl-dev
+  systemd
 )
 
 ensure_packages() {

@@ -5,7 +5,7 @@
 //! Invariant: [`run`] takes args, environment, stdin, stdout and stderr as parameters and
 //! returns the exit code; only [`main`] touches the real process. JSON goes to stdout, human
 //! diagnostics to stderr; exit 0 on success, 1 on failure, 2 on a usage error.
-//! New command groups (`ipam ls|release`, `gc`, `firewall reload`) are further [`Command`]
+//! `ipam ls|release` and `gc` live in [`crate::ops`]. New command groups (`firewall reload`) are further [`Command`]
 //! variants with their own argument structs; the global options apply to all of them.
 
 use crate::error::CniError;
@@ -25,7 +25,9 @@ use std::sync::Arc;
     version,
     about = "Attach ordered lists of CNI networks to containers (and, with CNI_COMMAND set, act as the plugnet CNI plugin)",
     after_help = "Environment: PLUGNET_STATE_DIR (state dir, default /var/lib/plugnet/runner), \
-                  CNI_PATH (plugin dirs, default /opt/cni/bin), NETCONFPATH (conflist dir, default /etc/cni/net.d)"
+                  CNI_PATH (plugin dirs, default /opt/cni/bin), NETCONFPATH (conflist dir, default /etc/cni/net.d).\n\
+                  As a CNI plugin it logs to PLUGNET_LOG=stderr|syslog|file:/PATH|off at \
+                  PLUGNET_LOG_LEVEL=error|warn|info|debug|trace (or the config key \"log\"); default stderr at warn."
 )]
 pub struct Cli {
     /// State dir (overrides PLUGNET_STATE_DIR).
@@ -49,6 +51,12 @@ pub enum Command {
     Metrics(IdArgs),
     /// Every container and its networks.
     List(ListArgs),
+    /// plugnet-ipam stores: `ls` who holds what, `release` one owner by hand.
+    #[command(subcommand)]
+    Ipam(crate::ops::IpamCommand),
+    /// Reclaim IPAM records, host veths and result caches of containers that are provably gone
+    /// (see `plugnet gc --help` for the rules).
+    Gc(crate::ops::GcArgs),
     /// plugnet's nftables rules (`--state-dir` is the firewall state dir here, default
     /// /var/lib/plugnet/firewall).
     #[command(subcommand)]
@@ -146,11 +154,16 @@ pub fn run(
         return firewall_command(fc, cli.state_dir, stdout, stderr);
     }
     let opts = RunnerOptions::from_env(cli.state_dir, getenv);
-    let runner = Runner::new(opts, Arc::new(RawExec));
-    match dispatch(&runner, cli.command, stdin, stdout) {
+    match dispatch(opts, cli.command, stdin, stdout) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(stderr, "plugnet: {e}");
+            if e.msg.contains("os error 13") || e.msg.contains("os error 1)") {
+                let _ = writeln!(
+                    stderr,
+                    "plugnet: this needs root (or CAP_NET_ADMIN and access to the state dirs)"
+                );
+            }
             1
         }
     }
@@ -162,11 +175,12 @@ fn print(stdout: &mut dyn Write, v: &Value) -> Result<(), CniError> {
 }
 
 fn dispatch(
-    runner: &Runner,
+    opts: RunnerOptions,
     command: Command,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
 ) -> Result<i32, CniError> {
+    let runner = &Runner::new(opts.clone(), Arc::new(RawExec));
     match command {
         Command::Up(a) => {
             let bytes = read_spec(a.spec.as_ref(), stdin)?;
@@ -199,6 +213,8 @@ fn dispatch(
             print(stdout, &keyed(&m.networks, |n: &NetworkMetrics| &n.name))?;
         }
         Command::List(a) => list(runner, a.table, stdout)?,
+        Command::Ipam(c) => return crate::ops::ipam(c, &opts, stdout),
+        Command::Gc(a) => return crate::ops::gc(a, &opts, stdout),
         Command::Firewall(_) => unreachable!("handled before the runner is built"),
     }
     Ok(0)
@@ -363,9 +379,17 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("metrics"), "{err}");
+        let (code, out, _) = run_cli(&["gc", "--help"], &[], "");
+        assert_eq!(code, 0);
+        assert!(out.contains("cannot be proved dead"), "{out}");
+        let (code, _, err) = run_cli(&["ipam", "release", "--network", "n"], &[], "");
+        assert_eq!(code, 2);
+        assert!(err.contains("--id"), "{err}");
         let (code, out, _) = run_cli(&["--help"], &[], "");
         assert_eq!(code, 0);
-        for sub in ["up", "down", "check", "info", "metrics", "list", "firewall"] {
+        for sub in [
+            "up", "down", "check", "info", "metrics", "list", "ipam", "gc", "firewall",
+        ] {
             assert!(out.contains(sub), "{out}");
         }
     }

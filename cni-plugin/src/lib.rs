@@ -8,8 +8,9 @@
 //! - [`netlink`] and [`netns`]: the only code that talks rtnetlink / enters namespaces.
 //! - [`bridge`]: the `plugnet` bridge plugin (Linux bridge + veth + routes).
 //! - [`runner`] and [`cli`]: ordered network lists for a container (`plugnet up/down/…`).
+//! - [`ops`]: day-two operations (`plugnet ipam ls|release`, `plugnet gc`); [`log`]: plugin logging.
 //! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
-//! - [`tc`]: bandwidth shaping (tbf, ifb) through rtnetlink.
+//! - [`tc`]: bandwidth shaping policy (tbf, ifb) over the netlink vocabulary.
 
 pub mod args;
 pub mod bridge;
@@ -20,8 +21,10 @@ pub mod fsutil;
 pub mod invoke;
 pub mod ipam;
 pub mod libcni;
+pub mod log;
 pub mod netlink;
 pub mod netns;
+pub mod ops;
 pub mod runner;
 pub mod skel;
 pub mod tc;

@@ -127,7 +127,8 @@ impl NetworkList {
             }
         }
         Err(CniError::config(format!(
-            "no net configuration with name {name:?} in {}",
+            "no net configuration with name {name:?} in {} (add a conflist with that \"name\" \
+             there, or point NETCONFPATH at the directory that has it)",
             dir.display()
         )))
     }
@@ -480,6 +481,77 @@ impl CniConfig {
             }
         }
         out
+    }
+}
+
+/// One libcni result-cache file (`<cache>/results/<net>-<id>-<ifname>`), as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub path: PathBuf,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// The namespace paths the attachment was added in: the cache's `netns` (libcni >= 1.2
+    /// records it), else the `sandbox` of the cached result's interfaces (what libcni 1.1
+    /// caches carry). Only absolute paths; empty when neither says.
+    pub netns: Vec<PathBuf>,
+}
+
+/// Every cniCacheV1 file under `<cache_dir>/results`, sorted by path; other files are skipped
+/// (a runtime may keep its own files there).
+pub fn cache_entries(cache_dir: &Path) -> Vec<CacheEntry> {
+    let Ok(rd) = fs::read_dir(cache_dir.join("results")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let Ok(bytes) = fs::read(entry.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND) {
+            continue;
+        }
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+        if s("networkName").is_empty() || s("containerId").is_empty() {
+            continue;
+        }
+        out.push(CacheEntry {
+            path: entry.path(),
+            network: s("networkName").to_string(),
+            container_id: s("containerId").to_string(),
+            ifname: s("ifName").to_string(),
+            netns: cached_netns(&v),
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn cached_netns(v: &Value) -> Vec<PathBuf> {
+    let abs = |p: &&str| p.starts_with('/');
+    if let Some(p) = v.get("netns").and_then(Value::as_str).filter(abs) {
+        return vec![PathBuf::from(p)];
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    let ifaces = v.pointer("/result/interfaces").and_then(Value::as_array);
+    for i in ifaces.into_iter().flatten() {
+        if let Some(p) = i.get("sandbox").and_then(Value::as_str).filter(abs) {
+            if !out.iter().any(|o| o.as_os_str() == p) {
+                out.push(PathBuf::from(p));
+            }
+        }
+    }
+    out
+}
+
+/// Remove one cache file (what libcni does after a successful DEL); a missing file is success.
+pub fn remove_cache_entry(entry: &CacheEntry) -> std::io::Result<()> {
+    match fs::remove_file(&entry.path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -1,10 +1,16 @@
-//! netns: handles on network namespaces and running work inside one.
+//! netns: handles on network namespaces, running work inside one, and named namespaces bound
+//! to a file (what `ip netns add/del` does, for the Docker shim's staging namespaces).
 //!
-//! Invariant: `setns` only ever happens on a short-lived std thread spawned for that purpose,
-//! never on the caller's thread (and so never on a tokio worker); the caller's namespace is
-//! untouched whatever the closure does.
+//! Invariants: `setns` and `unshare` only ever happen on a short-lived std thread spawned for
+//! that purpose, never on the caller's thread (and so never on a tokio worker); the caller's
+//! namespace is untouched whatever the closure does. Nothing here creates a tokio runtime or a
+//! socket on such a thread unless the closure does: a socket pins the namespace it was made in,
+//! and tokio's first runtime creates process-wide sockets (its signal pipe), so a caller that
+//! drives netlink must build its runtime before entering a namespace (see
+//! [`crate::netlink::Netlink::in_open_netns`], which opens only the netlink socket inside).
+//! Removal is idempotent.
 
-use std::fs::File;
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
@@ -41,6 +47,11 @@ impl Netns {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The namespace the calling thread is in (the host's, for a process that never moved).
+    pub fn current() -> io::Result<Self> {
+        Self::open("/proc/thread-self/ns/net")
     }
 
     pub fn path(&self) -> &Path {
@@ -96,6 +107,116 @@ fn is_nsfs(file: &File) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_type as i64 == NSFS_MAGIC)
+}
+
+/// Creates a new network namespace bound at `path` (`ip netns add`); a stale one there is
+/// removed first. The directory must exist (see [`prepare_dir`]). On failure nothing is left.
+pub fn create(path: impl AsRef<Path>) -> io::Result<()> {
+    let path = path.as_ref();
+    if fs::symlink_metadata(path).is_ok() {
+        remove(path)?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| step_err(format!("create {}", path.display()), e))?;
+    let res = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("plugnet-netns".into())
+            .stack_size(NETNS_THREAD_STACK)
+            .spawn_scoped(scope, || -> io::Result<()> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| step_err("unshare netns", e.into()))?;
+                nix::mount::mount(
+                    Some("/proc/thread-self/ns/net"),
+                    path,
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| step_err(format!("bind netns to {}", path.display()), e.into()))
+            })?
+            .join()
+            .map_err(|_| io::Error::other("netns thread panicked"))?
+    });
+    if res.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    res
+}
+
+/// Unmounts and removes a namespace bound at `path` (`ip netns del`); absent is success. The
+/// namespace dies once no process, socket or other mount refers to it.
+pub fn remove(path: impl AsRef<Path>) -> io::Result<()> {
+    let path = path.as_ref();
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point (a plain file left behind).
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(step_err(format!("unmount {}", path.display()), e.into())),
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(step_err(format!("remove {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Makes `dir` (created if missing) a shared bind mount of itself, as `ip netns` does for
+/// /run/netns, so namespace mounts under it propagate into mount namespaces created later
+/// (a container runtime's) and can be unmounted from everywhere.
+pub fn prepare_dir(dir: impl AsRef<Path>) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let dir = dir.as_ref();
+    fs::create_dir_all(dir).map_err(|e| step_err(format!("create {}", dir.display()), e))?;
+    let make_shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            Some("none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    let shared_step = || format!("make {} shared", dir.display());
+    match make_shared() {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself first.
+        Err(nix::Error::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| step_err(format!("bind-mount {}", dir.display()), e.into()))?;
+            make_shared().map_err(|e| step_err(shared_step(), e.into()))
+        }
+        Err(e) => Err(step_err(shared_step(), e.into())),
+    }
+}
+
+/// Undoes [`prepare_dir`] when no namespace is left in `dir`: unmounts it and removes it and
+/// its parent if they are empty. Returns whether it did. Best effort (clean shutdown).
+pub fn release_dir_if_empty(dir: impl AsRef<Path>) -> bool {
+    let dir = dir.as_ref();
+    let empty = fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if empty {
+        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(dir);
+        if let Some(parent) = dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+    empty
+}
+
+fn step_err(step: impl std::fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 
 /// Writes `value` to the sysctl at `/proc/sys/<key>` (key with `/` separators, e.g.

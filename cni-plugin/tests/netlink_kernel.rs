@@ -304,3 +304,215 @@ fn netns_helpers_see_the_namespace() {
     drop(ns);
     assert!(!netns::exists(&path));
 }
+
+/// Named namespaces made by `netns::create` in a private directory prepared like /run/netns,
+/// removed (and the directory unmounted) on drop. Objects: `pnz-<tag>-<pid>-<n>`.
+struct NamedNs {
+    dir: tempfile::TempDir,
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl NamedNs {
+    fn new() -> NamedNs {
+        let dir = tempfile::tempdir().unwrap();
+        netns::prepare_dir(dir.path().join("ns")).unwrap();
+        NamedNs {
+            dir,
+            paths: Vec::new(),
+        }
+    }
+    fn ns_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("ns")
+    }
+    fn path(&mut self, tag: &str) -> std::path::PathBuf {
+        let p = self.ns_dir().join(format!(
+            "pnz-{tag}-{}-{}",
+            std::process::id(),
+            self.paths.len()
+        ));
+        self.paths.push(p.clone());
+        p
+    }
+    fn create(&mut self, tag: &str) -> Netns {
+        let p = self.path(tag);
+        netns::create(&p).unwrap();
+        Netns::open(&p).unwrap()
+    }
+}
+
+impl Drop for NamedNs {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = netns::remove(p);
+        }
+        netns::release_dir_if_empty(self.ns_dir());
+        let _ = nix::mount::umount2(&self.ns_dir(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn propagation(dir: &std::path::Path) -> String {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "PROPAGATION", "--mountpoint"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn named_netns_create_replace_remove() {
+    use std::os::unix::fs::MetadataExt;
+    let mut g = NamedNs::new();
+    let dir = g.ns_dir();
+    assert_eq!(
+        propagation(&dir),
+        "shared",
+        "prepare_dir makes a shared mount"
+    );
+    netns::prepare_dir(&dir).unwrap(); // idempotent
+    let p = g.path("a");
+    netns::create(&p).unwrap();
+    assert!(netns::exists(&p));
+    let first = Netns::open(&p).unwrap();
+    assert!(!first.is_current().unwrap(), "a new namespace, not ours");
+    let ino = |ns: &Netns| {
+        std::fs::metadata(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            ns.fd().as_raw_fd()
+        }))
+        .unwrap()
+        .ino()
+    };
+    // A second create replaces it with a fresh namespace.
+    netns::create(&p).unwrap();
+    let second = Netns::open(&p).unwrap();
+    assert_ne!(ino(&first), ino(&second));
+    // It is a working namespace: loopback only.
+    let links = second.run(|| std::fs::read_dir("/sys/class/net").map(|d| d.count()));
+    assert!(links.is_ok());
+    drop((first, second));
+    // A stale plain file (a bind mount lost at reboot) is replaced too.
+    netns::remove(&p).unwrap();
+    std::fs::write(&p, b"").unwrap();
+    assert!(!netns::exists(&p));
+    netns::create(&p).unwrap();
+    assert!(netns::exists(&p));
+    // Not empty: the directory stays.
+    assert!(!netns::release_dir_if_empty(&dir));
+    assert_eq!(propagation(&dir), "shared");
+    netns::remove(&p).unwrap();
+    netns::remove(&p).unwrap(); // absent is success
+    assert!(!netns::exists(&p) && !p.exists());
+    // A missing directory: an error naming the path, nothing left behind.
+    let bad = dir.join("missing").join("pnz-x");
+    let err = netns::create(&bad).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("pnz-x"), "{err}");
+    assert!(netns::release_dir_if_empty(&dir));
+    assert!(!dir.exists(), "released directory is removed");
+    assert_eq!(propagation(&dir), "");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn move_link_to_netns_renames_in_one_request() {
+    let mut g = NamedNs::new();
+    let staging = g.create("mv-s");
+    let host = g.create("mv-h");
+    let snl = Netlink::in_open_netns(&staging).unwrap();
+    let hnl = Netlink::in_open_netns(&host).unwrap();
+    // Like a CNI ADD into a staging namespace: container end in staging, host end in host.
+    let pair = hnl
+        .create_veth_pair(&VethOptions {
+            host_name: "pnzh0".into(),
+            peer_name: "eth0".into(),
+            peer_netns: staging.fd(),
+            master: None,
+            mtu: None,
+            host_mac: None,
+            peer_mac: None,
+        })
+        .await
+        .unwrap();
+    let eth0 = snl.link_by_name("eth0").await.unwrap().unwrap();
+    snl.set_up(eth0.index).await.unwrap();
+    assert_eq!(eth0.link, Some(pair.host.index), "peer index is the host's");
+    let before = snl.requests_sent();
+    snl.move_link_to_netns(eth0.index, host.fd(), "pnzt0")
+        .await
+        .unwrap();
+    assert_eq!(snl.requests_sent() - before, 1);
+    assert!(snl.link_by_name("eth0").await.unwrap().is_none());
+    let moved = hnl.link_by_name("pnzt0").await.unwrap().unwrap();
+    assert!(!moved.up, "moved link is down");
+    assert_eq!(moved.mac, Some(pair.peer_mac));
+    assert_eq!(moved.link, Some(pair.host.index), "still paired with pnzh0");
+    // The new name taken in the target: EEXIST, after the kernel already moved the link (it
+    // renames after the move unless the current name is taken there), so it is found in the
+    // target under its old name.
+    let err = hnl
+        .move_link_to_netns(moved.index, staging.fd(), "lo")
+        .await
+        .unwrap_err();
+    assert!(err.is_exists(), "{err}");
+    assert!(err.step().contains("lo"), "{err}");
+    assert!(hnl.link_by_name("pnzt0").await.unwrap().is_none());
+    assert!(snl.link_by_name("pnzt0").await.unwrap().is_some());
+    // A missing link is "not found".
+    let err = snl
+        .move_link_to_netns(moved.index + 1000, host.fd(), "pnzt1")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bridge_is_deleted_only_without_ports() {
+    let mut g = NamedNs::new();
+    let host = g.create("br-h");
+    let ctr = g.create("br-c");
+    let nl = Netlink::in_open_netns(&host).unwrap();
+    let br = nl
+        .ensure_bridge(&BridgeOptions {
+            name: "pnzbr0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pair = nl
+        .create_veth_pair(&VethOptions {
+            host_name: "pnzw0".into(),
+            peer_name: "eth0".into(),
+            peer_netns: ctr.fd(),
+            master: Some(br.index),
+            mtu: None,
+            host_mac: None,
+            peer_mac: None,
+        })
+        .await
+        .unwrap();
+    // An unrelated bridge port elsewhere must not count.
+    let other = nl
+        .ensure_bridge(&BridgeOptions {
+            name: "pnzbr1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ports = nl.ports_of(br.index).await.unwrap();
+    assert_eq!(
+        ports.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["pnzw0"]
+    );
+    assert!(nl.ports_of(other.index).await.unwrap().is_empty());
+    assert!(!nl.del_bridge_if_unused("pnzbr0").await.unwrap());
+    assert!(nl.link_by_name("pnzbr0").await.unwrap().is_some());
+    // Not a bridge: refused.
+    let err = nl.del_bridge_if_unused("pnzw0").await.unwrap_err();
+    assert!(err.to_string().contains("not a bridge"), "{err}");
+    assert!(nl.link_by_name("pnzw0").await.unwrap().is_some());
+    nl.del_link(pair.host.index).await.unwrap();
+    assert!(nl.del_bridge_if_unused("pnzbr0").await.unwrap());
+    assert!(nl.link_by_name("pnzbr0").await.unwrap().is_none());
+    assert!(!nl.del_bridge_if_unused("pnzbr0").await.unwrap(), "absent");
+    assert!(nl.del_bridge_if_unused("pnzbr1").await.unwrap());
+}

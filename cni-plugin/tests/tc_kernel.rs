@@ -6,25 +6,22 @@ mod common;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
+use plugnet::netlink::Netlink;
 use plugnet::tc::{self, Bandwidth};
 
-/// Runs an async rtnetlink job on a thread inside namespace `ns`.
-fn with_handle<T: Send + 'static>(
+/// Runs an async job with a netlink connection inside namespace `ns`, on a runtime built here
+/// (in our own namespace; only the socket is opened inside `ns`).
+fn with_netlink<T>(
     ns: &str,
-    f: impl FnOnce(rtnetlink::Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
-        + Send
-        + 'static,
+    f: impl FnOnce(Netlink) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>,
 ) -> T {
-    in_ns(ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            f(handle).await
-        })
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let nl = Netlink::in_netns(format!("/run/netns/{ns}")).unwrap();
+        f(nl).await
     })
 }
 
@@ -96,7 +93,7 @@ fn ten_megabit_each_direction_then_nothing_left() {
     };
     let ifb = tc::ifb_name("pnfnet5", "pnf-ctr-5-1", "eth0");
     let (hv2, ifb2) = (hv.clone(), ifb.clone());
-    with_handle(&t.host.0, move |h| {
+    with_netlink(&t.host.0, move |h| {
         Box::pin(async move {
             tc::apply(&h, &hv2, &ifb2, &bw).await?;
             tc::apply(&h, &hv2, &ifb2, &bw).await?; // idempotent
@@ -125,7 +122,7 @@ fn ten_megabit_each_direction_then_nothing_left() {
         );
     }
     let (hv2, ifb2) = (hv.clone(), ifb.clone());
-    with_handle(&t.host.0, move |h| {
+    with_netlink(&t.host.0, move |h| {
         Box::pin(async move {
             tc::remove(&h, &hv2, &ifb2).await?;
             tc::remove(&h, &hv2, &ifb2).await?; // idempotent
@@ -137,7 +134,7 @@ fn ten_megabit_each_direction_then_nothing_left() {
     assert!(!q.contains("tbf") && !q.contains("ingress"), "{q}");
     assert!(!t.host.out("ip -br link").contains(&ifb));
     let (hv2, ifb2) = (hv.clone(), ifb.clone());
-    let err = with_handle(&t.host.0, move |h| {
+    let err = with_netlink(&t.host.0, move |h| {
         Box::pin(async move { tc::check(&h, &hv2, &ifb2, &bw).await })
     });
     assert!(err.is_err());

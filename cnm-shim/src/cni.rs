@@ -16,7 +16,6 @@ use plugnet::ipam::{Hold, Owner};
 use plugnet::libcni::{CniConfig, NetworkList, RuntimeConf};
 use plugnet::CniVersion;
 use serde_json::{json, Value};
-use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +30,7 @@ const HOST_LOCAL_DIR: &str = "/var/lib/cni/networks";
 pub struct RealBackend {
     conf_dir: PathBuf,
     cni: CniConfig,
-    host_ns: File,
+    host_ns: netns::Netns,
 }
 
 impl RealBackend {
@@ -40,7 +39,7 @@ impl RealBackend {
         conf_dir: PathBuf,
         cni_path: Vec<PathBuf>,
         cache_dir: PathBuf,
-        host_ns: File,
+        host_ns: netns::Netns,
     ) -> Self {
         RealBackend {
             conf_dir,

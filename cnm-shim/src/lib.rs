@@ -10,9 +10,11 @@ pub mod backend;
 pub mod cni;
 pub mod driver;
 pub mod ipam;
+pub mod metrics;
 pub mod netns;
 pub mod server;
 pub mod state;
+pub mod status;
 #[cfg(test)]
 mod tests;
 pub mod translate;

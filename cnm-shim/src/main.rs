@@ -1,8 +1,9 @@
 //! plugnet-shim: serve Docker's remote NetworkDriver + IpamDriver protocol over CNI.
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use plugnet_shim::{
-    cni::RealBackend, driver::Driver, driver::DriverConfig, netns, server, state::Store,
+    cni::RealBackend, driver::Driver, driver::DriverConfig, metrics, netns, server, state::Store,
+    status,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -17,10 +18,12 @@ use tracing::{error, info};
     about = "Docker network and IPAM driver running CNI plugins"
 )]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Driver name: `docker network create -d NAME --ipam-driver NAME`; also the socket name.
     #[arg(long, default_value = "plugnet")]
     name: String,
-    #[arg(long, default_value = "/var/lib/plugnet/shim")]
+    #[arg(long, global = true, default_value = "/var/lib/plugnet/shim")]
     state_dir: PathBuf,
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
@@ -48,10 +51,57 @@ struct Cli {
     /// Blocks automatic IPv6 pools are cut from (repeatable).
     #[arg(long = "default-pool-v6")]
     default_pools_v6: Vec<ipnetwork::IpNetwork>,
+    /// Serve per-network Prometheus metrics (GET /metrics) on a unix socket or a loopback
+    /// address: `unix:/run/plugnet-shim/metrics.sock`, `127.0.0.1:9465`, `[::1]:9465`.
+    #[arg(long, value_name = "unix:/PATH|127.0.0.1:PORT")]
+    metrics_listen: Option<metrics::Listen>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the networks, endpoints, attachments and pools in the state dir (works whether or
+    /// not the daemon runs; read-only).
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `plugnet-shim status`: exit code.
+fn status_cmd(state_dir: &std::path::Path, json: bool) -> i32 {
+    if !state_dir.is_dir() {
+        eprintln!(
+            "plugnet-shim: no state at {} (has the shim run here? pass the --state-dir it runs with)",
+            state_dir.display()
+        );
+        return 1;
+    }
+    let store = match Store::open(state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "plugnet-shim: open state dir {}: {e} (run as root)",
+                state_dir.display()
+            );
+            return 1;
+        }
+    };
+    let (st, warnings) = store.load();
+    if json {
+        let v = status::to_json(&st, &warnings);
+        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+    } else {
+        print!("{}", status::to_text(&st, &warnings));
+    }
+    0
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Cmd::Status { json }) = cli.cmd {
+        std::process::exit(status_cmd(&cli.state_dir, json));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log_level)
@@ -95,6 +145,13 @@ fn run(cli: Cli) -> Result<()> {
         cfg.default_pools_v6 = cli.default_pools_v6.clone();
     }
     let driver = Arc::new(Driver::new(cfg, backend, store));
+    // The metrics listener reads the same state dir through its own handle.
+    let metrics_store = match &cli.metrics_listen {
+        Some(_) => Some(Arc::new(
+            Store::open(&cli.state_dir).context("open state dir for metrics")?,
+        )),
+        None => None,
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -128,6 +185,13 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         });
+        let metrics_task = cli.metrics_listen.clone().zip(metrics_store).map(|(l, st)| {
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(l, st).await {
+                    error!("metrics listener: {e:#} (fix --metrics-listen; Docker is still served)");
+                }
+            })
+        });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let res = tokio::select! {
             r = server::serve(listener, driver) => r.context("serve"),
@@ -135,6 +199,12 @@ fn run(cli: Cli) -> Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
         };
         reaper.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        if let Some(metrics::Listen::Unix(p)) = &cli.metrics_listen {
+            let _ = std::fs::remove_file(p);
+        }
         let _ = std::fs::remove_file(&sock);
         netns::release_dir_if_empty(&staging_dir);
         info!("stopped");

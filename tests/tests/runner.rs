@@ -249,6 +249,14 @@ fn in_subnet(addr: &str, prefix24: &str) -> bool {
 /// The three-network spec of the issue, a mixed list: `plugnet` + plugnet-ipam (dual stack), a
 /// conflist from the conf dir with the Go reference `bridge` + `host-local`, and `plugnet`
 /// again under its own interface name.
+/// `spec` with the front network's port mapping on another host port (two containers cannot
+/// map the same one).
+fn with_host_port(spec: &Value, port: u16) -> Value {
+    let mut s = spec.clone();
+    s["networks"][0]["runtimeConfig"]["portMappings"][0]["hostPort"] = json!(port);
+    s
+}
+
 fn three_networks(w: &World, net: u8) -> Value {
     let conflist = json!({
         "cniVersion": "1.0.0",
@@ -265,7 +273,7 @@ fn three_networks(w: &World, net: u8) -> Value {
     json!({"networks": [
         {"name": "front", "type": "plugnet",
          "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
-         "config": {"bridge": "pnrfront", "isGateway": true,
+         "config": {"bridge": "pnrfront", "isGateway": true, "firewallStateDir": w.data("fw"),
             "ipam": {"type": "plugnet-ipam", "dataDir": w.data("pi"),
                      "ranges": [[{"subnet": format!("10.{net}.1.0/24")}],
                                 [{"subnet": format!("fd80:{net}:1::/64")}]]}}},
@@ -298,7 +306,7 @@ fn two_containers_share_three_networks() {
     let (a, b) = (w.container("ca"), w.container("cb"));
     let spec = three_networks(&w, 80);
     let up_a = w.up("pnr-a1", &a, &spec);
-    let up_b = w.up("pnr-a2", &b, &spec);
+    let up_b = w.up("pnr-a2", &b, &with_host_port(&spec, 18081));
     let names: Vec<&String> = up_a.as_object().unwrap().keys().collect();
     assert_eq!(names, ["front", "back", "private"]);
 
@@ -439,7 +447,7 @@ fn hot_plug_a_fourth_network_and_unplug_it() {
     let (a, b) = (w.container("ca"), w.container("cb"));
     let spec = three_networks(&w, 82);
     let up_a = w.up("pnr-c1", &a, &spec);
-    let up_b = w.up("pnr-c2", &b, &spec);
+    let up_b = w.up("pnr-c2", &b, &with_host_port(&spec, 18081));
     let fourth = json!({"networks": [{"name": "extra", "type": "bridge", "config": {
         "bridge": "pnrextra", "isGateway": true,
         "ipam": {"type": "plugnet-ipam", "dataDir": w.data("pi"),

@@ -2,14 +2,21 @@
 //! `plugnet::bridge`); otherwise the runtime-side runner CLI (`plugnet::cli`: up, down, …).
 
 use plugnet::bridge::BridgePlugin;
+use plugnet::log::Logged;
 use plugnet::skel::{self, Env, OsEnv};
 
 fn main() {
     if OsEnv.var("CNI_COMMAND").is_none() {
         std::process::exit(plugnet::cli::main(std::env::args().collect()));
     }
+    let plugin = Logged::new(
+        BridgePlugin::default(),
+        "plugnet",
+        OsEnv.var("PLUGNET_LOG"),
+        OsEnv.var("PLUGNET_LOG_LEVEL"),
+    );
     let code = skel::run(
-        &BridgePlugin::default(),
+        &plugin,
         &OsEnv,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),

@@ -188,7 +188,7 @@ pub async fn apply_bandwidth(
     ifb: &str,
     bw: &Bandwidth,
 ) -> Result<(), CniError> {
-    tc::apply(host.handle(), host_veth, ifb, bw)
+    tc::apply(host, host_veth, ifb, bw)
         .await
         .map_err(tc_error("apply bandwidth"))
 }
@@ -212,7 +212,7 @@ pub async fn del(
     }
     let ifb = ifb(req);
     if feats.bandwidth.is_some() {
-        if let Err(e) = tc::remove(host.handle(), host_veth, &ifb).await {
+        if let Err(e) = tc::remove(host, host_veth, &ifb).await {
             errors.push(format!("remove bandwidth: {e}"));
         }
     } else {
@@ -240,7 +240,7 @@ pub async fn check(
             .map_err(firewall_error("check firewall rules"))?;
     }
     if let Some(bw) = &feats.bandwidth {
-        tc::check(host.handle(), host_veth, &ifb(req), bw)
+        tc::check(host, host_veth, &ifb(req), bw)
             .await
             .map_err(tc_error("check bandwidth"))?;
     }

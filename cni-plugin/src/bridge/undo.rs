@@ -53,7 +53,7 @@ impl Undo {
                     }
                 }
                 Step::RemoveShaping { host_veth, ifb } => {
-                    if let Err(e) = crate::tc::remove(host.handle(), &host_veth, &ifb).await {
+                    if let Err(e) = crate::tc::remove(host, &host_veth, &ifb).await {
                         eprintln!("plugnet: rollback: remove bandwidth: {e}");
                     }
                 }

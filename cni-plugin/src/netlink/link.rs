@@ -91,6 +91,9 @@ pub struct Link {
     pub alias: Option<String>,
     /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
     pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: for a veth whose peer lives in another namespace, that namespace's
+    /// id as seen from here. `None` when the peer is in this namespace (or the link has none).
+    pub link_netnsid: Option<i32>,
     pub stats: Option<LinkStats>,
 }
 
@@ -110,6 +113,7 @@ impl Link {
                 LinkAttribute::Controller(c) if *c != 0 => l.master = Some(*c),
                 LinkAttribute::Link(i) => l.link = Some(*i),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+                LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(*id),
                 LinkAttribute::Stats64(s) => {
                     l.stats = Some(LinkStats {
                         rx_bytes: s.rx_bytes,
@@ -477,6 +481,80 @@ impl Netlink {
         )
         .await
         .map(drop)
+    }
+
+    /// Moves the link with `index` into the namespace `target`, renamed to `new_name` and down,
+    /// in one request (`ip link set <index> down netns <target> name <new_name>`). A veth keeps
+    /// its peer: afterwards the moved end's `link` names the peer's index in the peer's
+    /// namespace. The kernel names the link `new_name` as it arrives when its current name is
+    /// taken in the target (the usual `eth0`); otherwise it moves it, then renames it, so if
+    /// `new_name` is taken there the call fails with EEXIST leaving the link in the target
+    /// under its old name.
+    pub async fn move_link_to_netns(
+        &self,
+        index: u32,
+        target: BorrowedFd<'_>,
+        new_name: &str,
+    ) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .down()
+            .setns_by_fd(target.as_raw_fd())
+            .name(new_name.to_string())
+            .build();
+        self.exchange(
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_REQUEST | NLM_F_ACK,
+            &|| format!("move link {index} to another netns as {new_name}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The links enslaved to the link with `index` (a bridge's ports), one filtered dump.
+    pub async fn ports_of(&self, index: u32) -> Result<Vec<Link>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        // With strict checking (set on every socket here) the kernel filters the dump by master.
+        msg.attributes.push(LinkAttribute::Controller(index));
+        let answers = self
+            .exchange(
+                RouteNetlinkMessage::GetLink(msg),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                &|| format!("list ports of link {index}"),
+            )
+            .await?;
+        Ok(answers
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .filter(|l| l.master == Some(index))
+            .collect())
+    }
+
+    /// Deletes bridge `name` only if no port is enslaved to it. Returns whether it deleted it;
+    /// a missing bridge is `Ok(false)`, a link of another kind an error.
+    pub async fn del_bridge_if_unused(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(br) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        if !br.is_bridge() {
+            return Err(NetlinkError::protocol(
+                format!("delete bridge {name}"),
+                format!(
+                    "link {name} is a {}, not a bridge",
+                    br.kind.as_deref().unwrap_or("device without kind")
+                ),
+            ));
+        }
+        if !self.ports_of(br.index).await?.is_empty() {
+            return Ok(false);
+        }
+        match self.del_link(br.index).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Hairpin mode on a bridge port: frames may leave by the port they came in on.

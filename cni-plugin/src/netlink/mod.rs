@@ -1,6 +1,6 @@
 //! netlink: the only module that speaks rtnetlink. A small vocabulary (`ensure_bridge`,
 //! `create_veth_pair`, `add_addr`, `add_route`, `set_up`, `del_link`, `link_by_name`,
-//! `set_permanent_neighbour`, …) over
+//! `set_permanent_neighbour`, `move_link_to_netns`, tc qdiscs and filters, …) over
 //! ONE connection per network namespace, reused for every request.
 //!
 //! Invariants: nothing outside this module builds a netlink message; the socket for another
@@ -12,6 +12,7 @@ mod error;
 mod link;
 mod neigh;
 mod route;
+mod tc;
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
@@ -28,6 +29,7 @@ pub use error::{Cause, NetlinkError};
 pub use link::{BridgeOptions, Link, LinkStats, Mac, VethOptions, VethPair};
 pub use neigh::Neighbour;
 pub use route::RouteSpec;
+pub use tc::{tbf_options, Qdisc, QdiscParent};
 
 use crate::netns::Netns;
 
@@ -72,12 +74,6 @@ impl Netlink {
             handle,
             sent: AtomicU32::new(0),
         })
-    }
-
-    /// The underlying rtnetlink handle, for crate modules that speak tc through the same
-    /// connection (see [`crate::tc`]); nothing else should build messages on it.
-    pub(crate) fn handle(&self) -> &Handle {
-        &self.handle
     }
 
     /// How many requests this connection has sent (each is one kernel round trip).

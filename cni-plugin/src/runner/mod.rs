@@ -297,7 +297,11 @@ impl Runner {
         self.state.load(id)?.ok_or_else(|| {
             CniError::new(
                 ErrorCode::UnknownContainer,
-                format!("container {id:?} has no networks"),
+                format!(
+                    "container {id:?} has no networks in {} (`plugnet list` shows the containers \
+                     it knows; --state-dir / PLUGNET_STATE_DIR if they live elsewhere)",
+                    self.state.root().display()
+                ),
             )
         })
     }
