@@ -28,6 +28,8 @@ pub const CNI_IFNAME: &str = "eth0";
 pub const OPT_CNI_NETWORK: &str = "cni.network";
 /// `-o` option: write the derived conflist to the CNI conf dir.
 pub const OPT_EXPORT: &str = "plugnet.export";
+/// `-o` option: `routed` derives a conflist in plugnet's routed mode (default `bridge`).
+pub const OPT_MODE: &str = "plugnet.mode";
 /// `--ipam-opt` option: name of the CNI network (and store) for a derived pool.
 pub const OPT_NAME: &str = "plugnet.name";
 
@@ -274,8 +276,14 @@ impl<B: CniBackend> Driver<B> {
                 self.rehome_pool(&mut st, pid, &cni_name)?;
             }
         }
+        let routed = match opts.get(OPT_MODE).map(String::as_str) {
+            None | Some("") | Some("bridge") => false,
+            Some("routed") => true,
+            Some(m) => bail!("{OPT_MODE}={m:?}: must be \"bridge\" or \"routed\""),
+        };
         let derive = DeriveOptions {
             plugin: self.cfg.bridge_plugin.clone(),
+            routed,
             bridge: opts
                 .get("com.docker.network.bridge.name")
                 .cloned()
@@ -291,7 +299,7 @@ impl<B: CniBackend> Driver<B> {
                     .unwrap_or(self.cfg.default_ip_masq),
             ipam_data_dir: self.cfg.ipam_data_dir.clone(),
         };
-        if derive.bridge.len() > 15 {
+        if !routed && derive.bridge.len() > 15 {
             bail!("bridge name {:?} is longer than 15 bytes", derive.bridge);
         }
         let conflist = translate::derive_conflist(&cni_name, &ranges, &derive);

@@ -302,6 +302,20 @@ impl<B: CniBackend> Driver<B> {
             }
         }
         let cidr = |ip: IpAddr| format!("{ip}/{}", rec.pool.prefix());
+        // A routed network's endpoints carry a host address (/32, /128), exactly as plugnet's
+        // routed mode configures CNI containers: Docker puts the reply's prefix on the
+        // interface, and with the pool's prefix it would treat the pool as on-link.
+        let routed = st
+            .networks
+            .values()
+            .any(|n| n.cni_name == rec.cni_network && translate::conflist_is_routed(&n.conflist));
+        let endpoint_cidr = |ip: IpAddr| {
+            if routed {
+                format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })
+            } else {
+                cidr(ip)
+            }
+        };
         if req.options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_OPTION) {
             let gw = match (requested, rec.gateway, rec.from_conflist.is_some()) {
                 (Some(r), Some(g), true) if r != g => {
@@ -376,7 +390,7 @@ impl<B: CniBackend> Driver<B> {
             return Err(e).context("persist pool");
         }
         let resp = RequestAddressResponse {
-            address: cidr(ip),
+            address: endpoint_cidr(ip),
             data: BTreeMap::new(),
         };
         st.pools.insert(rec.id.clone(), rec);

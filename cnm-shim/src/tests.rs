@@ -575,3 +575,29 @@ fn address_stays_docker_held_between_delete_endpoint_and_release() {
     );
     assert_eq!(a["Address"], addr.as_str(), "the only free address left");
 }
+
+#[test]
+fn routed_network_derives_routed_conflist_and_host_addresses() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, gw) = create_network(d, "100.70.0.0/16", json!({"plugnet.mode": "routed"}));
+    assert_eq!(
+        gw, "100.70.0.1/16",
+        "the gateway request precedes CreateNetwork"
+    );
+    let (addr, _) = run_container(d, &pool_id, EP);
+    assert!(
+        addr.ends_with("/32"),
+        "routed endpoints get host addresses: {addr}"
+    );
+    stop_container(d, &pool_id, EP, &addr);
+    let (s, v) = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": "n2", "Options": {GENERIC_OPTION: {"plugnet.mode": "mesh"}},
+               "IPv4Data": [{"AddressSpace":"plugnet-local","Pool":"100.71.0.0/16"}], "IPv6Data": []}),
+    );
+    let err = v["Err"].as_str().unwrap_or_default();
+    assert!(s != 200 || !err.is_empty(), "bad mode refused: {v}");
+    assert!(err.contains("plugnet.mode"), "{v}");
+}

@@ -56,6 +56,9 @@ pub struct DeriveOptions {
     /// Main plugin type: `plugnet` (or the reference `bridge`, which takes the same fields).
     pub plugin: String,
     pub bridge: String,
+    /// plugnet's routed mode (`-o plugnet.mode=routed`): no bridge, /32 per container, host
+    /// routes; `bridge` is then unused.
+    pub routed: bool,
     pub mtu: Option<u32>,
     pub ip_masq: bool,
     /// `dataDir` for plugnet-ipam (None: its default).
@@ -73,17 +76,31 @@ pub fn derive_conflist(name: &str, ranges: &[Range], o: &DeriveOptions) -> Value
     if let Some(d) = &o.ipam_data_dir {
         ipam["dataDir"] = json!(d);
     }
-    let mut plugin = json!({
-        "type": o.plugin,
-        "bridge": o.bridge,
-        "isGateway": true,
-        "ipMasq": o.ip_masq,
-        "ipam": ipam,
-    });
+    let mut plugin = if o.routed {
+        json!({
+            "type": o.plugin,
+            "mode": "routed",
+            "ipMasq": o.ip_masq,
+            "ipam": ipam,
+        })
+    } else {
+        json!({
+            "type": o.plugin,
+            "bridge": o.bridge,
+            "isGateway": true,
+            "ipMasq": o.ip_masq,
+            "ipam": ipam,
+        })
+    };
     if let Some(mtu) = o.mtu {
         plugin["mtu"] = json!(mtu);
     }
     json!({"cniVersion": DERIVED_CNI_VERSION, "name": name, "plugins": [plugin]})
+}
+
+/// True when the conflist's first plugin is plugnet in routed mode.
+pub fn conflist_is_routed(conflist: &Value) -> bool {
+    conflist.pointer("/plugins/0/mode").and_then(Value::as_str) == Some("routed")
 }
 
 /// The `ipam` object of a conflist: the first plugin that has one.
@@ -273,7 +290,9 @@ pub fn result_addresses(result: &Value) -> Vec<IpNetwork> {
 
 /// Build the Join reply from a CNI result: the default route (or the family's `ips[].gateway`)
 /// becomes `Gateway`/`GatewayIPv6`, other routes become `StaticRoutes`; gateway-less routes
-/// go via the family's gateway like the reference plugins install them, else on-link.
+/// go via the family's gateway like the reference plugins install them, else on-link. A
+/// gateway-less host route to the gateway itself (plugnet's routed mode: `169.254.1.1/32`,
+/// `fe80::1/128`) is CONNECTED, so Docker makes the next hop on-link before the default route.
 pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
     let gw_of = |v6: bool| -> Option<IpAddr> {
         result.get("ips")?.as_array()?.iter().find_map(|i| {
@@ -301,7 +320,17 @@ pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
                     .with_context(|| format!("CNI result route gw {s:?}"))?,
             ),
         };
-        let gw = gw.or_else(|| gw_of(dst.is_ipv6()));
+        let family_gw = gw_of(dst.is_ipv6());
+        let full = if dst.is_ipv6() { 128 } else { 32 };
+        if gw.is_none() && dst.prefix() == full && Some(dst.ip()) == family_gw {
+            routes.push(StaticRoute {
+                destination: dst.to_string(),
+                route_type: ROUTE_CONNECTED,
+                next_hop: String::new(),
+            });
+            continue;
+        }
+        let gw = gw.or(family_gw);
         if dst.prefix() == 0 {
             match (dst.is_ipv6(), gw) {
                 (false, Some(g)) => gw4 = Some(g),
@@ -369,6 +398,7 @@ mod tests {
             &DeriveOptions {
                 plugin: "plugnet".into(),
                 bridge: "pnb0123".into(),
+                routed: false,
                 mtu: Some(1400),
                 ip_masq: true,
                 ipam_data_dir: None,
@@ -385,6 +415,45 @@ mod tests {
         );
         let back = ipam_ranges(conflist_ipam(&c).unwrap()).unwrap();
         assert_eq!(back[0].subnet.to_string(), "10.60.1.0/24");
+    }
+
+    #[test]
+    fn routed_conflist_and_join_reply() {
+        let c = derive_conflist(
+            "pn-100.70.0.0_16",
+            &[r("100.70.0.0/16")],
+            &DeriveOptions {
+                plugin: "plugnet".into(),
+                bridge: "unused".into(),
+                routed: true,
+                ..DeriveOptions::default()
+            },
+        );
+        let p = &c["plugins"][0];
+        assert_eq!(p["mode"], "routed");
+        assert!(conflist_is_routed(&c));
+        assert!(p.get("bridge").is_none() && p.get("isGateway").is_none());
+        // The result plugnet's routed mode prints.
+        let res = json!({"cniVersion":"1.0.0",
+            "ips":[{"address":"100.70.0.5/32","gateway":"169.254.1.1","interface":1},
+                   {"address":"fd11:70::5/128","gateway":"fe80::1","interface":1}],
+            "routes":[{"dst":"169.254.1.1/32"},{"dst":"0.0.0.0/0","gw":"169.254.1.1"},
+                      {"dst":"fe80::1/128"},{"dst":"::/0","gw":"fe80::1"}]});
+        let j = join_reply(&res, "pnjabc").unwrap();
+        assert_eq!(j.gateway, "169.254.1.1");
+        assert_eq!(j.gateway_ipv6, "fe80::1");
+        let shown: Vec<(String, u8, String)> = j
+            .static_routes
+            .iter()
+            .map(|r| (r.destination.clone(), r.route_type, r.next_hop.clone()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("169.254.1.1/32".into(), ROUTE_CONNECTED, String::new()),
+                ("fe80::1/128".into(), ROUTE_CONNECTED, String::new()),
+            ]
+        );
     }
 
     #[test]

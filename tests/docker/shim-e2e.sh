@@ -3,7 +3,7 @@
 # data-root, exec-root, pidfile, socket), a busybox image imported from busybox-static, the shim
 # under a unique name, and checks as a user would see them. Never touches the default dockerd.
 #
-#   tests/docker/shim-e2e.sh [--mode existing|derived|both]   (root; needs docker.io, busybox-static,
+#   tests/docker/shim-e2e.sh [--mode existing|derived|routed|both]   (root; needs docker.io, busybox-static,
 #                                                              containernetworking-plugins)
 # Env: SHIM (binary, default target/debug/plugnet-shim), BRIDGE_PLUGIN (main plugin of derived
 # conflists: plugnet, or the reference bridge until plugnet's lands), PLUGNET_BIN (dir with plugnet,
@@ -185,6 +185,11 @@ case $MODE in
   existing|derived) run_suite "$MODE" ;;
   both) run_suite existing; run_suite derived ;;
 esac
+# plugnet's routed mode through the shim: its own script (own dockerd, own shim name).
+if [ "$MODE" = both ] || [ "$MODE" = routed ]; then
+  say "routed mode (tests/docker/shim-routed.sh)"
+  "$(dirname "$0")/shim-routed.sh" || fail "shim-routed.sh"
+fi
 
 say "handler latency (ms) per method: median / max / count"
 latency_table

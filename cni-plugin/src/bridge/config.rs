@@ -14,6 +14,17 @@ use crate::validate;
 pub const IN_PROCESS_IPAM: &str = "plugnet-ipam";
 const DEFAULT_BRIDGE: &str = "cni0";
 
+/// How the container's interface is connected to the host (`"mode"`, default `"bridge"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A Linux bridge, one veth pair per container on it (the reference `bridge` plugin).
+    #[default]
+    Bridge,
+    /// No bridge: a /32 (/128) per container, a host route to it, a link-local next hop
+    /// ([`super::routed`]).
+    Routed,
+}
+
 /// Who hands out addresses for this network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpamKind {
@@ -27,6 +38,7 @@ pub enum IpamKind {
 
 #[derive(Debug, Clone)]
 pub struct BridgeConf {
+    pub mode: Mode,
     pub bridge: String,
     pub is_gateway: bool,
     pub is_default_gateway: bool,
@@ -55,6 +67,7 @@ pub struct BridgeConf {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct Wire {
+    mode: Option<String>,
     bridge: Option<String>,
     is_gateway: bool,
     is_default_gateway: bool,
@@ -101,6 +114,7 @@ impl BridgeConf {
     pub fn from_request(req: &Request) -> Result<BridgeConf, CniError> {
         let w: Wire = serde_json::from_value(req.raw.clone())
             .map_err(|e| CniError::decode(format!("failed to load netconf: {e}")))?;
+        let bridge_only = bridge_only_fields(&w);
         let bridge = w.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         validate::interface_name(&bridge).map_err(|e| bad(format!("bridge name: {e}")))?;
         if w.hairpin_mode && w.promisc_mode {
@@ -148,7 +162,20 @@ impl BridgeConf {
                 "disableContainerInterface=true is incompatible with IPAM configuration",
             ));
         }
+        let mode = match w.mode.as_deref() {
+            None | Some("bridge") => Mode::Bridge,
+            Some("routed") => Mode::Routed,
+            Some(m) => {
+                return Err(bad(format!(
+                    "invalid mode {m:?} (must be \"bridge\" or \"routed\")"
+                )))
+            }
+        };
+        if mode == Mode::Routed {
+            super::routed::refuse_bridge_only(&bridge_only)?;
+        }
         Ok(BridgeConf {
+            mode,
             bridge,
             is_gateway: w.is_gateway || w.is_default_gateway,
             is_default_gateway: w.is_default_gateway,
@@ -175,6 +202,25 @@ impl BridgeConf {
     pub fn uses_vlans(&self) -> bool {
         self.vlan.is_some() || !self.vlan_trunk.is_empty()
     }
+}
+
+/// The bridge-only fields set in a configuration, by their wire names.
+fn bridge_only_fields(w: &Wire) -> Vec<&'static str> {
+    [
+        ("hairpinMode", w.hairpin_mode),
+        ("promiscMode", w.promisc_mode),
+        ("vlan", w.vlan.is_some_and(|v| v != 0)),
+        (
+            "vlanTrunk",
+            w.vlan_trunk.as_ref().is_some_and(|t| !t.is_empty()),
+        ),
+        ("portIsolation", w.port_isolation),
+        ("disableContainerInterface", w.disable_container_interface),
+        ("bridge", w.bridge.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
 }
 
 fn ipam_kind(ipam: Option<&Value>) -> Result<IpamKind, CniError> {

@@ -155,7 +155,12 @@ impl Features {
             network: req.config.name.clone(),
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
-            bridge: conf.bridge.clone(),
+            // Routed mode has no bridge: the host veth is the container's own uplink, which the
+            // firewall reads as a routed attachment.
+            bridge: match conf.mode {
+                super::config::Mode::Bridge => conf.bridge.clone(),
+                super::config::Mode::Routed => host_veth.to_string(),
+            },
             host_veth: host_veth.to_string(),
             container_ips,
             ip_masq: self.ip_masq,

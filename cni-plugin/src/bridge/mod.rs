@@ -3,8 +3,9 @@
 //!
 //! This file is orchestration only: configuration lives in [`config`], host veth names in
 //! [`naming`], the IPAM seam in [`ipam`], the container/host setup steps in [`setup`], CHECK in
-//! [`check`], GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`]; all
-//! kernel work goes through [`crate::netlink`], [`crate::firewall`] and [`crate::tc`].
+//! [`check`], GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`], routed
+//! mode (no bridge, /32 + host routes) in [`routed`]; all kernel work goes through
+//! [`crate::netlink`], [`crate::firewall`] and [`crate::tc`].
 //! Invariants: ADD either completes or undoes every step it took; DEL is idempotent and never
 //! needs the container's namespace (the host veth name derives from the attachment).
 
@@ -14,6 +15,7 @@ pub mod features;
 pub mod gc;
 pub mod ipam;
 pub mod naming;
+pub mod routed;
 pub mod setup;
 mod undo;
 
@@ -26,7 +28,7 @@ use crate::netns::Netns;
 use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
-use config::BridgeConf;
+use config::{BridgeConf, Mode};
 use features::Features;
 use undo::Undo;
 
@@ -64,7 +66,10 @@ impl Plugin for BridgePlugin {
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
-        block_on(check::check(&*self.exec, &conf, &feats, req))?
+        match conf.mode {
+            Mode::Bridge => block_on(check::check(&*self.exec, &conf, &feats, req))?,
+            Mode::Routed => block_on(routed::check(&*self.exec, &conf, &feats, req))?,
+        }
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
@@ -75,7 +80,10 @@ impl Plugin for BridgePlugin {
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
-        block_on(gc::gc(&*self.exec, &conf, &feats, req))?
+        match conf.mode {
+            Mode::Bridge => block_on(gc::gc(&*self.exec, &conf, &feats, req))?,
+            Mode::Routed => block_on(routed::gc(&*self.exec, &conf, &feats, req))?,
+        }
     }
 }
 
@@ -108,7 +116,11 @@ async fn add(
     }
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
-    match add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await {
+    let added = match conf.mode {
+        Mode::Bridge => add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
+        Mode::Routed => routed::add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
+    };
+    match added {
         Ok(result) => Ok(result),
         Err(e) => {
             undo.rollback(exec, conf, req, &host).await;
@@ -161,8 +173,8 @@ async fn add_steps(
     Ok(result)
 }
 
-/// DEL: release the addresses first, then the firewall rules and shaping, then delete the host
-/// veth (its peer goes with it). Missing netns, link, lease or rule are success; every failure
+/// DEL (both modes): release the addresses first, then the firewall rules and shaping, then
+/// delete the host veth (its peer and, in routed mode, the host routes through it go with it). Missing netns, link, lease or rule are success; every failure
 /// is collected and reported.
 async fn del(
     exec: &dyn Exec,

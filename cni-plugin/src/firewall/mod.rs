@@ -7,7 +7,9 @@
 //! Layout (`nft list table inet plugnet`): verdict maps keyed per container (`pm_any`,
 //! `pm_ip4`, `pm_ip6` for port mappings; `egress4/6` by bridge . source address) jump to
 //! per-container chains `c-<key>-dnat` / `c-<key>-out`; sets keyed per container (`masq4/6`,
-//! `members4/6`) drive masquerading and hairpin NAT; base chains `guard`, `prerouting`,
+//! `members4/6`) drive masquerading and hairpin NAT; `routed` holds the host veths of routed
+//! attachments (whose "bridge" is their own host veth: traffic out to one keeps its source
+//! address); base chains `guard`, `prerouting`,
 //! `output`, `postrouting`, `forward` hold a fixed handful of rules. See the README, "Port mappings, egress rules, bandwidth".
 
 mod conntrack;
@@ -164,9 +166,22 @@ impl Firewall {
             op: "get table inet plugnet".into(),
             source: e,
         })?;
-        let rebuilt = !table;
+        // A table made by a plugnet without routed mode lacks the `routed` set (and its rule):
+        // a routed attachment rebuilds the table, in the same transaction.
+        let outdated = table
+            && att.is_routed()
+            && !nft::set_exists(plan::SET_ROUTED).map_err(|e| FirewallError::Nft {
+                step: "look up set",
+                op: format!("get set inet plugnet {}", plan::SET_ROUTED),
+                source: e,
+            })?;
+        if outdated {
+            ops.push(Op::DelTable);
+        }
+        let rebuilt = !table || outdated;
         if rebuilt {
-            // Fresh host, or someone flushed our table: rebuild what the state records.
+            // Fresh host, someone flushed our table, or it is outdated: rebuild what the state
+            // records.
             let atts = self
                 .store
                 .all_attachments()
@@ -416,6 +431,7 @@ impl Firewall {
             elems.extend(plan::egress_elems(att));
         }
         elems.extend(plan::member_elems(att));
+        elems.extend(plan::routed_elems(att));
         for c in chains {
             if !nft::chain_exists(&c).map_err(io_err)? {
                 return Err(FirewallError::Check(format!("chain {c} is missing")));

@@ -839,6 +839,26 @@ pub fn chain_exists(name: &str) -> io::Result<bool> {
     })
 }
 
+/// Does set/map `name` exist in plugnet's table?
+pub fn set_exists(name: &str) -> io::Result<bool> {
+    get(|buf, seq| unsafe {
+        let st = NonNull::new(sys::nftnl_set_alloc()).expect("nftnl_set_alloc: out of memory");
+        let t = table_name();
+        let n = cstr(name);
+        sys::nftnl_set_set_str(st.as_ptr(), sys::NFTNL_SET_TABLE as u16, t.as_ptr());
+        sys::nftnl_set_set_str(st.as_ptr(), sys::NFTNL_SET_NAME as u16, n.as_ptr());
+        let hdr = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETSET as u16,
+            NFPROTO_INET,
+            libc::NLM_F_ACK as u16,
+            seq,
+        );
+        sys::nftnl_set_nlmsg_build_payload(hdr, st.as_ptr());
+        sys::nftnl_set_free(st.as_ptr());
+    })
+}
+
 /// Does element `key` exist in set/map `set`?
 pub fn elem_exists(set: &str, key: &[KeyVal]) -> io::Result<bool> {
     let raw = RawSet::element(set, key, None, libc::NFT_MSG_GETSETELEM);

@@ -25,6 +25,9 @@ pub const MAP_EGRESS6: &str = "egress6";
 pub const SET_MEMBERS4: &str = "members4";
 pub const SET_MEMBERS6: &str = "members6";
 pub const SET_LOCALNET: &str = "localnet";
+/// Host veths of routed attachments (no bridge): traffic leaving through one goes to a local
+/// container and keeps its source address.
+pub const SET_ROUTED: &str = "routed";
 pub const CHAIN_PORTMAP: &str = "portmap";
 
 fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
@@ -43,7 +46,7 @@ pub fn infrastructure() -> Vec<Op> {
     use Field::*;
     let mut ops = vec![Op::AddTable];
     let to = |fam| SetData::Value(vec![Daddr(fam), Dport]);
-    let sets: [(&'static str, Vec<Field>, SetData); 11] = [
+    let sets: [(&'static str, Vec<Field>, SetData); 12] = [
         (
             MAP_PM4_IP,
             vec![Daddr(Fam::V4), L4proto, Dport],
@@ -63,6 +66,7 @@ pub fn infrastructure() -> Vec<Op> {
         (SET_MEMBERS4, vec![Oifname, Saddr(Fam::V4)], SetData::None),
         (SET_MEMBERS6, vec![Oifname, Saddr(Fam::V6)], SetData::None),
         (SET_LOCALNET, vec![Iifname], SetData::None),
+        (SET_ROUTED, vec![Oifname], SetData::None),
     ];
     for (name, key, data) in sets {
         ops.push(Op::AddSet(SetDef { name, key, data }));
@@ -177,6 +181,19 @@ pub fn infrastructure() -> Vec<Op> {
             Expr::Masquerade,
         ],
     ));
+    // Routed attachments have no bridge to stay on: traffic routed out to a local container's
+    // host veth (from another container, routed or bridged) keeps its source address.
+    ops.push(rule(
+        "postrouting",
+        vec![
+            Expr::Lookup {
+                set: SET_ROUTED.into(),
+                key: vec![Oifname],
+                vmap: false,
+            },
+            Expr::Verdict(Verdict::Accept),
+        ],
+    ));
     // ipMasq, as Docker does it (`-s <subnet> ! -o <bridge> -j MASQUERADE`): traffic leaving
     // through the container's own bridge stays on its network and keeps its address; so does
     // multicast; everything else from a masqueraded container is masqueraded. Plain sets, no
@@ -265,6 +282,13 @@ pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
                 }),
         );
     }
+    for (set, key) in routed_elems(att) {
+        ops.push(Op::AddElem {
+            set,
+            key,
+            data: None,
+        });
+    }
     for (set, key) in member_elems(att) {
         ops.push(Op::AddElem {
             set,
@@ -308,6 +332,7 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     let mut ops = Vec::new();
     let del = |(set, key): (String, Vec<KeyVal>)| Op::DelElem { set, key };
     ops.extend(member_elems(att).into_iter().map(del));
+    ops.extend(routed_elems(att).into_iter().map(del));
     ops.extend(
         portmap_elems(att)
             .into_iter()
@@ -392,6 +417,18 @@ pub fn bridge_elems(bridge: &str) -> Vec<(String, Vec<KeyVal>)> {
         SET_LOCALNET.to_string(),
         vec![KeyVal::Ifname(bridge.to_string())],
     )]
+}
+
+/// The routed set's element of a routed attachment (its host veth); none for bridged ones.
+pub fn routed_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
+    if att.is_routed() {
+        vec![(
+            SET_ROUTED.to_string(),
+            vec![KeyVal::Ifname(att.host_veth.clone())],
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 /// (bridge . address) of every attachment: who may hairpin through a host port.

@@ -19,6 +19,7 @@ pub struct Attachment {
     pub container_id: String,
     pub ifname: String,
     /// The Linux bridge the host veth is a port of (routed traffic enters/leaves through it).
+    /// Equal to `host_veth` for a routed attachment (no bridge; see [`Attachment::is_routed`]).
     pub bridge: String,
     pub host_veth: String,
     /// The container's addresses with their subnet prefix (e.g. `10.70.0.2/24`).
@@ -220,6 +221,12 @@ impl Attachment {
             net_out.validate()?;
         }
         Ok(())
+    }
+
+    /// True for an attachment without a bridge (plugnet's routed mode): its host veth is its
+    /// own uplink, so `bridge` names the host veth.
+    pub fn is_routed(&self) -> bool {
+        self.bridge == self.host_veth
     }
 
     /// The `(family, address)` pairs the container uses.

@@ -1,6 +1,6 @@
 //! netlink: the only module that speaks rtnetlink. A small vocabulary (`ensure_bridge`,
 //! `create_veth_pair`, `add_addr`, `add_route`, `set_up`, `del_link`, `link_by_name`,
-//! `move_link_to_netns`, tc qdiscs and filters, …) over
+//! `set_permanent_neighbour`, `move_link_to_netns`, tc qdiscs and filters, …) over
 //! ONE connection per network namespace, reused for every request.
 //!
 //! Invariants: nothing outside this module builds a netlink message; the socket for another
@@ -10,6 +10,7 @@
 mod addr;
 mod error;
 mod link;
+mod neigh;
 mod route;
 mod tc;
 
@@ -26,6 +27,7 @@ use rtnetlink::Handle;
 pub use addr::{first_host, IpFamily};
 pub use error::{Cause, NetlinkError};
 pub use link::{BridgeOptions, Link, LinkStats, Mac, VethOptions, VethPair};
+pub use neigh::Neighbour;
 pub use route::RouteSpec;
 pub use tc::{tbf_options, Qdisc, QdiscParent};
 

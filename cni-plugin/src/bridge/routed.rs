@@ -1,0 +1,600 @@
+//! Routed mode (`"mode": "routed"`): one veth pair per container and no bridge. The container
+//! carries its IPAM address as /32 (IPv6 /128) and reaches everything through a fixed link-local
+//! next hop on its interface (169.254.1.1, fe80::1); the host routes each container's /32 to its
+//! host veth, so containers reach each other and the host through the host's routing table.
+//!
+//! Invariants: the host side answers for the next hop in two ways, so any runtime works —
+//! a permanent neighbour entry in the container (written here) and, for runtimes that configure
+//! the interface themselves (Docker through the shim), the next hop itself on the host veth
+//! (169.254.1.1/32, fe80::1/64: the kernel answers ARP/NDP for it at once, with no proxy delay
+//! and no dependence on the host's other routes). Everything on the host hangs off the host veth: deleting it
+//! (DEL) takes the host routes with it. The CNI result says exactly what was configured: /32
+//! addresses, the next-hop and default routes, [host veth, container interface].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+
+use super::config::BridgeConf;
+use super::features::{self, Features};
+use super::undo::Undo;
+use super::{ipam, kernel, naming, setup};
+use crate::error::{CniError, ErrorCode};
+use crate::invoke::Exec;
+use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair};
+use crate::netns::{self, Netns};
+use crate::skel::{Command, Request};
+use crate::types::{CniResult, Interface, IpConfig, Route};
+
+/// The IPv4 next hop every routed container uses (an address of every routed host veth).
+pub const NEXT_HOP_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 next hop: a link-local address on every routed host veth.
+pub const NEXT_HOP_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The index of the container interface in a routed result's `interfaces`.
+const CONTAINER_IFACE: usize = 1;
+
+/// The next hop of `family`.
+pub fn next_hop(family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(NEXT_HOP_V4),
+        IpFamily::V6 => IpAddr::V6(NEXT_HOP_V6),
+    }
+}
+
+fn host_route(ip: IpAddr) -> IpNetwork {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, prefix).expect("full-length prefix")
+}
+
+/// Fields that only mean something with a bridge are refused in routed mode rather than
+/// silently ignored.
+pub fn refuse_bridge_only(fields: &[&str]) -> Result<(), CniError> {
+    match fields.first() {
+        None => Ok(()),
+        Some(f) => Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("{f} has no meaning in routed mode (there is no bridge)"),
+        )
+        .details(format!(
+            "remove {} or use \"mode\": \"bridge\"",
+            fields.join(", ")
+        ))),
+    }
+}
+
+/// What the container gets: its addresses as host routes, each with the family's next hop as
+/// gateway; the next-hop routes, a default route per family (unless IPAM gave one) and IPAM's
+/// other routes, all through the next hop.
+pub fn plan(ipam: &CniResult) -> (Vec<IpConfig>, Vec<Route>) {
+    let ips: Vec<IpConfig> = ipam
+        .ips
+        .iter()
+        .map(|ip| IpConfig {
+            address: host_route(ip.address.ip()),
+            gateway: Some(next_hop(IpFamily::of(&ip.address.ip()))),
+            interface: Some(CONTAINER_IFACE),
+        })
+        .collect();
+    let mut routes = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        if !ips
+            .iter()
+            .any(|ip| IpFamily::of(&ip.address.ip()) == family)
+        {
+            continue;
+        }
+        let hop = next_hop(family);
+        routes.push(Route::to(host_route(hop)));
+        let mut theirs: Vec<Route> = ipam
+            .routes
+            .iter()
+            .filter(|r| IpFamily::of(&r.dst.ip()) == family)
+            .cloned()
+            .map(|mut r| {
+                r.gw = Some(hop);
+                r
+            })
+            .collect();
+        if !theirs.iter().any(|r| r.dst.prefix() == 0) {
+            let any = match family {
+                IpFamily::V4 => IpNetwork::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                IpFamily::V6 => IpNetwork::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+            }
+            .expect("default network");
+            let mut default = Route::to(any);
+            default.gw = Some(hop);
+            routes.push(default);
+        }
+        routes.append(&mut theirs);
+    }
+    (ips, routes)
+}
+
+/// ADD in routed mode. Registers every undo it needs on `undo` (the caller rolls back).
+pub(super) async fn add_steps(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+    ns: &Netns,
+    host: &Netlink,
+    undo: &mut Undo,
+) -> Result<CniResult, CniError> {
+    let from_ipam = ipam::add(exec, &conf.ipam, req)?;
+    undo.release_ipam();
+    if from_ipam.ips.is_empty() {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "routed mode needs addresses: the IPAM returned none",
+        ));
+    }
+    let (ips, routes) = plan(&from_ipam);
+    let has = |f: IpFamily| ips.iter().any(|ip| IpFamily::of(&ip.address.ip()) == f);
+    let (v4, v6) = (has(IpFamily::V4), has(IpFamily::V6));
+
+    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let mtu = match conf.mtu {
+        Some(m) => Some(m),
+        None => host.default_route_mtu().await.map_err(kernel)?,
+    };
+    let pair = veth(conf, req, host, ns, &host_name, mtu).await?;
+    undo.delete_link(host_name.clone());
+    let host_mac = pair
+        .host
+        .mac
+        .ok_or_else(|| CniError::internal(format!("host veth {host_name} has no MAC")))?;
+    host.set_alias(pair.host.index, &setup::owner_alias(&req.config.name))
+        .await
+        .map_err(kernel)?;
+    host_side(host, &pair.host, v4, v6).await?;
+
+    let ctr = Netlink::in_open_netns(ns).map_err(kernel)?;
+    container(&ctr, pair.peer_index, host_mac, &ips, &routes).await?;
+
+    for ip in &ips {
+        let mut r = RouteSpec::new(ip.address);
+        r.oif = Some(pair.host.index);
+        match host.add_route(&r).await {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {
+                return Err(kernel(e).details(format!(
+                    "the host already routes {} elsewhere: is the address used by another \
+                     network?",
+                    ip.address
+                )))
+            }
+            Err(e) => return Err(kernel(e)),
+        }
+    }
+
+    let result = result(conf, req, &pair, &host_name, mtu, ips, routes, from_ipam);
+    // ipMasq, port mappings, egress rules and bandwidth key on the host veth, as in bridge mode.
+    if let Some(att) = feats.attachment(conf, req, &host_name, &result)? {
+        let fw = feats.firewall();
+        features::apply_firewall(&fw, &att)?;
+        undo.remove_firewall(fw, att);
+    }
+    if let Some(bw) = &feats.bandwidth {
+        let ifb = features::ifb(req);
+        undo.remove_shaping(host_name.clone(), ifb.clone());
+        features::apply_bandwidth(host, &host_name, &ifb, bw).await?;
+    }
+    Ok(result)
+}
+
+/// The veth pair: host side up and unbridged, peer born in the container as `CNI_IFNAME`.
+async fn veth(
+    conf: &BridgeConf,
+    req: &Request,
+    host: &Netlink,
+    ns: &Netns,
+    host_name: &str,
+    mtu: Option<u32>,
+) -> Result<VethPair, CniError> {
+    let opts = VethOptions {
+        host_name: host_name.to_string(),
+        peer_name: req.ifname.clone(),
+        peer_netns: ns.fd(),
+        master: None,
+        mtu,
+        host_mac: None,
+        peer_mac: conf.mac,
+    };
+    host.create_veth_pair(&opts).await.map_err(|e| {
+        let err = kernel(e);
+        if err.msg.contains("File exists") {
+            return err.details(format!(
+                "either the container already has an interface {} or attachment ({}, {}) was \
+                 added before without a DEL",
+                req.ifname, req.container_id, req.ifname
+            ));
+        }
+        err
+    })
+}
+
+/// The next hop's address on the host veth of `family`: 169.254.1.1/32, fe80::1/64.
+fn host_hop(family: IpFamily) -> IpNetwork {
+    match family {
+        IpFamily::V4 => IpNetwork::new(IpAddr::V4(NEXT_HOP_V4), 32),
+        IpFamily::V6 => IpNetwork::new(IpAddr::V6(NEXT_HOP_V6), 64),
+    }
+    .expect("valid prefix")
+}
+
+/// The host veth carries the next hop (every routed veth the same address: the kernel answers
+/// ARP/NDP for it on each) and the host forwards.
+async fn host_side(host: &Netlink, veth: &Link, v4: bool, v6: bool) -> Result<(), CniError> {
+    for (on, family, key) in [
+        (v4, IpFamily::V4, "net/ipv4/ip_forward"),
+        (v6, IpFamily::V6, "net/ipv6/conf/all/forwarding"),
+    ] {
+        if !on {
+            continue;
+        }
+        match host.add_addr(veth.index, host_hop(family)).await {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(kernel(e)),
+        }
+        netns::ensure_sysctl(key, "1")
+            .map_err(|e| CniError::internal(format!("enable forwarding: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The container side: addresses (IPv6 without DAD), up, permanent neighbours for the next
+/// hops, then the routes (next hop on-link first).
+async fn container(
+    ctr: &Netlink,
+    index: u32,
+    host_mac: Mac,
+    ips: &[IpConfig],
+    routes: &[Route],
+) -> Result<(), CniError> {
+    for ip in ips {
+        ctr.add_addr(index, ip.address).await.map_err(kernel)?;
+    }
+    ctr.set_up(index).await.map_err(kernel)?;
+    let mut hops: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.gateway).collect();
+    hops.dedup();
+    for hop in hops {
+        ctr.set_permanent_neighbour(index, hop, host_mac)
+            .await
+            .map_err(kernel)?;
+    }
+    for r in routes {
+        let mut spec = RouteSpec::new(r.dst);
+        spec.gw = r.gw;
+        spec.oif = Some(index);
+        spec.mtu = r.mtu;
+        spec.advmss = r.advmss;
+        spec.priority = r.priority;
+        spec.table = r.table;
+        match ctr.add_route(&spec).await {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(kernel(e)),
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn result(
+    conf: &BridgeConf,
+    req: &Request,
+    pair: &VethPair,
+    host_name: &str,
+    mtu: Option<u32>,
+    ips: Vec<IpConfig>,
+    routes: Vec<Route>,
+    from_ipam: CniResult,
+) -> CniResult {
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: host_name.to_string(),
+                mac: pair.host.mac.map(|m| m.to_string()),
+                mtu,
+                ..Interface::default()
+            },
+            Interface {
+                name: req.ifname.clone(),
+                mac: Some(pair.peer_mac.to_string()),
+                mtu,
+                sandbox: req.netns.as_ref().map(|p| p.display().to_string()),
+                ..Interface::default()
+            },
+        ],
+        ips,
+        routes,
+        dns: conf.dns.clone().unwrap_or(from_ipam.dns),
+    }
+}
+
+fn failed(msg: impl Into<String>) -> CniError {
+    CniError::internal(msg)
+}
+
+/// CHECK in routed mode: IPAM reservation, host veth (up, unbridged, peer of the container
+/// interface, carrying the next hop), one host route per address through it, the container's /32s, routes and
+/// permanent next-hop neighbours, firewall rules and shaping.
+pub async fn check(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
+    let prev = req
+        .config
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| failed("Required prevResult missing"))?;
+    ipam::exec(exec, &conf.ipam, Command::Check, req)?;
+
+    let host = Netlink::host().map_err(kernel)?;
+    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let veth = host
+        .link_by_name(&host_name)
+        .await
+        .map_err(kernel)?
+        .ok_or_else(|| failed(format!("host interface {host_name} not found")))?;
+    if !veth.up {
+        return Err(failed(format!("host interface {host_name} is down")));
+    }
+    if veth.master.is_some() {
+        return Err(failed(format!(
+            "host interface {host_name} is a bridge port; routed mode has no bridge"
+        )));
+    }
+    let (idx, want) = prev
+        .interfaces
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.name == req.ifname && i.sandbox.is_some())
+        .ok_or_else(|| {
+            failed(format!(
+                "prevResult has no interface {} in a sandbox",
+                req.ifname
+            ))
+        })?;
+    let ips: Vec<&IpConfig> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(idx))
+        .collect();
+
+    let on_veth = host.addrs(veth.index, None).await.map_err(kernel)?;
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let hop = host_hop(family);
+        let used = ips
+            .iter()
+            .any(|ip| IpFamily::of(&ip.address.ip()) == family);
+        if used && !on_veth.contains(&hop) {
+            return Err(failed(format!(
+                "host interface {host_name} lacks the next hop {hop}"
+            )));
+        }
+    }
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let mine: Vec<&&IpConfig> = ips
+            .iter()
+            .filter(|ip| IpFamily::of(&ip.address.ip()) == family)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let installed = host.routes(family, None).await.map_err(kernel)?;
+        for ip in mine {
+            let dst = host_route(ip.address.ip());
+            if !installed
+                .iter()
+                .any(|r| r.dst == dst && r.oif == Some(veth.index) && r.gw.is_none())
+            {
+                return Err(failed(format!(
+                    "host route {dst} dev {host_name} not found"
+                )));
+            }
+        }
+    }
+
+    let netns = req
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
+    let ctr = Netlink::in_netns(netns).map_err(kernel)?;
+    let link = ctr
+        .link_by_name(&req.ifname)
+        .await
+        .map_err(kernel)?
+        .ok_or_else(|| {
+            failed(format!(
+                "interface {} not found in {}",
+                req.ifname,
+                netns.display()
+            ))
+        })?;
+    if veth.link != Some(link.index) {
+        return Err(failed(format!(
+            "interface {} is not the peer of host interface {host_name}",
+            req.ifname
+        )));
+    }
+    if let (Some(want), Some(have)) = (&want.mac, link.mac) {
+        if !want.eq_ignore_ascii_case(&have.to_string()) {
+            return Err(failed(format!(
+                "interface {} has MAC {have}, expected {want}",
+                req.ifname
+            )));
+        }
+    }
+    let have = ctr.addrs(link.index, None).await.map_err(kernel)?;
+    for ip in &ips {
+        if !have.contains(&ip.address) {
+            return Err(failed(format!(
+                "interface {} lacks address {}",
+                req.ifname, ip.address
+            )));
+        }
+    }
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let Some(hop) = ips
+            .iter()
+            .filter(|ip| IpFamily::of(&ip.address.ip()) == family)
+            .find_map(|ip| ip.gateway)
+        else {
+            continue;
+        };
+        let neighbours = ctr.neighbours(link.index, family).await.map_err(kernel)?;
+        let ok = neighbours
+            .iter()
+            .any(|n| n.ip == hop && n.permanent && n.mac == veth.mac);
+        if !ok {
+            return Err(failed(format!(
+                "permanent neighbour {hop} lladdr {} not found on {}",
+                veth.mac.map(|m| m.to_string()).unwrap_or_default(),
+                req.ifname
+            )));
+        }
+        let installed = ctr.routes(family, None).await.map_err(kernel)?;
+        for r in prev
+            .routes
+            .iter()
+            .filter(|r| IpFamily::of(&r.dst.ip()) == family && r.table.is_none())
+        {
+            if !installed
+                .iter()
+                .any(|i| i.dst == r.dst && i.gw == r.gw && i.oif == Some(link.index))
+            {
+                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+                return Err(failed(format!(
+                    "route {}{via} not found in the container",
+                    r.dst
+                )));
+            }
+        }
+    }
+    features::check(feats, conf, req, &host, &host_name, prev).await
+}
+
+/// GC in routed mode: IPAM, firewall state and ifb devices as in bridge mode; host veths that
+/// are unbridged, have plugnet's name shape and this network's owner alias and are not in the
+/// valid list are deleted (their host routes go with them).
+pub async fn gc(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
+    let mut errors: Vec<String> = Vec::new();
+    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Gc, req) {
+        errors.push(format!("IPAM GC: {}", e.msg));
+    }
+    if let Some(valid) = &req.config.valid_attachments {
+        let keep: std::collections::HashSet<String> = valid
+            .iter()
+            .map(|a| naming::host_veth_name(&a.container_id, &a.ifname))
+            .collect();
+        let owner = setup::owner_alias(&req.config.name);
+        let pairs: Vec<(String, String)> = valid
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        match Netlink::host() {
+            Ok(host) => match host.links().await {
+                Ok(links) => {
+                    for link in links {
+                        let ours = link.master.is_none()
+                            && naming::is_host_veth_name(&link.name)
+                            && link.alias.as_deref() == Some(owner.as_str());
+                        if !ours || keep.contains(&link.name) {
+                            continue;
+                        }
+                        match host.del_link(link.index).await {
+                            Ok(()) => {}
+                            Err(e) if e.is_not_found() => {}
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
+                    if let Err(e) = features::gc(feats, req, &host, &pairs).await {
+                        errors.push(e.msg);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            },
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(errors.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipam(addrs: &[&str], routes: &[&str]) -> CniResult {
+        CniResult {
+            ips: addrs
+                .iter()
+                .map(|a| IpConfig {
+                    address: a.parse().unwrap(),
+                    gateway: Some("100.70.0.1".parse().unwrap()),
+                    interface: None,
+                })
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|r| Route::to(r.parse().unwrap()))
+                .collect(),
+            ..CniResult::default()
+        }
+    }
+
+    #[test]
+    fn plan_gives_host_routes_next_hops_and_defaults() {
+        let (ips, routes) = plan(&ipam(&["100.70.0.5/16", "fd11:70::5/64"], &[]));
+        let shown: Vec<String> = ips.iter().map(|i| i.address.to_string()).collect();
+        assert_eq!(shown, vec!["100.70.0.5/32", "fd11:70::5/128"]);
+        assert_eq!(ips[0].gateway, Some("169.254.1.1".parse().unwrap()));
+        assert_eq!(ips[1].gateway, Some("fe80::1".parse().unwrap()));
+        assert!(ips.iter().all(|i| i.interface == Some(1)));
+        let shown: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gw.map(|g| g.to_string())))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "169.254.1.1/32 None",
+                "0.0.0.0/0 Some(\"169.254.1.1\")",
+                "fe80::1/128 None",
+                "::/0 Some(\"fe80::1\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn ipam_routes_go_through_the_next_hop_and_its_default_wins() {
+        let (_, routes) = plan(&ipam(&["100.70.0.5/16"], &["0.0.0.0/0", "10.110.0.0/16"]));
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[1].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(routes[2].dst.to_string(), "10.110.0.0/16");
+        assert!(routes[1..]
+            .iter()
+            .all(|r| r.gw == Some(IpAddr::V4(NEXT_HOP_V4))));
+    }
+
+    #[test]
+    fn bridge_only_fields_are_refused() {
+        assert!(refuse_bridge_only(&[]).is_ok());
+        let e = refuse_bridge_only(&["vlan", "hairpinMode"]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.msg.contains("vlan"), "{}", e.msg);
+    }
+}
