@@ -33,6 +33,11 @@ stop_shim() {
   SHIM_PID=
 }
 
+# Derived networks masquerade, so plugnet's firewall keeps its records in the product's default
+# state dir; remove it afterwards if this run created it and left no attachment in it.
+FW_STATE=/var/lib/plugnet/firewall
+[ -d "$FW_STATE" ] && FW_STATE_EXISTED=1 || FW_STATE_EXISTED=0
+
 cleanup() {
   set +e
   if [ -n "$DOCKERD_PID" ]; then
@@ -59,6 +64,9 @@ cleanup() {
   for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^pns[a-z]$X\$"); do ip link del "$l"; done
   if [ -d "/run/plugnet-shim/$NAME/ns" ] && [ -z "$(ls -A "/run/plugnet-shim/$NAME/ns")" ]; then
     umount -l "/run/plugnet-shim/$NAME/ns" 2>/dev/null; rmdir "/run/plugnet-shim/$NAME/ns" "/run/plugnet-shim/$NAME" 2>/dev/null
+  fi
+  if [ "$FW_STATE_EXISTED" = 0 ] && [ -z "$(ls -A "$FW_STATE/attachments" 2>/dev/null)" ]; then
+    rm -rf "$FW_STATE"; rmdir /var/lib/plugnet 2>/dev/null
   fi
   if [ "${KEEP:-}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }

@@ -7,11 +7,54 @@ use super::features::{self, Features};
 use super::{ipam, kernel, naming};
 use crate::error::CniError;
 use crate::invoke::Exec;
-use crate::netlink::{IpFamily, Netlink};
+use crate::netlink::{IpFamily, Link, Netlink};
 use crate::skel::{Command, Request};
+use crate::types::Interface;
 
-fn failed(msg: impl Into<String>) -> CniError {
+pub(super) fn failed(msg: impl Into<String>) -> CniError {
     CniError::internal(msg)
+}
+
+/// The container side every mode checks the same way: the interface exists in `CNI_NETNS`, is
+/// the peer of the host veth and carries the MAC the result names. Returns the container's
+/// netlink connection and the interface.
+pub(super) async fn container_side(
+    req: &Request,
+    host_name: &str,
+    veth: &Link,
+    want: &Interface,
+) -> Result<(Netlink, Link), CniError> {
+    let netns = req
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
+    let ctr = Netlink::in_netns(netns).map_err(kernel)?;
+    let link = ctr
+        .link_by_name(&req.ifname)
+        .await
+        .map_err(kernel)?
+        .ok_or_else(|| {
+            failed(format!(
+                "interface {} not found in {}",
+                req.ifname,
+                netns.display()
+            ))
+        })?;
+    if veth.link != Some(link.index) {
+        return Err(failed(format!(
+            "interface {} is not the peer of host interface {host_name}",
+            req.ifname
+        )));
+    }
+    if let (Some(want), Some(have)) = (&want.mac, link.mac) {
+        if !want.eq_ignore_ascii_case(&have.to_string()) {
+            return Err(failed(format!(
+                "interface {} has MAC {have}, expected {want}",
+                req.ifname
+            )));
+        }
+    }
+    Ok((ctr, link))
 }
 
 pub async fn check(
@@ -61,36 +104,7 @@ pub async fn check(
                 req.ifname
             ))
         })?;
-    let netns = req
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
-    let ctr = Netlink::in_netns(netns).map_err(kernel)?;
-    let link = ctr
-        .link_by_name(&req.ifname)
-        .await
-        .map_err(kernel)?
-        .ok_or_else(|| {
-            failed(format!(
-                "interface {} not found in {}",
-                req.ifname,
-                netns.display()
-            ))
-        })?;
-    if veth.link != Some(link.index) {
-        return Err(failed(format!(
-            "interface {} is not the peer of host interface {host_name}",
-            req.ifname
-        )));
-    }
-    if let (Some(want), Some(have)) = (&want.mac, link.mac) {
-        if !want.eq_ignore_ascii_case(&have.to_string()) {
-            return Err(failed(format!(
-                "interface {} has MAC {have}, expected {want}",
-                req.ifname
-            )));
-        }
-    }
+    let (ctr, link) = container_side(req, &host_name, &veth, want).await?;
 
     let have = ctr.addrs(link.index, None).await.map_err(kernel)?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(idx)) {

@@ -181,6 +181,32 @@ pub fn apply_firewall(fw: &Firewall, att: &Attachment) -> Result<(), CniError> {
         .map_err(firewall_error("apply firewall rules"))
 }
 
+impl Features {
+    /// ADD, the part both modes share once the veth and addresses exist: firewall rules, then
+    /// shaping, each registering its undo. Does nothing when no feature is asked for.
+    pub(super) async fn apply(
+        &self,
+        conf: &BridgeConf,
+        req: &Request,
+        host: &Netlink,
+        host_name: &str,
+        result: &CniResult,
+        undo: &mut super::undo::Undo,
+    ) -> Result<(), CniError> {
+        if let Some(att) = self.attachment(conf, req, host_name, result)? {
+            let fw = self.firewall();
+            apply_firewall(&fw, &att)?;
+            undo.remove_firewall(fw, att);
+        }
+        if let Some(bw) = &self.bandwidth {
+            let ifb = ifb(req);
+            undo.remove_shaping(host_name.to_string(), ifb.clone());
+            apply_bandwidth(host, host_name, &ifb, bw).await?;
+        }
+        Ok(())
+    }
+}
+
 /// ADD, tc part: shapes the host veth (and its ifb) through the plugin's host connection.
 pub async fn apply_bandwidth(
     host: &Netlink,

@@ -160,16 +160,9 @@ async fn add_steps(
 
     let result = setup::result(conf, req, &br, &pair, &host_name, mtu, result);
 
-    if let Some(att) = feats.attachment(conf, req, &host_name, &result)? {
-        let fw = feats.firewall();
-        features::apply_firewall(&fw, &att)?;
-        undo.remove_firewall(fw, att);
-    }
-    if let Some(bw) = &feats.bandwidth {
-        let ifb = features::ifb(req);
-        undo.remove_shaping(host_name.clone(), ifb.clone());
-        features::apply_bandwidth(host, &host_name, &ifb, bw).await?;
-    }
+    feats
+        .apply(conf, req, host, &host_name, &result, undo)
+        .await?;
     Ok(result)
 }
 

@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
+use super::check::failed;
 use super::config::BridgeConf;
 use super::features::{self, Features};
 use super::undo::Undo;
@@ -170,16 +171,9 @@ pub(super) async fn add_steps(
 
     let result = result(conf, req, &pair, &host_name, mtu, ips, routes, from_ipam);
     // ipMasq, port mappings, egress rules and bandwidth key on the host veth, as in bridge mode.
-    if let Some(att) = feats.attachment(conf, req, &host_name, &result)? {
-        let fw = feats.firewall();
-        features::apply_firewall(&fw, &att)?;
-        undo.remove_firewall(fw, att);
-    }
-    if let Some(bw) = &feats.bandwidth {
-        let ifb = features::ifb(req);
-        undo.remove_shaping(host_name.clone(), ifb.clone());
-        features::apply_bandwidth(host, &host_name, &ifb, bw).await?;
-    }
+    feats
+        .apply(conf, req, host, &host_name, &result, undo)
+        .await?;
     Ok(result)
 }
 
@@ -314,10 +308,6 @@ fn result(
     }
 }
 
-fn failed(msg: impl Into<String>) -> CniError {
-    CniError::internal(msg)
-}
-
 /// CHECK in routed mode: IPAM reservation, host veth (up, unbridged, peer of the container
 /// interface, carrying the next hop), one host route per address through it, the container's /32s, routes and
 /// permanent next-hop neighbours, firewall rules and shaping.
@@ -400,36 +390,7 @@ pub async fn check(
         }
     }
 
-    let netns = req
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
-    let ctr = Netlink::in_netns(netns).map_err(kernel)?;
-    let link = ctr
-        .link_by_name(&req.ifname)
-        .await
-        .map_err(kernel)?
-        .ok_or_else(|| {
-            failed(format!(
-                "interface {} not found in {}",
-                req.ifname,
-                netns.display()
-            ))
-        })?;
-    if veth.link != Some(link.index) {
-        return Err(failed(format!(
-            "interface {} is not the peer of host interface {host_name}",
-            req.ifname
-        )));
-    }
-    if let (Some(want), Some(have)) = (&want.mac, link.mac) {
-        if !want.eq_ignore_ascii_case(&have.to_string()) {
-            return Err(failed(format!(
-                "interface {} has MAC {have}, expected {want}",
-                req.ifname
-            )));
-        }
-    }
+    let (ctr, link) = super::check::container_side(req, &host_name, &veth, want).await?;
     let have = ctr.addrs(link.index, None).await.map_err(kernel)?;
     for ip in &ips {
         if !have.contains(&ip.address) {

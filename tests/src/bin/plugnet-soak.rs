@@ -282,6 +282,8 @@ fn main() {
         println!("  LEAK {l}");
     }
     let _ = sh("ip link del pnk0 2>/dev/null");
+    // Namespaces go before the exit status is decided: `exit` would skip the guard's drop.
+    drop(guard);
     if !leaks.is_empty() {
         std::process::exit(1);
     }
