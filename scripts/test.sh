@@ -49,6 +49,8 @@ if [ $# -eq 0 ]; then
   echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION target/debug/plugnet 2>/dev/null |
     grep -q supportedVersions || derived_plugin=bridge
   BRIDGE_PLUGIN=$derived_plugin tests/docker/shim-e2e.sh --mode both 2>&1 | tee -a "$log"
+  # The shim under fire: 50 concurrent docker runs while the shim is killed 5 times, dockerd once.
+  tests/docker/shim-fire.sh 2>&1 | grep -v 'level=' | tee -a "$log"
 fi
 
 if [ $# -eq 0 ]; then

@@ -85,6 +85,12 @@ pub trait CniBackend: Send + Sync + 'static {
     fn ipam_transfer(&self, pool: &PoolCtx, from: &Holder, to: &Holder) -> Result<()>;
     /// Release everything `owner` holds in the pool's store; unknown owner is success.
     fn ipam_release(&self, pool: &PoolCtx, owner: &Holder) -> Result<()>;
+    /// Release every address still only *reserved* (never attached) inside the pool's range:
+    /// called when the pool itself goes, so a hand-off whose ReleaseAddress was lost (dockerd
+    /// only logs release errors) cannot outlive it. Returns how many owners were released.
+    fn ipam_release_reserved(&self, _pool: &PoolCtx) -> Result<usize> {
+        Ok(0)
+    }
 
     /// Delete a bridge the shim's derived network used, if no port is attached to it any more.
     fn remove_bridge(&self, name: &str) -> Result<()>;

@@ -174,6 +174,30 @@ impl CniBackend for RealBackend {
             .map_err(|e| anyhow!("{e}"))
     }
 
+    fn ipam_release_reserved(&self, pool: &PoolCtx) -> Result<usize> {
+        if ipam_type(&pool.ipam) != PLUGNET_IPAM {
+            return Ok(0);
+        }
+        let data_dir = pool
+            .ipam
+            .get("dataDir")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(plugnet::ipam::config::DEFAULT_DATA_DIR);
+        let records = plugnet::ipam::records(std::path::Path::new(data_dir), &pool.cni_network)
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut n = 0;
+        for r in records {
+            let in_pool = r.ips.iter().any(|ip| pool.range.subnet.contains(*ip));
+            if r.hold == plugnet::ipam::Hold::Reserved && in_pool {
+                plugnet::ipam::release_owner(&pool.ipam, &pool.cni_network, &r.owner)
+                    .map_err(|e| anyhow!("{e}"))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn remove_bridge(&self, name: &str) -> Result<()> {
         netns::delete_bridge_if_unused(name).with_context(|| format!("remove bridge {name}"))?;
         Ok(())

@@ -265,6 +265,16 @@ impl<B: CniBackend> Driver<B> {
                 let _ = self.backend.ipam_release(&ctx, &Holder::endpoint(ep));
             }
         }
+        match self.backend.ipam_release_reserved(&ctx) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(pool = %rec.pool, "released {n} reservation(s) whose ReleaseAddress never came")
+            }
+            Err(e) => warn!(
+                "release leftover reservations in {}: {e:#}",
+                ctx.cni_network
+            ),
+        }
         self.store
             .delete(Kind::Pool, &rec.id)
             .context("remove pool state")?;

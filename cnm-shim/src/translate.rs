@@ -95,6 +95,9 @@ pub fn derive_conflist(name: &str, ranges: &[Range], o: &DeriveOptions) -> Value
     if let Some(mtu) = o.mtu {
         plugin["mtu"] = json!(mtu);
     }
+    // Docker's `-p` arrives as the portMappings capability; libcni-style runners pass it only
+    // to plugins that declare it.
+    plugin["capabilities"] = json!({"portMappings": true});
     json!({"cniVersion": DERIVED_CNI_VERSION, "name": name, "plugins": [plugin]})
 }
 
@@ -409,6 +412,10 @@ mod tests {
         assert_eq!(c["plugins"][0]["mtu"], 1400);
         assert_eq!(c["plugins"][0]["isGateway"], true);
         assert!(c["plugins"][0].get("isDefaultGateway").is_none());
+        assert_eq!(
+            c["plugins"][0]["capabilities"]["portMappings"], true,
+            "Docker's -p reaches plugnet only through the declared capability"
+        );
         assert_eq!(
             c["plugins"][0]["ipam"]["ranges"][0][0],
             json!({"subnet":"10.60.1.0/24","gateway":"10.60.1.1","rangeStart":"10.60.1.129","rangeEnd":"10.60.1.254"})

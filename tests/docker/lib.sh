@@ -36,7 +36,11 @@ stop_shim() {
 # Derived networks masquerade, so plugnet's firewall keeps its records in the product's default
 # state dir; remove it afterwards if this run created it and left no attachment in it.
 FW_STATE=/var/lib/plugnet/firewall
+# The shim's host-side interfaces (pnj*) that exist before this run are not ours.
+PNJ_BEFORE=" $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | { grep '^pnj' || true; } | tr '\n' ' ')"
 [ -d "$FW_STATE" ] && FW_STATE_EXISTED=1 || FW_STATE_EXISTED=0
+# A table without state is what a crashed earlier run left: nothing owns it any more.
+[ "$FW_STATE_EXISTED" = 0 ] && nft delete table inet plugnet 2>/dev/null || true
 
 cleanup() {
   set +e
@@ -60,12 +64,19 @@ cleanup() {
   [ -n "$FWD_RULE" ] && iptables -D FORWARD -s 10.60.0.0/14 -d 10.60.0.0/14 -m comment --comment "pns-$X" -j ACCEPT
   for m in $(grep -o " $DROOT[^ ]*\| $EROOT[^ ]*" /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
   rm -rf "$DROOT" "$EROOT" "$DSOCK" "$DPID"
+  # Interfaces the shim left in the host if dockerd could not tell it to delete them.
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^pnj'); do
+    case "$PNJ_BEFORE" in *" $l "*) ;; *) ip link del "$l" 2>/dev/null ;; esac
+  done
   # Bridges this run's conflists made (the reference bridge never deletes its bridge).
   for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^pns[a-z]$X\$"); do ip link del "$l"; done
   if [ -d "/run/plugnet-shim/$NAME/ns" ] && [ -z "$(ls -A "/run/plugnet-shim/$NAME/ns")" ]; then
     umount -l "/run/plugnet-shim/$NAME/ns" 2>/dev/null; rmdir "/run/plugnet-shim/$NAME/ns" "/run/plugnet-shim/$NAME" 2>/dev/null
   fi
-  if [ "$FW_STATE_EXISTED" = 0 ] && [ -z "$(ls -A "$FW_STATE/attachments" 2>/dev/null)" ]; then
+  # This run brought plugnet's firewall to the host: take it away again, also what endpoints
+  # Docker could not delete (a dockerd that died) left in it.
+  if [ "$FW_STATE_EXISTED" = 0 ]; then
+    nft delete table inet plugnet 2>/dev/null
     rm -rf "$FW_STATE"; rmdir /var/lib/plugnet 2>/dev/null
   fi
   if [ "${KEEP:-}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi

@@ -166,9 +166,10 @@ async fn add_steps(
     Ok(result)
 }
 
-/// DEL (both modes): release the addresses first, then the firewall rules and shaping, then
-/// delete the host veth (its peer and, in routed mode, the host routes through it go with it). Missing netns, link, lease or rule are success; every failure
-/// is collected and reported.
+/// DEL (both modes): the firewall rules and shaping, then the host veth (its peer and, in
+/// routed mode, the host routes through it go with it), then the addresses — last, so that an
+/// address is never free while something keyed on it remains. Missing netns, link, lease or
+/// rule are success; every failure is collected and reported, and later steps still run.
 async fn del(
     exec: &dyn Exec,
     conf: &BridgeConf,
@@ -176,9 +177,6 @@ async fn del(
     req: &Request,
 ) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
-    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
-        errors.push(format!("release addresses: {}", e.msg));
-    }
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     match Netlink::host() {
         Ok(host) => {
@@ -190,6 +188,12 @@ async fn del(
             }
         }
         Err(e) => errors.push(e.to_string()),
+    }
+    // The addresses go last, whatever failed before: a DEL killed half-way then keeps them
+    // held until the runtime's retry, so no new container can be handed an address that
+    // stale firewall elements or host routes still name.
+    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
+        errors.push(format!("release addresses: {}", e.msg));
     }
     if errors.is_empty() {
         Ok(())
