@@ -25,7 +25,7 @@ use crate::invoke::Exec;
 use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair};
 use crate::netns::{self, Netns};
 use crate::skel::{Command, Request};
-use crate::types::{CniResult, Interface, IpConfig, Route};
+use crate::types::{CniResult, IpConfig, Route};
 
 /// The IPv4 next hop every routed container uses (an address of every routed host veth).
 pub const NEXT_HOP_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -287,21 +287,7 @@ fn result(
     from_ipam: CniResult,
 ) -> CniResult {
     CniResult {
-        interfaces: vec![
-            Interface {
-                name: host_name.to_string(),
-                mac: pair.host.mac.map(|m| m.to_string()),
-                mtu,
-                ..Interface::default()
-            },
-            Interface {
-                name: req.ifname.clone(),
-                mac: Some(pair.peer_mac.to_string()),
-                mtu,
-                sandbox: req.netns.as_ref().map(|p| p.display().to_string()),
-                ..Interface::default()
-            },
-        ],
+        interfaces: setup::veth_interfaces(req, pair, host_name, mtu).into(),
         ips,
         routes,
         dns: conf.dns.clone().unwrap_or(from_ipam.dns),

@@ -301,27 +301,14 @@ pub fn result(
     mtu: Option<u32>,
     ipam: CniResult,
 ) -> CniResult {
-    let interfaces = vec![
-        Interface {
-            name: br.name.clone(),
-            mac: br.mac.map(|m| m.to_string()),
-            mtu: br.mtu,
-            ..Interface::default()
-        },
-        Interface {
-            name: host_name.to_string(),
-            mac: pair.host.mac.map(|m| m.to_string()),
-            mtu,
-            ..Interface::default()
-        },
-        Interface {
-            name: req.ifname.clone(),
-            mac: Some(pair.peer_mac.to_string()),
-            mtu,
-            sandbox: req.netns.as_ref().map(|p| p.display().to_string()),
-            ..Interface::default()
-        },
-    ];
+    let bridge = Interface {
+        name: br.name.clone(),
+        mac: br.mac.map(|m| m.to_string()),
+        mtu: br.mtu,
+        ..Interface::default()
+    };
+    let [host_side, container_side] = veth_interfaces(req, pair, host_name, mtu);
+    let interfaces = vec![bridge, host_side, container_side];
     let ips = ipam
         .ips
         .into_iter()
@@ -336,6 +323,31 @@ pub fn result(
         routes: ipam.routes,
         dns: conf.dns.clone().unwrap_or(ipam.dns),
     }
+}
+
+/// The result's entries for a veth pair: the host side, then the container side (with
+/// `sandbox`) — the same in both modes.
+pub(super) fn veth_interfaces(
+    req: &Request,
+    pair: &VethPair,
+    host_name: &str,
+    mtu: Option<u32>,
+) -> [Interface; 2] {
+    [
+        Interface {
+            name: host_name.to_string(),
+            mac: pair.host.mac.map(|m| m.to_string()),
+            mtu,
+            ..Interface::default()
+        },
+        Interface {
+            name: req.ifname.clone(),
+            mac: Some(pair.peer_mac.to_string()),
+            mtu,
+            sandbox: req.netns.as_ref().map(|p| p.display().to_string()),
+            ..Interface::default()
+        },
+    ]
 }
 
 #[cfg(test)]
