@@ -1,11 +1,12 @@
-//! GC: release IPAM reservations, delete host veths, firewall state and ifb devices of
-//! attachments not in the valid list.
-//! Only veths that are ports of this network's bridge, have plugnet's name shape and carry this
-//! network's owner alias are candidates, so networks sharing a bridge never touch each other.
+//! GC (both modes): release IPAM reservations, delete host veths, firewall state and ifb
+//! devices of attachments not in the valid list.
+//! Only veths that hang where this network's veths hang (ports of its bridge in bridge mode,
+//! unbridged in routed mode), have plugnet's name shape and carry this network's owner alias
+//! are candidates, so networks sharing a bridge never touch each other.
 
 use std::collections::HashSet;
 
-use super::config::BridgeConf;
+use super::config::{BridgeConf, Mode};
 use super::features::{self, Features};
 use super::{ipam, kernel, naming, setup};
 use crate::error::CniError;
@@ -29,15 +30,15 @@ pub async fn gc(
             .iter()
             .map(|a| naming::host_veth_name(&a.container_id, &a.ifname))
             .collect();
-        if let Err(e) = stale_veths(conf, req, &keep).await {
-            errors.push(e.msg);
-        }
         let pairs: Vec<(String, String)> = valid
             .iter()
             .map(|a| (a.container_id.clone(), a.ifname.clone()))
             .collect();
         match Netlink::host() {
             Ok(host) => {
+                if let Err(e) = stale_veths(conf, req, &host, &keep).await {
+                    errors.push(e.msg);
+                }
                 if let Err(e) = features::gc(feats, req, &host, &pairs).await {
                     errors.push(e.msg);
                 }
@@ -55,16 +56,22 @@ pub async fn gc(
 async fn stale_veths(
     conf: &BridgeConf,
     req: &Request,
+    host: &Netlink,
     keep: &HashSet<String>,
 ) -> Result<(), CniError> {
-    let host = Netlink::host().map_err(kernel)?;
-    let Some(br) = host.link_by_name(&conf.bridge).await.map_err(kernel)? else {
-        return Ok(());
+    // Where this network's host veths hang: its bridge (none yet: nothing to collect), or
+    // nowhere in routed mode (deleting the veth takes its host routes with it).
+    let master = match conf.mode {
+        Mode::Routed => None,
+        Mode::Bridge => match host.link_by_name(&conf.bridge).await.map_err(kernel)? {
+            Some(br) => Some(br.index),
+            None => return Ok(()),
+        },
     };
     let owner = setup::owner_alias(&req.config.name);
     let mut errors = Vec::new();
     for link in host.links().await.map_err(kernel)? {
-        let ours = link.master == Some(br.index)
+        let ours = link.master == master
             && naming::is_host_veth_name(&link.name)
             && link.alias.as_deref() == Some(owner.as_str());
         if !ours || keep.contains(&link.name) {

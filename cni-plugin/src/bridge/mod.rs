@@ -80,10 +80,7 @@ impl Plugin for BridgePlugin {
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
-        match conf.mode {
-            Mode::Bridge => block_on(gc::gc(&*self.exec, &conf, &feats, req))?,
-            Mode::Routed => block_on(routed::gc(&*self.exec, &conf, &feats, req))?,
-        }
+        block_on(gc::gc(&*self.exec, &conf, &feats, req))?
     }
 }
 

@@ -426,61 +426,6 @@ pub async fn check(
     features::check(feats, conf, req, &host, &host_name, prev).await
 }
 
-/// GC in routed mode: IPAM, firewall state and ifb devices as in bridge mode; host veths that
-/// are unbridged, have plugnet's name shape and this network's owner alias and are not in the
-/// valid list are deleted (their host routes go with them).
-pub async fn gc(
-    exec: &dyn Exec,
-    conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-) -> Result<(), CniError> {
-    let mut errors: Vec<String> = Vec::new();
-    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Gc, req) {
-        errors.push(format!("IPAM GC: {}", e.msg));
-    }
-    if let Some(valid) = &req.config.valid_attachments {
-        let keep: std::collections::HashSet<String> = valid
-            .iter()
-            .map(|a| naming::host_veth_name(&a.container_id, &a.ifname))
-            .collect();
-        let owner = setup::owner_alias(&req.config.name);
-        let pairs: Vec<(String, String)> = valid
-            .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
-            .collect();
-        match Netlink::host() {
-            Ok(host) => match host.links().await {
-                Ok(links) => {
-                    for link in links {
-                        let ours = link.master.is_none()
-                            && naming::is_host_veth_name(&link.name)
-                            && link.alias.as_deref() == Some(owner.as_str());
-                        if !ours || keep.contains(&link.name) {
-                            continue;
-                        }
-                        match host.del_link(link.index).await {
-                            Ok(()) => {}
-                            Err(e) if e.is_not_found() => {}
-                            Err(e) => errors.push(e.to_string()),
-                        }
-                    }
-                    if let Err(e) = features::gc(feats, req, &host, &pairs).await {
-                        errors.push(e.msg);
-                    }
-                }
-                Err(e) => errors.push(e.to_string()),
-            },
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::internal(errors.join("; ")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
