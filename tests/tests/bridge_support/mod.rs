@@ -14,26 +14,10 @@ use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-pub const REFERENCE_DIR: &str = "/usr/lib/cni";
-
-/// Where cargo put the binaries: the grandparent of the test executable (target/debug).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("plugnet").exists() && dir.join("plugnet-ipam").exists(),
-        "{} lacks plugnet/plugnet-ipam: run `cargo build -p plugnet` first",
-        dir.display()
-    );
-    dir
-}
+pub use plugnet_tests::{bin_dir, cni_path, REFERENCE_PLUGINS as REFERENCE_DIR};
 
 pub fn plugnet() -> PathBuf {
-    bin_dir().join("plugnet")
-}
-
-pub fn cni_path() -> String {
-    format!("{}:{REFERENCE_DIR}", bin_dir().display())
+    plugnet_tests::bin("plugnet")
 }
 
 /// A network namespace owned by a test.
