@@ -146,6 +146,12 @@ impl<B: CniBackend> Driver<B> {
         self.lock().clone()
     }
 
+    /// Drop a network from memory only, as if it had been deleted while the shim was down.
+    #[cfg(test)]
+    pub(crate) fn forget_network_for_test(&self, id: &str) {
+        self.lock().networks.remove(id);
+    }
+
     pub fn capabilities(&self) -> NetCapabilities {
         NetCapabilities {
             scope: "local".into(),
@@ -330,6 +336,20 @@ impl<B: CniBackend> Driver<B> {
     }
 
     pub fn delete_network(&self, req: NetworkRequest) -> Result<Empty> {
+        // Docker deletes a network only when it knows no endpoint on it: an endpoint we still
+        // hold is one Docker forgot (a dockerd killed between our Join and its own store write
+        // never sends the DeleteEndpoint). Take it down now, while its network is still known.
+        let orphans: Vec<String> = self
+            .lock()
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == req.network_id)
+            .map(|e| e.id.clone())
+            .collect();
+        for id in orphans {
+            info!(network = %short(&req.network_id), endpoint = %short(&id), "collecting an endpoint Docker forgot");
+            self.collect_endpoint(&id);
+        }
         let rec = {
             let mut st = self.lock();
             let Some(rec) = st.networks.get(&req.network_id).cloned() else {
@@ -441,6 +461,18 @@ impl<B: CniBackend> Driver<B> {
         drop(g);
         self.forget_ep_lock(&req.endpoint_id);
         Ok(Empty {})
+    }
+
+    /// Tear down endpoint `id` under its lock (no-op if it is gone meanwhile).
+    fn collect_endpoint(&self, id: &str) {
+        let lock = self.ep_lock(id);
+        let g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = self.lock().endpoints.get(id).cloned();
+        if let Some(rec) = rec {
+            self.teardown_endpoint(&rec, true);
+        }
+        drop(g);
+        self.forget_ep_lock(id);
     }
 
     /// CNI DEL (if attached), release the endpoint's store reservations, forget it.
@@ -683,6 +715,12 @@ impl<B: CniBackend> Driver<B> {
                 }
                 Some(att) if !self.backend.attachment_alive(att) => {
                     info!(endpoint = %short(&ep.id), "container side gone: collecting endpoint");
+                    self.teardown_endpoint(&ep, true);
+                    cleaned += 1;
+                }
+                // Its network is gone (deleted while a shim that knew the endpoint was down).
+                _ if !self.lock().networks.contains_key(&ep.network_id) => {
+                    info!(endpoint = %short(&ep.id), "network gone: collecting endpoint");
                     self.teardown_endpoint(&ep, true);
                     cleaned += 1;
                 }

@@ -287,6 +287,34 @@ fn reconcile_undoes_interrupted_attach_and_collects_dead_endpoints() {
 }
 
 #[test]
+fn delete_network_collects_endpoints_docker_forgot() {
+    // dockerd killed after our Join but before its own store write: it never sends
+    // DeleteEndpoint, and later deletes the network as if it were empty.
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.9.0/24", json!({}));
+    run_container(d, &pool_id, EP);
+    ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    assert!(d.snapshot().endpoints.is_empty(), "the endpoint went with it");
+    assert!(d.backend.attached.lock().unwrap().is_empty(), "CNI DEL ran");
+    assert!(d.backend.held_by("pn-10.60.9.0_24").is_empty());
+}
+
+#[test]
+fn reconcile_collects_endpoints_of_deleted_networks() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.10.0/24", json!({}));
+    run_container(d, &pool_id, EP);
+    // The network record vanished while a shim holding the endpoint was down.
+    d.forget_network_for_test(NET);
+    assert_eq!(d.reconcile(), 1);
+    assert!(d.snapshot().endpoints.is_empty());
+    assert!(d.backend.attached.lock().unwrap().is_empty(), "CNI DEL ran");
+}
+
+#[test]
 fn failed_join_is_rolled_back_and_reported_under_err() {
     let e = env();
     let d = &e.d;

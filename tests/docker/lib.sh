@@ -36,8 +36,9 @@ stop_shim() {
 # Derived networks masquerade, so plugnet's firewall keeps its records in the product's default
 # state dir; remove it afterwards if this run created it and left no attachment in it.
 FW_STATE=/var/lib/plugnet/firewall
-# The shim's host-side interfaces (pnj*) that exist before this run are not ours.
-PNJ_BEFORE=" $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | { grep '^pnj' || true; } | tr '\n' ' ')"
+# The shim's host-side interfaces (pnj*) and derived bridges (pnb*) that exist before this run
+# are not ours.
+PNJ_BEFORE=" $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | { grep '^pn[jb]' || true; } | tr '\n' ' ')"
 [ -d "$FW_STATE" ] && FW_STATE_EXISTED=1 || FW_STATE_EXISTED=0
 # A table without state is what a crashed earlier run left: nothing owns it any more.
 [ "$FW_STATE_EXISTED" = 0 ] && nft delete table inet plugnet 2>/dev/null || true
@@ -64,8 +65,9 @@ cleanup() {
   [ -n "$FWD_RULE" ] && iptables -D FORWARD -s 10.60.0.0/14 -d 10.60.0.0/14 -m comment --comment "pns-$X" -j ACCEPT
   for m in $(grep -o " $DROOT[^ ]*\| $EROOT[^ ]*" /proc/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
   rm -rf "$DROOT" "$EROOT" "$DSOCK" "$DPID"
-  # Interfaces the shim left in the host if dockerd could not tell it to delete them.
-  for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^pnj'); do
+  # Interfaces and bridges the shim left in the host if dockerd could not tell it to delete
+  # them (a bridge left with this run's subnet would capture the next run's gateway).
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^pn[jb]'); do
     case "$PNJ_BEFORE" in *" $l "*) ;; *) ip link del "$l" 2>/dev/null ;; esac
   done
   # Bridges this run's conflists made (the reference bridge never deletes its bridge).

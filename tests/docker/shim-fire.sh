@@ -18,6 +18,7 @@ restart_shim() { # SIGKILL, not TERM: the shim dies mid-call
 
 say "[fire] network"
 d network create -d "$NAME" --ipam-driver "$NAME" --subnet 10.66.0.0/24 "nf-$X" >/dev/null
+BRIDGE=pnb$(d network inspect -f '{{.Id}}' "nf-$X" | cut -c1-12)
 
 say "[fire] 50 docker run at once; every 5th removed again right away; 5 shim kills, 1 dockerd kill"
 pids=()
@@ -49,6 +50,16 @@ for _ in $(seq 60); do
   sleep 1
 done
 sleep 2
+# A container dockerd is still restoring or restarting shows in `docker ps` before its
+# endpoint is back: give the listing up to 30 s to settle (every running container addressed).
+for _ in $(seq 30); do
+  settled=1
+  for c in $(d ps --filter "network=nf-$X" --format '{{.Names}}'); do
+    [ -n "$(ip_of "$c" "nf-$X" 2>/dev/null)" ] || { settled=0; break; }
+  done
+  [ "$settled" = 1 ] && break
+  sleep 1
+done
 
 d ps -a --filter "network=nf-$X" --format '{{.Names}} {{.Status}}' > "$TMP/states.log" || true
 running=$(d ps --filter "network=nf-$X" --format '{{.Names}}' | sort)
@@ -62,7 +73,12 @@ unreachable=0 addrs=()
 for c in $running; do
   ip=$(ip_of "$c" "nf-$X")
   addrs+=("$ip")
-  if [ -z "$ip" ] || ! pings "$ref" "$ip"; then unreachable=$((unreachable + 1)); echo "   $c ($ip) unreachable from $ref"; fi
+  if [ -z "$ip" ] || ! pings "$ref" "$ip"; then
+    unreachable=$((unreachable + 1)); echo "   $c ($ip) unreachable from $ref"
+    # What a person would look at next: Docker's view and the container's own.
+    d inspect -f '   {{.State.Status}} restarts={{.RestartCount}} started={{.State.StartedAt}} {{json .NetworkSettings.Networks}}' "$c" || true
+    d exec "$c" ip -o addr 2>&1 | sed 's/^/   /' || true
+  fi
 done
 check "[fire] every surviving container is reachable ($n, unreachable: $unreachable)" test "$unreachable" = 0
 dups=$(printf '%s\n' "${addrs[@]}" | sort | uniq -d | grep -c . || true)
@@ -82,6 +98,7 @@ left() {
 for _ in $(seq 40); do [ "$(left)" = 0 ] && break; sleep 1; done
 check "[fire] no lease left ($(left))" test "$(left)" = 0
 check "[fire] no shim interface left on the host" sh -c "! ip -o link show | grep -q ': pnj'"
+check "[fire] the network's bridge is gone ($BRIDGE)" sh -c "! ip link show $BRIDGE >/dev/null 2>&1"
 check "[fire] no staging namespace left" sh -c "[ -z \"\$(ls -A /run/plugnet-shim/$NAME/ns 2>/dev/null)\" ]"
 check "[fire] no endpoint state left" sh -c "[ -z \"\$(ls -A $STATE/endpoints 2>/dev/null)\" ]"
 
