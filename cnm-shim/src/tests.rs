@@ -296,7 +296,10 @@ fn delete_network_collects_endpoints_docker_forgot() {
     run_container(d, &pool_id, EP);
     ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
     ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
-    assert!(d.snapshot().endpoints.is_empty(), "the endpoint went with it");
+    assert!(
+        d.snapshot().endpoints.is_empty(),
+        "the endpoint went with it"
+    );
     assert!(d.backend.attached.lock().unwrap().is_empty(), "CNI DEL ran");
     assert!(d.backend.held_by("pn-10.60.9.0_24").is_empty());
 }

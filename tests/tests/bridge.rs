@@ -824,3 +824,107 @@ fn bad_input_is_a_clean_error() {
     );
     assert!(host.leases("pnbbad").is_empty());
 }
+
+/// The handoff plugnet-shim uses for Docker (`CNI_ARGS` `PLUGNET_HANDOFF_IFNAME`): the
+/// container end stays in the plugin's namespace under that name, unconfigured; the runtime
+/// moves and addresses it (as Docker does with the name `Join` returns). Checked by doing what
+/// Docker does and pinging the gateway, in both modes; DEL leaves nothing.
+#[test]
+fn handoff_leaves_the_container_end_to_the_runtime() {
+    need_root!();
+    let host = Host::new("hand");
+    for (mode, net) in [("bridge", 7u8), ("routed", 8)] {
+        let mut conf = conf(
+            &host,
+            "1.0.0",
+            &format!("pnbhand{net}"),
+            "pnbbrh",
+            net,
+            false,
+        );
+        if mode == "routed" {
+            let c = conf.as_object_mut().unwrap();
+            c.remove("bridge");
+            c.remove("isDefaultGateway");
+            c.insert("mode".into(), json!(mode));
+        }
+        let ctr = host.container();
+        let mut att = Att::new(&format!("hand{net}"), &ctr.path(), "eth0");
+        att.args = "PLUGNET_HANDOFF_IFNAME=pnbho0".into();
+        let r = host.add(&conf, &att);
+        let cidr = r["ips"][0]["address"].as_str().unwrap().to_string();
+        assert_eq!(
+            r["interfaces"][r["ips"][0]["interface"].as_u64().unwrap() as usize]["sandbox"],
+            json!(ctr.path()),
+            "{mode}: {r}"
+        );
+        assert!(
+            host.ns.link_names().contains(&"pnbho0".to_string()),
+            "{mode}"
+        );
+        assert_eq!(
+            ctr.link_names(),
+            vec!["lo"],
+            "{mode}: the container is not touched"
+        );
+        let addrs = host.ns.ip_json(&["-4", "addr", "show", "dev", "pnbho0"]);
+        let none = addrs[0]["addr_info"]
+            .as_array()
+            .is_none_or(|a| a.is_empty());
+        assert!(none, "{mode}: unconfigured: {addrs}");
+
+        // What Docker does with the interface Join names.
+        host.ns.sh(&[
+            "ip",
+            "link",
+            "set",
+            "pnbho0",
+            "netns",
+            &ctr.path(),
+            "name",
+            "eth0",
+        ]);
+        ctr.sh(&["ip", "addr", "add", &cidr, "dev", "eth0"]);
+        ctr.sh(&["ip", "link", "set", "eth0", "up"]);
+        let gw = if mode == "bridge" {
+            let gw = r["ips"][0]["gateway"].as_str().unwrap().to_string();
+            ctr.sh(&["ip", "route", "add", "default", "via", &gw]);
+            gw
+        } else {
+            // Routed: the Join reply's next hop (a link-scope route) and default route.
+            let hop = r["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|rt| rt["gw"].as_str())
+                .unwrap()
+                .to_string();
+            ctr.sh(&["ip", "route", "add", &hop, "dev", "eth0", "scope", "link"]);
+            ctr.sh(&["ip", "route", "add", "default", "via", &hop, "dev", "eth0"]);
+            // The host end of a routed pair carries no address: reach the host through its
+            // route to the container, from an address of the host's own.
+            host.ns
+                .sh(&["ip", "addr", "add", "10.50.99.1/32", "dev", "lo"]);
+            "10.50.99.1".to_string()
+        };
+        assert!(
+            ctr.ping(&gw),
+            "{mode}: {gw} answers through the handed-off pair"
+        );
+
+        host.run(&plugnet(), "DEL", &conf, Some(&att)).ok();
+        assert!(host.plugnet_veths().is_empty(), "{mode}");
+        assert_eq!(ctr.link_names(), vec!["lo"], "{mode}");
+        assert!(host.leases(&format!("pnbhand{net}")).is_empty(), "{mode}");
+    }
+    // A handoff name that is no interface name is a clean error, and nothing is left.
+    let conf = conf(&host, "1.0.0", "pnbhand9", "pnbbrh", 9, false);
+    let ctr = host.container();
+    for bad in ["../x", "pnbtoolongname16"] {
+        let mut att = Att::new("handbad", &ctr.path(), "eth0");
+        att.args = format!("PLUGNET_HANDOFF_IFNAME={bad}");
+        let out = host.run(&plugnet(), "ADD", &conf, Some(&att));
+        assert_eq!(out.err_code(), 4, "{bad}: {out:?}");
+    }
+    assert!(host.leases("pnbhand9").is_empty());
+}

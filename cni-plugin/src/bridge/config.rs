@@ -62,7 +62,14 @@ pub struct BridgeConf {
     /// The container interface's MAC, from `runtimeConfig.mac`, `args.cni.mac` or `CNI_ARGS`
     /// `MAC=` (first found, in that order, as the reference plugin does).
     pub mac: Option<Mac>,
+    /// `CNI_ARGS` `PLUGNET_HANDOFF_IFNAME=<name>` (plugnet-shim): leave the container end of
+    /// the pair in the plugin's own namespace under this name, unconfigured, for a runtime that
+    /// moves and configures it itself (Docker). Saves the staging namespace and a netns move.
+    pub handoff: Option<String>,
 }
+
+/// The `CNI_ARGS` key of [`BridgeConf::handoff`].
+pub const HANDOFF_ARG: &str = "PLUGNET_HANDOFF_IFNAME";
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -195,6 +202,7 @@ impl BridgeConf {
             ipam,
             dns: req.config.dns.clone().filter(|d| !d.is_empty()),
             mac: requested_mac(req)?,
+            handoff: handoff(req)?,
         })
     }
 
@@ -243,6 +251,17 @@ fn ipam_kind(ipam: Option<&Value>) -> Result<IpamKind, CniError> {
         Some(other) => Err(CniError::decode(format!(
             "field \"ipam.type\" must be a string, got {other}"
         ))),
+    }
+}
+
+fn handoff(req: &Request) -> Result<Option<String>, CniError> {
+    match req.args.get(HANDOFF_ARG).filter(|n| !n.is_empty()) {
+        None => Ok(None),
+        Some(n) => {
+            validate::interface_name(n)
+                .map_err(|e| CniError::new(ErrorCode::InvalidEnv, format!("{HANDOFF_ARG}: {e}")))?;
+            Ok(Some(n.to_string()))
+        }
     }
 }
 

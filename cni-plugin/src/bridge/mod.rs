@@ -82,6 +82,10 @@ impl Plugin for BridgePlugin {
         let feats = Features::from_request(req, &conf)?;
         block_on(gc::gc(&*self.exec, &conf, &feats, req))?
     }
+
+    fn known_args(&self) -> &'static [&'static str] {
+        &["IP", "MAC", config::HANDOFF_ARG]
+    }
 }
 
 /// ADD: bridge, IPAM, veth, port settings, gateway, container side, firewall, bandwidth,
@@ -97,20 +101,27 @@ async fn add(
         .netns
         .as_ref()
         .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
-    let ns = Netns::open(netns_path).map_err(|e| {
-        CniError::internal(format!(
-            "failed to open netns {}: {e}",
-            netns_path.display()
-        ))
-    })?;
-    // The plugin's own namespace as the "container" would put eth0, addresses and a default
-    // route on the host itself.
-    if ns.is_current().unwrap_or(false) {
-        return Err(CniError::env(format!(
-            "CNI_NETNS {} is the plugin's own network namespace",
-            netns_path.display()
-        )));
-    }
+    // A handoff leaves the container end in the plugin's namespace, unconfigured: CNI_NETNS
+    // only names where the runtime will put it (the result's `sandbox`).
+    let ns = if conf.handoff.is_some() {
+        Netns::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?
+    } else {
+        let ns = Netns::open(netns_path).map_err(|e| {
+            CniError::internal(format!(
+                "failed to open netns {}: {e}",
+                netns_path.display()
+            ))
+        })?;
+        // The plugin's own namespace as the "container" would put eth0, addresses and a
+        // default route on the host itself.
+        if ns.is_current().unwrap_or(false) {
+            return Err(CniError::env(format!(
+                "CNI_NETNS {} is the plugin's own network namespace",
+                netns_path.display()
+            )));
+        }
+        ns
+    };
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
     let added = match conf.mode {
@@ -150,7 +161,7 @@ async fn add_steps(
     if conf.is_gateway {
         setup::gateways_on_bridge(conf, host, &br, &result).await?;
     }
-    if !conf.disable_container_interface {
+    if !conf.disable_container_interface && conf.handoff.is_none() {
         let container = Netlink::in_open_netns(ns).map_err(kernel)?;
         setup::container(conf, &container, pair.peer_index, &mut result).await?;
     }

@@ -150,8 +150,10 @@ pub(super) async fn add_steps(
         .map_err(kernel)?;
     host_side(host, &pair.host, v4, v6).await?;
 
-    let ctr = Netlink::in_open_netns(ns).map_err(kernel)?;
-    container(&ctr, pair.peer_index, host_mac, &ips, &routes).await?;
+    if conf.handoff.is_none() {
+        let ctr = Netlink::in_open_netns(ns).map_err(kernel)?;
+        container(&ctr, pair.peer_index, host_mac, &ips, &routes).await?;
+    }
 
     for ip in &ips {
         let mut r = RouteSpec::new(ip.address);
@@ -188,7 +190,7 @@ async fn veth(
 ) -> Result<VethPair, CniError> {
     let opts = VethOptions {
         host_name: host_name.to_string(),
-        peer_name: req.ifname.clone(),
+        peer_name: conf.handoff.clone().unwrap_or_else(|| req.ifname.clone()),
         peer_netns: ns.fd(),
         master: None,
         mtu,

@@ -102,7 +102,7 @@ pub async fn veth(
 ) -> Result<VethPair, CniError> {
     let opts = VethOptions {
         host_name: host_name.to_string(),
-        peer_name: req.ifname.clone(),
+        peer_name: conf.handoff.clone().unwrap_or_else(|| req.ifname.clone()),
         peer_netns: ns.fd(),
         master: Some(br.index),
         mtu,
