@@ -50,6 +50,9 @@ pub struct AttachRequest {
     pub ifname: String,
     /// Name the container interface gets when moved back to the host netns.
     pub tmp_name: String,
+    /// plugnet's handoff (`translate::supports_handoff`): the plugin leaves the container end
+    /// in the host as `tmp_name`; `netns` is only reported, never created.
+    pub handoff: bool,
     pub args: Vec<(String, String)>,
     pub capability_args: Map<String, Value>,
 }

@@ -78,6 +78,44 @@ fn ipam_type(ipam: &Value) -> &str {
     ipam.get("type").and_then(Value::as_str).unwrap_or_default()
 }
 
+impl RealBackend {
+    /// ADD with plugnet's handoff: the container end is born in the host as `tmp_name`, where
+    /// Docker takes it; no staging netns and no netns move (each move costs an RCU grace
+    /// period, 10-50 ms here). The host-side peer is the name plugnet derives for the
+    /// attachment.
+    fn attach_handoff(&self, req: &AttachRequest) -> Result<AttachOutcome> {
+        let nl = list_of(&req.conflist)?;
+        let t = Instant::now();
+        let rt = Self::runtime(
+            &req.container_id,
+            Some(&req.netns),
+            &req.ifname,
+            &req.args,
+            &req.capability_args,
+        );
+        let result = self.cni.add_network_list(&nl, &rt).map_err(|e| anyhow!("{e}"))?;
+        // A plugnet that predates the handoff ignores the argument and puts the interface in
+        // CNI_NETNS: say so rather than hand Docker a name that does not exist.
+        if !netns::link_exists(&req.tmp_name).unwrap_or(false) {
+            if let Err(e) = self.cni.del_network_list(&nl, &rt) {
+                warn!(container = %req.container_id, "undo: CNI DEL: {e}");
+            }
+            bail!(
+                "the plugnet plugin did not leave {} in the host (is it older than this shim?)",
+                req.tmp_name
+            );
+        }
+        debug!(container = %req.container_id, add_us = t.elapsed().as_micros() as u64, "attach timing (handoff)");
+        Ok(AttachOutcome {
+            result: result.to_json(CniVersion::V1_0_0),
+            peer: Some(plugnet::bridge::naming::host_veth_name(
+                &req.container_id,
+                &req.ifname,
+            )),
+        })
+    }
+}
+
 impl CniBackend for RealBackend {
     fn load_conflist(&self, name: &str) -> Result<Value> {
         let nl = NetworkList::load(&self.conf_dir, name).map_err(|e| {
@@ -204,6 +242,9 @@ impl CniBackend for RealBackend {
     }
 
     fn attach(&self, req: &AttachRequest) -> Result<AttachOutcome> {
+        if req.handoff {
+            return self.attach_handoff(req);
+        }
         let nl = list_of(&req.conflist)?;
         let t = Instant::now();
         netns::create(&req.netns).context("create staging netns")?;
@@ -250,7 +291,13 @@ impl CniBackend for RealBackend {
     fn detach(&self, container_id: &str, rec: &AttachmentRecord) -> Result<()> {
         let mut errors = Vec::new();
         let t = Instant::now();
-        let ns_ok = netns::exists(&rec.netns);
+        // A handoff's netns is Docker's sandbox: named in CNI_NETNS while it exists, never
+        // removed here.
+        let ns_ok = if rec.handoff {
+            rec.netns.exists()
+        } else {
+            netns::exists(&rec.netns)
+        };
         // After Leave, Docker moved the interface back to the host as SrcName. It is not moved
         // back into the staging netns (a netns move costs an RCU grace period): plugins' DEL
         // tolerates the missing link, and it is deleted below with its peer.
@@ -280,7 +327,7 @@ impl CniBackend for RealBackend {
             .flatten()
             .cloned()
             .collect();
-        let ns = rec.netns.clone();
+        let ns = (!rec.handoff).then(|| rec.netns.clone());
         let id = container_id.to_string();
         std::thread::spawn(move || {
             let t = Instant::now();
@@ -289,8 +336,10 @@ impl CniBackend for RealBackend {
                     warn!(container = %id, "cleanup: {e}");
                 }
             }
-            if let Err(e) = netns::remove(&ns) {
-                warn!(container = %id, "cleanup: {e}");
+            if let Some(ns) = ns {
+                if let Err(e) = netns::remove(&ns) {
+                    warn!(container = %id, "cleanup: {e}");
+                }
             }
             debug!(container = %id, cleanup_us = t.elapsed().as_micros() as u64, "detach cleanup timing");
         });

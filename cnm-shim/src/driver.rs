@@ -13,6 +13,7 @@ use crate::state::{
     SubnetInfo,
 };
 use crate::translate::{self, DeriveOptions, Range};
+use plugnet::bridge::config::HANDOFF_ARG;
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
@@ -579,13 +580,26 @@ impl<B: CniBackend> Driver<B> {
         if let Some(mac) = &ep.mac {
             args.push(("MAC".into(), mac.clone()));
         }
+        let tmp_name = format!("pnj{}", short(&ep.id));
+        // Derived plugnet networks: plugnet leaves the container end in the host for Docker
+        // to move (one netns move, as Docker's own bridge driver; no staging namespace).
+        let handoff = net.mode == Mode::Derived && translate::supports_handoff(&conflist);
+        let netns = if handoff && !req.sandbox_key.is_empty() {
+            PathBuf::from(&req.sandbox_key)
+        } else {
+            self.cfg.staging_dir.join(short(&ep.id))
+        };
+        if handoff {
+            args.push((HANDOFF_ARG.into(), tmp_name.clone()));
+        }
         let att = AttachmentRecord {
             phase: Phase::Attaching,
             cni_name: net.cni_name.clone(),
             conflist: conflist.clone(),
-            netns: self.cfg.staging_dir.join(short(&ep.id)),
+            netns,
+            handoff,
             ifname: CNI_IFNAME.into(),
-            tmp_name: format!("pnj{}", short(&ep.id)),
+            tmp_name,
             peer: None,
             args: args.clone(),
             capability_args: caps.clone(),
@@ -599,6 +613,7 @@ impl<B: CniBackend> Driver<B> {
             netns: att.netns.clone(),
             ifname: att.ifname.clone(),
             tmp_name: att.tmp_name.clone(),
+            handoff,
             args,
             capability_args: caps,
         });

@@ -121,8 +121,13 @@ pub struct AttachmentRecord {
     pub cni_name: String,
     /// Conflist used for ADD (DEL must use the same).
     pub conflist: Value,
-    /// Staging netns path (CNI_NETNS).
+    /// CNI_NETNS: the staging netns the shim owns, or, with `handoff`, Docker's sandbox (never
+    /// created or removed by the shim).
     pub netns: PathBuf,
+    /// plugnet's handoff: the container end was born in the host as `tmp_name` (no staging
+    /// netns, no netns move).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
     /// CNI_IFNAME inside the staging netns.
     pub ifname: String,
     /// Host-side temporary name handed to Docker as SrcName.

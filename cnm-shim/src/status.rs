@@ -380,6 +380,7 @@ mod tests {
                         cni_name: "pn-10.60.1.0_24".into(),
                         conflist: Value::Null,
                         netns: "/run/plugnet-shim/x/ns/e1".into(),
+                        handoff: false,
                         ifname: "eth0".into(),
                         tmp_name: "pnje1".into(),
                         peer: Some(p.into()),

@@ -287,6 +287,30 @@ fn reconcile_undoes_interrupted_attach_and_collects_dead_endpoints() {
 }
 
 #[test]
+fn derived_plugnet_networks_hand_the_interface_over_without_staging() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.60.11.0/24", json!({}));
+    let (_, j) = run_container(d, &pool_id, EP);
+    let req = d.backend.attached.lock().unwrap()[EP].clone();
+    assert!(req.handoff);
+    assert_eq!(req.netns, std::path::PathBuf::from("/var/run/docker/netns/x"));
+    assert!(req
+        .args
+        .iter()
+        .any(|(k, v)| k == "PLUGNET_HANDOFF_IFNAME" && *v == req.tmp_name));
+    assert_eq!(j["InterfaceName"]["SrcName"], json!(req.tmp_name));
+    assert!(d.snapshot().endpoints[EP].attachment.as_ref().unwrap().handoff);
+    // Only a one-plugin plugnet list qualifies: anything else may configure the container.
+    use crate::translate::supports_handoff;
+    assert!(supports_handoff(&json!({"plugins": [{"type": "plugnet"}]})));
+    assert!(!supports_handoff(&json!({"plugins": [{"type": "bridge"}]})));
+    assert!(!supports_handoff(
+        &json!({"plugins": [{"type": "plugnet"}, {"type": "portmap"}]})
+    ));
+}
+
+#[test]
 fn delete_network_collects_endpoints_docker_forgot() {
     // dockerd killed after our Join but before its own store write: it never sends
     // DeleteEndpoint, and later deletes the network as if it were empty.

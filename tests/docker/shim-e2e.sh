@@ -152,7 +152,11 @@ run_suite() { # mode
     [ "$n" = "$want" ] && break; sleep 1
   done
   check "[$mode] shim endpoints = running containers ($n = $want)" test "$n" = "$want"
-  check "[$mode] staging namespaces = running containers" test "$(ls "/run/plugnet-shim/$NAME/ns" | grep -c . || true)" = "$want"
+  # Derived plugnet networks hand the interface over in the host (no staging namespace);
+  # conflists of other plugins keep one staging namespace per running container.
+  local staged=$want
+  [ "$mode" = derived ] && [ "${BRIDGE_PLUGIN:-plugnet}" = plugnet ] && staged=0
+  check "[$mode] staging namespaces = $staged" test "$(ls "/run/plugnet-shim/$NAME/ns" 2>/dev/null | grep -c . || true)" = "$staged"
 
   if [ "$mode" = derived ]; then
     say "[$mode] dual-stack network"
