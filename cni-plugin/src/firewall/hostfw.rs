@@ -92,62 +92,72 @@ pub fn restore_input(o: &Observed, bridges: &[String]) -> Option<String> {
     Some(s)
 }
 
-/// Brings iptables' filter table (IPv4 and IPv6) in line with `bridges`.
+/// Brings iptables' filter table (IPv4 and IPv6) in line with `bridges`. The two families
+/// are independent tables: they are synced concurrently (each iptables-nft run costs 5-15 ms
+/// here, and a first or last attachment on a bridge runs up to four).
 pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
-    for (list, restore) in [
-        ("iptables", "iptables-restore"),
-        ("ip6tables", "ip6tables-restore"),
-    ] {
-        let out = match Command::new(list)
-            .args(["-w", "-t", "filter", "-S"])
-            .stderr(Stdio::piped())
-            .output()
-        {
-            Ok(o) => o,
-            // No iptables at all: nothing there can drop our traffic.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(FirewallError::HostFirewall(format!("run {list}: {e}"))),
-        };
-        if !out.status.success() {
-            let msg = String::from_utf8_lossy(&out.stderr);
-            // ip6tables without IPv6 support in the kernel: nothing to coexist with.
-            if list == "ip6tables" {
-                continue;
-            }
-            return Err(FirewallError::HostFirewall(format!(
-                "{list} -S: {}",
-                msg.trim()
-            )));
+    let (v4, v6) = std::thread::scope(|s| {
+        let v6 = s.spawn(|| sync_family("ip6tables", "ip6tables-restore", bridges));
+        let v4 = sync_family("iptables", "iptables-restore", bridges);
+        (
+            v4,
+            v6.join()
+                .unwrap_or_else(|_| Err(FirewallError::HostFirewall("ip6tables thread".into()))),
+        )
+    });
+    v4.and(v6)
+}
+
+fn sync_family(list: &str, restore: &str, bridges: &[String]) -> Result<(), FirewallError> {
+    let out = match Command::new(list)
+        .args(["-w", "-t", "filter", "-S"])
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) => o,
+        // No iptables at all: nothing there can drop our traffic.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FirewallError::HostFirewall(format!("run {list}: {e}"))),
+    };
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        // ip6tables without IPv6 support in the kernel: nothing to coexist with.
+        if list == "ip6tables" {
+            return Ok(());
         }
-        let observed = parse_rules(&String::from_utf8_lossy(&out.stdout));
-        let Some(input) = restore_input(&observed, bridges) else {
-            continue;
-        };
-        let mut child = Command::new(restore)
-            .args(["-w", "--noflush"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                FirewallError::HostFirewall(format!(
-                    "{list} FORWARD would drop plugnet traffic and {restore} cannot run: {e}"
-                ))
-            })?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())
-            .map_err(|e| FirewallError::HostFirewall(format!("{restore}: {e}")))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| FirewallError::HostFirewall(format!("{restore}: {e}")))?;
-        if !out.status.success() {
-            return Err(FirewallError::HostFirewall(format!(
-                "{restore}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        return Err(FirewallError::HostFirewall(format!(
+            "{list} -S: {}",
+            msg.trim()
+        )));
+    }
+    let observed = parse_rules(&String::from_utf8_lossy(&out.stdout));
+    let Some(input) = restore_input(&observed, bridges) else {
+        return Ok(());
+    };
+    let mut child = Command::new(restore)
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            FirewallError::HostFirewall(format!(
+                "{list} FORWARD would drop plugnet traffic and {restore} cannot run: {e}"
+            ))
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| FirewallError::HostFirewall(format!("{restore}: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| FirewallError::HostFirewall(format!("{restore}: {e}")))?;
+    if !out.status.success() {
+        return Err(FirewallError::HostFirewall(format!(
+            "{restore}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
