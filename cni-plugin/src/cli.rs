@@ -68,6 +68,10 @@ pub enum FirewallCommand {
     /// Re-apply every rule plugnet owns from its state (after `nft flush ruleset`, a firewalld
     /// reload or a Docker restart). Idempotent.
     Reload,
+    /// Reload only if the kernel lost something live attachments need (plugnet's table, or the
+    /// host firewall's jump/accept rules); prints `{"reloaded": false}` otherwise. What
+    /// plugnet-shim runs every 30 s.
+    Repair,
     /// The attachments the firewall state records (JSON).
     Ls,
 }
@@ -220,7 +224,7 @@ fn dispatch(
     Ok(0)
 }
 
-/// `plugnet firewall reload|ls`: runs in the caller's network namespace over `state_dir`.
+/// `plugnet firewall reload|repair|ls`: runs in the caller's network namespace over `state_dir`.
 fn firewall_command(
     command: &FirewallCommand,
     state_dir: Option<PathBuf>,
@@ -236,6 +240,12 @@ fn firewall_command(
         FirewallCommand::Reload => fw
             .reload()
             .map(|r| json!({"attachments": r.attachments, "bridges": r.bridges})),
+        FirewallCommand::Repair => fw.repair().map(|r| match r {
+            Some(r) => {
+                json!({"reloaded": true, "attachments": r.attachments, "bridges": r.bridges})
+            }
+            None => json!({"reloaded": false}),
+        }),
         FirewallCommand::Ls => fw
             .list()
             .map(|l| serde_json::to_value(l).expect("attachments serialise")),

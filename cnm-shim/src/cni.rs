@@ -93,7 +93,10 @@ impl RealBackend {
             &req.args,
             &req.capability_args,
         );
-        let result = self.cni.add_network_list(&nl, &rt).map_err(|e| anyhow!("{e}"))?;
+        let result = self
+            .cni
+            .add_network_list(&nl, &rt)
+            .map_err(|e| anyhow!("{e}"))?;
         // A plugnet that predates the handoff ignores the argument and puts the interface in
         // CNI_NETNS: say so rather than hand Docker a name that does not exist.
         if !netns::link_exists(&req.tmp_name).unwrap_or(false) {

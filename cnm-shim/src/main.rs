@@ -178,7 +178,10 @@ fn run(cli: Cli) -> Result<()> {
             loop {
                 tick.tick().await;
                 let d = d.clone();
-                if let Ok(n) = tokio::task::spawn_blocking(move || d.reconcile()).await {
+                // Endpoints first (a collected endpoint takes its rules along), then the
+                // firewall state the kernel may have lost.
+                let work = move || (d.reconcile(), d.repair_firewalls());
+                if let Ok((n, _)) = tokio::task::spawn_blocking(work).await {
                     if n > 0 {
                         info!(cleaned = n, "reconciled");
                     }

@@ -294,13 +294,22 @@ fn derived_plugnet_networks_hand_the_interface_over_without_staging() {
     let (_, j) = run_container(d, &pool_id, EP);
     let req = d.backend.attached.lock().unwrap()[EP].clone();
     assert!(req.handoff);
-    assert_eq!(req.netns, std::path::PathBuf::from("/var/run/docker/netns/x"));
+    assert_eq!(
+        req.netns,
+        std::path::PathBuf::from("/var/run/docker/netns/x")
+    );
     assert!(req
         .args
         .iter()
         .any(|(k, v)| k == "PLUGNET_HANDOFF_IFNAME" && *v == req.tmp_name));
     assert_eq!(j["InterfaceName"]["SrcName"], json!(req.tmp_name));
-    assert!(d.snapshot().endpoints[EP].attachment.as_ref().unwrap().handoff);
+    assert!(
+        d.snapshot().endpoints[EP]
+            .attachment
+            .as_ref()
+            .unwrap()
+            .handoff
+    );
     // Only a one-plugin plugnet list qualifies: anything else may configure the container.
     use crate::translate::supports_handoff;
     assert!(supports_handoff(&json!({"plugins": [{"type": "plugnet"}]})));

@@ -83,6 +83,14 @@ run_suite() { # mode
     check "[$mode] published port answers on the host address ($hip)" \
       sh -c "busybox nc -w 2 $hip 18080 </dev/null | grep -q hello"
     check "[$mode] published port answers on the gateway ($gw)" sh -c "busybox nc -w 2 $gw 18080 </dev/null | grep -q hello"
+    if [ "$mode" = derived ]; then
+      say "[$mode] plugnet's table deleted behind its back; the shim re-applies it"
+      nft delete table inet plugnet
+      stop_shim; start_shim # the repair runs at start-up, then every 30 s
+      for _ in $(seq 50); do nft list table inet plugnet >/dev/null 2>&1 && break; sleep 0.2; done
+      check "[$mode] after the shim's repair the published port answers again" \
+        sh -c "busybox nc -w 2 $hip 18080 </dev/null | grep -q hello"
+    fi
     d rm -f "w-$X" >/dev/null
     check "[$mode] no DNAT rule left for it" sh -c "! iptables -t nat -S | grep -q 'dport 18080' && ! nft list ruleset | grep -q 18080"
   fi

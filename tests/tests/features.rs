@@ -329,6 +329,14 @@ fn port_mappings_answer_from_everywhere_and_go_away() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("\"attachments\": 1"), "{out:?}");
     w.host.run(&plugnet(), "CHECK", &checked, Some(&att)).ok();
+    // `repair` (what plugnet-shim runs every 30 s) is a no-op while nothing is lost, and
+    // re-applies once the table is gone again.
+    let out = w.firewall(&["repair"]);
+    assert!(out.stdout.contains("\"reloaded\": false"), "{out:?}");
+    w.host.ns.sh(&["nft", "delete", "table", "inet", "plugnet"]);
+    let out = w.firewall(&["repair"]);
+    assert!(out.stdout.contains("\"reloaded\": true"), "{out:?}");
+    w.host.run(&plugnet(), "CHECK", &checked, Some(&att)).ok();
     assert_eq!(
         tcp_get(&w.outside, &hp(18080)).as_deref(),
         Some("tcp-hello")

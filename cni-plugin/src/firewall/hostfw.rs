@@ -162,6 +162,31 @@ fn sync_family(list: &str, restore: &str, bridges: &[String]) -> Result<(), Fire
     Ok(())
 }
 
+/// Whether iptables (IPv4) holds our jump and the accept rules of every bridge in `bridges`
+/// wherever it would drop plugnet traffic; true when there is no iptables.
+pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
+    if bridges.is_empty() {
+        return Ok(true);
+    }
+    let out = match Command::new("iptables")
+        .args(["-w", "-t", "filter", "-S"])
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            return Err(FirewallError::HostFirewall(format!(
+                "iptables -S: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(FirewallError::HostFirewall(format!("run iptables: {e}"))),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(bridges.iter().all(|b| check_rules(&text, b).is_ok()))
+}
+
 /// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
     let out = match Command::new("iptables")

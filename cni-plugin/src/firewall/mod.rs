@@ -493,6 +493,43 @@ impl Firewall {
         })
     }
 
+    /// Re-applies the state ([`Firewall::reload`]) when the kernel lost it while attachments it
+    /// records are alive: plugnet's table is gone (`nft flush ruleset`, a firewalld reload), or
+    /// the host firewall lost the jump or a bridge's accept rules (a Docker restart re-creates
+    /// DOCKER-USER). An attachment is alive while its host veth exists; after a reboot none
+    /// is, and nothing is re-applied (GC and the runtimes' DELs clear those records). Returns
+    /// the reload's report when it reloaded. Cheap when nothing is lost: one netlink query,
+    /// plus one `iptables -S` when the host firewall is managed.
+    pub fn repair(&self) -> Result<Option<ReloadReport>, FirewallError> {
+        let live_bridges: Vec<String> = {
+            let _lock = self.store.lock().map_err(state_err("lock state"))?;
+            let atts = self
+                .store
+                .all_attachments()
+                .map_err(state_err("read attachments"))?;
+            let live: BTreeSet<String> = atts
+                .iter()
+                // if_nametoindex asks this network namespace (sysfs may show another's).
+                .filter(|(_, a)| nix::net::if_::if_nametoindex(a.host_veth.as_str()).is_ok())
+                .map(|(_, a)| a.bridge.clone())
+                .collect();
+            live.into_iter().collect()
+        };
+        if live_bridges.is_empty() {
+            return Ok(None);
+        }
+        let table = nft::table_exists().map_err(|e| FirewallError::Nft {
+            step: "look up table",
+            op: "get table".into(),
+            source: e,
+        })?;
+        let host_ok = !self.opts.host_firewall || hostfw::in_place(&live_bridges)?;
+        if table && host_ok {
+            return Ok(None);
+        }
+        self.reload().map(Some)
+    }
+
     /// CNI GC: removes the recorded attachments of `network` whose (container id, ifname) is
     /// not in `valid`. Returns how many were removed.
     pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<usize, FirewallError> {
@@ -636,6 +673,20 @@ pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<(), Fir
 /// [`Firewall::check`] with default options.
 pub fn check(att: &Attachment) -> Result<(), FirewallError> {
     Firewall::new(Options::default()).check(att)
+}
+
+/// [`Firewall::repair`] over `state_dir` (default options otherwise); `Ok(None)` also when
+/// the directory does not exist.
+pub fn repair(state_dir: impl Into<PathBuf>) -> Result<Option<ReloadReport>, FirewallError> {
+    let state_dir = state_dir.into();
+    if !state_dir.exists() {
+        return Ok(None);
+    }
+    Firewall::new(Options {
+        state_dir,
+        ..Options::default()
+    })
+    .repair()
 }
 
 /// [`Firewall::reload`] over `state_dir`.
