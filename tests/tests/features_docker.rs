@@ -9,8 +9,8 @@
 //! host looks like once Docker has run, and the test does not undo it. If forwarding was
 //! already on (so this dockerd did not set DROP), the test sets the policy to DROP itself to
 //! get the same host, and restores ACCEPT at the end (that change is the test's own).
-//! Everything else it creates (bridge `pnxdbr9`, veth `pnxd9h`, namespaces `pnx-dk-<pid>-*`,
-//! subnets 10.109.0.0/24 and 10.109.1.0/24, plugnet's rules) is removed, also on failure.
+//! Everything else it creates (bridges `pnxdbr9` and `pnxdbr8`, veth `pnxd9h`, namespaces `pnx-dk-<pid>-*`,
+//! subnets 10.109.0.0/24, 10.109.1.0/24 and 10.109.2.0/24, plugnet's rules) is removed, also on failure.
 
 mod bridge_support;
 
@@ -25,6 +25,8 @@ use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
 const BRIDGE: &str = "pnxdbr9";
+/// A second network using no firewall feature at all.
+const BRIDGE_BARE: &str = "pnxdbr8";
 const UPLINK: &str = "pnxd9h";
 
 fn sh(args: &[&str]) -> (bool, String) {
@@ -185,6 +187,7 @@ impl Drop for DockerHost {
         }
         let _ = sh(&["ip", "link", "del", UPLINK]);
         let _ = sh(&["ip", "link", "del", BRIDGE]);
+        let _ = sh(&["ip", "link", "del", BRIDGE_BARE]);
         if let Some(mut d) = self.dockerd.take() {
             unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
             let t0 = Instant::now();
@@ -323,6 +326,22 @@ fn plugnet_works_on_a_docker_host_and_survives_a_flush() {
         );
     };
     works("on a Docker host");
+
+    // A network with no firewall feature (no ipMasq, no mapping): its containers still reach
+    // each other across the bridge and the gateway — bridged traffic passes iptables FORWARD
+    // (br_netfilter), whose policy is DROP here.
+    let mut bare = h.conf();
+    bare["name"] = json!("pnxbare");
+    bare["bridge"] = json!(BRIDGE_BARE);
+    bare["ipMasq"] = json!(false);
+    bare["ipam"]["ranges"] = json!([[{"subnet": "10.109.2.0/24"}]]);
+    let c3 = Ns::new(format!("pnx-dk-{pid}-c3"));
+    let c4 = Ns::new(format!("pnx-dk-{pid}-c4"));
+    let r3 = h.add(&bare, "pnx-dk-3", &c3);
+    let r4 = h.add(&bare, "pnx-dk-4", &c4);
+    assert!(c3.ping(&ip_of(&r4)), "featureless: c3 -> c4");
+    assert!(c4.ping(&ip_of(&r3)), "featureless: c4 -> c3");
+    assert!(c3.ping("10.109.2.1"), "featureless: c3 -> gateway");
 
     // Someone deletes plugnet's table: masquerading and the mapping stop; reload restores them.
     assert!(sh(&["nft", "delete", "table", "inet", "plugnet"]).0);

@@ -121,7 +121,11 @@ impl Features {
         host_veth: &str,
         result: &CniResult,
     ) -> Result<Option<Attachment>, CniError> {
-        if !self.uses_firewall() {
+        // Docker coexistence: where the host's iptables FORWARD drops (any host Docker has
+        // run on), an attachment without firewall features is still recorded, bare, so its
+        // bridge gets plugnet's accept rules in the host firewall with its first attachment
+        // and loses them with its last. Elsewhere featureless attachments cost nothing.
+        if !self.uses_firewall() && !firewall::host_forward_may_drop() {
             return Ok(None);
         }
         let sandbox = result

@@ -675,6 +675,20 @@ pub fn check(att: &Attachment) -> Result<(), FirewallError> {
     Firewall::new(Options::default()).check(att)
 }
 
+/// Whether the host's iptables may drop forwarded plugnet traffic, so that even an attachment
+/// using no firewall feature needs its bridge's accept rules (see `hostfw`): the FORWARD
+/// policy of iptables-nft's `filter` table is DROP in either family (Docker sets it), or the
+/// legacy iptables `filter` table is loaded (its policy is not visible without running
+/// `iptables`, so assume it may; `hostfw` then looks and adds nothing if not needed). Cheap:
+/// two netlink requests and one small /proc read; any error counts as "no".
+pub fn host_forward_may_drop() -> bool {
+    let nft = [libc::NFPROTO_IPV4, libc::NFPROTO_IPV6]
+        .into_iter()
+        .any(|f| matches!(nft::iptables_forward_drops(f as u8), Ok(Some(true))));
+    nft || fs::read_to_string("/proc/net/ip_tables_names")
+        .is_ok_and(|s| s.lines().any(|l| l.trim() == "filter"))
+}
+
 /// [`Firewall::repair`] over `state_dir` (default options otherwise); `Ok(None)` also when
 /// the directory does not exist.
 pub fn repair(state_dir: impl Into<PathBuf>) -> Result<Option<ReloadReport>, FirewallError> {
