@@ -98,7 +98,10 @@ fn podman_containers_on_a_plugnet_network() {
         p.dir.path().join("net.d/pnbpod.conflist"),
         serde_json::to_vec(&serde_json::json!({
             "cniVersion": "1.0.0", "name": "pnbpod",
+            // The firewall's state stays in the test's directory: on a host whose FORWARD
+            // drops, even this featureless network is recorded there (Docker coexistence).
             "plugins": [{"type": "plugnet", "bridge": "pnbbrpod", "isDefaultGateway": true,
+                "firewallStateDir": p.dir.path().join("fw"),
                 "ipam": {"type": "plugnet-ipam", "dataDir": data,
                          "ranges": [[{"subnet": "10.50.40.0/24"}]]}}]
         }))
