@@ -174,9 +174,9 @@ async fn add_steps(
     Ok(result)
 }
 
-/// DEL (both modes): the firewall rules and shaping, then the host veth (its peer and, in
-/// routed mode, the host routes through it go with it), then the addresses — last, so that an
-/// address is never free while something keyed on it remains. Missing netns, link, lease or
+/// DEL (both modes): the firewall rules (on a thread, beside the rest), shaping, the host veth
+/// (its peer and, in routed mode, the host routes through it go with it), then the addresses —
+/// last, so that an address is never free while something keyed on it remains. Missing netns, link, lease or
 /// rule are success; every failure is collected and reported, and later steps still run.
 async fn del(
     exec: &dyn Exec,
@@ -186,9 +186,10 @@ async fn del(
 ) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let firewall = features::start_firewall_removal(feats, req);
     match Netlink::host() {
         Ok(host) => {
-            features::del(feats, req, &host, &host_name, &mut errors).await;
+            features::del_shaping(feats, req, &host, &host_name, &mut errors).await;
             match host.del_link_by_name(&host_name).await {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
@@ -197,6 +198,7 @@ async fn del(
         }
         Err(e) => errors.push(e.to_string()),
     }
+    features::finish_firewall_removal(firewall, &mut errors);
     // The addresses go last, whatever failed before: a DEL killed half-way then keeps them
     // held until the runtime's retry, so no new container can be handed an address that
     // stale firewall elements or host routes still name.

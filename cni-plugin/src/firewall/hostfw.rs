@@ -92,13 +92,34 @@ pub fn restore_input(o: &Observed, bridges: &[String]) -> Option<String> {
     Some(s)
 }
 
-/// Brings iptables' filter table (IPv4 and IPv6) in line with `bridges`. The two families
-/// are independent tables: they are synced concurrently (each iptables-nft run costs 5-15 ms
-/// here, and a first or last attachment on a bridge runs up to four).
+/// Brings iptables' filter table (IPv4 and IPv6) in line with `bridges` (ADD and DEL: see
+/// [`Sync::Fast`]). The two families are independent tables: they are synced concurrently
+/// (each iptables-nft run costs 5-15 ms here).
 pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
+    sync_with(bridges, Sync::Fast)
+}
+
+/// [`sync`] from what `iptables -S` lists, never from assumptions: reload and repair.
+pub fn sync_exact(bridges: &[String]) -> Result<(), FirewallError> {
+    sync_with(bridges, Sync::Exact)
+}
+
+/// How the current state of the filter table is learnt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// On an iptables-nft host, from nf_tables over netlink (the FORWARD policy, whether
+    /// DOCKER-USER and our chain exist), assuming our jump sits where plugnet put it; one
+    /// `iptables-restore` instead of `iptables -S` + restore. A restore that fails on that
+    /// assumption (our jump gone) falls back to [`Sync::Exact`].
+    Fast,
+    /// `iptables -S`, then the restore.
+    Exact,
+}
+
+fn sync_with(bridges: &[String], how: Sync) -> Result<(), FirewallError> {
     let (v4, v6) = std::thread::scope(|s| {
-        let v6 = s.spawn(|| sync_family("ip6tables", "ip6tables-restore", bridges));
-        let v4 = sync_family("iptables", "iptables-restore", bridges);
+        let v6 = s.spawn(|| sync_family(Family::V6, bridges, how));
+        let v4 = sync_family(Family::V4, bridges, how);
         (
             v4,
             v6.join()
@@ -108,32 +129,52 @@ pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
     v4.and(v6)
 }
 
-fn sync_family(list: &str, restore: &str, bridges: &[String]) -> Result<(), FirewallError> {
-    let out = match Command::new(list)
-        .args(["-w", "-t", "filter", "-S"])
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Ok(o) => o,
-        // No iptables at all: nothing there can drop our traffic.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(FirewallError::HostFirewall(format!("run {list}: {e}"))),
-    };
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr);
-        // ip6tables without IPv6 support in the kernel: nothing to coexist with.
-        if list == "ip6tables" {
-            return Ok(());
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn tools(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("iptables", "iptables-restore"),
+            Family::V6 => ("ip6tables", "ip6tables-restore"),
         }
-        return Err(FirewallError::HostFirewall(format!(
-            "{list} -S: {}",
-            msg.trim()
-        )));
     }
-    let observed = parse_rules(&String::from_utf8_lossy(&out.stdout));
-    let Some(input) = restore_input(&observed, bridges) else {
-        return Ok(());
+}
+
+/// The filter table as nf_tables shows it, when iptables-nft manages it alone (no legacy
+/// `filter` table loaded: then the host's `iptables` may be either backend). `None`: unknown.
+fn observed_via_netlink(family: Family) -> Option<Observed> {
+    let (nfproto, legacy) = match family {
+        Family::V4 => (libc::NFPROTO_IPV4 as u8, "/proc/net/ip_tables_names"),
+        Family::V6 => (libc::NFPROTO_IPV6 as u8, "/proc/net/ip6_tables_names"),
     };
+    if std::fs::read_to_string(legacy).is_ok_and(|s| s.lines().any(|l| l.trim() == "filter")) {
+        return None;
+    }
+    let chain = |name: &str| super::nft::iptables_chain(nfproto, name).ok();
+    let forward = chain("FORWARD")??;
+    let docker_user = chain("DOCKER-USER")?.is_some();
+    let our_chain = chain(CHAIN)?.is_some();
+    Some(Observed {
+        forward_drops: forward == Some(0),
+        docker_user,
+        our_chain,
+        // Where plugnet puts it (restore_input); a wrong guess fails the restore.
+        jump_from: our_chain.then(|| {
+            if docker_user {
+                "DOCKER-USER"
+            } else {
+                "FORWARD"
+            }
+            .to_string()
+        }),
+    })
+}
+
+fn run_restore(restore: &str, list: &str, input: &str) -> Result<(), FirewallError> {
     let mut child = Command::new(restore)
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
@@ -160,6 +201,48 @@ fn sync_family(list: &str, restore: &str, bridges: &[String]) -> Result<(), Fire
         )));
     }
     Ok(())
+}
+
+fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), FirewallError> {
+    let (list, restore) = family.tools();
+    if how == Sync::Fast {
+        if let Some(observed) = observed_via_netlink(family) {
+            match restore_input(&observed, bridges) {
+                None => return Ok(()),
+                Some(input) => {
+                    if run_restore(restore, list, &input).is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    let out = match Command::new(list)
+        .args(["-w", "-t", "filter", "-S"])
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) => o,
+        // No iptables at all: nothing there can drop our traffic.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FirewallError::HostFirewall(format!("run {list}: {e}"))),
+    };
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        // ip6tables without IPv6 support in the kernel: nothing to coexist with.
+        if matches!(family, Family::V6) {
+            return Ok(());
+        }
+        return Err(FirewallError::HostFirewall(format!(
+            "{list} -S: {}",
+            msg.trim()
+        )));
+    }
+    let observed = parse_rules(&String::from_utf8_lossy(&out.stdout));
+    let Some(input) = restore_input(&observed, bridges) else {
+        return Ok(());
+    };
+    run_restore(restore, list, &input)
 }
 
 /// Whether iptables (IPv4) holds our jump and the accept rules of every bridge in `bridges`

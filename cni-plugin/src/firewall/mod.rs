@@ -477,7 +477,7 @@ impl Firewall {
         nft::run(&ops).map_err(nft_err("reload"))?;
         let bridges: Vec<String> = active_bridges(&shared).into_iter().collect();
         if self.opts.host_firewall {
-            hostfw::sync(&bridges)?;
+            hostfw::sync_exact(&bridges)?;
         }
         for (name, b) in &shared.bridges {
             if b.portmap_refs > 0 && b.route_localnet_was.is_some() {

@@ -881,11 +881,17 @@ const MNL_CB_OK: libc::c_int = 1;
 /// (`NFPROTO_IPV4`, `NFPROTO_IPV6`) says: `Some(true)` drops, `Some(false)` accepts, `None`
 /// when there is no such chain (no iptables-nft user on this host). One netlink request.
 pub fn iptables_forward_drops(family: u8) -> io::Result<Option<bool>> {
+    Ok(iptables_chain(family, "FORWARD")?.map(|policy| policy == Some(NF_DROP)))
+}
+
+/// Chain `name` of iptables-nft's `filter` table in `family`: `None` when it does not exist,
+/// else its policy (`None` for a chain without one, i.e. not a base chain).
+pub fn iptables_chain(family: u8, name: &str) -> io::Result<Option<Option<u32>>> {
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
     let seq = 1;
     unsafe {
         let c = NonNull::new(sys::nftnl_chain_alloc()).expect("nftnl_chain_alloc: out of memory");
-        let (t, n) = (cstr("filter"), cstr("FORWARD"));
+        let (t, n) = (cstr("filter"), cstr(name));
         sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
         sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
         let hdr = sys::nftnl_nlmsg_build_hdr(
@@ -915,7 +921,7 @@ pub fn iptables_forward_drops(family: u8) -> io::Result<Option<bool>> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(policy.map(|p| p == NF_DROP))
+        Ok(Some(policy))
     })
 }
 
