@@ -266,6 +266,9 @@ impl Runner {
         }
         let _lock = self.state.lock(id)?;
         let Some(mut state) = self.state.load(id)? else {
+            // Nothing recorded: an `up` killed while writing its first state leaves only a
+            // temporary behind. Take it.
+            self.state.sweep_temporaries();
             return Ok(());
         };
         let mut failed = Vec::new();

@@ -173,15 +173,20 @@ impl StateDir {
         Ok(Some(state))
     }
 
+    /// Remove temporaries whose writer died between create and rename (best effort).
+    pub fn sweep_temporaries(&self) {
+        for sub in ["containers", "results"] {
+            let _ = crate::fsutil::sweep_dead_temporaries(&self.root.join(sub));
+        }
+    }
+
     /// Persist the container's state atomically; an empty state removes the file.
     pub fn save(&self, state: &ContainerState) -> Result<(), CniError> {
         validate::container_id(&state.container_id)?;
         let path = self.container_path(&state.container_id);
         if state.networks.is_empty() {
             // The container is gone: also take what writers killed mid-write left behind.
-            for sub in ["containers", "results"] {
-                let _ = crate::fsutil::sweep_dead_temporaries(&self.root.join(sub));
-            }
+            self.sweep_temporaries();
             return match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(CniError::io(format!("remove {}: {e}", path.display())))

@@ -427,6 +427,24 @@ fn down_after_the_netns_is_gone_runs_del_without_netns_and_keeps_failures() {
 }
 
 #[test]
+fn down_without_state_takes_a_killed_first_write_temporary() {
+    // `up` SIGKILLed while writing its first state: only `.c8.json.<pid>.<n>.tmp` exists.
+    let (d, r, exec) = setup(&["ok"]);
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
+    };
+    let dir = d.path().join("state/containers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join(format!(".c8.json.{dead}.0.tmp"));
+    std::fs::write(&tmp, "{").unwrap();
+    r.down("c8", None).unwrap();
+    assert!(!tmp.exists(), "the dead writer's temporary is gone");
+    assert!(exec.calls().is_empty());
+}
+
+#[test]
 fn check_reports_each_network() {
     let (_d, r, _exec) = setup(&["ok"]);
     r.up(
