@@ -72,6 +72,21 @@ pub enum FirewallCommand {
     /// host firewall's jump/accept rules); prints `{"reloaded": false}` otherwise. What
     /// plugnet-shim runs every 30 s.
     Repair,
+    /// Keep BRIDGE's accept rules in the host firewall (Docker coexistence) while HOLDER holds
+    /// it, attachments or not; what plugnet-shim does for each Docker network it creates.
+    Hold {
+        #[arg(long)]
+        bridge: String,
+        #[arg(long)]
+        holder: String,
+    },
+    /// End a `hold`.
+    Release {
+        #[arg(long)]
+        bridge: String,
+        #[arg(long)]
+        holder: String,
+    },
     /// The attachments the firewall state records (JSON).
     Ls,
 }
@@ -224,7 +239,7 @@ fn dispatch(
     Ok(0)
 }
 
-/// `plugnet firewall reload|repair|ls`: runs in the caller's network namespace over `state_dir`.
+/// `plugnet firewall reload|repair|hold|release|ls`: runs in the caller's network namespace over `state_dir`.
 fn firewall_command(
     command: &FirewallCommand,
     state_dir: Option<PathBuf>,
@@ -246,6 +261,12 @@ fn firewall_command(
             }
             None => json!({"reloaded": false}),
         }),
+        FirewallCommand::Hold { bridge, holder } => fw
+            .hold(bridge, holder)
+            .map(|()| json!({"held": bridge, "by": holder})),
+        FirewallCommand::Release { bridge, holder } => fw
+            .release(bridge, holder)
+            .map(|()| json!({"released": bridge, "by": holder})),
         FirewallCommand::Ls => fw
             .list()
             .map(|l| serde_json::to_value(l).expect("attachments serialise")),

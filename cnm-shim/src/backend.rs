@@ -9,7 +9,7 @@ use anyhow::Result;
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Who holds an address in the IPAM store: a CNI attachment key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,6 +97,19 @@ pub trait CniBackend: Send + Sync + 'static {
 
     /// Delete a bridge the shim's derived network used, if no port is attached to it any more.
     fn remove_bridge(&self, name: &str) -> Result<()>;
+
+    /// Hold (`on`) or release a derived network's bridge in plugnet's host firewall (state dir
+    /// `state_dir`) for `holder`: its accept rules live as long as the Docker network, as
+    /// Docker's own do, instead of being rewritten with every first and last container.
+    fn hold_bridge(
+        &self,
+        _state_dir: &Path,
+        _bridge: &str,
+        _holder: &str,
+        _on: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Create the staging netns, run CNI ADD in it, move the container interface back to the
     /// host netns as `tmp_name`. On failure everything done is undone.
@@ -209,6 +222,10 @@ pub mod fake {
         }
         fn remove_bridge(&self, name: &str) -> Result<()> {
             self.log(format!("remove_bridge {name}"));
+            Ok(())
+        }
+        fn hold_bridge(&self, _dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
+            self.log(format!("hold_bridge {bridge} {holder} {on}"));
             Ok(())
         }
         fn attach(&self, req: &AttachRequest) -> Result<AttachOutcome> {

@@ -239,6 +239,19 @@ impl CniBackend for RealBackend {
         Ok(n)
     }
 
+    fn hold_bridge(&self, state_dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
+        let fw = plugnet::firewall::Firewall::new(plugnet::firewall::Options {
+            state_dir: state_dir.to_path_buf(),
+            ..plugnet::firewall::Options::default()
+        });
+        if on {
+            fw.hold(bridge, holder)?;
+        } else {
+            fw.release(bridge, holder)?;
+        }
+        Ok(())
+    }
+
     fn remove_bridge(&self, name: &str) -> Result<()> {
         netns::delete_bridge_if_unused(name).with_context(|| format!("remove bridge {name}"))?;
         Ok(())

@@ -332,8 +332,34 @@ impl<B: CniBackend> Driver<B> {
             return Err(e).context("persist network");
         }
         info!(network = %short(&rec.id), cni = %cni_name, exported, "created network (derived conflist)");
-        st.networks.insert(rec.id.clone(), rec);
+        st.networks.insert(rec.id.clone(), rec.clone());
+        // Outside the state lock: the hold may run iptables.
+        drop(st);
+        self.hold_bridge(&rec, true);
         Ok(Empty {})
+    }
+
+    /// A derived plugnet bridge network is held open in plugnet's host firewall for its
+    /// lifetime (see `CniBackend::hold_bridge`). Best effort: without the hold the bridge's
+    /// rules follow its first and last container, which is slower, not wrong.
+    fn hold_bridge(&self, rec: &NetworkRecord, on: bool) {
+        let plugin = &rec.conflist["plugins"][0];
+        let Some(bridge) = plugin["bridge"].as_str() else {
+            return; // routed: no bridge
+        };
+        if rec.mode != Mode::Derived || plugin["type"] != "plugnet" {
+            return;
+        }
+        let dir = plugin["firewallStateDir"]
+            .as_str()
+            .unwrap_or(plugnet::firewall::DEFAULT_STATE_DIR);
+        let holder = format!("docker-network.{}", short(&rec.id));
+        if let Err(e) = self
+            .backend
+            .hold_bridge(std::path::Path::new(dir), bridge, &holder, on)
+        {
+            warn!(network = %short(&rec.id), bridge, "host firewall hold ({on}): {e:#}");
+        }
     }
 
     pub fn delete_network(&self, req: NetworkRequest) -> Result<Empty> {
@@ -367,6 +393,7 @@ impl<B: CniBackend> Driver<B> {
                 warn!("unexport {}: {e:#}", rec.cni_name);
             }
         }
+        self.hold_bridge(&rec, false);
         if rec.mode == Mode::Derived {
             if let Some(br) = rec.conflist["plugins"][0]["bridge"].as_str() {
                 if let Err(e) = self.backend.remove_bridge(br) {

@@ -291,7 +291,7 @@ fn derived_plugnet_networks_hand_the_interface_over_without_staging() {
     let e = env();
     let d = &e.d;
     let (pool_id, _) = create_network(d, "10.60.11.0/24", json!({}));
-    let (_, j) = run_container(d, &pool_id, EP);
+    let (addr, j) = run_container(d, &pool_id, EP);
     let req = d.backend.attached.lock().unwrap()[EP].clone();
     assert!(req.handoff);
     assert_eq!(
@@ -310,6 +310,21 @@ fn derived_plugnet_networks_hand_the_interface_over_without_staging() {
             .unwrap()
             .handoff
     );
+    // The derived network's bridge is held in plugnet's host firewall for its lifetime.
+    let holds = |on: bool| {
+        d.backend
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("hold_bridge ") && c.ends_with(&format!(" {on}")))
+            .count()
+    };
+    assert_eq!((holds(true), holds(false)), (1, 0));
+    stop_container(d, &pool_id, EP, &addr);
+    ok(d, "/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    assert_eq!((holds(true), holds(false)), (1, 1));
     // Only a one-plugin plugnet list qualifies: anything else may configure the container.
     use crate::translate::supports_handoff;
     assert!(supports_handoff(&json!({"plugins": [{"type": "plugnet"}]})));

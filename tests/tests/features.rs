@@ -556,3 +556,58 @@ fn chained_after_plugnet_the_reference_portmap_works() {
     let rules = w.host.ns.sh(&["nft", "list", "ruleset"]);
     assert!(!rules.contains("table inet plugnet"), "{rules}");
 }
+
+/// `plugnet firewall hold`: a bridge held open (plugnet-shim holds each Docker network's) keeps
+/// its accept rules in the host firewall between containers; `release` with no attachment left
+/// takes them away. In the throwaway host, whose iptables FORWARD policy the test sets to DROP
+/// (what Docker does), a container with no firewall feature at all is recorded bare.
+#[test]
+fn held_bridge_keeps_its_host_firewall_rules_between_containers() {
+    need_root();
+    let w = World::new("hold", 7);
+    w.host.ns.sh(&["iptables", "-P", "FORWARD", "DROP"]);
+    let rules = || w.host.ns.sh(&["iptables", "-S"]);
+    let bridge = "pnxbr7";
+    let conf = w.conf(json!({}));
+    let has = |s: &str| s.contains(&format!("-i {bridge} -o {bridge}"));
+    assert!(!has(&rules()));
+    let out = w.firewall(&["hold", "--bridge", bridge, "--holder", "pnx-holder"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(has(&rules()), "held: {}", rules());
+    // A featureless container comes and goes: the rules stay (held), and it pings the gateway
+    // through FORWARD DROP... of its own bridge, so also a second container.
+    let (c1, a1, _) = w.add(&conf, "pnx-hold-1");
+    let (_c2, a2, r2) = w.add(&conf, "pnx-hold-2");
+    let ip2 = r2["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    w.host.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    assert!(c1.ping(&ip2), "c1 -> c2 on a FORWARD DROP host");
+    w.del(&conf, &a2);
+    w.del(&conf, &a1);
+    assert!(
+        has(&rules()),
+        "still held after the last container: {}",
+        rules()
+    );
+    let out = w.firewall(&["release", "--bridge", bridge, "--holder", "pnx-holder"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!rules().contains("PLUGNET"), "released: {}", rules());
+    // Holding twice or releasing twice is fine; a bad name is refused.
+    for args in [
+        ["release", "--bridge", bridge, "--holder", "pnx-holder"],
+        ["hold", "--bridge", "../x", "--holder", "pnx-holder"],
+    ] {
+        let out = w.firewall(&args);
+        assert_eq!(
+            out.code,
+            if args[0] == "release" { 0 } else { 1 },
+            "{out:?}"
+        );
+    }
+    w.host.ns.sh(&["iptables", "-P", "FORWARD", "ACCEPT"]);
+}

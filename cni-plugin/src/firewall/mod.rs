@@ -199,11 +199,13 @@ impl Firewall {
         // Host-side effects that nftables cannot roll back: do them first, undo on failure.
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
-            if self.opts.host_firewall && bridge.refs == 0 {
+            let held = self.held().map_err(state_err("read holds"))?;
+            if self.opts.host_firewall && bridge.refs == 0 && !held.contains(&att.bridge) {
                 let mut bridges = active_bridges(&shared);
+                bridges.extend(held.iter().cloned());
+                let before: Vec<String> = bridges.iter().cloned().collect();
                 bridges.insert(att.bridge.clone());
                 hostfw::sync(&bridges.iter().cloned().collect::<Vec<_>>())?;
-                let before: Vec<String> = active_bridges(&shared).into_iter().collect();
                 undo.push(Box::new(move || {
                     let _ = hostfw::sync(&before);
                 }));
@@ -358,8 +360,17 @@ impl Firewall {
         }
         let bridge_gone = left.refs == 0;
         if bridge_gone && self.opts.host_firewall {
-            if let Err(e) = hostfw::sync(&active_bridges(&shared).into_iter().collect::<Vec<_>>()) {
-                errors.push(e);
+            match self.held() {
+                // Held open (a Docker network's lifetime): its rules stay.
+                Ok(held) if held.contains(&att.bridge) => {}
+                Ok(held) => {
+                    let mut bridges = active_bridges(&shared);
+                    bridges.extend(held);
+                    if let Err(e) = hostfw::sync(&bridges.into_iter().collect::<Vec<_>>()) {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(state_err("read holds")(e)),
             }
         }
         // Counters first, then the record: a kill in between leaves a counter one too low,
@@ -477,7 +488,9 @@ impl Firewall {
         nft::run(&ops).map_err(nft_err("reload"))?;
         let bridges: Vec<String> = active_bridges(&shared).into_iter().collect();
         if self.opts.host_firewall {
-            hostfw::sync_exact(&bridges)?;
+            let mut all: BTreeSet<String> = bridges.iter().cloned().collect();
+            all.extend(self.held().map_err(state_err("read holds"))?);
+            hostfw::sync_exact(&all.into_iter().collect::<Vec<_>>())?;
         }
         for (name, b) in &shared.bridges {
             if b.portmap_refs > 0 && b.route_localnet_was.is_some() {
@@ -507,12 +520,17 @@ impl Firewall {
                 .store
                 .all_attachments()
                 .map_err(state_err("read attachments"))?;
-            let live: BTreeSet<String> = atts
+            let mut live: BTreeSet<String> = atts
                 .iter()
                 // if_nametoindex asks this network namespace (sysfs may show another's).
                 .filter(|(_, a)| nix::net::if_::if_nametoindex(a.host_veth.as_str()).is_ok())
                 .map(|(_, a)| a.bridge.clone())
                 .collect();
+            let held = self.held().map_err(state_err("read holds"))?;
+            live.extend(
+                held.into_iter()
+                    .filter(|b| nix::net::if_::if_nametoindex(b.as_str()).is_ok()),
+            );
             live.into_iter().collect()
         };
         if live_bridges.is_empty() {
@@ -528,6 +546,54 @@ impl Firewall {
             return Ok(None);
         }
         self.reload().map(Some)
+    }
+
+    /// Holds `bridge` open in the host firewall on behalf of `holder` (plugnet-shim: a Docker
+    /// network, from CreateNetwork to DeleteNetwork), as Docker keeps its rules per network:
+    /// the bridge's accept rules stay while a hold or an attachment remains, so a network whose
+    /// only container comes and goes does not rewrite iptables twice per container.
+    /// Idempotent; the hold is a file in the state dir and survives restarts.
+    pub fn hold(&self, bridge: &str, holder: &str) -> Result<(), FirewallError> {
+        self.set_hold(bridge, holder, true)
+    }
+
+    /// Ends [`Firewall::hold`]; the bridge's rules go if nothing else keeps them. Idempotent.
+    pub fn release(&self, bridge: &str, holder: &str) -> Result<(), FirewallError> {
+        self.set_hold(bridge, holder, false)
+    }
+
+    fn set_hold(&self, bridge: &str, holder: &str, on: bool) -> Result<(), FirewallError> {
+        check_ifname("bridge name", bridge)?;
+        check_cni_name("holder", holder)?;
+        let _lock = self.store.lock().map_err(state_err("lock state"))?;
+        let before = self.held().map_err(state_err("read holds"))?;
+        self.store
+            .set_hold(bridge, holder, on)
+            .map_err(state_err("write hold"))?;
+        let after = self.held().map_err(state_err("read holds"))?;
+        let shared = self
+            .store
+            .load_shared()
+            .map_err(state_err("read shared state"))?;
+        let active = active_bridges(&shared);
+        if self.opts.host_firewall
+            && before.contains(bridge) != after.contains(bridge)
+            && !active.contains(bridge)
+        {
+            let mut bridges = active;
+            bridges.extend(after);
+            if let Err(e) = hostfw::sync(&bridges.into_iter().collect::<Vec<_>>()) {
+                if on {
+                    let _ = self.store.set_hold(bridge, holder, false);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self) -> io::Result<BTreeSet<String>> {
+        self.store.held_bridges()
     }
 
     /// CNI GC: removes the recorded attachments of `network` whose (container id, ifname) is

@@ -73,6 +73,48 @@ impl Store {
             .create(self.attachments_dir())
     }
 
+    fn holds_dir(&self) -> PathBuf {
+        self.dir.join("holds")
+    }
+
+    /// Bridges held open in the host firewall, whoever holds them (see `Firewall::hold`). A
+    /// hold is the file `holds/<bridge>@<holder>`: created and removed whole, so it survives
+    /// or vanishes with no partial state.
+    pub fn held_bridges(&self) -> io::Result<std::collections::BTreeSet<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        let rd = match fs::read_dir(self.holds_dir()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for ent in rd {
+            let name = ent?.file_name().to_string_lossy().into_owned();
+            if let Some((bridge, _)) = name.rsplit_once('@') {
+                if !name.starts_with('.') {
+                    out.insert(bridge.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records (`on`) or forgets the hold of `bridge` by `holder`; durable.
+    pub fn set_hold(&self, bridge: &str, holder: &str, on: bool) -> io::Result<()> {
+        let path = self.holds_dir().join(format!("{bridge}@{holder}"));
+        if on {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.holds_dir())?;
+            write_atomic(&path, b"", true)
+        } else {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+    }
+
     /// Exclusive lock over the whole store (concurrent plugin processes serialise here).
     pub fn lock(&self) -> io::Result<Lock> {
         self.ensure_dirs()?;
