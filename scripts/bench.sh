@@ -7,7 +7,7 @@
 #     --quick      fewer iterations (< 3 minutes); same sections
 #     --no-docker  skip the Docker section (it starts its own dockerd)
 #     --publish    copy the table and charts to docs/bench/ (what the README shows)
-# BENCH_STORE=/dev/shm puts the CNI section's IPAM stores on tmpfs (default /var/tmp, ext4).
+# BENCH_STORE=/dev/shm puts the IPAM stores on tmpfs (default /var/tmp, ext4).
 # Output: bench-out/bench.json (every sample), bench-out/bench.md (medians, p95, ratios,
 # target lines), bench-out/*.png (charts).
 set -euo pipefail

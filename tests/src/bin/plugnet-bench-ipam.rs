@@ -100,9 +100,12 @@ fn main() {
     let host_local = PathBuf::from("/usr/lib/cni/host-local");
     assert!(host_local.is_file(), "install containernetworking-plugins");
 
+    // BENCH_STORE=/dev/shm (as for scripts/bench.sh's CNI part) separates the filesystem's
+    // share of the growth from the code's.
+    let store = std::env::var("BENCH_STORE").unwrap_or_else(|_| "/var/tmp".into());
     let root = tempfile::Builder::new()
         .prefix("plugnet-bench-ipam")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(&store)
         .unwrap();
     let conf = |name: &str, ty: &str| {
         json!({"cniVersion": "1.0.0", "name": name, "type": ty,
