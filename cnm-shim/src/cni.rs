@@ -79,6 +79,17 @@ fn ipam_type(ipam: &Value) -> &str {
 }
 
 impl RealBackend {
+    /// The CNI runtime configuration of an attach request (CNI_NETNS = `req.netns`).
+    fn runtime_of(req: &AttachRequest) -> RuntimeConf {
+        Self::runtime(
+            &req.container_id,
+            Some(&req.netns),
+            &req.ifname,
+            &req.args,
+            &req.capability_args,
+        )
+    }
+
     /// ADD with plugnet's handoff: the container end is born in the host as `tmp_name`, where
     /// Docker takes it; no staging netns and no netns move (each move costs an RCU grace
     /// period, 10-50 ms here). The host-side peer is the name plugnet derives for the
@@ -86,13 +97,7 @@ impl RealBackend {
     fn attach_handoff(&self, req: &AttachRequest) -> Result<AttachOutcome> {
         let nl = list_of(&req.conflist)?;
         let t = Instant::now();
-        let rt = Self::runtime(
-            &req.container_id,
-            Some(&req.netns),
-            &req.ifname,
-            &req.args,
-            &req.capability_args,
-        );
+        let rt = Self::runtime_of(req);
         let result = self
             .cni
             .add_network_list(&nl, &rt)
@@ -265,13 +270,7 @@ impl CniBackend for RealBackend {
         let t = Instant::now();
         netns::create(&req.netns).context("create staging netns")?;
         let t_ns = t.elapsed();
-        let rt = Self::runtime(
-            &req.container_id,
-            Some(&req.netns),
-            &req.ifname,
-            &req.args,
-            &req.capability_args,
-        );
+        let rt = Self::runtime_of(req);
         let undo = |rt: &RuntimeConf| {
             if let Err(e) = self.cni.del_network_list(&nl, rt) {
                 warn!(container = %req.container_id, "undo: CNI DEL: {e}");

@@ -245,49 +245,41 @@ fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), Fire
     run_restore(restore, list, &input)
 }
 
+/// `iptables -S` of the filter table (IPv4); `None` when there is no iptables.
+fn list_filter_v4() -> Result<Option<String>, FirewallError> {
+    match Command::new("iptables")
+        .args(["-w", "-t", "filter", "-S"])
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(Some(String::from_utf8_lossy(&o.stdout).into_owned())),
+        Ok(o) => Err(FirewallError::HostFirewall(format!(
+            "iptables -S: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FirewallError::HostFirewall(format!("run iptables: {e}"))),
+    }
+}
+
 /// Whether iptables (IPv4) holds our jump and the accept rules of every bridge in `bridges`
 /// wherever it would drop plugnet traffic; true when there is no iptables.
 pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
     if bridges.is_empty() {
         return Ok(true);
     }
-    let out = match Command::new("iptables")
-        .args(["-w", "-t", "filter", "-S"])
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            return Err(FirewallError::HostFirewall(format!(
-                "iptables -S: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
-        Err(e) => return Err(FirewallError::HostFirewall(format!("run iptables: {e}"))),
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(bridges.iter().all(|b| check_rules(&text, b).is_ok()))
+    Ok(match list_filter_v4()? {
+        Some(text) => bridges.iter().all(|b| check_rules(&text, b).is_ok()),
+        None => true,
+    })
 }
 
 /// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
-    let out = match Command::new("iptables")
-        .args(["-w", "-t", "filter", "-S"])
-        .output()
-    {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            return Err(FirewallError::HostFirewall(format!(
-                "iptables -S: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(FirewallError::HostFirewall(format!("run iptables: {e}"))),
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    check_rules(&text, bridge)
+    match list_filter_v4()? {
+        Some(text) => check_rules(&text, bridge),
+        None => Ok(()),
+    }
 }
 
 fn check_rules(text: &str, bridge: &str) -> Result<(), FirewallError> {
