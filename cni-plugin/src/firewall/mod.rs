@@ -514,7 +514,9 @@ impl Firewall {
     /// the reload's report when it reloaded. Cheap when nothing is lost: one netlink query,
     /// plus one `iptables -S` when the host firewall is managed.
     pub fn repair(&self) -> Result<Option<ReloadReport>, FirewallError> {
-        let live_bridges: Vec<String> = {
+        // if_nametoindex asks this network namespace (sysfs may show another's).
+        let exists = |name: &str| nix::net::if_::if_nametoindex(name).is_ok();
+        let (attached, live_bridges): (bool, Vec<String>) = {
             let _lock = self.store.lock().map_err(state_err("lock state"))?;
             let atts = self
                 .store
@@ -522,25 +524,24 @@ impl Firewall {
                 .map_err(state_err("read attachments"))?;
             let mut live: BTreeSet<String> = atts
                 .iter()
-                // if_nametoindex asks this network namespace (sysfs may show another's).
-                .filter(|(_, a)| nix::net::if_::if_nametoindex(a.host_veth.as_str()).is_ok())
+                .filter(|(_, a)| exists(&a.host_veth))
                 .map(|(_, a)| a.bridge.clone())
                 .collect();
+            let attached = !live.is_empty();
             let held = self.held().map_err(state_err("read holds"))?;
-            live.extend(
-                held.into_iter()
-                    .filter(|b| nix::net::if_::if_nametoindex(b.as_str()).is_ok()),
-            );
-            live.into_iter().collect()
+            live.extend(held.into_iter().filter(|b| exists(b)));
+            (attached, live.into_iter().collect())
         };
         if live_bridges.is_empty() {
             return Ok(None);
         }
-        let table = nft::table_exists().map_err(|e| FirewallError::Nft {
-            step: "look up table",
-            op: "get table".into(),
-            source: e,
-        })?;
+        // Plugnet's table exists while attachments do; holds alone need only the host firewall.
+        let table = !attached
+            || nft::table_exists().map_err(|e| FirewallError::Nft {
+                step: "look up table",
+                op: "get table".into(),
+                source: e,
+            })?;
         let host_ok = !self.opts.host_firewall || hostfw::in_place(&live_bridges)?;
         if table && host_ok {
             return Ok(None);

@@ -217,6 +217,7 @@ impl Store {
     pub fn sweep_temporaries(&self) -> io::Result<usize> {
         Ok(
             crate::fsutil::sweep_dead_temporaries(&self.attachments_dir())?
+                + crate::fsutil::sweep_dead_temporaries(&self.holds_dir())?
                 + crate::fsutil::sweep_dead_temporaries(&self.dir)?,
         )
     }
