@@ -77,19 +77,20 @@ run_suite() { # mode
     say "[$mode] -p 18080:80"
     d run -d --name "w-$X" --network "na-$X" -p 18080:80 "$IMG" \
       sh -c 'while true; do nc -l -p 80 -e echo hello; done' >/dev/null
+    # The container's server is `nc -l` in a loop: between two connections it is briefly not
+    # listening (the DNATed connection is then refused), so a check may try three times.
+    answers() { local _; for _ in 1 2 3; do busybox nc -w 2 "$1" 18080 </dev/null 2>/dev/null | grep -q hello && return 0; sleep 0.3; done; return 1; }
     local hip
     hip=$(ip -4 route get 192.0.2.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
     sleep 0.5
-    check "[$mode] published port answers on the host address ($hip)" \
-      sh -c "busybox nc -w 2 $hip 18080 </dev/null | grep -q hello"
-    check "[$mode] published port answers on the gateway ($gw)" sh -c "busybox nc -w 2 $gw 18080 </dev/null | grep -q hello"
+    check "[$mode] published port answers on the host address ($hip)" answers "$hip"
+    check "[$mode] published port answers on the gateway ($gw)" answers "$gw"
     if [ "$mode" = derived ]; then
       say "[$mode] plugnet's table deleted behind its back; the shim re-applies it"
       nft delete table inet plugnet
       stop_shim; start_shim # the repair runs at start-up, then every 30 s
       for _ in $(seq 50); do nft list table inet plugnet >/dev/null 2>&1 && break; sleep 0.2; done
-      check "[$mode] after the shim's repair the published port answers again" \
-        sh -c "busybox nc -w 2 $hip 18080 </dev/null | grep -q hello"
+      check "[$mode] after the shim's repair the published port answers again" answers "$hip"
     fi
     d rm -f "w-$X" >/dev/null
     check "[$mode] no DNAT rule left for it" sh -c "! iptables -t nat -S | grep -q 'dport 18080' && ! nft list ruleset | grep -q 18080"
