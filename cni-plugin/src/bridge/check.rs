@@ -9,7 +9,7 @@ use crate::error::CniError;
 use crate::invoke::Exec;
 use crate::netlink::{IpFamily, Link, Netlink};
 use crate::skel::{Command, Request};
-use crate::types::Interface;
+use crate::types::{CniResult, Interface};
 
 pub(super) fn failed(msg: impl Into<String>) -> CniError {
     CniError::internal(msg)
@@ -57,42 +57,39 @@ pub(super) async fn container_side(
     Ok((ctr, link))
 }
 
-pub async fn check(
+/// What CHECK starts from in every mode, once `prevResult` and the IPAM reservation passed:
+/// the host connection, the attachment's host veth (by its derived name) and the container
+/// interface `prevResult` names, with its index there.
+pub(super) struct Start<'a> {
+    pub prev: &'a CniResult,
+    pub host: Netlink,
+    pub host_name: String,
+    pub veth: Link,
+    pub idx: usize,
+    pub want: &'a Interface,
+}
+
+pub(super) async fn start<'a>(
     exec: &dyn Exec,
     conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-) -> Result<(), CniError> {
+    req: &'a Request,
+) -> Result<Start<'a>, CniError> {
     let prev = req
         .config
         .prev_result
         .as_ref()
         .ok_or_else(|| failed("Required prevResult missing"))?;
     ipam::exec(exec, &conf.ipam, Command::Check, req)?;
-
     let host = Netlink::host().map_err(kernel)?;
-    let br = host
-        .link_by_name(&conf.bridge)
-        .await
-        .map_err(kernel)?
-        .filter(|l| l.is_bridge())
-        .ok_or_else(|| failed(format!("bridge {} not found", conf.bridge)))?;
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     let veth = host
         .link_by_name(&host_name)
         .await
         .map_err(kernel)?
         .ok_or_else(|| failed(format!("host interface {host_name} not found")))?;
-    if veth.master != Some(br.index) {
-        return Err(failed(format!(
-            "host interface {host_name} is not a port of bridge {}",
-            conf.bridge
-        )));
-    }
     if !veth.up {
         return Err(failed(format!("host interface {host_name} is down")));
     }
-
     let (idx, want) = prev
         .interfaces
         .iter()
@@ -104,6 +101,42 @@ pub async fn check(
                 req.ifname
             ))
         })?;
+    Ok(Start {
+        prev,
+        host,
+        host_name,
+        veth,
+        idx,
+        want,
+    })
+}
+
+pub async fn check(
+    exec: &dyn Exec,
+    conf: &BridgeConf,
+    feats: &Features,
+    req: &Request,
+) -> Result<(), CniError> {
+    let Start {
+        prev,
+        host,
+        host_name,
+        veth,
+        idx,
+        want,
+    } = start(exec, conf, req).await?;
+    let br = host
+        .link_by_name(&conf.bridge)
+        .await
+        .map_err(kernel)?
+        .filter(|l| l.is_bridge())
+        .ok_or_else(|| failed(format!("bridge {} not found", conf.bridge)))?;
+    if veth.master != Some(br.index) {
+        return Err(failed(format!(
+            "host interface {host_name} is not a port of bridge {}",
+            conf.bridge
+        )));
+    }
     let (ctr, link) = container_side(req, &host_name, &veth, want).await?;
 
     let have = ctr.addrs(link.index, None).await.map_err(kernel)?;

@@ -154,7 +154,7 @@ async fn add_steps(
 
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     let mtu = conf.mtu.or(br.mtu);
-    let pair = setup::veth(conf, req, host, ns, &br, &host_name, mtu).await?;
+    let pair = setup::veth(conf, req, host, ns, Some(&br), &host_name, mtu).await?;
     undo.delete_link(host_name.clone());
     setup::port(conf, host, &pair, &req.config.name).await?;
 

@@ -22,9 +22,9 @@ use super::undo::Undo;
 use super::{ipam, kernel, naming, setup};
 use crate::error::{CniError, ErrorCode};
 use crate::invoke::Exec;
-use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair};
+use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethPair};
 use crate::netns::{self, Netns};
-use crate::skel::{Command, Request};
+use crate::skel::Request;
 use crate::types::{CniResult, IpConfig, Route};
 
 /// The IPv4 next hop every routed container uses (an address of every routed host veth).
@@ -139,7 +139,7 @@ pub(super) async fn add_steps(
         Some(m) => Some(m),
         None => host.default_route_mtu().await.map_err(kernel)?,
     };
-    let pair = veth(conf, req, host, ns, &host_name, mtu).await?;
+    let pair = setup::veth(conf, req, host, ns, None, &host_name, mtu).await?;
     undo.delete_link(host_name.clone());
     let host_mac = pair
         .host
@@ -177,37 +177,6 @@ pub(super) async fn add_steps(
         .apply(conf, req, host, &host_name, &result, undo)
         .await?;
     Ok(result)
-}
-
-/// The veth pair: host side up and unbridged, peer born in the container as `CNI_IFNAME`.
-async fn veth(
-    conf: &BridgeConf,
-    req: &Request,
-    host: &Netlink,
-    ns: &Netns,
-    host_name: &str,
-    mtu: Option<u32>,
-) -> Result<VethPair, CniError> {
-    let opts = VethOptions {
-        host_name: host_name.to_string(),
-        peer_name: conf.handoff.clone().unwrap_or_else(|| req.ifname.clone()),
-        peer_netns: ns.fd(),
-        master: None,
-        mtu,
-        host_mac: None,
-        peer_mac: conf.mac,
-    };
-    host.create_veth_pair(&opts).await.map_err(|e| {
-        let err = kernel(e);
-        if err.msg.contains("File exists") {
-            return err.details(format!(
-                "either the container already has an interface {} or attachment ({}, {}) was \
-                 added before without a DEL",
-                req.ifname, req.container_id, req.ifname
-            ));
-        }
-        err
-    })
 }
 
 /// The next hop's address on the host veth of `family`: 169.254.1.1/32, fe80::1/64.
@@ -305,39 +274,19 @@ pub async fn check(
     feats: &Features,
     req: &Request,
 ) -> Result<(), CniError> {
-    let prev = req
-        .config
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| failed("Required prevResult missing"))?;
-    ipam::exec(exec, &conf.ipam, Command::Check, req)?;
-
-    let host = Netlink::host().map_err(kernel)?;
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
-    let veth = host
-        .link_by_name(&host_name)
-        .await
-        .map_err(kernel)?
-        .ok_or_else(|| failed(format!("host interface {host_name} not found")))?;
-    if !veth.up {
-        return Err(failed(format!("host interface {host_name} is down")));
-    }
+    let super::check::Start {
+        prev,
+        host,
+        host_name,
+        veth,
+        idx,
+        want,
+    } = super::check::start(exec, conf, req).await?;
     if veth.master.is_some() {
         return Err(failed(format!(
             "host interface {host_name} is a bridge port; routed mode has no bridge"
         )));
     }
-    let (idx, want) = prev
-        .interfaces
-        .iter()
-        .enumerate()
-        .find(|(_, i)| i.name == req.ifname && i.sandbox.is_some())
-        .ok_or_else(|| {
-            failed(format!(
-                "prevResult has no interface {} in a sandbox",
-                req.ifname
-            ))
-        })?;
     let ips: Vec<&IpConfig> = prev
         .ips
         .iter()

@@ -90,13 +90,14 @@ fn family_gateway(result: &CniResult, family: IpFamily) -> Option<IpAddr> {
         .find_map(|ip| ip.gateway)
 }
 
-/// The veth pair: host side on the bridge, peer born in the container as `CNI_IFNAME`.
+/// The veth pair (both modes): host side up, on `bridge` when there is one (routed mode has
+/// none), peer born in `ns` as `CNI_IFNAME` (or as the handoff name).
 pub async fn veth(
     conf: &BridgeConf,
     req: &Request,
     host: &Netlink,
     ns: &Netns,
-    br: &Link,
+    bridge: Option<&Link>,
     host_name: &str,
     mtu: Option<u32>,
 ) -> Result<VethPair, CniError> {
@@ -104,7 +105,7 @@ pub async fn veth(
         host_name: host_name.to_string(),
         peer_name: conf.handoff.clone().unwrap_or_else(|| req.ifname.clone()),
         peer_netns: ns.fd(),
-        master: Some(br.index),
+        master: bridge.map(|b| b.index),
         mtu,
         host_mac: None,
         peer_mac: conf.mac,
