@@ -199,10 +199,15 @@ impl Firewall {
         // Host-side effects that nftables cannot roll back: do them first, undo on failure.
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
-            let held = self.held().map_err(state_err("read holds"))?;
-            if self.opts.host_firewall && bridge.refs == 0 && !held.contains(&att.bridge) {
+            // The holds are read only for a bridge's first attachment, not on every ADD.
+            let held = if self.opts.host_firewall && bridge.refs == 0 {
+                Some(self.held().map_err(state_err("read holds"))?)
+            } else {
+                None
+            };
+            if let Some(held) = held.filter(|h| !h.contains(&att.bridge)) {
                 let mut bridges = active_bridges(&shared);
-                bridges.extend(held.iter().cloned());
+                bridges.extend(held);
                 let before: Vec<String> = bridges.iter().cloned().collect();
                 bridges.insert(att.bridge.clone());
                 hostfw::sync(&bridges.iter().cloned().collect::<Vec<_>>())?;

@@ -779,6 +779,19 @@ impl Drop for RawSet {
 
 /// What a single GET request found.
 fn get(build: impl FnOnce(*mut libc::c_char, u32)) -> io::Result<bool> {
+    get_parsed(build, ignore_reply, &mut ())
+}
+
+fn ignore_reply(_: &mnl::mnl_sys::libc::nlmsghdr, _: &mut ()) -> libc::c_int {
+    MNL_CB_OK
+}
+
+/// A single GET request whose reply messages go through `parse`; whether the object exists.
+fn get_parsed<T>(
+    build: impl FnOnce(*mut libc::c_char, u32),
+    parse: mnl::Callback<T>,
+    data: &mut T,
+) -> io::Result<bool> {
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
     let seq = 1;
     build(buf.as_mut_ptr().cast(), seq);
@@ -791,7 +804,7 @@ fn get(build: impl FnOnce(*mut libc::c_char, u32)) -> io::Result<bool> {
             if n == 0 {
                 return Ok(true);
             }
-            match mnl::cb_run(&buf[..n], seq, sock.portid()) {
+            match mnl::cb_run2(&buf[..n], seq, sock.portid(), parse, data) {
                 Ok(mnl::CbResult::Stop) => return Ok(true),
                 Ok(mnl::CbResult::Ok) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
@@ -799,6 +812,25 @@ fn get(build: impl FnOnce(*mut libc::c_char, u32)) -> io::Result<bool> {
             }
         }
     })
+}
+
+/// Builds a GETCHAIN request for chain `name` of `table` in `family` into `buf`.
+fn build_getchain(buf: *mut libc::c_char, seq: u32, family: u16, table: &CStr, name: &str) {
+    unsafe {
+        let c = NonNull::new(sys::nftnl_chain_alloc()).expect("nftnl_chain_alloc: out of memory");
+        let n = cstr(name);
+        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16, table.as_ptr());
+        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
+        let hdr = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETCHAIN as u16,
+            family,
+            libc::NLM_F_ACK as u16,
+            seq,
+        );
+        sys::nftnl_chain_nlmsg_build_payload(hdr, c.as_ptr());
+        sys::nftnl_chain_free(c.as_ptr());
+    }
 }
 
 /// Does plugnet's table exist?
@@ -821,22 +853,7 @@ pub fn table_exists() -> io::Result<bool> {
 
 /// Does chain `name` exist in plugnet's table?
 pub fn chain_exists(name: &str) -> io::Result<bool> {
-    get(|buf, seq| unsafe {
-        let c = NonNull::new(sys::nftnl_chain_alloc()).expect("nftnl_chain_alloc: out of memory");
-        let t = table_name();
-        let n = cstr(name);
-        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
-        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETCHAIN as u16,
-            NFPROTO_INET,
-            libc::NLM_F_ACK as u16,
-            seq,
-        );
-        sys::nftnl_chain_nlmsg_build_payload(hdr, c.as_ptr());
-        sys::nftnl_chain_free(c.as_ptr());
-    })
+    get(|buf, seq| build_getchain(buf, seq, NFPROTO_INET, &table_name(), name))
 }
 
 /// Does set/map `name` exist in plugnet's table?
@@ -887,42 +904,13 @@ pub fn iptables_forward_drops(family: u8) -> io::Result<Option<bool>> {
 /// Chain `name` of iptables-nft's `filter` table in `family`: `None` when it does not exist,
 /// else its policy (`None` for a chain without one, i.e. not a base chain).
 pub fn iptables_chain(family: u8, name: &str) -> io::Result<Option<Option<u32>>> {
-    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    let seq = 1;
-    unsafe {
-        let c = NonNull::new(sys::nftnl_chain_alloc()).expect("nftnl_chain_alloc: out of memory");
-        let (t, n) = (cstr("filter"), cstr(name));
-        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
-        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            buf.as_mut_ptr().cast(),
-            libc::NFT_MSG_GETCHAIN as u16,
-            u16::from(family),
-            libc::NLM_F_ACK as u16,
-            seq,
-        );
-        sys::nftnl_chain_nlmsg_build_payload(hdr, c.as_ptr());
-        sys::nftnl_chain_free(c.as_ptr());
-    }
-    let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    let msg = buf[..len].to_vec();
-    with_socket(|sock| {
-        sock.send(&msg)?;
-        let mut policy: Option<u32> = None;
-        loop {
-            let n = sock.recv_raw(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            match mnl::cb_run2(&buf[..n], seq, sock.portid(), chain_policy, &mut policy) {
-                Ok(mnl::CbResult::Stop) => break,
-                Ok(mnl::CbResult::Ok) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Some(policy))
-    })
+    let mut policy: Option<u32> = None;
+    let found = get_parsed(
+        |buf, seq| build_getchain(buf, seq, u16::from(family), &cstr("filter"), name),
+        chain_policy,
+        &mut policy,
+    )?;
+    Ok(found.then_some(policy))
 }
 
 /// `cb_run2` callback: the policy of the chain in `msg`, when it has one (base chains do).
