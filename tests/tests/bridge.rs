@@ -116,15 +116,7 @@ fn two_containers_ping_each_other_dual_stack_at_once() {
     let (a, b) = (host.container(), host.container());
     let ra = host.add(&conf, &Att::new("ping-a", &a.path(), "eth0"));
     let rb = host.add(&conf, &Att::new("ping-b", &b.path(), "eth0"));
-    let ip = |r: &Value, i: usize| {
-        r["ips"][i]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let ip = ip_at;
     assert_ne!(ip(&ra, 0), ip(&rb, 0));
     // No DAD wait: IPv6 answers right after ADD.
     assert!(a.ping(&ip(&rb, 1)), "a -> b over IPv6");

@@ -149,16 +149,6 @@ impl World {
     }
 }
 
-fn ip_of(result: &Value) -> String {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// A TCP or UDP server inside a namespace answering every request with `reply` (or, with
 /// `reply == "peer"`, the peer address it sees); stopped on drop.
 struct Server {
@@ -578,13 +568,7 @@ fn held_bridge_keeps_its_host_firewall_rules_between_containers() {
     // through FORWARD DROP... of its own bridge, so also a second container.
     let (c1, a1, _) = w.add(&conf, "pnx-hold-1");
     let (_c2, a2, r2) = w.add(&conf, "pnx-hold-2");
-    let ip2 = r2["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip2 = ip_of(&r2);
     w.host.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     assert!(c1.ping(&ip2), "c1 -> c2 on a FORWARD DROP host");
     w.del(&conf, &a2);

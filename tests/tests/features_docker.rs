@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_support::{plugnet, Ns};
+use bridge_support::{ip_of, plugnet, Ns};
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
@@ -256,16 +256,6 @@ fn peer_seen(ns: &Ns, addr: &str, server: &TcpListener) -> Option<String> {
         .unwrap();
     let _ = acceptor.join();
     got
-}
-
-fn ip_of(result: &Value) -> String {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .into()
 }
 
 #[test]

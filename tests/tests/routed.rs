@@ -51,16 +51,6 @@ fn host_addresses(host: &Host) {
         .sh(&["ip", "addr", "add", "fd11:110::1/128", "dev", "lo"]);
 }
 
-fn ip_of(r: &Value, i: usize) -> String {
-    r["ips"][i]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// The host's /32 and /128 routes (what `ip route` shows for containers), as "dst dev".
 fn host_routes(host: &Host) -> Vec<String> {
     let mut out = Vec::new();
@@ -157,8 +147,8 @@ fn every_version_routed_add_check_del() {
         assert_eq!(
             host_routes(&host),
             vec![
-                format!("{} {veth}", ip_of(&res, 0)),
-                format!("{} {veth}", ip_of(&res, 1))
+                format!("{} {veth}", ip_at(&res, 0)),
+                format!("{} {veth}", ip_at(&res, 1))
             ]
         );
 
@@ -200,20 +190,20 @@ fn two_routed_containers_ping_each_other_and_the_host() {
     let rb = host.add(&conf, &att_b);
     assert_eq!(host_routes(&host).len(), 4, "one /32 and one /128 each");
     for i in [0, 1] {
-        assert!(a.ping(&ip_of(&rb, i)), "a -> b ({i})");
-        assert!(b.ping(&ip_of(&ra, i)), "b -> a ({i})");
+        assert!(a.ping(&ip_at(&rb, i)), "a -> b ({i})");
+        assert!(b.ping(&ip_at(&ra, i)), "b -> a ({i})");
     }
     assert!(a.ping("10.110.0.1") && b.ping("10.110.0.1"), "-> host v4");
     assert!(a.ping("fd11:110::1") && b.ping("fd11:110::1"), "-> host v6");
-    assert!(host.ns.ping(&ip_of(&ra, 0)), "host -> a");
+    assert!(host.ns.ping(&ip_at(&ra, 0)), "host -> a");
     // Nothing is shared at L2: b's address is not on-link for a.
-    let via = a.sh(&["ip", "route", "get", &ip_of(&rb, 0)]);
+    let via = a.sh(&["ip", "route", "get", &ip_at(&rb, 0)]);
     assert!(via.contains("via 169.254.1.1"), "{via}");
 
     host.run(&plugnet(), "DEL", &with_prev(&conf, &ra), Some(&att_a))
         .ok();
     assert_eq!(host_routes(&host).len(), 2, "a's routes gone, b's kept");
-    assert!(!b.ping(&ip_of(&ra, 0)));
+    assert!(!b.ping(&ip_at(&ra, 0)));
     assert!(b.ping("10.110.0.1"));
     host.run(&plugnet(), "DEL", &with_prev(&conf, &rb), Some(&att_b))
         .ok();
@@ -239,8 +229,8 @@ fn routed_and_bridged_containers_reach_each_other_through_the_host() {
     );
     let rr = host.add(&r, &ar);
     let rb = host.add(&b, &ab);
-    assert!(cr.ping(&ip_of(&rb, 0)), "routed -> bridged");
-    assert!(cb.ping(&ip_of(&rr, 0)), "bridged -> routed");
+    assert!(cr.ping(&ip_at(&rb, 0)), "routed -> bridged");
+    assert!(cb.ping(&ip_at(&rr, 0)), "bridged -> routed");
     host.run(&plugnet(), "DEL", &with_prev(&r, &rr), Some(&ar))
         .ok();
     host.run(&plugnet(), "DEL", &with_prev(&b, &rb), Some(&ab))
@@ -260,7 +250,7 @@ fn check_notices_a_removed_route_or_neighbour() {
     let prev = with_prev(&conf, &res);
     let check = || host.run(&plugnet(), "CHECK", &prev, Some(&att));
     assert_eq!(check().code, 0);
-    let dst = format!("{}/32", ip_of(&res, 0));
+    let dst = format!("{}/32", ip_at(&res, 0));
 
     host.ns.sh(&["ip", "route", "del", &dst]);
     let out = check();
@@ -417,9 +407,9 @@ fn routed_with_ip_masq_keeps_source_addresses_between_containers() {
         );
     }
     // b sees a's own address: the reply tuple of a's ping is b -> a, not b -> the host.
-    assert!(a.ping(&ip_of(&rb, 0)));
+    assert!(a.ping(&ip_at(&rb, 0)));
     let ct = host.ns.sh(&["conntrack", "-L", "-p", "icmp"]);
-    let (pa, pb) = (ip_of(&ra, 0), ip_of(&rb, 0));
+    let (pa, pb) = (ip_at(&ra, 0), ip_at(&rb, 0));
     let line = ct
         .lines()
         .find(|l| l.contains(&format!("src={pa} dst={pb}")))
@@ -481,7 +471,7 @@ fn runner_spec_with_a_routed_and_a_bridged_network() {
         &spec.to_string(),
     );
     let up_b = up_b.ok().json();
-    let addr = |up: &Value, n: &str| ip_of(&up[n], 0);
+    let addr = |up: &Value, n: &str| ip_at(&up[n], 0);
     assert!(up_a["pnqrunr"]["ips"][0]["address"]
         .as_str()
         .unwrap()

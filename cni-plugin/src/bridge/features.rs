@@ -121,13 +121,6 @@ impl Features {
         host_veth: &str,
         result: &CniResult,
     ) -> Result<Option<Attachment>, CniError> {
-        // Docker coexistence: where the host's iptables FORWARD drops (any host Docker has
-        // run on), an attachment without firewall features is still recorded, bare, so its
-        // bridge gets plugnet's accept rules in the host firewall with its first attachment
-        // and loses them with its last. Elsewhere featureless attachments cost nothing.
-        if !self.uses_firewall() && !firewall::host_forward_may_drop() {
-            return Ok(None);
-        }
         let sandbox = result
             .interfaces
             .iter()
@@ -145,6 +138,18 @@ impl Features {
             return Err(bad(
                 "portMappings and netOut need container addresses (configure ipam)",
             ));
+        }
+        // Docker coexistence: where the host's iptables FORWARD drops the container's traffic
+        // (any host Docker has run on), an attachment without firewall features is still
+        // recorded, bare, so its bridge gets plugnet's accept rules in the host firewall with
+        // its first attachment and loses them with its last. Only the families the container
+        // uses are asked about; elsewhere featureless attachments cost nothing more.
+        if !self.uses_firewall() {
+            let v4 = container_ips.iter().any(|n| n.is_ipv4());
+            let v6 = container_ips.iter().any(|n| n.is_ipv6());
+            if !firewall::host_forward_may_drop(v4, v6) {
+                return Ok(None);
+            }
         }
         let port_mappings = self
             .port_mappings

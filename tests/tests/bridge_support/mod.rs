@@ -242,6 +242,22 @@ impl Host {
     }
 }
 
+/// The address (without prefix) of a CNI result's `ips[i]`.
+pub fn ip_at(result: &Value, i: usize) -> String {
+    result["ips"][i]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The address of a CNI result's first `ips` entry.
+pub fn ip_of(result: &Value) -> String {
+    ip_at(result, 0)
+}
+
 /// A plugnet configuration on bridge `br` with plugnet-ipam over 10.50.`net`.0/24 (and
 /// fd50:`net`::/64 when `v6`).
 pub fn conf(host: &Host, version: &str, name: &str, br: &str, net: u8, v6: bool) -> Value {
