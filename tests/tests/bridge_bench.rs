@@ -18,31 +18,6 @@ use bridge_support::*;
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
-fn invoke(bin: &Path, cmd: &str, conf: &[u8], id: &str, netns: &str) -> Duration {
-    let start = Instant::now();
-    let mut child = Command::new(bin)
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let took = start.elapsed();
-    assert!(out.status.success(), "{} {cmd}: {out:?}", bin.display());
-    took
-}
-
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1000.0
-}
-
 struct Subject {
     label: &'static str,
     bin: PathBuf,
@@ -104,7 +79,7 @@ fn run(host: &Host, dual: bool, iters: usize) {
     let anchors: Vec<Ns> = subjects.iter().map(|_| host.container()).collect();
     for (s, a) in subjects.iter().zip(&anchors) {
         handle
-            .run(|| invoke(&s.bin, "ADD", &s.conf, "anchor", &a.path()))
+            .run(|| invoke_timed(&s.bin, "ADD", &s.conf, "anchor", &a.path()))
             .unwrap();
     }
     for i in 0..iters {
@@ -114,8 +89,8 @@ fn run(host: &Host, dual: bool, iters: usize) {
             let path = ctr.path();
             let (a, d) = handle
                 .run(|| {
-                    let a = invoke(&s.bin, "ADD", &s.conf, &id, &path);
-                    let d = invoke(&s.bin, "DEL", &s.conf, &id, &path);
+                    let a = invoke_timed(&s.bin, "ADD", &s.conf, &id, &path);
+                    let d = invoke_timed(&s.bin, "DEL", &s.conf, &id, &path);
                     (a, d)
                 })
                 .unwrap();
@@ -125,12 +100,12 @@ fn run(host: &Host, dual: bool, iters: usize) {
     }
     for (s, a) in subjects.iter().zip(&anchors) {
         handle
-            .run(|| invoke(&s.bin, "DEL", &s.conf, "anchor", &a.path()))
+            .run(|| invoke_timed(&s.bin, "DEL", &s.conf, "anchor", &a.path()))
             .unwrap();
     }
     let [ours, theirs] = &subjects;
-    let (oa, od) = (median(ours.add.clone()), median(ours.del.clone()));
-    let (ta, td) = (median(theirs.add.clone()), median(theirs.del.clone()));
+    let (oa, od) = (median_ms(ours.add.clone()), median_ms(ours.del.clone()));
+    let (ta, td) = (median_ms(theirs.add.clone()), median_ms(theirs.del.clone()));
     let masq_tag = if masq { ", ipMasq" } else { "" };
     println!("{tag}{masq_tag}, IPAM stores under {store}, {iters} iterations, medians:");
     println!("  {:<24} ADD {oa:7.2} ms   DEL {od:7.2} ms", ours.label);
@@ -154,7 +129,7 @@ fn concurrent(host: &Host, label: &str, bin: &Path, conf: &Value, n: usize) -> (
             let (handle, conf_bytes, path) = (&handle, &conf_bytes, c.path());
             s.spawn(move || {
                 handle
-                    .run(|| invoke(bin, "ADD", conf_bytes, &format!("conc-{i}"), &path))
+                    .run(|| invoke_timed(bin, "ADD", conf_bytes, &format!("conc-{i}"), &path))
                     .unwrap()
             });
         }
@@ -195,7 +170,7 @@ fn concurrent(host: &Host, label: &str, bin: &Path, conf: &Value, n: usize) -> (
         .chain([("rss".to_string(), &ctr)])
     {
         handle
-            .run(|| invoke(bin, "DEL", &conf_bytes, &i, &c.path()))
+            .run(|| invoke_timed(bin, "DEL", &conf_bytes, &i, &c.path()))
             .unwrap();
     }
     (rate, rss)

@@ -7,39 +7,13 @@
 
 mod bridge_support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use bridge_support::*;
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
-
-fn invoke(bin: &Path, cmd: &str, conf: &[u8], id: &str, netns: &str) -> Duration {
-    let start = Instant::now();
-    let mut child = Command::new(bin)
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let took = start.elapsed();
-    assert!(out.status.success(), "{} {cmd}: {out:?}", bin.display());
-    took
-}
-
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1000.0
-}
 
 fn ranges(v4: &str, v6: Option<&str>) -> Value {
     let mut r = vec![json!([{ "subnet": v4 }])];
@@ -76,7 +50,7 @@ fn run(host: &Host, dual: bool, iters: usize) {
     let anchors: Vec<Ns> = subjects.iter().map(|_| host.container()).collect();
     for ((s, c), a) in subjects.iter().zip(&confs).zip(&anchors) {
         handle
-            .run(|| invoke(&s.1, "ADD", c, "anchor", &a.path()))
+            .run(|| invoke_timed(&s.1, "ADD", c, "anchor", &a.path()))
             .unwrap();
     }
     for i in 0..iters {
@@ -86,8 +60,8 @@ fn run(host: &Host, dual: bool, iters: usize) {
             let path = ctr.path();
             let (a, d) = handle
                 .run(|| {
-                    let a = invoke(&s.1, "ADD", c, &id, &path);
-                    let d = invoke(&s.1, "DEL", c, &id, &path);
+                    let a = invoke_timed(&s.1, "ADD", c, &id, &path);
+                    let d = invoke_timed(&s.1, "DEL", c, &id, &path);
                     (a, d)
                 })
                 .unwrap();
@@ -97,14 +71,14 @@ fn run(host: &Host, dual: bool, iters: usize) {
     }
     for ((s, c), a) in subjects.iter().zip(&confs).zip(&anchors) {
         handle
-            .run(|| invoke(&s.1, "DEL", c, "anchor", &a.path()))
+            .run(|| invoke_timed(&s.1, "DEL", c, "anchor", &a.path()))
             .unwrap();
     }
     let tag = if dual { "dual-stack" } else { "IPv4" };
     println!("routed {tag}, {iters} iterations, medians:");
     let m: Vec<(f64, f64)> = times
         .iter()
-        .map(|(a, d)| (median(a.clone()), median(d.clone())))
+        .map(|(a, d)| (median_ms(a.clone()), median_ms(d.clone())))
         .collect();
     for (s, (a, d)) in subjects.iter().zip(&m) {
         println!("  {:<30} ADD {a:7.2} ms   DEL {d:7.2} ms", s.0);

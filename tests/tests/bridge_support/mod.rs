@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
@@ -370,4 +371,32 @@ impl Chain<'_> {
                 .ok();
         }
     }
+}
+
+/// Benches: runs `bin` once with `CNI_COMMAND=cmd` (asserting success) and returns how long
+/// the process took, spawn to exit.
+pub fn invoke_timed(bin: &Path, cmd: &str, conf: &[u8], id: &str, netns: &str) -> Duration {
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(conf).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    assert!(out.status.success(), "{} {cmd}: {out:?}", bin.display());
+    took
+}
+
+/// The median of `v`, in milliseconds.
+pub fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
 }
