@@ -430,20 +430,9 @@ impl CniConfig {
 
     /// Every cached attachment of network `net`, with the cache's runtime parameters.
     pub fn cached_attachments(&self, net: &str) -> Vec<(RuntimeConf, CniResult)> {
-        let Ok(rd) = fs::read_dir(self.cache_dir.join("results")) else {
-            return Vec::new();
-        };
         let mut out = Vec::new();
-        for entry in rd.flatten() {
-            let Ok(bytes) = fs::read(entry.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-                continue;
-            };
-            if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND)
-                || v.get("networkName").and_then(Value::as_str) != Some(net)
-            {
+        for (_, v) in cache_files(&self.cache_dir) {
+            if v.get("networkName").and_then(Value::as_str) != Some(net) {
                 continue;
             }
             let s = |k: &str| {
@@ -500,26 +489,14 @@ pub struct CacheEntry {
 /// Every cniCacheV1 file under `<cache_dir>/results`, sorted by path; other files are skipped
 /// (a runtime may keep its own files there).
 pub fn cache_entries(cache_dir: &Path) -> Vec<CacheEntry> {
-    let Ok(rd) = fs::read_dir(cache_dir.join("results")) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for entry in rd.flatten() {
-        let Ok(bytes) = fs::read(entry.path()) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-            continue;
-        };
-        if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND) {
-            continue;
-        }
+    for (path, v) in cache_files(cache_dir) {
         let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
         if s("networkName").is_empty() || s("containerId").is_empty() {
             continue;
         }
         out.push(CacheEntry {
-            path: entry.path(),
+            path,
             network: s("networkName").to_string(),
             container_id: s("containerId").to_string(),
             ifname: s("ifName").to_string(),
@@ -528,6 +505,19 @@ pub fn cache_entries(cache_dir: &Path) -> Vec<CacheEntry> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
+}
+
+/// The readable cniCacheV1 files under `<cache_dir>/results`, parsed; anything else is skipped
+/// (a runtime may keep its own files there).
+fn cache_files(cache_dir: &Path) -> impl Iterator<Item = (PathBuf, Value)> {
+    fs::read_dir(cache_dir.join("results"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let v: Value = serde_json::from_slice(&fs::read(entry.path()).ok()?).ok()?;
+            (v.get("kind").and_then(Value::as_str) == Some(CACHE_KIND)).then(|| (entry.path(), v))
+        })
 }
 
 fn cached_netns(v: &Value) -> Vec<PathBuf> {
