@@ -31,8 +31,16 @@ run_suite() { # mode
   local subnet_a
   subnet_a=$(d network inspect -f '{{(index .IPAM.Config 0).Subnet}}' "na-$X")
   check "[$mode] network shows the CNI pool ($subnet_a)" test -n "$subnet_a"
+  local held_br=
   if [ "$mode" = derived ]; then
     check "[$mode] plugnet.export wrote the conflist" test -f "$CONF/pn-10.60.3.0_24.conflist"
+    # On a host with Docker's DOCKER-USER chain the shim holds the network's bridge in the
+    # host firewall from `network create` on, before any container (and until `network rm`).
+    if iptables -S DOCKER-USER >/dev/null 2>&1; then
+      held_br=pnb$(d network inspect -f '{{.Id}}' "na-$X" | cut -c1-12)
+      check "[$mode] the new network's bridge is held in the host firewall ($held_br)" \
+        sh -c "iptables -S PLUGNET-FORWARD | grep -q -- '-i $held_br -o $held_br '"
+    fi
   fi
 
   say "[$mode] two containers"
@@ -192,6 +200,10 @@ run_suite() { # mode
   # plugnet-ipam keeps leases under ip/ and owner/, host-local as files named by address.
   check "[$mode] no lease left" sh -c "! find $IPAMDIR -mindepth 2 \( -path '*/ip/*' -o -path '*/owner/*' -o -name '10.6*' \) | grep -q ."
   check "[$mode] no exported conflist left" sh -c "! ls $CONF/pn-* >/dev/null 2>&1"
+  if [ -n "$held_br" ]; then
+    check "[$mode] network rm released the bridge's host firewall rules" \
+      sh -c "! iptables -S 2>/dev/null | grep -q -- '-i $held_br '"
+  fi
   for br in "pnsa$X" "pnsb$X"; do ip link del "$br" 2>/dev/null || true; done
 }
 
