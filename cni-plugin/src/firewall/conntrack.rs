@@ -54,9 +54,7 @@ fn message(kind: u16, flags: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
 fn request(msg: &[u8]) -> io::Result<()> {
     super::nft::with_socket(|sock| {
         sock.send(msg)?;
-        let mut buf = vec![0u8; 8192];
-        let n = sock.recv_raw(&mut buf)?;
-        mnl::cb_run(&buf[..n], 1, sock.portid()).map(|_| ())
+        sock.ack(1)
     })
 }
 
@@ -65,7 +63,7 @@ fn dump_matching(family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
     super::nft::with_socket(|sock| dump_on(sock, family, ports))
 }
 
-fn dump_on(sock: &mnl::Socket, family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
+fn dump_on(sock: &super::nft::NfSocket, family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
     sock.send(&message(
         IPCTNL_MSG_CT_GET,
         libc::NLM_F_DUMP as u16,
@@ -75,7 +73,7 @@ fn dump_on(sock: &mnl::Socket, family: u8, ports: &[u16]) -> io::Result<Vec<Vec<
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
-        let n = sock.recv_raw(&mut buf)?;
+        let n = sock.recv(&mut buf)?;
         let mut off = 0;
         while off + 16 <= n {
             let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;

@@ -1,18 +1,34 @@
-//! The only module that speaks nf_tables netlink (libnftnl through the `nftnl` crate, sent with
-//! `mnl`): runs a list of [`Op`]s as ONE atomic batch and answers existence queries;
-//! invariant: a batch either commits entirely or leaves the ruleset as it was, and an error
-//! names the operation the kernel refused.
+//! The only module that speaks nf_tables netlink (messages built with the rust-netlink
+//! project's `netlink-packet-netfilter`, sent on a `netlink-sys` socket; no C library, so
+//! the CNI binaries link statically): runs a list of [`Op`]s as ONE atomic batch and answers
+//! existence queries; invariant: a batch either commits entirely or leaves the ruleset as it
+//! was, and an error names the operation the kernel refused.
 
-use std::cell::{Cell, RefCell};
-use std::ffi::{c_void, CStr, CString};
+use std::cell::RefCell;
 use std::io;
 use std::net::IpAddr;
-use std::ptr::NonNull;
+use std::os::fd::AsRawFd;
 
-use nftnl::nftnl_sys as sys;
-use nftnl::{Batch, Chain, ChainType, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
+use netlink_packet_core::{
+    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::nftables::{
+    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, Immediate,
+    InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage, Operator, Payload,
+    Register, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList,
+    SetElementMessage, SetFlags, SetMessage, TableAttribute, TableMessage, Verdict as NlVerdict,
+    VerdictAttribute,
+};
+use netlink_packet_netfilter::none::ControlMessage;
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
-use super::plan::{ElemData, Expr, Fam, Field, Hook, KeyVal, Op, SetData, SetDef, Verdict, TABLE};
+use super::plan::{
+    ElemData, Expr, Fam, Field, Hook as PHook, KeyVal, Op, SetData, SetDef, Verdict, TABLE,
+};
 
 /// The kernel refused an operation of a batch (the whole batch was rolled back).
 #[derive(Debug)]
@@ -28,17 +44,76 @@ impl std::fmt::Display for NftError {
     }
 }
 
-const NFPROTO_INET: u16 = libc::NFPROTO_INET as u16;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const REG_VERDICT: u32 = 0;
 const REG_1: u32 = 1;
 const REG_2: u32 = 2;
 const REG32_00: u32 = 8;
+/// Receive buffer for one datagram (nfnetlink answers in NLMSG_GOODSIZE pieces).
+const RECV_BUF: usize = 64 * 1024;
+
+/// An nfnetlink socket (nf_tables and ctnetlink requests), bound so acks come back to it.
+pub(super) struct NfSocket {
+    sock: Socket,
+}
+
+impl NfSocket {
+    fn open() -> io::Result<NfSocket> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        // Acks carry the request's header only, not its payload: a big batch's acks queue
+        // in a fraction of the receive buffer.
+        sock.set_cap_ack(true)?;
+        Ok(NfSocket { sock })
+    }
+
+    /// Sends one datagram, whole.
+    pub(super) fn send(&self, buf: &[u8]) -> io::Result<()> {
+        let n = self.sock.send(buf, 0)?;
+        if n != buf.len() {
+            return Err(io::Error::other(format!(
+                "netlink send sent {n} of {} bytes",
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram (blocking).
+    pub(super) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.recv(&mut &mut buf[..], 0)
+    }
+
+    fn recv_nowait(&self, buf: &mut [u8]) -> Option<usize> {
+        match self.sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Waits for the ack of request `seq`: `Ok` or the errno the kernel answered.
+    pub(super) fn ack(&self, seq: u32) -> io::Result<()> {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let n = self.recv(&mut buf)?;
+            for (s, err) in parse_acks(&buf[..n]) {
+                if s == seq {
+                    return if err == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(err))
+                    };
+                }
+            }
+        }
+    }
+}
 
 thread_local! {
     /// One nfnetlink socket per thread and network namespace, kept open: closing a netfilter
     /// socket waits for nf_tables' deferred destruction of the last transaction (an RCU grace
     /// period, 5-20 ms here), so a socket per request would put that wait on every call.
-    static CONN: RefCell<Option<(u64, mnl::Socket)>> = const { RefCell::new(None) };
+    static CONN: RefCell<Option<(u64, NfSocket)>> = const { RefCell::new(None) };
 }
 
 fn netns_id() -> io::Result<u64> {
@@ -48,16 +123,16 @@ fn netns_id() -> io::Result<u64> {
 
 /// Runs `f` with this thread's socket for its current network namespace, with nothing
 /// left unread from earlier requests.
-pub(super) fn with_socket<T>(f: impl FnOnce(&mnl::Socket) -> io::Result<T>) -> io::Result<T> {
+pub(super) fn with_socket<T>(f: impl FnOnce(&NfSocket) -> io::Result<T>) -> io::Result<T> {
     let ns = netns_id()?;
     CONN.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().map(|(id, _)| *id) != Some(ns) {
-            *c = Some((ns, mnl::Socket::new(mnl::Bus::Netfilter)?));
+            *c = Some((ns, NfSocket::open()?));
         }
         let sock = &c.as_ref().expect("just set").1;
         let mut scratch = vec![0u8; 8192];
-        while recv_nowait(sock, &mut scratch).is_some() {}
+        while sock.recv_nowait(&mut scratch).is_some() {}
         let r = f(sock);
         if r.is_err() {
             // Unknown leftovers: start afresh next time.
@@ -67,13 +142,25 @@ pub(super) fn with_socket<T>(f: impl FnOnce(&mnl::Socket) -> io::Result<T>) -> i
     })
 }
 
-fn table_name() -> CString {
-    CString::new(TABLE).expect("constant has no NUL")
-}
-
-fn cstr(s: &str) -> CString {
-    // Names were charset-checked or are constants: no interior NUL.
-    CString::new(s).expect("validated names have no NUL")
+/// Appends one nfnetlink message (`family` in its nfgenmsg header) to `buf`.
+fn put(
+    buf: &mut Vec<u8>,
+    family: NetfilterProtoFamily,
+    res_id: u16,
+    body: impl Into<NetfilterMessageInner>,
+    flags: u16,
+    seq: u32,
+) {
+    let mut m = NetlinkMessage::from(NetfilterMessage::new(
+        NetfilterHeader::new(family, 0, res_id),
+        body,
+    ));
+    m.header.flags = NLM_F_REQUEST | flags;
+    m.header.sequence_number = seq;
+    m.finalize();
+    let off = buf.len();
+    buf.resize(off + m.buffer_len(), 0);
+    m.serialize(&mut buf[off..]);
 }
 
 /// Runs `ops` as one transaction. An empty list is a no-op.
@@ -81,34 +168,57 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
     if ops.is_empty() {
         return Ok(());
     }
-    let table = Table::new(table_name(), ProtoFamily::Inet);
-    let mut batch = Batch::new();
-    let mut seqs: Vec<u32> = Vec::with_capacity(ops.len());
-    for op in ops {
-        let seq = Cell::new(0);
-        add_op(&mut batch, &table, op, &seq);
-        seqs.push(seq.get());
+    // Sequence numbers: 1 begins the batch, 2.. are the ops, the last one ends it; every
+    // message asks for an ack, so a refused op is named by its number.
+    let mut batch = Vec::with_capacity(256 * (ops.len() + 2));
+    let unspec = NetfilterProtoFamily::Unspec;
+    put(
+        &mut batch,
+        unspec,
+        NFNL_SUBSYS_NFTABLES,
+        ControlMessage::BatchBegin,
+        NLM_F_ACK,
+        1,
+    );
+    for (i, op) in ops.iter().enumerate() {
+        let (body, flags) = message(op);
+        put(
+            &mut batch,
+            NetfilterProtoFamily::Inet,
+            0,
+            body,
+            flags,
+            i as u32 + 2,
+        );
     }
-    let batch = batch.finalize();
+    let end = ops.len() as u32 + 2;
+    put(
+        &mut batch,
+        unspec,
+        NFNL_SUBSYS_NFTABLES,
+        ControlMessage::BatchEnd,
+        NLM_F_ACK,
+        end,
+    );
     let io_err = |op: &str| {
         let op = op.to_string();
         move |source| NftError { op, source }
     };
     let first_err = with_socket(|sock| {
-        send_batch(sock, &batch)?;
-        let total = batch.sequence_numbers().len();
-        let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+        send_batch(sock, &batch, ops.len() + 2)?;
+        let total = ops.len() + 2;
+        let mut buf = vec![0u8; RECV_BUF];
         let mut acked = 0usize;
         let mut first_err: Option<(u32, i32)> = None;
         while acked < total {
             let n = if first_err.is_some() {
                 // After an error the kernel may not ack the rest: drain what is there, then stop.
-                match recv_nowait(sock, &mut buf) {
+                match sock.recv_nowait(&mut buf) {
                     Some(n) => n,
                     None => break,
                 }
             } else {
-                sock.recv_raw(&mut buf)?
+                sock.recv(&mut buf)?
             };
             for (seq, err) in parse_acks(&buf[..n]) {
                 acked += 1;
@@ -123,10 +233,10 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
     match first_err {
         None => Ok(()),
         Some((seq, errno)) => {
-            let op = seqs
-                .iter()
-                .position(|s| *s == seq)
-                .map(|i| ops[i].to_string())
+            let op = (seq as usize)
+                .checked_sub(2)
+                .and_then(|i| ops.get(i))
+                .map(|op| op.to_string())
                 .unwrap_or_else(|| "commit batch".to_string());
             Err(NftError {
                 op,
@@ -136,46 +246,24 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
     }
 }
 
-/// Sends the whole batch in ONE sendmsg: nfnetlink commits only a batch that begins and ends
-/// within one message (`mnl::Socket::send_all` sends page by page, which splits big batches).
-/// The socket buffers are grown (as nft does) so that the batch fits and every ack can queue:
-/// the kernel answers the whole batch before we read anything.
-fn send_batch(sock: &mnl::Socket, batch: &nftnl::FinalizedBatch) -> io::Result<()> {
-    let fd = unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) };
-    let pages: Vec<&[u8]> = batch.iter().collect();
-    let total: usize = pages.iter().map(|p| p.len()).sum();
-    let acks = batch.sequence_numbers().len();
-    grow_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, total + 64 * 1024);
+/// Sends the whole batch in ONE datagram: nfnetlink commits only a batch that begins and
+/// ends within one message. The socket buffers are grown (as nft does) so that the batch
+/// fits and every ack can queue: the kernel answers the whole batch before we read anything.
+fn send_batch(sock: &NfSocket, batch: &[u8], acks: usize) -> io::Result<()> {
+    let fd = sock.sock.as_raw_fd();
+    grow_buffer(
+        fd,
+        libc::SO_SNDBUFFORCE,
+        libc::SO_SNDBUF,
+        batch.len() + 64 * 1024,
+    );
     grow_buffer(
         fd,
         libc::SO_RCVBUFFORCE,
         libc::SO_RCVBUF,
         acks * 2048 + 256 * 1024,
     );
-    let mut iov: Vec<libc::iovec> = pages
-        .iter()
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
-    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != total {
-        return Err(io::Error::other(format!(
-            "sendmsg sent {n} of {total} bytes"
-        )));
-    }
-    Ok(())
+    sock.send(batch)
 }
 
 /// Raises a socket buffer to at least `want` bytes (the FORCE option as root, else the plain
@@ -219,12 +307,6 @@ fn grow_buffer(fd: i32, force: i32, plain: i32, want: usize) {
     }
 }
 
-fn recv_nowait(sock: &mnl::Socket, buf: &mut [u8]) -> Option<usize> {
-    let fd = unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) };
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    (n > 0).then_some(n as usize)
-}
-
 /// (seq, -errno or 0) of every NLMSG_ERROR (ack) message in `buf`.
 fn parse_acks(buf: &[u8]) -> Vec<(u32, i32)> {
     let mut out = Vec::new();
@@ -245,164 +327,193 @@ fn parse_acks(buf: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
-/// Wraps a message so the batch tells us the sequence number it was given.
-struct Seq<'a, T: NlMsg>(&'a T, &'a Cell<u32>);
-
-unsafe impl<T: NlMsg> NlMsg for Seq<'_, T> {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        self.1.set(seq);
-        unsafe { self.0.write(buf, seq, msg_type) }
-    }
-}
-
-fn add_op(batch: &mut Batch, table: &Table, op: &Op, seq: &Cell<u32>) {
+/// An op's nf_tables message and the netlink flags it is sent with (those of libnftnl's
+/// batch: tables and chains are created when absent, rules appended, elements exclusive).
+fn message(op: &Op) -> (NfTablesMessage, u16) {
+    let table = || TableAttribute::Name(TABLE.to_string());
+    let chain = |name: &str| {
+        vec![
+            ChainAttribute::Table(TABLE.to_string()),
+            ChainAttribute::Name(name.to_string()),
+        ]
+    };
     match op {
-        Op::AddTable => batch.add(&Seq(table, seq), MsgType::Add),
-        Op::DelTable => batch.add(&Seq(table, seq), MsgType::Del),
+        Op::AddTable => (
+            NfTablesMessage::NewTable(TableMessage {
+                attributes: vec![table()],
+            }),
+            NLM_F_ACK,
+        ),
+        Op::DelTable => (
+            NfTablesMessage::DeleteTable(TableMessage {
+                attributes: vec![table()],
+            }),
+            NLM_F_ACK,
+        ),
         Op::AddBaseChain(c) => {
-            let mut chain = Chain::new(cstr(c.name), table);
             let hook = match c.hook {
-                Hook::Prerouting => nftnl::Hook::PreRouting,
-                Hook::Forward => nftnl::Hook::Forward,
-                Hook::Output => nftnl::Hook::Out,
-                Hook::Postrouting => nftnl::Hook::PostRouting,
+                PHook::Prerouting => InetHookNumber::PreRouting,
+                PHook::Forward => InetHookNumber::Forward,
+                PHook::Output => InetHookNumber::LocalOut,
+                PHook::Postrouting => InetHookNumber::PostRouting,
             };
-            chain.set_hook(hook, c.priority);
-            chain.set_type(if c.nat {
-                ChainType::Nat
-            } else {
-                ChainType::Filter
-            });
-            chain.set_policy(Policy::Accept);
-            batch.add(&Seq(&chain, seq), MsgType::Add);
+            let mut attributes = chain(c.name);
+            attributes.push(ChainAttribute::Hook(vec![
+                Hook::Number(hook.into()),
+                // The kernel reads the priority as a signed 32-bit number.
+                Hook::Priority(c.priority as u32),
+            ]));
+            attributes.push(ChainAttribute::Type(
+                if c.nat { "nat" } else { "filter" }.to_string(),
+            ));
+            attributes.push(ChainAttribute::Policy(libc::NF_ACCEPT as u32));
+            (
+                NfTablesMessage::NewChain(ChainMessage { attributes }),
+                NLM_F_ACK | NLM_F_CREATE,
+            )
         }
-        Op::AddChain(name) => batch.add(&Seq(&Chain::new(cstr(name), table), seq), MsgType::Add),
-        Op::DelChain(name) => batch.add(&Seq(&Chain::new(cstr(name), table), seq), MsgType::Del),
-        Op::AddSet(def) => batch.add(&Seq(&RawSet::definition(def), seq), MsgType::Add),
+        Op::AddChain(name) => (
+            NfTablesMessage::NewChain(ChainMessage {
+                attributes: chain(name),
+            }),
+            NLM_F_ACK | NLM_F_CREATE,
+        ),
+        Op::DelChain(name) => (
+            NfTablesMessage::DeleteChain(ChainMessage {
+                attributes: chain(name),
+            }),
+            NLM_F_ACK,
+        ),
+        Op::AddSet(def) => (
+            NfTablesMessage::NewSet(SetMessage {
+                attributes: set_definition(def),
+            }),
+            NLM_F_CREATE | NLM_F_ACK,
+        ),
         Op::AddRule(r) => {
-            let chain = Chain::new(cstr(&r.chain), table);
-            let mut rule = Rule::new(&chain);
-            for e in &r.exprs {
-                for raw in lower(e) {
-                    rule.add_expr(&raw);
-                }
-            }
-            batch.add(&Seq(&rule, seq), MsgType::Add);
+            let exprs = r.exprs.iter().flat_map(lower).map(Into::into).collect();
+            let attributes = vec![
+                RuleAttribute::Table(TABLE.to_string()),
+                RuleAttribute::Chain(r.chain.clone()),
+                RuleAttribute::Expressions(exprs),
+            ];
+            (
+                NfTablesMessage::NewRule(RuleMessage { attributes }),
+                NLM_F_CREATE | NLM_F_APPEND | NLM_F_EXCL | NLM_F_ACK,
+            )
         }
-        Op::AddElem { set, key, data } => batch.add(
-            &Seq(
-                &RawSet::element(set, key, data.as_ref(), libc::NFT_MSG_NEWSETELEM),
-                seq,
-            ),
-            MsgType::Add,
+        Op::AddElem { set, key, data } => (
+            NfTablesMessage::NewSetElement(SetElementMessage {
+                attributes: element(set, key, data.as_ref()),
+            }),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
         ),
-        Op::DelElem { set, key } => batch.add(
-            &Seq(
-                &RawSet::element(set, key, None, libc::NFT_MSG_DELSETELEM),
-                seq,
-            ),
-            MsgType::Del,
+        Op::DelElem { set, key } => (
+            NfTablesMessage::DeleteSetElement(SetElementMessage {
+                attributes: element(set, key, None),
+            }),
+            NLM_F_ACK,
         ),
     }
 }
 
-/// A libnftnl expression built attribute by attribute (the `nftnl` crate's typed expressions
-/// cover too little: no fib, no concatenations, no verdict maps, no 32-bit registers).
-struct RawExpr {
-    name: &'static CStr,
-    u32s: Vec<(u32, u32)>,
-    data: Vec<(u32, Vec<u8>)>,
-    strs: Vec<(u32, CString)>,
+fn reg(r: u32) -> Register {
+    Register::from(r)
 }
 
-impl RawExpr {
-    fn new(name: &'static CStr) -> Self {
-        RawExpr {
-            name,
-            u32s: vec![],
-            data: vec![],
-            strs: vec![],
-        }
-    }
-    fn u32(mut self, attr: u32, v: u32) -> Self {
-        self.u32s.push((attr, v));
-        self
-    }
-    fn data(mut self, attr: u32, v: Vec<u8>) -> Self {
-        self.data.push((attr, v));
-        self
-    }
-    fn str(mut self, attr: u32, v: &str) -> Self {
-        self.strs.push((attr, cstr(v)));
-        self
+/// A 32-bit attribute in network byte order, as nf_tables reads them.
+fn be32(kind: u16, v: u32) -> DefaultNla {
+    DefaultNla::new(kind, v.to_be_bytes().to_vec())
+}
+
+/// An expression `netlink-packet-netfilter` has no type for, attribute by attribute
+/// (kernel numbering, include/uapi/linux/netfilter/nf_tables.h).
+fn raw(name: &str, attributes: Vec<DefaultNla>) -> Expressions {
+    Expressions::Other {
+        expression_type: name.to_string(),
+        attributes,
     }
 }
 
-impl nftnl::expr::Expression for RawExpr {
-    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
-        unsafe {
-            let e = sys::nftnl_expr_alloc(self.name.as_ptr());
-            let e = NonNull::new(e).expect("nftnl_expr_alloc: out of memory");
-            for (a, v) in &self.u32s {
-                sys::nftnl_expr_set_u32(e.as_ptr(), *a as u16, *v);
-            }
-            for (a, v) in &self.data {
-                sys::nftnl_expr_set(e.as_ptr(), *a as u16, v.as_ptr().cast(), v.len() as u32);
-            }
-            for (a, v) in &self.strs {
-                sys::nftnl_expr_set_str(e.as_ptr(), *a as u16, v.as_ptr());
-            }
-            e
-        }
-    }
+fn meta(key: i32, r: u32) -> Expressions {
+    Expressions::Meta(vec![
+        Meta::Key(MetaKey::from(key as u32)),
+        Meta::DestinationRegister(reg(r)),
+    ])
 }
 
-fn meta(key: i32, reg: u32) -> RawExpr {
-    RawExpr::new(c"meta")
-        .u32(sys::NFTNL_EXPR_META_KEY, key as u32)
-        .u32(sys::NFTNL_EXPR_META_DREG, reg)
+fn payload(base: i32, offset: u32, len: u32, r: u32) -> Expressions {
+    Expressions::Payload(vec![
+        Payload::DestinationRegister(reg(r)),
+        Payload::Base(base as u32),
+        Payload::Offset(offset),
+        Payload::Len(len),
+    ])
 }
 
-fn payload(base: i32, offset: u32, len: u32, reg: u32) -> RawExpr {
-    RawExpr::new(c"payload")
-        .u32(sys::NFTNL_EXPR_PAYLOAD_DREG, reg)
-        .u32(sys::NFTNL_EXPR_PAYLOAD_BASE, base as u32)
-        .u32(sys::NFTNL_EXPR_PAYLOAD_OFFSET, offset)
-        .u32(sys::NFTNL_EXPR_PAYLOAD_LEN, len)
+fn cmp(op: i32, data: Vec<u8>) -> Expressions {
+    Expressions::Cmp(vec![
+        Cmp::SourceRegister(reg(REG_1)),
+        Cmp::Op(Operator::from(op as u32)),
+        Cmp::Data(DataAttribute::Value(data)),
+    ])
 }
 
-fn cmp(op: i32, data: Vec<u8>) -> RawExpr {
-    RawExpr::new(c"cmp")
-        .u32(sys::NFTNL_EXPR_CMP_SREG, REG_1)
-        .u32(sys::NFTNL_EXPR_CMP_OP, op as u32)
-        .data(sys::NFTNL_EXPR_CMP_DATA, data)
-}
-
-fn bitwise(mask: Vec<u8>) -> RawExpr {
+fn bitwise(mask: Vec<u8>) -> Expressions {
     let len = mask.len();
-    RawExpr::new(c"bitwise")
-        .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG_1)
-        .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG_1)
-        .u32(sys::NFTNL_EXPR_BITWISE_LEN, len as u32)
-        .data(sys::NFTNL_EXPR_BITWISE_MASK, mask)
-        .data(sys::NFTNL_EXPR_BITWISE_XOR, vec![0; len])
+    Expressions::Bitwise(vec![
+        Bitwise::SourceRegister(reg(REG_1)),
+        Bitwise::DestinationRegister(reg(REG_1)),
+        Bitwise::Length(len as u32),
+        Bitwise::Mask(DataAttribute::Value(mask)),
+        Bitwise::Xor(DataAttribute::Value(vec![0; len])),
+    ])
 }
 
-fn immediate(reg: u32, data: Vec<u8>) -> RawExpr {
-    RawExpr::new(c"immediate")
-        .u32(sys::NFTNL_EXPR_IMM_DREG, reg)
-        .data(sys::NFTNL_EXPR_IMM_DATA, data)
+fn immediate(r: u32, data: Vec<u8>) -> Expressions {
+    Expressions::Immediate(vec![
+        Immediate::DestinationRegister(reg(r)),
+        Immediate::Data(DataAttribute::Value(data)),
+    ])
 }
 
-fn verdict(v: &Verdict) -> RawExpr {
-    let code = verdict_code(v);
-    let e = RawExpr::new(c"immediate")
-        .u32(sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT)
-        .u32(sys::NFTNL_EXPR_IMM_VERDICT, code);
-    match v {
-        Verdict::Jump(chain) => e.str(sys::NFTNL_EXPR_IMM_CHAIN, chain),
-        _ => e,
+fn verdict_data(v: &Verdict) -> DataAttribute {
+    let mut attrs = vec![VerdictAttribute::Code(NlVerdict::from(verdict_code(v)))];
+    if let Verdict::Jump(chain) = v {
+        attrs.push(VerdictAttribute::Chain(chain.clone()));
     }
+    DataAttribute::Verdict(attrs)
+}
+
+fn verdict(v: &Verdict) -> Expressions {
+    Expressions::Immediate(vec![
+        Immediate::DestinationRegister(reg(REG_VERDICT)),
+        Immediate::Data(verdict_data(v)),
+    ])
+}
+
+fn lookup(set: &str, sreg: u32, dreg: Option<u32>) -> Expressions {
+    let mut attrs = vec![
+        Lookup::Set(set.to_string()),
+        Lookup::SourceRegister(reg(sreg)),
+    ];
+    if let Some(d) = dreg {
+        attrs.push(Lookup::DestinationRegister(reg(d)));
+    }
+    Expressions::Lookup(attrs)
+}
+
+/// `dnat to <addr in reg 1>:<port in port_reg>` for `family` (NFTA_NAT_*).
+fn dnat(family: i32, port_reg: u32) -> Expressions {
+    raw(
+        "nat",
+        vec![
+            be32(1, libc::NFT_NAT_DNAT as u32), // NFTA_NAT_TYPE
+            be32(2, family as u32),             // NFTA_NAT_FAMILY
+            be32(3, REG_1),                     // NFTA_NAT_REG_ADDR_MIN
+            be32(5, port_reg),                  // NFTA_NAT_REG_PROTO_MIN
+        ],
+    )
 }
 
 fn verdict_code(v: &Verdict) -> u32 {
@@ -422,7 +533,7 @@ fn addr_bytes(a: &IpAddr) -> Vec<u8> {
 }
 
 /// Loads a field into register `reg` (a 128-bit register number or a 32-bit one).
-fn load(field: Field, reg: u32) -> RawExpr {
+fn load(field: Field, reg: u32) -> Expressions {
     const NH: i32 = libc::NFT_PAYLOAD_NETWORK_HEADER;
     const TH: i32 = libc::NFT_PAYLOAD_TRANSPORT_HEADER;
     match field {
@@ -438,7 +549,7 @@ fn load(field: Field, reg: u32) -> RawExpr {
 }
 
 /// The kernel expressions one plugnet statement is made of (nft's own bytecode for it).
-fn lower(e: &Expr) -> Vec<RawExpr> {
+fn lower(e: &Expr) -> Vec<Expressions> {
     const EQ: i32 = libc::NFT_CMP_EQ;
     match e {
         Expr::Nfproto(f) => {
@@ -515,18 +626,16 @@ fn lower(e: &Expr) -> Vec<RawExpr> {
                 (libc::NFT_CT_STATUS, 1u32 << 5) // IPS_DST_NAT
             };
             vec![
-                RawExpr::new(c"ct")
-                    .u32(sys::NFTNL_EXPR_CT_KEY, key as u32)
-                    .u32(sys::NFTNL_EXPR_CT_DREG, REG_1),
+                // NFTA_CT_DREG, NFTA_CT_KEY
+                raw("ct", vec![be32(1, REG_1), be32(2, key as u32)]),
                 bitwise(mask.to_ne_bytes().to_vec()),
                 cmp(libc::NFT_CMP_NEQ, vec![0; 4]),
             ]
         }
         Expr::FibDaddrLocal => vec![
-            RawExpr::new(c"fib")
-                .u32(sys::NFTNL_EXPR_FIB_DREG, REG_1)
-                .u32(sys::NFTNL_EXPR_FIB_RESULT, 3) // NFT_FIB_RESULT_ADDRTYPE
-                .u32(sys::NFTNL_EXPR_FIB_FLAGS, 2), // NFTA_FIB_F_DADDR
+            // NFTA_FIB_DREG; NFTA_FIB_RESULT = NFT_FIB_RESULT_ADDRTYPE; NFTA_FIB_FLAGS =
+            // NFTA_FIB_F_DADDR
+            raw("fib", vec![be32(1, REG_1), be32(2, 3), be32(3, 2)]),
             cmp(EQ, 2u32.to_ne_bytes().to_vec()), // RTN_LOCAL
         ],
         Expr::Lookup { set, key, vmap } => {
@@ -538,13 +647,7 @@ fn lower(e: &Expr) -> Vec<RawExpr> {
                 v.push(load(*f, reg32));
                 reg32 += f.byte_len().div_ceil(4);
             }
-            let mut l = RawExpr::new(c"lookup")
-                .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG32_00)
-                .str(sys::NFTNL_EXPR_LOOKUP_SET, set);
-            if *vmap {
-                l = l.u32(sys::NFTNL_EXPR_LOOKUP_DREG, REG_VERDICT);
-            }
-            v.push(l);
+            v.push(lookup(set, REG32_00, vmap.then_some(REG_VERDICT)));
             v
         }
         Expr::Dnat { addr, port } => {
@@ -556,11 +659,7 @@ fn lower(e: &Expr) -> Vec<RawExpr> {
             vec![
                 immediate(REG_1, addr_bytes(addr)),
                 immediate(REG_2, port.to_be_bytes().to_vec()),
-                RawExpr::new(c"nat")
-                    .u32(sys::NFTNL_EXPR_NAT_TYPE, libc::NFT_NAT_DNAT as u32)
-                    .u32(sys::NFTNL_EXPR_NAT_FAMILY, family as u32)
-                    .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG_1)
-                    .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, REG_2),
+                dnat(family, REG_2),
             ]
         }
         Expr::DnatMap { fam, set, key } => {
@@ -576,174 +675,93 @@ fn lower(e: &Expr) -> Vec<RawExpr> {
                 Fam::V4 => (libc::NFPROTO_IPV4, REG32_00 + 1),
                 Fam::V6 => (libc::NFPROTO_IPV6, REG32_00 + 4),
             };
-            v.push(
-                RawExpr::new(c"lookup")
-                    .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG32_00)
-                    .u32(sys::NFTNL_EXPR_LOOKUP_DREG, REG_1)
-                    .str(sys::NFTNL_EXPR_LOOKUP_SET, set),
-            );
-            v.push(
-                RawExpr::new(c"nat")
-                    .u32(sys::NFTNL_EXPR_NAT_TYPE, libc::NFT_NAT_DNAT as u32)
-                    .u32(sys::NFTNL_EXPR_NAT_FAMILY, family as u32)
-                    .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG_1)
-                    .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, port_reg),
-            );
+            v.push(lookup(set, REG32_00, Some(REG_1)));
+            v.push(dnat(family, port_reg));
             v
         }
-        Expr::Masquerade => vec![RawExpr::new(c"masq")],
-        Expr::Counter => vec![RawExpr::new(c"counter")],
-        Expr::Reject => vec![RawExpr::new(c"reject")
-            .u32(
-                sys::NFTNL_EXPR_REJECT_TYPE,
-                libc::NFT_REJECT_ICMPX_UNREACH as u32,
-            )
-            .u32(
-                sys::NFTNL_EXPR_REJECT_CODE,
-                libc::NFT_REJECT_ICMPX_ADMIN_PROHIBITED as u32,
-            )],
+        Expr::Masquerade => vec![raw("masq", vec![])],
+        Expr::Counter => vec![raw("counter", vec![])],
+        // NFTA_REJECT_TYPE (32 bits), NFTA_REJECT_ICMP_CODE (8 bits)
+        Expr::Reject => vec![raw(
+            "reject",
+            vec![
+                be32(1, libc::NFT_REJECT_ICMPX_UNREACH as u32),
+                DefaultNla::new(2, vec![libc::NFT_REJECT_ICMPX_ADMIN_PROHIBITED as u8]),
+            ],
+        )],
         Expr::Verdict(v) => vec![verdict(v)],
     }
 }
 
-/// A set definition or a one-element set-element message, built with raw libnftnl.
-struct RawSet {
-    set: NonNull<sys::nftnl_set>,
-    msg: i32,
-    flags: u16,
+/// A set's definition (NEWSET attributes).
+fn set_definition(def: &SetDef) -> Vec<SetAttribute> {
+    let key_len: u32 = if def.key.len() == 1 {
+        def.key[0].byte_len()
+    } else {
+        def.key.iter().map(|f| f.byte_len().div_ceil(4) * 4).sum()
+    };
+    // nft encodes a concatenation's type as 6-bit datatype numbers shifted in order.
+    let key_type = def
+        .key
+        .iter()
+        .fold(0u32, |acc, f| (acc << 6) | f.nft_type());
+    // nft's userdata: the key's byte order (TLV type 0 = KEYBYTEORDER; 1 host order as nft
+    // uses for strings, 2 big-endian), so `nft list` prints single-field keys.
+    let order = if matches!(def.key[0], Field::Iifname | Field::Oifname) {
+        1
+    } else {
+        2
+    };
+    let mut attrs = vec![
+        SetAttribute::Table(TABLE.to_string()),
+        SetAttribute::Name(def.name.to_string()),
+        SetAttribute::KeyType(key_type),
+        SetAttribute::KeyLen(key_len),
+        // The kernel requires a transaction-local id for every new set.
+        SetAttribute::Id(set_id(def.name)),
+        SetAttribute::UserData(vec![0, 4, order, 0, 0, 0]),
+    ];
+    match &def.data {
+        SetData::None => {}
+        SetData::Verdict => {
+            attrs.push(SetAttribute::Flags(SetFlags::Map));
+            attrs.push(SetAttribute::DataType(libc::NFT_DATA_VERDICT as u32));
+        }
+        SetData::Value(fields) => {
+            attrs.push(SetAttribute::Flags(SetFlags::Map));
+            attrs.push(SetAttribute::DataType(
+                fields.iter().fold(0u32, |acc, f| (acc << 6) | f.nft_type()),
+            ));
+            attrs.push(SetAttribute::DataLen(
+                fields.iter().map(|f| f.byte_len().div_ceil(4) * 4).sum(),
+            ));
+        }
+    }
+    attrs
 }
 
-impl RawSet {
-    fn base(name: &str) -> NonNull<sys::nftnl_set> {
-        unsafe {
-            let s = NonNull::new(sys::nftnl_set_alloc()).expect("nftnl_set_alloc: out of memory");
-            let t = table_name();
-            let n = cstr(name);
-            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, n.as_ptr());
-            sys::nftnl_set_set_u32(
-                s.as_ptr(),
-                sys::NFTNL_SET_FAMILY as u16,
-                u32::from(NFPROTO_INET),
-            );
-            s
+/// A one-element set-element message body (NEWSETELEM, DELSETELEM, GETSETELEM).
+fn element(set: &str, key: &[KeyVal], data: Option<&ElemData>) -> Vec<SetElementList> {
+    let mut k = KeyVal::concat(key);
+    if key.len() == 1 {
+        if let KeyVal::Ifname(n) = &key[0] {
+            k = n.as_bytes().to_vec();
+            k.resize(16, 0);
         }
     }
-
-    fn definition(def: &SetDef) -> RawSet {
-        let s = Self::base(def.name);
-        let key_len: u32 = if def.key.len() == 1 {
-            def.key[0].byte_len()
-        } else {
-            def.key.iter().map(|f| f.byte_len().div_ceil(4) * 4).sum()
-        };
-        // nft encodes a concatenation's type as 6-bit datatype numbers shifted in order.
-        let key_type = def
-            .key
-            .iter()
-            .fold(0u32, |acc, f| (acc << 6) | f.nft_type());
-        unsafe {
-            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_KEY_TYPE as u16, key_type);
-            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_KEY_LEN as u16, key_len);
-            // The kernel requires a transaction-local id for every new set.
-            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, set_id(def.name));
-            // nft's userdata: the key's byte order (TLV type 0 = KEYBYTEORDER; 1 host order as
-            // nft uses for strings, 2 big-endian), so `nft list` prints single-field keys.
-            let order = if matches!(def.key[0], Field::Iifname | Field::Oifname) {
-                1
-            } else {
-                2
-            };
-            let udata: [u8; 6] = [0, 4, order, 0, 0, 0];
-            sys::nftnl_set_set_data(
-                s.as_ptr(),
-                sys::NFTNL_SET_USERDATA as u16,
-                udata.as_ptr().cast(),
-                udata.len() as u32,
-            );
-            let map = |data_type: u32| {
-                sys::nftnl_set_set_u32(
-                    s.as_ptr(),
-                    sys::NFTNL_SET_FLAGS as u16,
-                    libc::NFT_SET_MAP as u32,
-                );
-                sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_DATA_TYPE as u16, data_type);
-            };
-            match &def.data {
-                SetData::None => {}
-                SetData::Verdict => map(libc::NFT_DATA_VERDICT),
-                SetData::Value(fields) => {
-                    map(fields.iter().fold(0u32, |acc, f| (acc << 6) | f.nft_type()));
-                    let len: u32 = fields.iter().map(|f| f.byte_len().div_ceil(4) * 4).sum();
-                    sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_DATA_LEN as u16, len);
-                }
-            }
-        }
-        RawSet {
-            set: s,
-            msg: libc::NFT_MSG_NEWSET,
-            flags: (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
-        }
+    let mut elem = vec![SetElementAttribute::Key(DataAttribute::Value(k))];
+    match data {
+        Some(ElemData::Verdict(v)) => elem.push(SetElementAttribute::Data(verdict_data(v))),
+        Some(ElemData::Value(v)) => elem.push(SetElementAttribute::Data(DataAttribute::Value(
+            KeyVal::concat(v),
+        ))),
+        None => {}
     }
-
-    fn element(set: &str, key: &[KeyVal], data: Option<&ElemData>, msg: i32) -> RawSet {
-        let s = Self::base(set);
-        let mut k = KeyVal::concat(key);
-        if key.len() == 1 {
-            if let KeyVal::Ifname(n) = &key[0] {
-                k = n.as_bytes().to_vec();
-                k.resize(16, 0);
-            }
-        }
-        unsafe {
-            let e = sys::nftnl_set_elem_alloc();
-            assert!(!e.is_null(), "nftnl_set_elem_alloc: out of memory");
-            sys::nftnl_set_elem_set(
-                e,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                k.as_ptr().cast(),
-                k.len() as u32,
-            );
-            match data {
-                Some(ElemData::Verdict(v)) => {
-                    sys::nftnl_set_elem_set_u32(
-                        e,
-                        sys::NFTNL_SET_ELEM_VERDICT as u16,
-                        verdict_code(v),
-                    );
-                    if let Verdict::Jump(chain) = v {
-                        let c = cstr(chain);
-                        sys::nftnl_set_elem_set_str(
-                            e,
-                            sys::NFTNL_SET_ELEM_CHAIN as u16,
-                            c.as_ptr(),
-                        );
-                    }
-                }
-                Some(ElemData::Value(v)) => {
-                    let d = KeyVal::concat(v);
-                    sys::nftnl_set_elem_set(
-                        e,
-                        sys::NFTNL_SET_ELEM_DATA as u16,
-                        d.as_ptr().cast(),
-                        d.len() as u32,
-                    );
-                }
-                None => {}
-            }
-            sys::nftnl_set_elem_add(s.as_ptr(), e);
-        }
-        let flags = if msg == libc::NFT_MSG_NEWSETELEM {
-            libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK
-        } else {
-            libc::NLM_F_ACK
-        };
-        RawSet {
-            set: s,
-            msg,
-            flags: flags as u16,
-        }
-    }
+    vec![
+        SetElementList::Table(TABLE.to_string()),
+        SetElementList::Set(set.to_string()),
+        SetElementList::Elements(vec![ListAttribute::Element(elem)]),
+    ]
 }
 
 fn set_id(name: &str) -> u32 {
@@ -752,147 +770,102 @@ fn set_id(name: &str) -> u32 {
     })
 }
 
-unsafe impl NlMsg for RawSet {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
-        unsafe {
-            let hdr = sys::nftnl_nlmsg_build_hdr(
-                buf.cast(),
-                self.msg as u16,
-                NFPROTO_INET,
-                self.flags,
-                seq,
-            );
-            if self.msg == libc::NFT_MSG_NEWSET {
-                sys::nftnl_set_nlmsg_build_payload(hdr, self.set.as_ptr());
-            } else {
-                sys::nftnl_set_elems_nlmsg_build_payload(hdr, self.set.as_ptr());
-            }
-        }
-    }
-}
-
-impl Drop for RawSet {
-    fn drop(&mut self) {
-        unsafe { sys::nftnl_set_free(self.set.as_ptr()) };
-    }
-}
-
-/// What a single GET request found.
-fn get(build: impl FnOnce(*mut libc::c_char, u32)) -> io::Result<bool> {
-    get_parsed(build, ignore_reply, &mut ())
-}
-
-fn ignore_reply(_: &mnl::mnl_sys::libc::nlmsghdr, _: &mut ()) -> libc::c_int {
-    MNL_CB_OK
-}
-
-/// A single GET request whose reply messages go through `parse`; whether the object exists.
-fn get_parsed<T>(
-    build: impl FnOnce(*mut libc::c_char, u32),
-    parse: mnl::Callback<T>,
-    data: &mut T,
-) -> io::Result<bool> {
-    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    let seq = 1;
-    build(buf.as_mut_ptr().cast(), seq);
-    let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    let msg = buf[..len].to_vec();
+/// One GET request: `None` when the kernel answers ENOENT, else the objects it returned.
+fn get(
+    family: NetfilterProtoFamily,
+    body: NfTablesMessage,
+) -> io::Result<Option<Vec<NfTablesMessage>>> {
+    const SEQ: u32 = 1;
+    let mut req = Vec::with_capacity(128);
+    put(&mut req, family, 0, body, NLM_F_ACK, SEQ);
     with_socket(|sock| {
-        sock.send(&msg)?;
+        sock.send(&req)?;
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut found = Vec::new();
         loop {
-            let n = sock.recv_raw(&mut buf)?;
-            if n == 0 {
-                return Ok(true);
-            }
-            match mnl::cb_run2(&buf[..n], seq, sock.portid(), parse, data) {
-                Ok(mnl::CbResult::Stop) => return Ok(true),
-                Ok(mnl::CbResult::Ok) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-                Err(e) => return Err(e),
+            let n = sock.recv(&mut buf)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+                if len < 16 || off + len > n {
+                    break;
+                }
+                match NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..off + len]) {
+                    Ok(m) if m.header.sequence_number != SEQ => {}
+                    Ok(m) => match m.payload {
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(Some(found)),
+                                Some(c) if -c.get() == libc::ENOENT => Ok(None),
+                                Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
+                            }
+                        }
+                        NetlinkPayload::Done(_) => return Ok(Some(found)),
+                        NetlinkPayload::InnerMessage(NetfilterMessage {
+                            inner: NetfilterMessageInner::NfTables(obj),
+                            ..
+                        }) => found.push(obj),
+                        _ => {}
+                    },
+                    // An object this library cannot parse still exists.
+                    Err(_) => {}
+                }
+                off += len.div_ceil(4) * 4;
             }
         }
     })
 }
 
-/// Builds a GETCHAIN request for chain `name` of `table` in `family` into `buf`.
-fn build_getchain(buf: *mut libc::c_char, seq: u32, family: u16, table: &CStr, name: &str) {
-    unsafe {
-        let c = NonNull::new(sys::nftnl_chain_alloc()).expect("nftnl_chain_alloc: out of memory");
-        let n = cstr(name);
-        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16, table.as_ptr());
-        sys::nftnl_chain_set_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETCHAIN as u16,
-            family,
-            libc::NLM_F_ACK as u16,
-            seq,
-        );
-        sys::nftnl_chain_nlmsg_build_payload(hdr, c.as_ptr());
-        sys::nftnl_chain_free(c.as_ptr());
-    }
+fn in_table(name: &str) -> (String, String) {
+    (TABLE.to_string(), name.to_string())
 }
 
 /// Does plugnet's table exist?
 pub fn table_exists() -> io::Result<bool> {
-    get(|buf, seq| unsafe {
-        let t = NonNull::new(sys::nftnl_table_alloc()).expect("nftnl_table_alloc: out of memory");
-        let name = table_name();
-        sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETTABLE as u16,
-            NFPROTO_INET,
-            libc::NLM_F_ACK as u16,
-            seq,
-        );
-        sys::nftnl_table_nlmsg_build_payload(hdr, t.as_ptr());
-        sys::nftnl_table_free(t.as_ptr());
-    })
+    let body = NfTablesMessage::GetTable(TableMessage {
+        attributes: vec![TableAttribute::Name(TABLE.to_string())],
+    });
+    Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
+}
+
+fn get_chain(
+    family: NetfilterProtoFamily,
+    table: &str,
+    name: &str,
+) -> io::Result<Option<Vec<NfTablesMessage>>> {
+    let body = NfTablesMessage::GetChain(ChainMessage {
+        attributes: vec![
+            ChainAttribute::Table(table.to_string()),
+            ChainAttribute::Name(name.to_string()),
+        ],
+    });
+    get(family, body)
 }
 
 /// Does chain `name` exist in plugnet's table?
 pub fn chain_exists(name: &str) -> io::Result<bool> {
-    get(|buf, seq| build_getchain(buf, seq, NFPROTO_INET, &table_name(), name))
+    Ok(get_chain(NetfilterProtoFamily::Inet, TABLE, name)?.is_some())
 }
 
 /// Does set/map `name` exist in plugnet's table?
 pub fn set_exists(name: &str) -> io::Result<bool> {
-    get(|buf, seq| unsafe {
-        let st = NonNull::new(sys::nftnl_set_alloc()).expect("nftnl_set_alloc: out of memory");
-        let t = table_name();
-        let n = cstr(name);
-        sys::nftnl_set_set_str(st.as_ptr(), sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-        sys::nftnl_set_set_str(st.as_ptr(), sys::NFTNL_SET_NAME as u16, n.as_ptr());
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETSET as u16,
-            NFPROTO_INET,
-            libc::NLM_F_ACK as u16,
-            seq,
-        );
-        sys::nftnl_set_nlmsg_build_payload(hdr, st.as_ptr());
-        sys::nftnl_set_free(st.as_ptr());
-    })
+    let (table, name) = in_table(name);
+    let body = NfTablesMessage::GetSet(SetMessage {
+        attributes: vec![SetAttribute::Table(table), SetAttribute::Name(name)],
+    });
+    Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
 }
 
 /// Does element `key` exist in set/map `set`?
 pub fn elem_exists(set: &str, key: &[KeyVal]) -> io::Result<bool> {
-    let raw = RawSet::element(set, key, None, libc::NFT_MSG_GETSETELEM);
-    get(|buf, seq| unsafe {
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETSETELEM as u16,
-            NFPROTO_INET,
-            libc::NLM_F_ACK as u16,
-            seq,
-        );
-        sys::nftnl_set_elems_nlmsg_build_payload(hdr, raw.set.as_ptr());
-    })
+    let body = NfTablesMessage::GetSetElement(SetElementMessage {
+        attributes: element(set, key, None),
+    });
+    Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
 }
 
 const NF_DROP: u32 = 0;
-const MNL_CB_OK: libc::c_int = 1;
 
 /// What the policy of iptables-nft's `FORWARD` chain (table `filter`) in `family`
 /// (`NFPROTO_IPV4`, `NFPROTO_IPV6`) says: `Some(true)` drops, `Some(false)` accepts, `None`
@@ -904,33 +877,15 @@ pub fn iptables_forward_drops(family: u8) -> io::Result<Option<bool>> {
 /// Chain `name` of iptables-nft's `filter` table in `family`: `None` when it does not exist,
 /// else its policy (`None` for a chain without one, i.e. not a base chain).
 pub fn iptables_chain(family: u8, name: &str) -> io::Result<Option<Option<u32>>> {
-    let mut policy: Option<u32> = None;
-    let found = get_parsed(
-        |buf, seq| build_getchain(buf, seq, u16::from(family), &cstr("filter"), name),
-        chain_policy,
-        &mut policy,
-    )?;
-    Ok(found.then_some(policy))
-}
-
-/// `cb_run2` callback: the policy of the chain in `msg`, when it has one (base chains do).
-fn chain_policy(msg: &mnl::mnl_sys::libc::nlmsghdr, policy: &mut Option<u32>) -> libc::c_int {
-    // SAFETY: `msg` is a complete netlink message validated by `cb_run2`; the chain object is
-    // allocated, filled and freed here.
-    unsafe {
-        let Some(c) = NonNull::new(sys::nftnl_chain_alloc()) else {
-            return MNL_CB_OK;
-        };
-        let attr = sys::NFTNL_CHAIN_POLICY as u16;
-        if sys::nftnl_chain_nlmsg_parse(
-            (msg as *const mnl::mnl_sys::libc::nlmsghdr).cast(),
-            c.as_ptr(),
-        ) >= 0
-            && sys::nftnl_chain_is_set(c.as_ptr(), attr)
-        {
-            *policy = Some(sys::nftnl_chain_get_u32(c.as_ptr(), attr));
-        }
-        sys::nftnl_chain_free(c.as_ptr());
-    }
-    MNL_CB_OK
+    let Some(found) = get_chain(NetfilterProtoFamily::from(family), "filter", name)? else {
+        return Ok(None);
+    };
+    let policy = found.iter().find_map(|m| match m {
+        NfTablesMessage::NewChain(c) => c.attributes.iter().find_map(|a| match a {
+            ChainAttribute::Policy(p) => Some(*p),
+            _ => None,
+        }),
+        _ => None,
+    });
+    Ok(Some(policy))
 }
