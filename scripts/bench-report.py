@@ -160,6 +160,7 @@ md.append(f"Machine: {machine.get('cpus')} vCPU ({machine.get('cpu')}), "
           f"{cni.get('meta', {}).get('load_after')} (shared with other builds: read the ratios). "
           f"{machine.get('date')}, commit {machine.get('commit')}"
           f"{', --quick' if machine.get('quick') else ''}; "
+          f"plugins: {machine.get('plugins', 'target/release')} build (scripts/build-plugins.sh); "
           f"{cni.get('meta', {}).get('iterations')} sequential iterations, "
           f"{cni.get('meta', {}).get('rounds')} concurrency rounds; IPAM stores under {os.path.dirname(str(cni.get('meta', {}).get('store')))}.\n")
 md.append("| operation | plugnet median | p95 | peer | peer median | p95 | ratio |")

@@ -41,14 +41,18 @@ done
 echo "== build (release)"
 cargo build --release -q -p plugnet -p plugnet-shim -p plugnet-tests --bins
 B=$PWD/target/release
+# The CNI plugins as they ship: static (musl when its Rust target is installed, else glibc).
+P=$(scripts/build-plugins.sh)
+export PLUGNET_BIN_DIR=$P
 
 # The machine, for the table's header.
 {
-  printf '{"date":"%s","kernel":"%s","cpus":%s,"cpu":"%s","mem_kb":%s,"load_start":"%s","quick":%s,"commit":"%s"}\n' \
+  printf '{"date":"%s","kernel":"%s","cpus":%s,"cpu":"%s","mem_kb":%s,"load_start":"%s","quick":%s,"commit":"%s","plugins":"%s"}\n' \
     "$(date -u +%FT%TZ)" "$(uname -r)" "$(nproc)" \
     "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" \
     "$(awk '/MemTotal/ {print $2}' /proc/meminfo)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
-    "$([ -n "$QUICK" ] && echo true || echo false)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    "$([ -n "$QUICK" ] && echo true || echo false)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "static $(basename "$(dirname "$P")" | sed 's/x86_64-unknown-linux-//;s/gnu/glibc/')"
 } >"$OUT/machine.json"
 
 lap() { echo "   ($(($(date +%s) - T0)) s)"; }
@@ -72,7 +76,7 @@ fi
 lap
 if [ -n "$DOCKER" ] && command -v dockerd >/dev/null; then
   echo "== Docker: plugnet-shim vs builtin bridge (own dockerd)"
-  SHIM=$B/plugnet-shim PLUGNET_BIN=$B BENCH_JSON=$PWD/$OUT/docker.json \
+  SHIM=$B/plugnet-shim PLUGNET_BIN=$P BENCH_JSON=$PWD/$OUT/docker.json \
     tests/docker/shim-bench.sh "$([ -n "$QUICK" ] && echo 3 || echo 20)" >"$OUT/docker.txt" 2>&1 ||
     { echo "Docker section failed:"; tail -20 "$OUT/docker.txt"; }
 fi

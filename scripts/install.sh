@@ -10,7 +10,8 @@
 #   --with-conf         also install the example conflists from conf/ into /etc/cni/net.d
 #   --socket PATH       the shim listens on PATH instead of /run/docker/plugins/plugnet.sock;
 #                       a Docker plugin spec pointing at it is installed
-#   --no-build          use the binaries already in target/release
+#   --no-build          use the binaries already in target/release (else the plugins are
+#                       built static by scripts/build-plugins.sh, the shim with --release)
 #   --bin-dir DIR       take the binaries from DIR (e.g. target/debug); implies --no-build
 #   --uninstall         remove everything a previous install under the same prefix recorded
 set -euo pipefail
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --bin-dir) bin_dir=${2%/}; build=0; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,12 +51,15 @@ if [ "$uninstall" = 1 ]; then
   exit 0
 fi
 
+plugin_dir=$bin_dir
 if [ "$build" = 1 ]; then
-  cargo build --release --workspace --bins -q
+  cargo build --release -p plugnet-shim --bins -q
+  plugin_dir=$(scripts/build-plugins.sh) # static plugnet and plugnet-ipam
 fi
 for b in plugnet plugnet-ipam plugnet-shim; do
-  [ -x "$bin_dir/$b" ] || {
-    echo "install.sh: $bin_dir/$b missing: build it (cargo build --release --workspace --bins), or drop --no-build / fix --bin-dir" >&2
+  d=$bin_dir; [ "$b" = plugnet-shim ] || d=$plugin_dir
+  [ -x "$d/$b" ] || {
+    echo "install.sh: $d/$b missing: build it (cargo build --release --workspace --bins), or drop --no-build / fix --bin-dir" >&2
     exit 1
   }
 done
@@ -67,8 +71,8 @@ put() { # put SRC DEST MODE
   echo "$2" >> "$manifest.new"
   echo "installed $2"
 }
-put "$bin_dir/plugnet" "$prefix$cni_bin/plugnet" 0755
-put "$bin_dir/plugnet-ipam" "$prefix$cni_bin/plugnet-ipam" 0755
+put "$plugin_dir/plugnet" "$prefix$cni_bin/plugnet" 0755
+put "$plugin_dir/plugnet-ipam" "$prefix$cni_bin/plugnet-ipam" 0755
 put "$bin_dir/plugnet-shim" "$prefix/usr/local/bin/plugnet-shim" 0755
 unit=$(mktemp)
 sed "s|--cni-path /opt/cni/bin|--cni-path $cni_bin|" conf/plugnet-shim.service > "$unit"

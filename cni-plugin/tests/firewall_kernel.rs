@@ -661,7 +661,10 @@ fn forward_drop_policy_of_iptables_nft_is_seen() {
     let may_drop = |t: &Topo| on_host(t, || plugnet::firewall::host_forward_may_drop(true, false));
     assert!(!may_drop(&t), "a fresh namespace has no FORWARD chain");
     t.host.out("iptables -P FORWARD DROP");
-    assert!(may_drop(&t), "FORWARD policy DROP (as dockerd sets it) must be seen");
+    assert!(
+        may_drop(&t),
+        "FORWARD policy DROP (as dockerd sets it) must be seen"
+    );
     t.host.out("iptables -P FORWARD ACCEPT");
     assert!(!may_drop(&t), "FORWARD policy ACCEPT drops nothing");
 }

@@ -95,11 +95,13 @@ fn main() {
         .split(',')
         .map(|s| s.parse().expect("level"))
         .collect();
-    let bin_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    // PLUGNET_BIN_DIR (as scripts/bench.sh sets it: the static plugins), else next to this.
+    let bin_dir = std::env::var_os("PLUGNET_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().to_path_buf()
+        });
     let plugnet = bin_dir.join("plugnet-ipam");
     let host_local = PathBuf::from("/usr/lib/cni/host-local");
     assert!(host_local.is_file(), "install containernetworking-plugins");
