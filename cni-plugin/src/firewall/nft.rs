@@ -725,7 +725,7 @@ fn set_definition(def: &SetDef) -> Vec<SetAttribute> {
         SetData::None => {}
         SetData::Verdict => {
             attrs.push(SetAttribute::Flags(SetFlags::Map));
-            attrs.push(SetAttribute::DataType(libc::NFT_DATA_VERDICT as u32));
+            attrs.push(SetAttribute::DataType(libc::NFT_DATA_VERDICT));
         }
         SetData::Value(fields) => {
             attrs.push(SetAttribute::Flags(SetFlags::Map));
