@@ -817,10 +817,6 @@ fn get(
     })
 }
 
-fn in_table(name: &str) -> (String, String) {
-    (TABLE.to_string(), name.to_string())
-}
-
 /// Does plugnet's table exist?
 pub fn table_exists() -> io::Result<bool> {
     let body = NfTablesMessage::GetTable(TableMessage {
@@ -850,9 +846,11 @@ pub fn chain_exists(name: &str) -> io::Result<bool> {
 
 /// Does set/map `name` exist in plugnet's table?
 pub fn set_exists(name: &str) -> io::Result<bool> {
-    let (table, name) = in_table(name);
     let body = NfTablesMessage::GetSet(SetMessage {
-        attributes: vec![SetAttribute::Table(table), SetAttribute::Name(name)],
+        attributes: vec![
+            SetAttribute::Table(TABLE.to_string()),
+            SetAttribute::Name(name.to_string()),
+        ],
     });
     Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
 }
