@@ -42,10 +42,15 @@ cargo test --workspace --lib --bins 2>&1 | tee -a "$log"
 cargo test --workspace --tests "$@" 2>&1 | tee -a "$log"
 if [ $# -eq 0 ]; then
   # The plugins as they ship: static (scripts/build-plugins.sh), under the black-box bridge,
-  # features and routed tests again.
-  static_dir=$(scripts/build-plugins.sh)
-  PLUGNET_BIN_DIR=$static_dir cargo test -p plugnet-tests --test bridge --test features \
-    --test routed 2>&1 | tee -a "$log"
+  # features and routed tests again; glibc always (what a machine without rustup's musl
+  # target builds), musl too where that target is installed.
+  libcs=glibc
+  rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl && libcs="glibc musl"
+  for libc in $libcs; do
+    static_dir=$(PLUGNET_STATIC=$libc scripts/build-plugins.sh)
+    PLUGNET_BIN_DIR=$static_dir cargo test -p plugnet-tests --test bridge --test features \
+      --test routed 2>&1 | tee -a "$log"
+  done
 fi
 
 # plugnet-shim against a real dockerd of its own (tests/docker/shim-e2e.sh). Mode 2 runs the
