@@ -598,3 +598,61 @@ fn held_bridge_keeps_its_host_firewall_rules_between_containers() {
     }
     w.host.ns.sh(&["iptables", "-P", "FORWARD", "ACCEPT"]);
 }
+
+#[test]
+fn forward_drop_without_iptables_binaries_is_a_clear_error_and_leaves_nothing() {
+    need_root();
+    let w = World::new("noipt", 8);
+    // An iptables-style filter table whose FORWARD drops, made with nft (an nftables-only
+    // host, or one whose iptables binaries were removed).
+    w.host.ns.sh(&["nft", "add table ip filter"]);
+    w.host.ns.sh(&[
+        "nft",
+        "add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }",
+    ]);
+    let conf = w.conf(json!({}));
+    let ctr = w.host.container();
+    let att = Att::new("pnx-noipt-1", &ctr.path(), "eth0");
+    let mut c = Command::new(plugnet());
+    c.env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &att.id)
+        .env("CNI_NETNS", &att.netns)
+        .env("CNI_IFNAME", &att.ifname)
+        .env("CNI_PATH", cni_path())
+        .env("PATH", "/nonexistent-pnx") // no iptables, no iptables-restore
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = w.host.spawn_in(c, &serde_json::to_vec(&conf).unwrap());
+    assert_eq!(out.code, 1, "{out:?}");
+    let err: Value = serde_json::from_str(&out.stdout).expect("a CNI error on stdout");
+    let msg = err["msg"].as_str().unwrap_or_default().to_string()
+        + " "
+        + err["details"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("ip filter FORWARD") && msg.contains("iptables") && msg.contains("pnxbr8"),
+        "the error names the chain, the missing tool and the bridge: {err}"
+    );
+    assert!(
+        w.host.plugnet_veths().is_empty(),
+        "veth left after the failed ADD"
+    );
+    assert!(
+        w.host.leases("pnxnet8").is_empty(),
+        "address left after the failed ADD"
+    );
+    // With the tools there, the same ADD works and the bridge gets its accept rules.
+    let (c1, a1, _) = w.add(&conf, "pnx-noipt-2");
+    let (_c2, a2, r2) = w.add(&conf, "pnx-noipt-3");
+    assert!(
+        c1.ping(&ip_of(&r2)),
+        "c1 -> c2 through the FORWARD DROP chain"
+    );
+    let rules = w.host.ns.sh(&["iptables", "-S"]);
+    assert!(rules.contains("-i pnxbr8 -o pnxbr8"), "{rules}");
+    eprintln!("refused without iptables: {msg}");
+    w.del(&conf, &a2);
+    w.del(&conf, &a1);
+    w.host.ns.sh(&["nft", "delete table ip filter"]);
+    w.assert_clean();
+}

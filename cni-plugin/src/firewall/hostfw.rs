@@ -223,8 +223,9 @@ fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), Fire
         .output()
     {
         Ok(o) => o,
-        // No iptables at all: nothing there can drop our traffic.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return missing_tools(family, bridges)
+        }
         Err(e) => return Err(FirewallError::HostFirewall(format!("run {list}: {e}"))),
     };
     if !out.status.success() {
@@ -243,6 +244,31 @@ fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), Fire
         return Ok(());
     };
     run_restore(restore, list, &input)
+}
+
+/// No `iptables` binaries. Usually nothing iptables-made is there to drop our traffic; but an
+/// iptables-style `filter` table can exist without them (made with `nft`, or the binaries
+/// removed), and when its FORWARD path would drop the bridges' traffic the caller gets an
+/// error naming what is missing, not a bridge silently cut off.
+fn missing_tools(family: Family, bridges: &[String]) -> Result<(), FirewallError> {
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    match observed_via_netlink(family) {
+        Some(o) if o.forward_drops || o.docker_user => {}
+        _ => return Ok(()),
+    }
+    let (list, restore) = family.tools();
+    let table = match family {
+        Family::V4 => "ip filter",
+        Family::V6 => "ip6 filter",
+    };
+    Err(FirewallError::HostFirewall(format!(
+        "the host's {table} FORWARD chain would drop the traffic of bridge(s) {}, and \
+         {list}/{restore} are not installed to add plugnet's accept rules there: install \
+         iptables (its nft backend), or accept that traffic in the host's ruleset",
+        bridges.join(", ")
+    )))
 }
 
 /// `iptables -S` of the filter table (IPv4); `None` when there is no iptables.
