@@ -246,11 +246,8 @@ fn firewall_command(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
-    use crate::firewall::{Firewall, Options, DEFAULT_STATE_DIR};
-    let fw = Firewall::new(Options {
-        state_dir: state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
-        ..Options::default()
-    });
+    use crate::firewall::{Firewall, DEFAULT_STATE_DIR};
+    let fw = Firewall::at(state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)));
     let out = match command {
         FirewallCommand::Reload => fw
             .reload()

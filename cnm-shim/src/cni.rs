@@ -245,10 +245,7 @@ impl CniBackend for RealBackend {
     }
 
     fn hold_bridge(&self, state_dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
-        let fw = plugnet::firewall::Firewall::new(plugnet::firewall::Options {
-            state_dir: state_dir.to_path_buf(),
-            ..plugnet::firewall::Options::default()
-        });
+        let fw = plugnet::firewall::Firewall::at(state_dir);
         if on {
             fw.hold(bridge, holder)?;
         } else {

@@ -103,10 +103,7 @@ impl Features {
     }
 
     pub fn firewall(&self) -> Firewall {
-        Firewall::new(firewall::Options {
-            state_dir: self.state_dir.clone(),
-            ..firewall::Options::default()
-        })
+        Firewall::at(&self.state_dir)
     }
 
     /// The firewall's view of the attachment, from the (final or previous) result's addresses

@@ -135,6 +135,15 @@ pub struct Firewall {
 }
 
 impl Firewall {
+    /// The firewall whose state lives in `state_dir`, with the default options otherwise (the
+    /// plugin, the CLI and plugnet-shim all use these).
+    pub fn at(state_dir: impl Into<PathBuf>) -> Firewall {
+        Firewall::new(Options {
+            state_dir: state_dir.into(),
+            ..Options::default()
+        })
+    }
+
     pub fn new(opts: Options) -> Firewall {
         let store = Store::new(opts.state_dir.clone());
         Firewall { opts, store }
@@ -774,18 +783,10 @@ pub fn repair(state_dir: impl Into<PathBuf>) -> Result<Option<ReloadReport>, Fir
     if !state_dir.exists() {
         return Ok(None);
     }
-    Firewall::new(Options {
-        state_dir,
-        ..Options::default()
-    })
-    .repair()
+    Firewall::at(state_dir).repair()
 }
 
 /// [`Firewall::reload`] over `state_dir`.
 pub fn reload(state_dir: impl Into<PathBuf>) -> Result<ReloadReport, FirewallError> {
-    Firewall::new(Options {
-        state_dir: state_dir.into(),
-        ..Options::default()
-    })
-    .reload()
+    Firewall::at(state_dir).reload()
 }
