@@ -142,18 +142,52 @@ impl Family {
             Family::V6 => ("ip6tables", "ip6tables-restore"),
         }
     }
+
+    fn nfproto(self) -> u8 {
+        (match self {
+            Family::V4 => libc::NFPROTO_IPV4,
+            Family::V6 => libc::NFPROTO_IPV6,
+        }) as u8
+    }
+
+    /// Whether iptables-legacy's `filter` table of this family is loaded (one small /proc
+    /// read): its rules and policy are not visible over nf_tables netlink.
+    fn legacy_filter_loaded(self) -> bool {
+        let names = match self {
+            Family::V4 => "/proc/net/ip_tables_names",
+            Family::V6 => "/proc/net/ip6_tables_names",
+        };
+        std::fs::read_to_string(names).is_ok_and(|s| s.lines().any(|l| l.trim() == "filter"))
+    }
+}
+
+/// Whether the host's iptables may drop forwarded plugnet traffic of the families asked
+/// about (`v4`, `v6`), so that even an attachment using no firewall feature needs its
+/// bridge's accept rules: the FORWARD policy of iptables-nft's `filter` table is DROP (Docker
+/// sets it), or the legacy `filter` table of that family is loaded (its policy is not visible
+/// without running `iptables`, so assume it may; [`sync`] then looks and adds nothing if not
+/// needed). Cheap: one small /proc read and one netlink request per family; any error counts
+/// as "no".
+pub fn forward_may_drop(v4: bool, v6: bool) -> bool {
+    [(v4, Family::V4), (v6, Family::V6)]
+        .into_iter()
+        .filter(|(asked, _)| *asked)
+        .any(|(_, family)| {
+            family.legacy_filter_loaded()
+                || matches!(
+                    super::nft::iptables_forward_drops(family.nfproto()),
+                    Ok(Some(true))
+                )
+        })
 }
 
 /// The filter table as nf_tables shows it, when iptables-nft manages it alone (no legacy
 /// `filter` table loaded: then the host's `iptables` may be either backend). `None`: unknown.
 fn observed_via_netlink(family: Family) -> Option<Observed> {
-    let (nfproto, legacy) = match family {
-        Family::V4 => (libc::NFPROTO_IPV4 as u8, "/proc/net/ip_tables_names"),
-        Family::V6 => (libc::NFPROTO_IPV6 as u8, "/proc/net/ip6_tables_names"),
-    };
-    if std::fs::read_to_string(legacy).is_ok_and(|s| s.lines().any(|l| l.trim() == "filter")) {
+    if family.legacy_filter_loaded() {
         return None;
     }
+    let nfproto = family.nfproto();
     let chain = |name: &str| super::nft::iptables_chain(nfproto, name).ok();
     let forward = chain("FORWARD")??;
     let docker_user = chain("DOCKER-USER")?.is_some();

@@ -26,6 +26,7 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
+pub use hostfw::forward_may_drop as host_forward_may_drop;
 pub use types::{
     Attachment, IcmpMatch, NetOut, NetOutDefault, NetOutProtocol, NetOutRule, NetRange,
     PortMapping, PortRange, Protocol,
@@ -754,26 +755,6 @@ pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<(), Fir
 /// [`Firewall::check`] with default options.
 pub fn check(att: &Attachment) -> Result<(), FirewallError> {
     Firewall::new(Options::default()).check(att)
-}
-
-/// Whether the host's iptables may drop forwarded plugnet traffic of the families asked
-/// about (`v4`, `v6`), so that even an attachment using no firewall feature needs its
-/// bridge's accept rules (see `hostfw`): the FORWARD policy of iptables-nft's `filter` table
-/// is DROP (Docker sets it), or the legacy `filter` table of that family is loaded (its policy
-/// is not visible without running `iptables`, so assume it may; `hostfw` then looks and adds
-/// nothing if not needed). Cheap: one small /proc read and one netlink request per family;
-/// any error counts as "no".
-pub fn host_forward_may_drop(v4: bool, v6: bool) -> bool {
-    [
-        (v4, libc::NFPROTO_IPV4, "/proc/net/ip_tables_names"),
-        (v6, libc::NFPROTO_IPV6, "/proc/net/ip6_tables_names"),
-    ]
-    .into_iter()
-    .filter(|(asked, ..)| *asked)
-    .any(|(_, family, legacy)| {
-        fs::read_to_string(legacy).is_ok_and(|s| s.lines().any(|l| l.trim() == "filter"))
-            || matches!(nft::iptables_forward_drops(family as u8), Ok(Some(true)))
-    })
 }
 
 /// [`Firewall::repair`] over `state_dir` (default options otherwise); `Ok(None)` also when
