@@ -350,13 +350,10 @@ impl<B: CniBackend> Driver<B> {
         if rec.mode != Mode::Derived || plugin["type"] != "plugnet" {
             return;
         }
-        let dir = plugin["firewallStateDir"]
-            .as_str()
-            .unwrap_or(plugnet::firewall::DEFAULT_STATE_DIR);
         let holder = format!("docker-network.{}", short(&rec.id));
         if let Err(e) = self
             .backend
-            .hold_bridge(std::path::Path::new(dir), bridge, &holder, on)
+            .hold_bridge(&firewall_state_dir(plugin), bridge, &holder, on)
         {
             warn!(network = %short(&rec.id), bridge, "host firewall hold ({on}): {e:#}");
         }
@@ -785,10 +782,7 @@ impl<B: CniBackend> Driver<B> {
         for list in lists {
             for p in list["plugins"].as_array().into_iter().flatten() {
                 if p["type"] == "plugnet" {
-                    let dir = p["firewallStateDir"]
-                        .as_str()
-                        .unwrap_or(plugnet::firewall::DEFAULT_STATE_DIR);
-                    dirs.insert(PathBuf::from(dir));
+                    dirs.insert(firewall_state_dir(p));
                 }
             }
         }
@@ -889,4 +883,14 @@ fn find_pool(st: &State, pool: &IpNetwork) -> Option<String> {
         .collect();
     ids.sort();
     ids.first().map(|s| s.to_string())
+}
+
+/// The firewall state dir of a plugnet plugin config (`firewallStateDir`, else plugnet's
+/// default).
+fn firewall_state_dir(plugin: &Value) -> PathBuf {
+    PathBuf::from(
+        plugin["firewallStateDir"]
+            .as_str()
+            .unwrap_or(plugnet::firewall::DEFAULT_STATE_DIR),
+    )
 }

@@ -82,13 +82,7 @@ impl Store {
     /// or vanishes with no partial state.
     pub fn held_bridges(&self) -> io::Result<std::collections::BTreeSet<String>> {
         let mut out = std::collections::BTreeSet::new();
-        let rd = match fs::read_dir(self.holds_dir()) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for ent in rd {
-            let name = ent?.file_name().to_string_lossy().into_owned();
+        for name in entry_names(&self.holds_dir())? {
             if let Some((bridge, _)) = name.rsplit_once('@') {
                 if !name.starts_with('.') {
                     out.insert(bridge.to_string());
@@ -225,13 +219,7 @@ impl Store {
     /// Every recorded attachment with its key, sorted by key.
     pub fn all_attachments(&self) -> io::Result<Vec<(String, Attachment)>> {
         let mut out = Vec::new();
-        let rd = match fs::read_dir(self.attachments_dir()) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for ent in rd {
-            let name = ent?.file_name().to_string_lossy().into_owned();
+        for name in entry_names(&self.attachments_dir())? {
             if let Some(key) = name.strip_suffix(".json") {
                 if let Some(a) = self.load_attachment(key)? {
                     out.push((key.to_string(), a));
@@ -241,6 +229,17 @@ impl Store {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// The names of `dir`'s entries; none when `dir` does not exist (nothing recorded yet).
+fn entry_names(dir: &Path) -> io::Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    rd.map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect()
 }
 
 fn check_version(v: u32) -> io::Result<()> {
