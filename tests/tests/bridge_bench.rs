@@ -11,7 +11,7 @@ mod bridge_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bridge_support::*;
@@ -138,17 +138,9 @@ fn concurrent(host: &Host, label: &str, bin: &Path, conf: &Value, n: usize) -> (
     let ctr = host.container();
     let rss = handle
         .run(|| {
-            let mut child = Command::new("/usr/bin/time")
-                .args(["-f", "%M"])
-                .arg(bin)
-                .env("CNI_COMMAND", "ADD")
-                .env("CNI_CONTAINERID", "rss")
-                .env("CNI_NETNS", ctr.path())
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", cni_path())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+            let mut time = Command::new("/usr/bin/time");
+            time.args(["-f", "%M"]).arg(bin);
+            let mut child = cni_env(&mut time, "ADD", "rss", &ctr.path())
                 .spawn()
                 .unwrap();
             child.stdin.take().unwrap().write_all(&conf_bytes).unwrap();

@@ -377,15 +377,7 @@ impl Chain<'_> {
 /// the process took, spawn to exit.
 pub fn invoke_timed(bin: &Path, cmd: &str, conf: &[u8], id: &str, netns: &str) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new(bin)
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = cni_env(&mut Command::new(bin), cmd, id, netns)
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(conf).unwrap();
@@ -393,6 +385,19 @@ pub fn invoke_timed(bin: &Path, cmd: &str, conf: &[u8], id: &str, netns: &str) -
     let took = start.elapsed();
     assert!(out.status.success(), "{} {cmd}: {out:?}", bin.display());
     took
+}
+
+/// `c` set up as a runtime calls a plugin: `CNI_COMMAND=cmd` for container `id` in `netns`
+/// (ifname eth0), stdio piped. `c` may be the plugin or a wrapper such as `/usr/bin/time`.
+pub fn cni_env<'c>(c: &'c mut Command, cmd: &str, id: &str, netns: &str) -> &'c mut Command {
+    c.env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
 }
 
 /// The median of `v`, in milliseconds.
