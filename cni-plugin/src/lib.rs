@@ -11,6 +11,7 @@
 //! - [`ops`]: day-two operations (`plugnet ipam ls|release`, `plugnet gc`); [`log`]: plugin logging.
 //! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
 //! - [`tc`]: bandwidth shaping policy (tbf, ifb) over the netlink vocabulary.
+//! - [`heap`]: the allocator the plugin executables run on.
 
 pub mod args;
 pub mod bridge;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod error;
 pub mod firewall;
 pub mod fsutil;
+pub mod heap;
 pub mod invoke;
 pub mod ipam;
 pub mod libcni;

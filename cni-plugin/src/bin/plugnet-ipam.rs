@@ -5,6 +5,9 @@ use plugnet::log::Logged;
 use plugnet::skel::{self, Env, OsEnv};
 use plugnet::version::SUPPORTED;
 
+#[global_allocator]
+static HEAP: plugnet::heap::Heap = plugnet::heap::new();
+
 fn main() {
     let arg = std::env::args().nth(1);
     if matches!(arg.as_deref(), Some("--version" | "-V")) {

@@ -5,6 +5,9 @@ use plugnet::bridge::BridgePlugin;
 use plugnet::log::Logged;
 use plugnet::skel::{self, Env, OsEnv};
 
+#[global_allocator]
+static HEAP: plugnet::heap::Heap = plugnet::heap::new();
+
 fn main() {
     if OsEnv.var("CNI_COMMAND").is_none() {
         std::process::exit(plugnet::cli::main(std::env::args().collect()));

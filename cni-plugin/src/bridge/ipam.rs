@@ -4,18 +4,31 @@
 use crate::bridge::config::IpamKind;
 use crate::error::CniError;
 use crate::invoke::{self, Exec};
-use crate::ipam;
+use crate::ipam::{self, Durable};
 use crate::skel::{Command, Request};
 use crate::types::CniResult;
 
-/// ADD: the addresses, routes and DNS for the attachment (empty result for L2-only networks).
-pub fn add(exec: &dyn Exec, kind: &IpamKind, req: &Request) -> Result<CniResult, CniError> {
+/// ADD: the addresses, routes and DNS for the attachment (empty result for L2-only networks),
+/// and what makes them durable. In-process the fsync of the store runs on a thread while the
+/// caller builds the interfaces; the caller answers only after [`Durable::wait`]. A delegated
+/// plugin's addresses are durable when it answered.
+pub fn add(
+    exec: &dyn Exec,
+    kind: &IpamKind,
+    req: &Request,
+) -> Result<(CniResult, Option<Durable>), CniError> {
     match kind {
-        IpamKind::None => Ok(CniResult::default()),
-        IpamKind::InProcess => ipam::add(req),
+        IpamKind::None => Ok((CniResult::default(), None)),
+        IpamKind::InProcess => ipam::add_deferred(req).map(|(r, d)| (r, Some(d))),
         IpamKind::Delegate(t) => invoke::delegate(exec, t, Command::Add, req)?
+            .map(|r| (r, None))
             .ok_or_else(|| CniError::internal(format!("IPAM plugin {t} returned no result"))),
     }
+}
+
+/// Waits for an ADD's addresses to be durable (see [`add`]).
+pub fn durable(pending: Option<Durable>) -> Result<(), CniError> {
+    pending.map_or(Ok(()), Durable::wait)
 }
 
 /// Runs a command that returns nothing (DEL, CHECK, STATUS, GC) on the IPAM.

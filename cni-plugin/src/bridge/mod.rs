@@ -148,7 +148,7 @@ async fn add_steps(
 ) -> Result<CniResult, CniError> {
     let br = setup::bridge(conf, host).await?;
 
-    let mut result = ipam::add(exec, &conf.ipam, req)?;
+    let (mut result, durable) = ipam::add(exec, &conf.ipam, req)?;
     undo.release_ipam();
     setup::fill_gateways(conf, &mut result)?;
 
@@ -171,6 +171,7 @@ async fn add_steps(
     feats
         .apply(conf, req, host, &host_name, &result, undo)
         .await?;
+    ipam::durable(durable)?;
     Ok(result)
 }
 

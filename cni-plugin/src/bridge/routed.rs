@@ -122,7 +122,7 @@ pub(super) async fn add_steps(
     host: &Netlink,
     undo: &mut Undo,
 ) -> Result<CniResult, CniError> {
-    let from_ipam = ipam::add(exec, &conf.ipam, req)?;
+    let (from_ipam, durable) = ipam::add(exec, &conf.ipam, req)?;
     undo.release_ipam();
     if from_ipam.ips.is_empty() {
         return Err(CniError::new(
@@ -176,6 +176,7 @@ pub(super) async fn add_steps(
     feats
         .apply(conf, req, host, &host_name, &result, undo)
         .await?;
+    ipam::durable(durable)?;
     Ok(result)
 }
 

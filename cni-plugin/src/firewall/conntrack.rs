@@ -70,7 +70,7 @@ fn dump_on(sock: &super::nft::NfSocket, family: u8, ports: &[u16]) -> io::Result
         family,
         &[],
     ))?;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = super::nft::recv_buf();
     let mut out = Vec::new();
     loop {
         let n = sock.recv(&mut buf)?;

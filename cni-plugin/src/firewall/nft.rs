@@ -79,21 +79,26 @@ impl NfSocket {
         Ok(())
     }
 
-    /// Receives one datagram (blocking).
-    pub(super) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.recv(&mut &mut buf[..], 0)
+    /// Receives one datagram (blocking) into `buf`, replacing its contents; returns its
+    /// length. `buf`'s capacity is the most it takes ([`recv_buf`]): the kernel writes into
+    /// spare capacity, so no page of the buffer is touched beyond what arrives.
+    pub(super) fn recv(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.clear();
+        self.sock.recv(buf, 0)?;
+        Ok(buf.len())
     }
 
-    fn recv_nowait(&self, buf: &mut [u8]) -> Option<usize> {
-        match self.sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
-            Ok(n) if n > 0 => Some(n),
+    fn recv_nowait(&self, buf: &mut Vec<u8>) -> Option<usize> {
+        buf.clear();
+        match self.sock.recv(buf, libc::MSG_DONTWAIT) {
+            Ok(_) if !buf.is_empty() => Some(buf.len()),
             _ => None,
         }
     }
 
     /// Waits for the ack of request `seq`: `Ok` or the errno the kernel answered.
     pub(super) fn ack(&self, seq: u32) -> io::Result<()> {
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut buf = recv_buf();
         loop {
             let n = self.recv(&mut buf)?;
             for (s, err) in parse_acks(&buf[..n]) {
@@ -107,6 +112,11 @@ impl NfSocket {
             }
         }
     }
+}
+
+/// A receive buffer for [`NfSocket::recv`]: capacity only, nothing zeroed or touched.
+pub(super) fn recv_buf() -> Vec<u8> {
+    Vec::with_capacity(RECV_BUF)
 }
 
 thread_local! {
@@ -131,7 +141,7 @@ pub(super) fn with_socket<T>(f: impl FnOnce(&NfSocket) -> io::Result<T>) -> io::
             *c = Some((ns, NfSocket::open()?));
         }
         let sock = &c.as_ref().expect("just set").1;
-        let mut scratch = vec![0u8; 8192];
+        let mut scratch = Vec::with_capacity(8192);
         while sock.recv_nowait(&mut scratch).is_some() {}
         let r = f(sock);
         if r.is_err() {
@@ -176,7 +186,7 @@ pub fn run(ops: &[Op]) -> Result<(), NftError> {
     let first_err = with_socket(|sock| {
         send_batch(sock, &batch, ops.len() + 2)?;
         let total = ops.len() + 2;
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut buf = recv_buf();
         let mut acked = 0usize;
         let mut first_err: Option<(u32, i32)> = None;
         while acked < total {
@@ -786,7 +796,7 @@ fn get(
     put(&mut req, family, 0, body, NLM_F_ACK, SEQ);
     with_socket(|sock| {
         sock.send(&req)?;
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut buf = recv_buf();
         let mut found = Vec::new();
         loop {
             let n = sock.recv(&mut buf)?;

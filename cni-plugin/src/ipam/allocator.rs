@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
 
-fn store_err(step: &str) -> impl Fn(io::Error) -> CniError + '_ {
+pub(crate) fn store_err(step: &str) -> impl Fn(io::Error) -> CniError + '_ {
     move |e| CniError::io(format!("ipam store: {step}: {e}"))
 }
 
@@ -87,12 +87,23 @@ pub fn allocate<S: Store>(
     requested: &[IpAddr],
     hold: Hold,
 ) -> Result<Vec<IpConfig>, CniError> {
-    let _guard = store.lock().map_err(store_err("lock"))?;
-    let result = allocate_locked(store, ranges, owner, requested, hold);
-    drop(_guard);
-    let ips = result?;
+    let ips = allocate_unsynced(store, ranges, owner, requested, hold)?;
     store.sync().map_err(store_err("sync"))?;
     Ok(ips)
+}
+
+/// [`allocate`] without its final `sync`: the addresses are taken and every other caller sees
+/// them (the lock is released), but they are not durable yet. The caller syncs the store
+/// before it reports success (`ipam::add_deferred` does it on a thread, beside other work).
+pub fn allocate_unsynced<S: Store>(
+    store: &S,
+    ranges: &[RangeSet],
+    owner: &Owner,
+    requested: &[IpAddr],
+    hold: Hold,
+) -> Result<Vec<IpConfig>, CniError> {
+    let _guard = store.lock().map_err(store_err("lock"))?;
+    allocate_locked(store, ranges, owner, requested, hold)
 }
 
 fn allocate_locked<S: Store>(

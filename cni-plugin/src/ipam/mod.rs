@@ -49,21 +49,88 @@ fn owner_of(req: &Request) -> Owner {
 
 /// ADD: allocate (or adopt a reservation) for the request's (container id, ifname).
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
+    let (result, store) = take(req)?;
+    store
+        .sync_dirs(true)
+        .map_err(allocator::store_err("sync"))?;
+    Ok(result)
+}
+
+/// [`add`] for a caller with more work to do before it answers (the bridge plugin): returns
+/// once the addresses are taken, while their directories are fsynced on a thread. The caller
+/// reports success only after [`Durable::wait`] did.
+pub fn add_deferred(req: &Request) -> Result<(CniResult, Durable), CniError> {
+    let (result, store) = take(req)?;
+    Ok((result, Durable::start(store)))
+}
+
+fn take(req: &Request) -> Result<(CniResult, FileStore), CniError> {
     let cfg = IpamConfig::from_request(&req.raw, req.args.get("IP"))?;
     let store = open(&cfg.data_dir, &req.config.name, true)?.expect("created");
-    let ips = allocator::allocate(
+    let ips = allocator::allocate_unsynced(
         &store,
         &cfg.ranges,
         &owner_of(req),
         &cfg.requested,
         Hold::Attached,
     )?;
-    Ok(CniResult {
+    let result = CniResult {
         interfaces: Vec::new(),
         ips,
         routes: cfg.routes,
         dns: cfg.dns,
-    })
+    };
+    Ok((result, store))
+}
+
+/// An allocation on its way to disk (see [`add_deferred`]). Dropping it waits too, so the
+/// fsync never outlives the request, whatever path the caller leaves by.
+pub struct Durable {
+    state: Option<Syncing>,
+}
+
+enum Syncing {
+    Thread(std::thread::JoinHandle<std::io::Result<()>>),
+    /// No thread could be had (a process limit): the fsyncs ran inline; their outcome.
+    Done(std::io::Result<()>),
+}
+
+impl Durable {
+    fn start(store: FileStore) -> Durable {
+        let dirs = store.take_dirty();
+        let fallback = dirs.clone();
+        let state = match std::thread::Builder::new()
+            .name("plugnet-fsync".into())
+            .stack_size(64 * 1024)
+            .spawn(move || store::sync_paths(&dirs, false))
+        {
+            Ok(h) => Syncing::Thread(h),
+            Err(_) => Syncing::Done(store::sync_paths(&fallback, false)),
+        };
+        Durable { state: Some(state) }
+    }
+
+    /// Blocks until the addresses are durable.
+    pub fn wait(mut self) -> Result<(), CniError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), CniError> {
+        let outcome = match self.state.take() {
+            None => return Ok(()),
+            Some(Syncing::Done(r)) => r,
+            Some(Syncing::Thread(h)) => h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked"))),
+        };
+        outcome.map_err(allocator::store_err("sync"))
+    }
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
 }
 
 /// DEL: release everything the attachment holds; unknown attachments are success.
@@ -211,5 +278,48 @@ pub fn records(data_dir: &Path, network: &str) -> Result<Vec<Record>, CniError> 
         Some(store) => store::Store::records(&store)
             .map_err(|e| CniError::io(format!("ipam store: list records: {e}"))),
         None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::config::tests::request;
+    use crate::ipam::store::Store;
+    use serde_json::json;
+
+    fn conf(dir: &Path) -> Value {
+        json!({"cniVersion": "1.0.0", "name": "pnd-net", "type": "plugnet",
+               "ipam": {"type": "plugnet-ipam", "dataDir": dir,
+                        "ranges": [[{"subnet": "10.77.0.0/24"}]]}})
+    }
+
+    #[test]
+    fn a_deferred_add_holds_its_address_before_and_after_the_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let req = request(conf(tmp.path()), "");
+        let (result, durable) = add_deferred(&req).unwrap();
+        let ip = result.ips[0].address.ip();
+        // Visible to everyone at once: the lock is already released.
+        let store = open(tmp.path(), "pnd-net", false).unwrap().unwrap();
+        assert_eq!(store.holder(ip).unwrap(), Some(owner_of(&req)));
+        durable.wait().unwrap();
+        // A second ADD of the same attachment is refused, as after a synchronous one.
+        assert!(add(&req).is_err());
+        del(&req).unwrap();
+        assert_eq!(store.holder(ip).unwrap(), None);
+    }
+
+    #[test]
+    fn dropping_waits_and_a_failed_fsync_is_what_wait_reports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let req = request(conf(tmp.path()), "");
+        let (_, durable) = add_deferred(&req).unwrap();
+        drop(durable);
+        let store = open(tmp.path(), "pnd-net", false).unwrap().unwrap();
+        store.mark_all_dirty_for_test();
+        std::fs::remove_dir_all(tmp.path().join("pnd-net/owner")).unwrap();
+        let err = Durable::start(store).wait().unwrap_err();
+        assert!(err.msg.contains("ipam store: sync"), "{}", err.msg);
     }
 }

@@ -225,8 +225,14 @@ impl FileStore {
     fn replace_link(&self, path: &Path, target: &str) -> io::Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        symlink(target, &tmp)?;
+        if let Err(e) = symlink(target, &tmp) {
+            // Left by a killed writer that had this pid: it is ours to replace.
+            if e.kind() != ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            fs::remove_file(&tmp)?;
+            symlink(target, &tmp)?;
+        }
         fs::rename(&tmp, path)
     }
 
@@ -387,33 +393,58 @@ impl Store for FileStore {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.sync_dirs(true)
+    }
+}
+
+impl FileStore {
+    /// Fsyncs the directories changed since the last sync: at once (one thread per extra
+    /// directory) when `parallel`, else one after another.
+    pub fn sync_dirs(&self, parallel: bool) -> io::Result<()> {
+        sync_paths(&self.take_dirty(), parallel)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn mark_all_dirty_for_test(&self) {
+        self.mark(DIRTY_IP | DIRTY_OWNER | DIRTY_TOP);
+    }
+
+    /// The directories changed since the last sync, which now count as clean: the caller
+    /// fsyncs them ([`sync_paths`]) before it reports success.
+    pub fn take_dirty(&self) -> Vec<PathBuf> {
         let dirty = self.dirty.replace(0);
-        let dirs: Vec<&Path> = [
+        [
             (DIRTY_OWNER, &self.owner_dir),
             (DIRTY_IP, &self.ip_dir),
             (DIRTY_TOP, &self.dir),
         ]
         .into_iter()
         .filter(|(bit, _)| dirty & bit != 0)
-        .map(|(_, d)| d.as_path())
-        .collect();
-        match dirs.as_slice() {
-            [] => Ok(()),
-            [one] => sync_dir(one),
-            // Concurrent fsyncs of directories on one journaling filesystem wait for the same
-            // journal commit: the wall time of one instead of one per directory.
-            [first, rest @ ..] => std::thread::scope(|s| {
-                let others: Vec<_> = rest.iter().map(|d| s.spawn(move || sync_dir(d))).collect();
-                let mut result = sync_dir(first);
-                for h in others {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err(io::Error::other("fsync thread")));
-                    result = result.and(r);
-                }
-                result
-            }),
-        }
+        .map(|(_, d)| d.clone())
+        .collect()
+    }
+}
+
+/// Fsyncs `dirs`, at once (one thread per extra directory) when `parallel`, else one after
+/// another (for a caller already off the request's critical path).
+pub fn sync_paths(dirs: &[PathBuf], parallel: bool) -> io::Result<()> {
+    match dirs {
+        [] => Ok(()),
+        [one] => sync_dir(one),
+        all if !parallel => all.iter().try_for_each(|d| sync_dir(d)),
+        // Concurrent fsyncs of directories on one journaling filesystem wait for the same
+        // journal commit: the wall time of one instead of one per directory.
+        [first, rest @ ..] => std::thread::scope(|s| {
+            let others: Vec<_> = rest.iter().map(|d| s.spawn(move || sync_dir(d))).collect();
+            let mut result = sync_dir(first);
+            for h in others {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread")));
+                result = result.and(r);
+            }
+            result
+        }),
     }
 }
 
@@ -555,5 +586,50 @@ mod tests {
         assert!(FileStore::open(tmp.path(), "n", false).unwrap().is_some());
         std::fs::write(tmp.path().join("n/format"), "something else 9\n").unwrap();
         assert!(FileStore::open(tmp.path(), "n", false).is_err());
+    }
+
+    #[test]
+    fn a_temporary_link_left_by_a_killed_writer_with_our_pid_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = FileStore::open(tmp.path(), "n", true).unwrap().unwrap();
+        let o = Owner::new("c1", "eth0");
+        let stale = s
+            .owner_dir
+            .join(format!(".{}.{}.tmp", o.key(), std::process::id()));
+        symlink("attached 10.9.9.9", &stale).unwrap();
+        let rec = Record {
+            owner: o.clone(),
+            hold: Hold::Attached,
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            since: 0,
+        };
+        s.put_record(&rec).unwrap();
+        assert_eq!(s.record(&o).unwrap().unwrap().ips, rec.ips);
+        assert!(fs::symlink_metadata(&stale).is_err(), "renamed into place");
+    }
+
+    #[test]
+    fn dirty_directories_are_handed_out_once_and_synced_either_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = FileStore::open(tmp.path(), "n", true).unwrap().unwrap();
+        let o = Owner::new("c1", "eth0");
+        assert!(s.claim("10.0.0.2".parse().unwrap(), &o).unwrap());
+        s.set_last_reserved(0, "10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(
+            s.take_dirty(),
+            vec![s.ip_dir.clone()],
+            "the hint is not synced"
+        );
+        assert!(s.take_dirty().is_empty());
+        let both = [s.owner_dir.clone(), s.ip_dir.clone()];
+        sync_paths(&both, false).unwrap();
+        sync_paths(&both, true).unwrap();
+        let gone = tmp.path().join("missing");
+        assert_eq!(
+            sync_paths(&[s.ip_dir.clone(), gone], false)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
     }
 }

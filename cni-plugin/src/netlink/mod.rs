@@ -59,8 +59,7 @@ impl Netlink {
     pub fn in_open_netns(ns: &Netns) -> Result<Self, NetlinkError> {
         let step = || format!("open netlink socket in netns {}", ns.path().display());
         let socket = ns
-            .run(open_socket)
-            .and_then(|r| r)
+            .open_socket_in(open_socket)
             .map_err(|e| NetlinkError::io(step(), e))?;
         Self::from_socket(socket)
     }
