@@ -44,10 +44,48 @@ pub struct Seat<'a> {
     pub ip: String,
 }
 
-/// `iterations` rounds of ADD → CHECK → DEL for each seat, interleaved.
-pub fn sequential(seats: &[Seat], iterations: usize, check: bool) -> Result<Series, String> {
+/// The kernel's share of every DEL measured here: deleting one veth pair — host end on
+/// `bridge` and up, peer `eth9` up and addressed in `peer_ns` (a name), as a plugin leaves
+/// them — with a single in-process RTM_DELLINK, no process around it. Both plugins' DEL
+/// waits for exactly this (the unregister's RCU barrier), so DEL minus this is their own work.
+pub fn veth_delete_ms(bridge: &str, peer_ns: &str, name: &str) -> Result<f64, String> {
+    let ok = |cmd: String| {
+        if plugnet_tests::sh_ok(&cmd) {
+            Ok(())
+        } else {
+            Err(format!("`{cmd}` failed"))
+        }
+    };
+    ok(format!(
+        "ip link add {name} master {bridge} up type veth peer name eth9 netns {peer_ns} && \
+         ip -n {peer_ns} addr add 10.125.7.2/24 dev eth9 && ip -n {peer_ns} link set eth9 up"
+    ))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let nl = plugnet::netlink::Netlink::host().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        nl.del_link_by_name(name).await.map_err(|e| e.to_string())?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    })
+}
+
+/// `iterations` rounds of ADD → CHECK → DEL for each seat, interleaved; with `floor` (a bridge
+/// and a namespace name), one [`veth_delete_ms`] per round as series `kernel.veth_del`.
+pub fn sequential(
+    seats: &[Seat],
+    iterations: usize,
+    check: bool,
+    floor: Option<(&str, &str)>,
+) -> Result<Series, String> {
     let mut s = Series::default();
     for i in 0..iterations {
+        if let Some((bridge, ns)) = floor {
+            let ms = veth_delete_ms(bridge, ns, "pnmfloor0")?;
+            s.ms.entry("kernel.veth_del".into()).or_default().push(ms);
+        }
         for k in 0..seats.len() {
             let seat = &seats[(i + k) % seats.len()];
             let sub = seat.subject;

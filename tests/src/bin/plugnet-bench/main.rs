@@ -19,6 +19,9 @@ use plugnet_tests::Netns;
 use serde_json::{json, Value};
 
 use exec::{bin_dir, enter_netns};
+
+/// Calls per subject in the peak-RSS pass (the figure barely moves between calls).
+const RSS_ITERATIONS: usize = 10;
 use latency::{concurrent_round, sequential, Seat};
 use subjects::{bridge_conf, netavark_opts, Driver, Net, Subject};
 
@@ -225,7 +228,17 @@ fn run() -> Result<(), String> {
                         .collect()
                 };
                 eprintln!("latency: ADD/CHECK/DEL x{} (plugnet, Go)", args.iterations);
-                let main = sequential(&mk_seats(&["plugnet", "go"]), args.iterations, true)?;
+                // The kernel floor of DEL, on a bridge of its own (pnmbfl), in the same rounds.
+                let floor_ns = Netns::new("pnm-f");
+                plugnet_tests::sh("ip link add pnmbfl type bridge && ip link set pnmbfl up");
+                let main = sequential(
+                    &mk_seats(&["plugnet", "go"]),
+                    args.iterations,
+                    true,
+                    Some(("pnmbfl", &floor_ns.name)),
+                );
+                let _ = plugnet_tests::sh_ok("ip link del pnmfloor0; ip link del pnmbfl");
+                let main = main?;
                 eprintln!(
                     "latency: dual-stack, ipMasq, netavark x{}",
                     args.iterations / 2
@@ -234,12 +247,25 @@ fn run() -> Result<(), String> {
                     &mk_seats(&["plugnet_dual", "go_dual", "plugnet_masq", "netavark"]),
                     (args.iterations / 2).max(10),
                     false,
+                    None,
                 )?;
+                // Peak RSS from a pass of its own under /usr/bin/time (see RSS_VIA_TIME).
+                eprintln!("latency: peak RSS under /usr/bin/time x{}", RSS_ITERATIONS);
+                exec::RSS_VIA_TIME.store(true, std::sync::atomic::Ordering::Relaxed);
+                let rss = sequential(
+                    &mk_seats(&["plugnet", "go", "netavark"]),
+                    RSS_ITERATIONS,
+                    true,
+                    None,
+                );
+                exec::RSS_VIA_TIME.store(false, std::sync::atomic::Ordering::Relaxed);
+                let rss = rss?;
                 let mut m = main.to_json();
                 for (k, v) in peers.ms {
                     m["ms"][k] = json!(v);
                 }
-                for (k, v) in peers.rss_kb {
+                m["rss_kb"] = json!({});
+                for (k, v) in rss.rss_kb {
                     m["rss_kb"][k] = json!(v);
                 }
                 for (k, v) in peers.cpu_ms {
