@@ -14,7 +14,7 @@ use std::alloc::System;
 use talc::source::GlobalAllocSource;
 use talc::TalcLock;
 
-/// Talc behind a spin lock (a plugin has at most three threads, each holding it for one
+/// Talc behind a spin lock (a plugin runs a few short-lived threads, each holding it for one
 /// allocation), fed 1 MiB blocks by the system allocator.
 pub type Heap = TalcLock<spinning_top::RawSpinlock, GlobalAllocSource<System>>;
 

@@ -309,9 +309,17 @@ mod tests {
 
     #[test]
     fn a_socket_opened_inside_lives_there_and_the_thread_comes_home() {
+        /// Unbinds the namespace however the test ends.
+        struct Bound(PathBuf);
+        impl Drop for Bound {
+            fn drop(&mut self) {
+                let _ = remove(&self.0);
+            }
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pnd-sock");
         create(&path).unwrap();
+        let _bound = Bound(path.clone());
         let ns = Netns::open(&path).unwrap();
         let home = Netns::current().unwrap().file.metadata().unwrap().ino();
         let sock = ns
@@ -336,5 +344,6 @@ mod tests {
         );
         drop(ns);
         remove(&path).unwrap();
+        assert!(!exists(&path));
     }
 }
