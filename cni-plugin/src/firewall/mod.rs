@@ -296,7 +296,11 @@ impl Firewall {
             .load_attachment(&key)
             .map_err(state_err("read attachment"))?
         {
-            None => Ok(()),
+            // Nothing recorded, or a record a power loss tore: drop the file if there is one.
+            None => self
+                .store
+                .delete_attachment(&key)
+                .map_err(state_err("remove torn attachment record")),
             Some(old) => self.remove_locked(&key, &old),
         }
     }
@@ -770,4 +774,27 @@ pub fn repair(state_dir: impl Into<PathBuf>) -> Result<Option<ReloadReport>, Fir
 /// [`Firewall::reload`] over `state_dir`.
 pub fn reload(state_dir: impl Into<PathBuf>) -> Result<ReloadReport, FirewallError> {
     Firewall::at(state_dir).reload()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn del_of_a_record_a_power_loss_tore_succeeds_and_drops_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let fw = Firewall::at(d.path().join("fw"));
+        drop(fw.store.lock().unwrap()); // makes the directories
+        let torn = d
+            .path()
+            .join("fw/attachments")
+            .join(format!("{}.json", attachment_key("n", "c1", "eth0")));
+        std::fs::write(&torn, b"").unwrap();
+        assert!(fw.is_recorded("n", "c1", "eth0"));
+        fw.remove("n", "c1", "eth0").unwrap();
+        assert!(!torn.exists());
+        assert!(!fw.is_recorded("n", "c1", "eth0"));
+        // And with nothing recorded at all, DEL is still success.
+        fw.remove("n", "c1", "eth0").unwrap();
+    }
 }
