@@ -55,7 +55,8 @@ cleanup() {
   fi
   # Containers outliving a dockerd this run killed: their shims (ours by -address) and children.
   for p in $(pgrep -x containerd-shim || true); do
-    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "-address $EROOT/"; then
+    # A shim may exit between pgrep and the read: its vanished /proc entry is not an error.
+    if { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -q -- "-address $EROOT/"; then
       for c in $(pgrep -P "$p" || true); do kill -KILL "$c"; done
       kill -KILL "$p"
     fi
