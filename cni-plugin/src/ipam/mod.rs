@@ -61,7 +61,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
 /// reports success only after [`Durable::wait`] did.
 pub fn add_deferred(req: &Request) -> Result<(CniResult, Durable), CniError> {
     let (result, store) = take(req)?;
-    Ok((result, Durable::start(store)))
+    Ok((result, Durable::start(store.take_dirty())))
 }
 
 fn take(req: &Request) -> Result<(CniResult, FileStore), CniError> {
@@ -96,8 +96,9 @@ enum Syncing {
 }
 
 impl Durable {
-    fn start(store: FileStore) -> Durable {
-        let dirs = store.take_dirty();
+    /// Starts fsyncing `dirs` (what the allocation changed) on a thread of its own.
+    fn start(dirs: Vec<PathBuf>) -> Durable {
+        // Kept for the inline fallback: a failed spawn drops its closure, `dirs` with it.
         let fallback = dirs.clone();
         let state = match std::thread::Builder::new()
             .name("plugnet-fsync".into())
@@ -313,14 +314,10 @@ mod tests {
     #[test]
     fn a_failed_fsync_is_what_wait_reports() {
         let tmp = tempfile::tempdir().unwrap();
-        let req = request(conf(tmp.path()), "");
-        // Dropped without a wait: the drop joins the fsync.
-        let (_, durable) = add_deferred(&req).unwrap();
-        drop(durable);
-        let store = open(tmp.path(), "pnd-net", false).unwrap().unwrap();
-        store.mark_all_dirty_for_test();
+        // An allocation's directories, one of them gone before its fsync.
+        let (_, store) = take(&request(conf(tmp.path()), "")).unwrap();
         std::fs::remove_dir_all(tmp.path().join("pnd-net/owner")).unwrap();
-        let err = Durable::start(store).wait().unwrap_err();
+        let err = Durable::start(store.take_dirty()).wait().unwrap_err();
         assert!(err.msg.contains("ipam store: sync"), "{}", err.msg);
     }
 }

@@ -404,11 +404,6 @@ impl FileStore {
         sync_paths(&self.take_dirty(), parallel)
     }
 
-    #[cfg(test)]
-    pub(crate) fn mark_all_dirty_for_test(&self) {
-        self.mark(DIRTY_IP | DIRTY_OWNER | DIRTY_TOP);
-    }
-
     /// The directories changed since the last sync, which now count as clean: the caller
     /// fsyncs them ([`sync_paths`]) before it reports success.
     pub fn take_dirty(&self) -> Vec<PathBuf> {
