@@ -656,3 +656,36 @@ fn forward_drop_without_iptables_binaries_is_a_clear_error_and_leaves_nothing() 
     w.host.ns.sh(&["nft", "delete table ip filter"]);
     w.assert_clean();
 }
+
+/// A power loss: the kernel's rules are gone and the attachment's record (never fsynced) is
+/// cut short. DEL through the binary still succeeds and drops the record; the next ipMasq
+/// container on the network gets its table rebuilt and masquerades.
+#[test]
+fn after_a_power_loss_a_torn_record_is_dropped_by_del_and_the_network_works() {
+    need_root();
+    let w = World::new("torn", 9);
+    let masq = w.conf(json!({"ipMasq": true}));
+    let (_c1, a1, _) = w.add(&masq, "pnx-torn-1");
+    let dir = w.fw_dir.path().join("attachments");
+    let records = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect()
+    };
+    let recs = records();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    std::fs::write(&recs[0], b"").unwrap();
+    w.host.ns.sh(&["nft", "delete", "table", "inet", "plugnet"]);
+    let out = w.host.run(&plugnet(), "DEL", &masq, Some(&a1));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(records().is_empty(), "{:?}", records());
+
+    let _s = Server::tcp(&w.outside, 9000, "peer");
+    let (c2, a2, _) = w.add(&masq, "pnx-torn-2");
+    let to = format!("{}:9000", w.outside_ip());
+    assert_eq!(tcp_get(&c2, &to), Some(w.host_ip()));
+    w.del(&masq, &a2);
+    w.assert_clean();
+}
