@@ -659,7 +659,11 @@ fn forward_drop_policy_of_iptables_nft_is_seen() {
     require_root!();
     let t = Topo::new("fwdp", 0);
     let may_drop = |t: &Topo| on_host(t, || plugnet::firewall::host_forward_may_drop(true, false));
-    assert!(!may_drop(&t), "a fresh namespace has no FORWARD chain");
+    t.host.out("sysctl -qw net.ipv4.ip_forward=1");
+    assert!(
+        !may_drop(&t),
+        "a fresh namespace that forwards has no FORWARD chain"
+    );
     t.host.out("iptables -P FORWARD DROP");
     assert!(
         may_drop(&t),
@@ -667,4 +671,17 @@ fn forward_drop_policy_of_iptables_nft_is_seen() {
     );
     t.host.out("iptables -P FORWARD ACCEPT");
     assert!(!may_drop(&t), "FORWARD policy ACCEPT drops nothing");
+    // Forwarding off: a dockerd started later turns it on and sets DROP, so the rules are
+    // needed beforehand.
+    t.host.out("sysctl -qw net.ipv4.ip_forward=0");
+    assert!(
+        may_drop(&t),
+        "forwarding off: a later dockerd would set DROP"
+    );
+    assert!(
+        !on_host(&t, || plugnet::firewall::host_forward_may_drop(
+            false, false
+        )),
+        "no family asked about"
+    );
 }

@@ -1,16 +1,14 @@
-//! Issue 11: plugnet networks keep working on a Docker host. This test starts a dockerd of its
-//! own (own data root, exec root, pidfile and socket: `pnx-docker-<pid>`; never the default
-//! daemon or its socket) and runs plugnet in the machine's real host namespace, because that
-//! is where Docker's iptables rules live.
-//!
-//! Host state it changes, on purpose: dockerd creates its chains (DOCKER, DOCKER-USER, …) and
-//! keeps br_netfilter loaded; a dockerd that enables IPv4 forwarding also sets the iptables
-//! FORWARD policy to DROP. Docker leaves all of that behind when it exits — that is what any
-//! host looks like once Docker has run, and the test does not undo it. If forwarding was
-//! already on (so this dockerd did not set DROP), the test sets the policy to DROP itself to
-//! get the same host, and restores ACCEPT at the end (that change is the test's own).
-//! Everything else it creates (bridges `pnxdbr9` and `pnxdbr8`, veth `pnxd9h`, namespaces `pnx-dk-<pid>-*`,
-//! subnets 10.109.0.0/24, 10.109.1.0/24 and 10.109.2.0/24, plugnet's rules) is removed, also on failure.
+//! Issue 11: plugnet networks keep working on a Docker host, also when dockerd starts after
+//! plugnet's containers. The test runs a dockerd of its own (own data root, exec root, pidfile
+//! and socket: `pnx-docker-<tag>-<pid>`; never the default daemon or its socket) inside a
+//! throwaway "host" namespace (`pnx-dk-<tag>-<pid>`), with plugnet run in the same namespace:
+//! Docker's iptables rules, its FORWARD policy and the forwarding sysctls are per namespace, so
+//! the machine's real host namespace is left as it was. The namespace starts with IPv4
+//! forwarding off, as a freshly booted machine does: a dockerd that has to turn forwarding on
+//! sets the FORWARD policy to DROP (measured; one that finds it on leaves the policy alone).
+//! Everything it creates (the namespaces, with bridges `pnxdbr7`..`pnxdbr9` and veth `pnxd9h`
+//! inside; subnets 10.109.0.0/24 to 10.109.3.0/24; the daemon's directories) is removed, also on
+//! failure.
 
 mod bridge_support;
 
@@ -20,174 +18,152 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_support::{ip_of, plugnet, Ns};
+use bridge_support::{ip_of, plugnet, Att, Host, Ns};
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
 const BRIDGE: &str = "pnxdbr9";
 /// A second network using no firewall feature at all.
 const BRIDGE_BARE: &str = "pnxdbr8";
+/// A network without a gateway (L2 only), attached before dockerd starts.
+const BRIDGE_L2: &str = "pnxdbr7";
 const UPLINK: &str = "pnxd9h";
 
-fn sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn forward_policy() -> String {
-    let (_, s) = sh(&["iptables", "-S", "FORWARD"]);
-    s.lines()
-        .find_map(|l| l.strip_prefix("-P FORWARD "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-/// The test's dockerd and everything else the test made on the real host; undone on drop.
+/// A throwaway host namespace with a dockerd of the test's own started in it on demand, and the
+/// plugnet attachments made there; undone on drop (DEL of what is attached, the daemon stopped,
+/// its directories removed; the namespaces go with their `Ns`).
 struct DockerHost {
+    host: Host,
     dockerd: Option<Child>,
+    name: String,
     data_root: PathBuf,
     exec_root: PathBuf,
     sock: PathBuf,
     pidfile: PathBuf,
-    set_drop_ourselves: bool,
     fw_dir: tempfile::TempDir,
-    ipam_dir: tempfile::TempDir,
-    /// (conf, id, netns) of every ADD, for DEL on failure.
-    attached: Vec<(Value, String, String)>,
+    /// (conf, attachment) of every ADD, for DEL on failure.
+    attached: Vec<(Value, Att)>,
 }
 
 impl DockerHost {
-    fn start() -> DockerHost {
-        let pid = std::process::id();
-        let mut h = DockerHost {
+    /// The namespace, forwarding off, no daemon yet.
+    fn new(tag: &str) -> DockerHost {
+        let host = Host::with_prefix("pnx-dk", tag);
+        host.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        let name = format!("pnx-docker-{tag}-{}", std::process::id());
+        DockerHost {
+            host,
             dockerd: None,
-            data_root: format!("/var/lib/pnx-docker-{pid}").into(),
-            exec_root: format!("/run/pnx-docker-{pid}").into(),
-            sock: format!("/run/pnx-docker-{pid}.sock").into(),
-            pidfile: format!("/run/pnx-docker-{pid}.pid").into(),
-            set_drop_ourselves: false,
+            data_root: format!("/var/lib/{name}").into(),
+            exec_root: format!("/run/{name}").into(),
+            sock: format!("/run/{name}.sock").into(),
+            pidfile: format!("/run/{name}.pid").into(),
+            name,
             fw_dir: tempfile::Builder::new()
                 .prefix("pnx-fw-")
                 .tempdir()
                 .unwrap(),
-            ipam_dir: tempfile::Builder::new()
-                .prefix("pnx-ipam-")
-                .tempdir()
-                .unwrap(),
             attached: Vec::new(),
-        };
-        let log = std::fs::File::create(format!("/tmp/pnx-docker-{pid}.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg("--data-root")
-            .arg(&h.data_root)
+        }
+    }
+
+    /// Starts dockerd in the namespace and waits until its chains are there.
+    fn start_dockerd(&mut self) {
+        let log_path = format!("/tmp/{}.log", self.name);
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut c = Command::new("dockerd");
+        c.arg("--data-root")
+            .arg(&self.data_root)
             .arg("--exec-root")
-            .arg(&h.exec_root)
+            .arg(&self.exec_root)
             .arg("--pidfile")
-            .arg(&h.pidfile)
+            .arg(&self.pidfile)
             .arg("-H")
-            .arg(format!("unix://{}", h.sock.display()))
-            // No docker0: the machine's own Docker (if any) owns that name.
+            .arg(format!("unix://{}", self.sock.display()))
+            // No docker0: nothing here needs a Docker network.
             .args(["--bridge", "none"])
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        // Spawned from a thread in the namespace: the daemon (and its containerd) live there,
+        // with the machine's mounts (cgroups) as they are.
+        let child = Netns::open(self.host.ns.path())
+            .unwrap()
+            .run(move || c.spawn())
+            .unwrap()
             .expect("start dockerd");
-        h.dockerd = Some(child);
+        self.dockerd = Some(child);
         let t0 = Instant::now();
-        while !(h.sock.exists() && sh(&["iptables", "-S", "DOCKER-USER"]).0) {
+        while !(self.sock.exists()
+            && self
+                .host
+                .ns
+                .exec(&["iptables", "-S", "DOCKER-USER"])
+                .status
+                .success())
+        {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "dockerd did not come up (see /tmp/pnx-docker-{pid}.log)"
+                "dockerd did not come up (see {log_path})"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        if forward_policy() != "DROP" {
-            assert!(sh(&["iptables", "-P", "FORWARD", "DROP"]).0);
-            h.set_drop_ourselves = true;
-        }
-        h
     }
 
-    fn conf(&self) -> Value {
+    fn forward_policy(&self) -> String {
+        self.host
+            .ns
+            .sh(&["iptables", "-S", "FORWARD"])
+            .lines()
+            .find_map(|l| l.strip_prefix("-P FORWARD "))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+
+    /// A network on `bridge` with `subnet`, gateway and masquerading on.
+    fn conf(&self, name: &str, bridge: &str, subnet: &str) -> Value {
         json!({
             "cniVersion": "1.0.0",
-            "name": "pnxdock",
+            "name": name,
             "type": "plugnet",
-            "bridge": BRIDGE,
+            "bridge": bridge,
             "isDefaultGateway": true,
             "ipMasq": true,
             "firewallStateDir": self.fw_dir.path(),
-            "ipam": {"type": "plugnet-ipam", "dataDir": self.ipam_dir.path(),
-                     "ranges": [[{"subnet": "10.109.0.0/24"}]]},
+            "ipam": {"type": "plugnet-ipam", "dataDir": self.host.data_dir.path(),
+                     "ranges": [[{"subnet": subnet}]]},
         })
     }
 
-    fn cni(&self, cmd: &str, conf: &Value, id: &str, netns: &str) -> (i32, String) {
-        let mut c = Command::new(plugnet())
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", bridge_support::cni_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(&serde_json::to_vec(conf).unwrap())
-            .unwrap();
-        let out = c.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-
     fn add(&mut self, conf: &Value, id: &str, ns: &Ns) -> Value {
-        self.attached
-            .push((conf.clone(), id.to_string(), ns.path()));
-        let (code, out) = self.cni("ADD", conf, id, &ns.path());
-        assert_eq!(code, 0, "ADD {id}: {out}");
-        serde_json::from_str(&out).unwrap()
+        let att = Att::new(id, &ns.path(), "eth0");
+        self.attached.push((conf.clone(), att.clone()));
+        self.host.add(conf, &att)
     }
 
     fn del_all(&mut self) {
-        for (conf, id, netns) in std::mem::take(&mut self.attached) {
-            let (code, out) = self.cni("DEL", &conf, &id, &netns);
-            assert_eq!(code, 0, "DEL {id}: {out}");
+        for (conf, att) in std::mem::take(&mut self.attached) {
+            self.host.run(&plugnet(), "DEL", &conf, Some(&att)).ok();
         }
     }
 
     fn reload(&self) -> (i32, String) {
-        let out = Command::new(plugnet())
-            .args(["firewall", "reload", "--state-dir"])
+        let mut c = Command::new(plugnet());
+        c.args(["firewall", "reload", "--state-dir"])
             .arg(self.fw_dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = self.host.spawn_in(c, b"");
+        (out.code, out.stdout + &out.stderr)
     }
 }
 
 impl Drop for DockerHost {
     fn drop(&mut self) {
-        for (conf, id, netns) in std::mem::take(&mut self.attached) {
-            let _ = self.cni("DEL", &conf, &id, &netns);
+        for (conf, att) in std::mem::take(&mut self.attached) {
+            let _ = self.host.run(&plugnet(), "DEL", &conf, Some(&att));
         }
-        let _ = sh(&["ip", "link", "del", UPLINK]);
-        let _ = sh(&["ip", "link", "del", BRIDGE]);
-        let _ = sh(&["ip", "link", "del", BRIDGE_BARE]);
         if let Some(mut d) = self.dockerd.take() {
             unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
             let t0 = Instant::now();
@@ -197,18 +173,14 @@ impl Drop for DockerHost {
             let _ = d.kill();
             let _ = d.wait();
         }
-        if self.set_drop_ourselves {
-            let _ = sh(&["iptables", "-P", "FORWARD", "ACCEPT"]);
-        }
         // Docker's exec root may hold mounts (netns, containerd state); unmount before removal.
-        let _ = sh(&[
-            "sh",
-            "-c",
-            &format!(
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
                 "grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
                 self.exec_root.display()
-            ),
-        ]);
+            ))
+            .output();
         for d in [&self.data_root, &self.exec_root] {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -259,44 +231,71 @@ fn peer_seen(ns: &Ns, addr: &str, server: &TcpListener) -> Option<String> {
 }
 
 #[test]
-fn plugnet_works_on_a_docker_host_and_survives_a_flush() {
+fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_a_flush() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root");
     if !Path::new("/usr/sbin/dockerd").exists() && !Path::new("/usr/bin/dockerd").exists() {
         eprintln!("skipped: dockerd not installed");
         return;
     }
-    let mut h = DockerHost::start();
-    assert_eq!(forward_policy(), "DROP");
+    let mut h = DockerHost::new("host");
     let pid = std::process::id();
-    let outside = Ns::new(format!("pnx-dk-{pid}-out"));
-    assert!(
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            UPLINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pnxd9o",
-            "netns",
-            &outside.name
-        ])
-        .0
+
+    // Before Docker: a network without a gateway (L2 only, so nothing turns forwarding on),
+    // no firewall feature. Its containers reach each other.
+    let mut l2 = h.conf("pnxl2", BRIDGE_L2, "10.109.3.0/24");
+    l2["isDefaultGateway"] = json!(false);
+    l2["ipMasq"] = json!(false);
+    let c5 = h.host.container();
+    let c6 = h.host.container();
+    let r5 = h.add(&l2, "pnx-dk-5", &c5);
+    let r6 = h.add(&l2, "pnx-dk-6", &c6);
+    assert!(c5.ping(&ip_of(&r6)), "before dockerd: c5 -> c6");
+
+    // dockerd starts: it turns forwarding on, sets the FORWARD policy to DROP and passes
+    // bridged traffic through iptables (br_netfilter) — and the containers still reach each
+    // other, with no rule added by hand.
+    h.start_dockerd();
+    assert_eq!(h.forward_policy(), "DROP", "dockerd sets DROP itself");
+    assert_eq!(
+        h.host
+            .ns
+            .sh(&["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"])
+            .trim(),
+        "1"
     );
-    assert!(sh(&["ip", "addr", "add", "10.109.1.1/24", "dev", UPLINK]).0);
-    assert!(sh(&["ip", "link", "set", UPLINK, "up"]).0);
+    assert!(c5.ping(&ip_of(&r6)), "dockerd started after: c5 -> c6");
+    assert!(c6.ping(&ip_of(&r5)), "dockerd started after: c6 -> c5");
+
+    // On the Docker host: masquerading to an outside namespace and a port mapping.
+    let outside = Ns::new(format!("pnx-dk-host-{pid}-out"));
+    h.host.ns.sh(&[
+        "ip",
+        "link",
+        "add",
+        UPLINK,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pnxd9o",
+        "netns",
+        &outside.name,
+    ]);
+    h.host
+        .ns
+        .sh(&["ip", "addr", "add", "10.109.1.1/24", "dev", UPLINK]);
+    h.host.ns.sh(&["ip", "link", "set", UPLINK, "up"]);
     outside.sh(&["ip", "addr", "add", "10.109.1.2/24", "dev", "pnxd9o"]);
     outside.sh(&["ip", "link", "set", "pnxd9o", "up"]);
     outside.sh(&["ip", "route", "add", "default", "via", "10.109.1.1"]);
-    let c1 = Ns::new(format!("pnx-dk-{pid}-c1"));
-    let c2 = Ns::new(format!("pnx-dk-{pid}-c2"));
-    let mut mapped = h.conf();
+    let c1 = h.host.container();
+    let c2 = h.host.container();
+    let conf = h.conf("pnxdock", BRIDGE, "10.109.0.0/24");
+    let mut mapped = conf.clone();
     mapped["runtimeConfig"] =
         json!({"portMappings": [{"hostPort": 19090, "containerPort": 90, "protocol": "tcp"}]});
     let r1 = h.add(&mapped, "pnx-dk-1", &c1);
-    let r2 = h.add(&h.conf(), "pnx-dk-2", &c2);
+    let r2 = h.add(&conf, "pnx-dk-2", &c2);
     let out_srv = serve_peer(&outside, 9000);
     let ctr_srv = serve_peer(&c1, 90);
 
@@ -314,19 +313,20 @@ fn plugnet_works_on_a_docker_host_and_survives_a_flush() {
             Some("10.109.1.2"),
             "{what}: port mapping"
         );
+        assert!(c5.ping(&ip_of(&r6)), "{what}: L2 c5 -> c6");
     };
     works("on a Docker host");
 
     // A network with no firewall feature (no ipMasq, no mapping): its containers still reach
     // each other across the bridge and the gateway — bridged traffic passes iptables FORWARD
     // (br_netfilter), whose policy is DROP here.
-    let mut bare = h.conf();
+    let mut bare = conf.clone();
     bare["name"] = json!("pnxbare");
     bare["bridge"] = json!(BRIDGE_BARE);
     bare["ipMasq"] = json!(false);
     bare["ipam"]["ranges"] = json!([[{"subnet": "10.109.2.0/24"}]]);
-    let c3 = Ns::new(format!("pnx-dk-{pid}-c3"));
-    let c4 = Ns::new(format!("pnx-dk-{pid}-c4"));
+    let c3 = h.host.container();
+    let c4 = h.host.container();
     let r3 = h.add(&bare, "pnx-dk-3", &c3);
     let r4 = h.add(&bare, "pnx-dk-4", &c4);
     assert!(c3.ping(&ip_of(&r4)), "featureless: c3 -> c4");
@@ -334,7 +334,7 @@ fn plugnet_works_on_a_docker_host_and_survives_a_flush() {
     assert!(c3.ping("10.109.2.1"), "featureless: c3 -> gateway");
 
     // Someone deletes plugnet's table: masquerading and the mapping stop; reload restores them.
-    assert!(sh(&["nft", "delete", "table", "inet", "plugnet"]).0);
+    h.host.ns.sh(&["nft", "delete", "table", "inet", "plugnet"]);
     assert_eq!(peer_seen(&outside, "10.109.1.1:19090", &ctr_srv), None);
     let (code, out) = h.reload();
     assert_eq!(code, 0, "{out}");
@@ -344,8 +344,8 @@ fn plugnet_works_on_a_docker_host_and_survives_a_flush() {
     works("after a second reload");
 
     h.del_all();
-    let (_, rules) = sh(&["nft", "list", "ruleset"]);
+    let rules = h.host.ns.sh(&["nft", "list", "ruleset"]);
     assert!(!rules.to_lowercase().contains("plugnet"), "{rules}");
-    let (_, saved) = sh(&["iptables-save"]);
+    let saved = h.host.ns.sh(&["iptables-save"]);
     assert!(!saved.to_lowercase().contains("plugnet"), "{saved}");
 }

@@ -137,10 +137,12 @@ impl Features {
             ));
         }
         // Docker coexistence: where the host's iptables FORWARD drops the container's traffic
-        // (any host Docker has run on), an attachment without firewall features is still
-        // recorded, bare, so its bridge gets plugnet's accept rules in the host firewall with
-        // its first attachment and loses them with its last. Only the families the container
-        // uses are asked about; elsewhere featureless attachments cost nothing more.
+        // (any host Docker has run on), or may come to (forwarding is off, as on a bridge
+        // without a gateway in that family: a dockerd started later turns it on and sets
+        // DROP), an attachment without firewall features is still recorded, bare, so its
+        // bridge gets plugnet's accept rules in the host firewall with its first attachment and
+        // loses them with its last. Only the families the container uses are asked about;
+        // elsewhere featureless attachments cost nothing more.
         if !self.uses_firewall() {
             let v4 = container_ips.iter().any(|n| n.is_ipv4());
             let v6 = container_ips.iter().any(|n| n.is_ipv6());

@@ -1,10 +1,12 @@
 //! Coexistence with iptables users (Docker): when the host's iptables FORWARD path would drop
-//! plugnet traffic (policy DROP, or Docker's DOCKER-USER chain present), plugnet keeps one
-//! chain of its own, `PLUGNET-FORWARD`, jumped to from DOCKER-USER (or FORWARD), holding a few
-//! accept rules per plugnet bridge; invariant: the chain holds rules for exactly the bridges
-//! that have attachments, traffic towards Docker's bridges is handed back to Docker's chains
-//! untouched, and everything is removed with the last bridge. Runs iptables only when the set
-//! of bridges changes (first/last attachment on a bridge), never per container.
+//! plugnet traffic (policy DROP, or Docker's DOCKER-USER chain present), or may come to drop it
+//! (forwarding is off: whatever turns it on may set the policy to DROP as it does, which is what
+//! dockerd does), plugnet keeps one chain of its own, `PLUGNET-FORWARD`, jumped to from
+//! DOCKER-USER (or FORWARD), holding a few accept rules per plugnet bridge; invariant: the chain
+//! holds rules for exactly the bridges that have attachments, traffic towards Docker's bridges
+//! is handed back to Docker's chains untouched, and everything is removed with the last
+//! bridge. Runs iptables only when the set of bridges changes (first/last attachment on a
+//! bridge), never per container.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -14,7 +16,7 @@ use super::FirewallError;
 pub const CHAIN: &str = "PLUGNET-FORWARD";
 const TAG: &str = "plugnet";
 
-/// What `iptables -S` shows about the filter table.
+/// What `iptables -S` shows about the filter table (and whether the family forwards).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub forward_drops: bool,
@@ -22,6 +24,17 @@ pub struct Observed {
     pub our_chain: bool,
     /// The chain holding our jump rule, if any.
     pub jump_from: Option<String>,
+    /// The family's forwarding sysctl is off: a firewall that turns it on may set the FORWARD
+    /// policy to DROP when it does (dockerd does exactly that), so the rules go in beforehand.
+    pub forwarding_off: bool,
+}
+
+impl Observed {
+    /// Whether plugnet's bridges need accept rules in this filter table: FORWARD drops their
+    /// traffic now, Docker's chains are there, or forwarding is off (see `forwarding_off`).
+    pub fn needs_rules(&self) -> bool {
+        self.forward_drops || self.docker_user || self.forwarding_off
+    }
 }
 
 pub fn parse_rules(s: &str) -> Observed {
@@ -44,8 +57,7 @@ pub fn parse_rules(s: &str) -> Observed {
 /// The iptables-restore input that makes the filter table hold exactly our rules for `bridges`
 /// (empty: remove our chain and jump). `None` when nothing is to be done.
 pub fn restore_input(o: &Observed, bridges: &[String]) -> Option<String> {
-    let needed = o.forward_drops || o.docker_user;
-    if bridges.is_empty() || !needed {
+    if bridges.is_empty() || !o.needs_rules() {
         if !o.our_chain {
             return None;
         }
@@ -150,6 +162,16 @@ impl Family {
         }) as u8
     }
 
+    /// Whether this family's forwarding is off in this network namespace (one small /proc read;
+    /// unreadable counts as on).
+    fn forwarding_off(self) -> bool {
+        let path = match self {
+            Family::V4 => "/proc/sys/net/ipv4/ip_forward",
+            Family::V6 => "/proc/sys/net/ipv6/conf/all/forwarding",
+        };
+        std::fs::read(path).is_ok_and(|s| s.first() == Some(&b'0'))
+    }
+
     /// Whether iptables-legacy's `filter` table of this family is loaded (one small /proc
     /// read): its rules and policy are not visible over nf_tables netlink.
     fn legacy_filter_loaded(self) -> bool {
@@ -162,18 +184,21 @@ impl Family {
 }
 
 /// Whether the host's iptables may drop forwarded plugnet traffic of the families asked
-/// about (`v4`, `v6`), so that even an attachment using no firewall feature needs its
-/// bridge's accept rules: the FORWARD policy of iptables-nft's `filter` table is DROP (Docker
-/// sets it), or the legacy `filter` table of that family is loaded (its policy is not visible
-/// without running `iptables`, so assume it may; [`sync`] then looks and adds nothing if not
-/// needed). Cheap: one small /proc read and one netlink request per family; any error counts
-/// as "no".
+/// about (`v4`, `v6`), now or once forwarding is turned on, so that even an attachment using
+/// no firewall feature needs its bridge's accept rules: the family's forwarding is off (a
+/// dockerd started later turns it on and sets FORWARD's policy to DROP; a gateway network has
+/// already turned it on, so this is the case of bridges without a gateway in that family), the
+/// FORWARD policy of iptables-nft's `filter` table is DROP (Docker sets it), or the legacy
+/// `filter` table of that family is loaded (its policy is not visible without running
+/// `iptables`, so assume it may; [`sync`] then looks and adds nothing if not needed). Cheap:
+/// two small /proc reads and one netlink request per family; any error counts as "no".
 pub fn forward_may_drop(v4: bool, v6: bool) -> bool {
     [(v4, Family::V4), (v6, Family::V6)]
         .into_iter()
         .filter(|(asked, _)| *asked)
         .any(|(_, family)| {
-            family.legacy_filter_loaded()
+            family.forwarding_off()
+                || family.legacy_filter_loaded()
                 || matches!(
                     super::nft::iptables_forward_drops(family.nfproto()),
                     Ok(Some(true))
@@ -196,7 +221,9 @@ fn observed_via_netlink(family: Family) -> Option<Observed> {
         forward_drops: forward == Some(0),
         docker_user,
         our_chain,
-        // Where plugnet puts it (restore_input); a wrong guess fails the restore.
+        // Where plugnet puts it (restore_input); a wrong guess fails the restore. (A jump put
+        // in FORWARD before Docker made DOCKER-USER is left there while bridges come and go:
+        // it still sees the traffic first, as Docker inserts its own jumps above it.)
         jump_from: our_chain.then(|| {
             if docker_user {
                 "DOCKER-USER"
@@ -205,6 +232,7 @@ fn observed_via_netlink(family: Family) -> Option<Observed> {
             }
             .to_string()
         }),
+        forwarding_off: family.forwarding_off(),
     })
 }
 
@@ -273,7 +301,10 @@ fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), Fire
             msg.trim()
         )));
     }
-    let observed = parse_rules(&String::from_utf8_lossy(&out.stdout));
+    let observed = Observed {
+        forwarding_off: family.forwarding_off(),
+        ..parse_rules(&String::from_utf8_lossy(&out.stdout))
+    };
     let Some(input) = restore_input(&observed, bridges) else {
         return Ok(());
     };
@@ -289,6 +320,7 @@ fn missing_tools(family: Family, bridges: &[String]) -> Result<(), FirewallError
         return Ok(());
     }
     match observed_via_netlink(family) {
+        // Only what drops now: without iptables binaries no dockerd can come to set DROP.
         Some(o) if o.forward_drops || o.docker_user => {}
         _ => return Ok(()),
     }
@@ -329,7 +361,10 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
         return Ok(true);
     }
     Ok(match list_filter_v4()? {
-        Some(text) => bridges.iter().all(|b| check_rules(&text, b).is_ok()),
+        Some(text) => {
+            let off = Family::V4.forwarding_off();
+            bridges.iter().all(|b| check_rules(&text, off, b).is_ok())
+        }
         None => true,
     })
 }
@@ -337,14 +372,19 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
 /// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
     match list_filter_v4()? {
-        Some(text) => check_rules(&text, bridge),
+        Some(text) => check_rules(&text, Family::V4.forwarding_off(), bridge),
         None => Ok(()),
     }
 }
 
-fn check_rules(text: &str, bridge: &str) -> Result<(), FirewallError> {
-    let o = parse_rules(text);
-    if !(o.forward_drops || o.docker_user) {
+/// Whether `iptables -S` output `text` holds our jump and `bridge`'s rules wherever plugnet
+/// keeps them (`forwarding_off`: see [`Observed::forwarding_off`]).
+fn check_rules(text: &str, forwarding_off: bool, bridge: &str) -> Result<(), FirewallError> {
+    let o = Observed {
+        forwarding_off,
+        ..parse_rules(text)
+    };
+    if !o.needs_rules() {
         return Ok(());
     }
     if o.jump_from.is_none() {
@@ -391,8 +431,9 @@ mod tests {
 
     #[test]
     fn check_finds_missing_pieces() {
-        assert!(check_rules("-P FORWARD ACCEPT\n", "b").is_ok());
-        assert!(check_rules(DOCKER, "b")
+        assert!(check_rules("-P FORWARD ACCEPT\n", false, "b").is_ok());
+        assert!(check_rules("-P FORWARD ACCEPT\n", true, "b").is_err());
+        assert!(check_rules(DOCKER, false, "b")
             .unwrap_err()
             .to_string()
             .contains("jump"));
@@ -403,8 +444,8 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         let with = format!("{DOCKER}-N PLUGNET-FORWARD\n-A DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n{listed}");
-        assert!(check_rules(&with, "b").is_ok());
-        assert!(check_rules(&with, "c").is_err());
+        assert!(check_rules(&with, false, "b").is_ok());
+        assert!(check_rules(&with, false, "c").is_err());
     }
 
     #[test]
@@ -415,5 +456,27 @@ mod tests {
         assert!(restore_input(&o, &["b".into()])
             .unwrap()
             .contains("-I FORWARD 1"));
+    }
+
+    #[test]
+    fn forwarding_off_gets_the_rules_before_a_dockerd_sets_drop() {
+        // Forwarding off, FORWARD accepting: a dockerd started later turns forwarding on and
+        // sets DROP; the rules and the jump from FORWARD are there already.
+        let o = Observed {
+            forwarding_off: true,
+            ..parse_rules("-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n")
+        };
+        let s = restore_input(&o, &["b".into()]).unwrap();
+        assert!(s.contains("-I FORWARD 1 -m comment --comment plugnet -j PLUGNET-FORWARD\n"));
+        assert!(s.contains("-A PLUGNET-FORWARD -i b -o b "));
+        // ... and they go with the last bridge.
+        let with = format!("-P FORWARD ACCEPT\n-N PLUGNET-FORWARD\n-A FORWARD -m comment --comment plugnet -j PLUGNET-FORWARD\n");
+        let o = Observed {
+            forwarding_off: true,
+            ..parse_rules(&with)
+        };
+        assert!(restore_input(&o, &[])
+            .unwrap()
+            .contains("-X PLUGNET-FORWARD"));
     }
 }
