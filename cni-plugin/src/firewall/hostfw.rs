@@ -470,10 +470,10 @@ mod tests {
         assert!(s.contains("-I FORWARD 1 -m comment --comment plugnet -j PLUGNET-FORWARD\n"));
         assert!(s.contains("-A PLUGNET-FORWARD -i b -o b "));
         // ... and they go with the last bridge.
-        let with = format!("-P FORWARD ACCEPT\n-N PLUGNET-FORWARD\n-A FORWARD -m comment --comment plugnet -j PLUGNET-FORWARD\n");
+        let with = "-P FORWARD ACCEPT\n-N PLUGNET-FORWARD\n-A FORWARD -m comment --comment plugnet -j PLUGNET-FORWARD\n";
         let o = Observed {
             forwarding_off: true,
-            ..parse_rules(&with)
+            ..parse_rules(with)
         };
         assert!(restore_input(&o, &[])
             .unwrap()
