@@ -689,3 +689,125 @@ fn after_a_power_loss_a_torn_record_is_dropped_by_del_and_the_network_works() {
     w.del(&masq, &a2);
     w.assert_clean();
 }
+
+/// An nftables-only host whose own ruleset drops forwarded traffic (a hardened `inet` table,
+/// forward chain policy drop; no iptables binaries): plugnet keeps tagged accept rules for its
+/// bridge at the head of that chain, so featureless containers reach each other, masquerading
+/// and a port mapping work; after the host reloads its ruleset (the chain flushed),
+/// `plugnet firewall reload` puts them back; a chain that accepts gets nothing; DEL of the last
+/// container takes the rules away and leaves the host's table as it was.
+#[test]
+fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
+    need_root();
+    let w = World::new("hard", 10);
+    w.host.ns.sh(&["nft", "add table inet pnxhard"]);
+    w.host.ns.sh(&[
+        "nft",
+        "add chain inet pnxhard forwarding { type filter hook forward priority 0; policy drop; }",
+    ]);
+    w.host.ns.sh(&[
+        "nft",
+        "add chain inet pnxhard counting { type filter hook forward priority 5; policy accept; }",
+    ]);
+    let chain = |name: &str| {
+        w.host
+            .ns
+            .sh(&["nft", "list", "chain", "inet", "pnxhard", name])
+    };
+    // An nftables-only host: no iptables, no iptables-restore on PATH.
+    let run = |cmd: &str, conf: &Value, att: &Att| -> Out {
+        let mut c = Command::new(plugnet());
+        cni_env(&mut c, cmd, &att.id, &att.netns)
+            .env("PATH", "/nonexistent-pnx:/usr/sbin/nonexistent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        w.host.spawn_in(c, &serde_json::to_vec(conf).unwrap())
+    };
+    let add = |conf: &Value, id: &str| -> (Ns, Att, Value) {
+        let ctr = w.host.container();
+        let att = Att::new(id, &ctr.path(), "eth0");
+        let out = run("ADD", conf, &att);
+        assert_eq!(out.code, 0, "ADD {id}: {out:?}");
+        (ctr, att, out.json())
+    };
+    let bare = w.conf(json!({}));
+    let (c1, a1, r1) = add(&bare, "pnx-hard-1");
+    let (c2, a2, r2) = add(&bare, "pnx-hard-2");
+    let tagged = "comment \"plugnet bridge pnxbr10\"";
+    assert_eq!(
+        chain("forwarding").matches(tagged).count(),
+        4,
+        "{}",
+        chain("forwarding")
+    );
+    assert!(
+        !chain("counting").contains("plugnet"),
+        "{}",
+        chain("counting")
+    );
+    assert!(
+        c1.ping(&ip_of(&r2)),
+        "featureless: c1 -> c2 through policy drop"
+    );
+    assert!(c2.ping(&ip_of(&r1)), "featureless: c2 -> c1");
+
+    let masq = w.conf(json!({"ipMasq": true, "runtimeConfig": {"portMappings": [
+        {"hostPort": 18110, "containerPort": 80, "protocol": "tcp"}]}}));
+    let (c3, a3, _) = add(&masq, "pnx-hard-3");
+    let _out_srv = Server::tcp(&w.outside, 9000, "peer");
+    let _ctr_srv = Server::tcp(&c3, 80, "mapped");
+    let works = |what: &str| {
+        assert!(c1.ping(&ip_of(&r2)), "{what}: c1 -> c2");
+        assert_eq!(
+            tcp_get(&c3, &format!("{}:9000", w.outside_ip())).as_deref(),
+            Some(w.host_ip().as_str()),
+            "{what}: masqueraded to the outside"
+        );
+        assert_eq!(
+            tcp_get(&w.outside, &format!("{}:18110", w.host_ip())).as_deref(),
+            Some("mapped"),
+            "{what}: port mapping"
+        );
+    };
+    works("policy drop");
+
+    // The host reloads its own ruleset: plugnet's rules in its chain are gone, traffic stops;
+    // `plugnet firewall reload` puts them back, once.
+    w.host
+        .ns
+        .sh(&["nft", "flush chain inet pnxhard forwarding"]);
+    assert!(
+        !c1.ping(&ip_of(&r2)),
+        "the host's policy drop applies again"
+    );
+    let mut c = Command::new(plugnet());
+    c.args(["firewall", "reload", "--state-dir"])
+        .arg(w.fw_dir.path())
+        .env("PATH", "/nonexistent-pnx")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = w.host.spawn_in(c, b"");
+    assert_eq!(out.code, 0, "reload: {out:?}");
+    assert_eq!(
+        chain("forwarding").matches(tagged).count(),
+        4,
+        "{}",
+        chain("forwarding")
+    );
+    works("after the host's reload and plugnet's");
+
+    for (conf, att) in [(&masq, &a3), (&bare, &a2), (&bare, &a1)] {
+        let out = run("DEL", conf, att);
+        assert_eq!(out.code, 0, "DEL: {out:?}");
+    }
+    let left = chain("forwarding");
+    assert!(!left.contains("plugnet"), "{left}");
+    assert!(
+        left.contains("policy drop"),
+        "the host's chain is kept: {left}"
+    );
+    w.host.ns.sh(&["nft", "delete table inet pnxhard"]);
+    w.assert_clean();
+}

@@ -138,7 +138,9 @@ fn sync_with(bridges: &[String], how: Sync) -> Result<(), FirewallError> {
                 .unwrap_or_else(|_| Err(FirewallError::HostFirewall("ip6tables thread".into()))),
         )
     });
-    v4.and(v6)
+    v4.and(v6)?;
+    // The host's own nftables chains: netlink only, no tool to run.
+    super::hostnft::sync(bridges)
 }
 
 #[derive(Clone, Copy)]
@@ -183,27 +185,44 @@ impl Family {
     }
 }
 
-/// Whether the host's iptables may drop forwarded plugnet traffic of the families asked
-/// about (`v4`, `v6`), now or once forwarding is turned on, so that even an attachment using
-/// no firewall feature needs its bridge's accept rules: the family's forwarding is off (a
-/// dockerd started later turns it on and sets FORWARD's policy to DROP; a gateway network has
-/// already turned it on, so this is the case of bridges without a gateway in that family), the
-/// FORWARD policy of iptables-nft's `filter` table is DROP (Docker sets it), or the legacy
-/// `filter` table of that family is loaded (its policy is not visible without running
-/// `iptables`, so assume it may; [`sync`] then looks and adds nothing if not needed). Cheap:
-/// two small /proc reads and one netlink request per family; any error counts as "no".
+/// Whether the host's firewall may drop forwarded plugnet traffic of the families asked about
+/// (`v4`, `v6`), now or once forwarding is turned on, so that even an attachment using no
+/// firewall feature needs its bridge's accept rules:
+/// - the family's forwarding is off: a dockerd started later turns it on and sets FORWARD's
+///   policy to DROP (a gateway network has already turned it on, so this is the case of
+///   bridges without a gateway in that family);
+/// - iptables-legacy's `filter` table of that family is loaded (its policy is not visible
+///   without running `iptables`, so assume it may; [`sync`] then looks and adds nothing if not
+///   needed);
+/// - the FORWARD policy of iptables-nft's `filter` table is DROP (Docker sets it);
+/// - a forward chain of the host's own nftables ruleset has policy drop (`hostnft`).
+///
+/// Cheap: two small /proc reads per family and one netlink dump of the tables; a chain
+/// request only where such a table exists. Any error counts as "no".
 pub fn forward_may_drop(v4: bool, v6: bool) -> bool {
-    [(v4, Family::V4), (v6, Family::V6)]
+    let asked: Vec<Family> = [(v4, Family::V4), (v6, Family::V6)]
         .into_iter()
         .filter(|(asked, _)| *asked)
-        .any(|(_, family)| {
-            family.forwarding_off()
-                || family.legacy_filter_loaded()
-                || matches!(
-                    super::nft::iptables_forward_drops(family.nfproto()),
-                    Ok(Some(true))
-                )
-        })
+        .map(|(_, family)| family)
+        .collect();
+    if asked
+        .iter()
+        .any(|f| f.forwarding_off() || f.legacy_filter_loaded())
+    {
+        return true;
+    }
+    let Ok(tables) = super::nft::tables() else {
+        return false;
+    };
+    asked.iter().any(|f| {
+        tables
+            .iter()
+            .any(|(fam, t)| *fam == f.nfproto() && t == "filter")
+            && matches!(
+                super::nft::iptables_forward_drops(f.nfproto()),
+                Ok(Some(true))
+            )
+    }) || super::hostnft::drops(&tables, v4, v6)
 }
 
 /// The filter table as nf_tables shows it, when iptables-nft manages it alone (no legacy
@@ -355,26 +374,29 @@ fn list_filter_v4() -> Result<Option<String>, FirewallError> {
 }
 
 /// Whether iptables (IPv4) holds our jump and the accept rules of every bridge in `bridges`
-/// wherever it would drop plugnet traffic; true when there is no iptables.
+/// wherever it would drop plugnet traffic (true when there is no iptables), and the host's own
+/// dropping nftables chains hold theirs.
 pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
     if bridges.is_empty() {
         return Ok(true);
     }
-    Ok(match list_filter_v4()? {
+    let iptables = match list_filter_v4()? {
         Some(text) => {
             let off = Family::V4.forwarding_off();
             bridges.iter().all(|b| check_rules(&text, off, b).is_ok())
         }
         None => true,
-    })
+    };
+    Ok(iptables && super::hostnft::in_place(bridges)?)
 }
 
-/// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist.
+/// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist;
+/// so do its rules in the host's own dropping nftables chains.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
-    match list_filter_v4()? {
-        Some(text) => check_rules(&text, Family::V4.forwarding_off(), bridge),
-        None => Ok(()),
+    if let Some(text) = list_filter_v4()? {
+        check_rules(&text, Family::V4.forwarding_off(), bridge)?;
     }
+    super::hostnft::check(bridge)
 }
 
 /// Whether `iptables -S` output `text` holds our jump and `bridge`'s rules wherever plugnet

@@ -14,6 +14,7 @@
 
 mod conntrack;
 pub mod hostfw;
+mod hostnft;
 pub mod names;
 mod nft;
 pub mod plan;

@@ -27,7 +27,8 @@ use netlink_packet_netfilter::{
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use super::plan::{
-    ElemData, Expr, Fam, Field, Hook as PHook, KeyVal, Op, SetData, SetDef, Verdict, TABLE,
+    ElemData, Expr, Fam, Field, ForeignChain, Hook as PHook, KeyVal, Op, SetData, SetDef, Verdict,
+    TABLE,
 };
 
 /// The kernel refused an operation of a batch (the whole batch was rolled back).
@@ -45,6 +46,8 @@ impl std::fmt::Display for NftError {
 }
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// NLM_F_ROOT | NLM_F_MATCH: a dump.
+const NLM_F_DUMP: u16 = 0x300;
 const REG_VERDICT: u32 = 0;
 const REG_1: u32 = 1;
 const REG_2: u32 = 2;
@@ -241,14 +244,13 @@ fn batch(ops: &[Op]) -> Vec<u8> {
     );
     for (i, op) in ops.iter().enumerate() {
         let (body, flags) = message(op);
-        put(
-            &mut batch,
-            NetfilterProtoFamily::Inet,
-            0,
-            body,
-            flags,
-            i as u32 + 2,
-        );
+        let family = match op {
+            Op::InsertForeignRule { at, .. } | Op::DelForeignRule { at, .. } => {
+                NetfilterProtoFamily::from(at.family)
+            }
+            _ => NetfilterProtoFamily::Inet,
+        };
+        put(&mut batch, family, 0, body, flags, i as u32 + 2);
     }
     let end = ops.len() as u32 + 2;
     put(
@@ -430,7 +432,57 @@ fn message(op: &Op) -> (NfTablesMessage, u16) {
             }),
             NLM_F_ACK,
         ),
+        Op::InsertForeignRule { at, exprs, comment } => {
+            let exprs = exprs.iter().flat_map(lower).map(Into::into).collect();
+            let attributes = vec![
+                RuleAttribute::Table(at.table.clone()),
+                RuleAttribute::Chain(at.chain.clone()),
+                RuleAttribute::Expressions(exprs),
+                RuleAttribute::UserData(udata_comment(comment)),
+            ];
+            // No NLM_F_APPEND and no position: the kernel puts the rule at the chain's head.
+            (
+                NfTablesMessage::NewRule(RuleMessage { attributes }),
+                NLM_F_CREATE | NLM_F_ACK,
+            )
+        }
+        Op::DelForeignRule { at, handle } => (
+            NfTablesMessage::DeleteRule(RuleMessage {
+                attributes: vec![
+                    RuleAttribute::Table(at.table.clone()),
+                    RuleAttribute::Chain(at.chain.clone()),
+                    RuleAttribute::Handle(*handle),
+                ],
+            }),
+            NLM_F_ACK,
+        ),
     }
+}
+
+/// libnftnl's rule user data holding a comment (what `nft list` shows as `comment "..."`):
+/// one TLV, type NFTNL_UDATA_RULE_COMMENT (0), the string with its NUL.
+fn udata_comment(comment: &str) -> Vec<u8> {
+    let mut v = comment.as_bytes().to_vec();
+    v.truncate(254);
+    v.push(0);
+    let mut out = vec![0u8, v.len() as u8];
+    out.extend(v);
+    out
+}
+
+/// The comment in a rule's user data, if any (see [`udata_comment`]).
+fn udata_comment_of(udata: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= udata.len() {
+        let (kind, len) = (udata[off], udata[off + 1] as usize);
+        let value = udata.get(off + 2..off + 2 + len)?;
+        if kind == 0 {
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return Some(String::from_utf8_lossy(&value[..end]).into_owned());
+        }
+        off += 2 + len;
+    }
+    None
 }
 
 fn reg(r: u32) -> Register {
@@ -791,9 +843,27 @@ fn get(
     family: NetfilterProtoFamily,
     body: NfTablesMessage,
 ) -> io::Result<Option<Vec<NfTablesMessage>>> {
+    Ok(request(family, body, NLM_F_ACK)?.map(|v| v.into_iter().map(|(_, m)| m).collect()))
+}
+
+/// One dump request: every object it returned, with its family.
+fn dump(
+    family: NetfilterProtoFamily,
+    body: NfTablesMessage,
+) -> io::Result<Vec<(u8, NfTablesMessage)>> {
+    Ok(request(family, body, NLM_F_DUMP)?.unwrap_or_default())
+}
+
+/// One request (a GET, or a dump with `NLM_F_DUMP`): `None` when the kernel answers ENOENT,
+/// else the objects it returned, each with the family of its header.
+fn request(
+    family: NetfilterProtoFamily,
+    body: NfTablesMessage,
+    flags: u16,
+) -> io::Result<Option<Vec<(u8, NfTablesMessage)>>> {
     const SEQ: u32 = 1;
     let mut req = Vec::with_capacity(128);
-    put(&mut req, family, 0, body, NLM_F_ACK, SEQ);
+    put(&mut req, family, 0, body, flags, SEQ);
     with_socket(|sock| {
         sock.send(&req)?;
         let mut buf = recv_buf();
@@ -819,9 +889,10 @@ fn get(
                         }
                         NetlinkPayload::Done(_) => return Ok(Some(found)),
                         NetlinkPayload::InnerMessage(NetfilterMessage {
+                            header,
                             inner: NetfilterMessageInner::NfTables(obj),
                             ..
-                        }) => found.push(obj),
+                        }) => found.push((u8::from(header.family), obj)),
                         _ => {}
                     },
                     // An object this library cannot parse still exists.
@@ -903,6 +974,95 @@ pub fn iptables_chain(family: u8, name: &str) -> io::Result<Option<Option<u32>>>
     });
     Ok(Some(policy))
 }
+
+/// Every table of every family: (family, name). One dump.
+pub fn tables() -> io::Result<Vec<(u8, String)>> {
+    let body = NfTablesMessage::GetTable(TableMessage { attributes: vec![] });
+    Ok(dump(NetfilterProtoFamily::Unspec, body)?
+        .into_iter()
+        .filter_map(|(family, m)| match m {
+            NfTablesMessage::NewTable(t) => t.attributes.into_iter().find_map(|a| match a {
+                TableAttribute::Name(n) => Some((family, n)),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The base chains of `family` on the forward hook, each with its policy. One dump.
+pub fn forward_base_chains(family: u8) -> io::Result<Vec<(ForeignChain, u32)>> {
+    let body = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
+    let forward = u32::from(InetHookNumber::Forward);
+    Ok(dump(NetfilterProtoFamily::from(family), body)?
+        .into_iter()
+        .filter_map(|(family, m)| {
+            let NfTablesMessage::NewChain(c) = m else {
+                return None;
+            };
+            let (mut table, mut chain, mut hook, mut policy) = (None, None, None, None);
+            for a in c.attributes {
+                match a {
+                    ChainAttribute::Table(t) => table = Some(t),
+                    ChainAttribute::Name(n) => chain = Some(n),
+                    ChainAttribute::Policy(p) => policy = Some(p),
+                    ChainAttribute::Hook(h) => {
+                        hook = h.into_iter().find_map(|x| match x {
+                            Hook::Number(n) => Some(u32::from(n)),
+                            _ => None,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            (hook == Some(forward)).then_some(())?;
+            Some((
+                ForeignChain {
+                    family,
+                    table: table?,
+                    chain: chain?,
+                },
+                policy?,
+            ))
+        })
+        .collect())
+}
+
+/// The rules of chain `at` whose comment starts with `prefix`: (handle, comment). One dump.
+pub fn tagged_rules(at: &ForeignChain, prefix: &str) -> io::Result<Vec<(u64, String)>> {
+    let body = NfTablesMessage::GetRule(RuleMessage {
+        attributes: vec![
+            RuleAttribute::Table(at.table.clone()),
+            RuleAttribute::Chain(at.chain.clone()),
+        ],
+    });
+    Ok(dump(NetfilterProtoFamily::from(at.family), body)?
+        .into_iter()
+        .filter_map(|(_, m)| {
+            let NfTablesMessage::NewRule(r) = m else {
+                return None;
+            };
+            let (mut handle, mut comment, mut table, mut chain) = (None, None, None, None);
+            for a in r.attributes {
+                match a {
+                    RuleAttribute::Handle(h) => handle = Some(h),
+                    RuleAttribute::UserData(u) => comment = udata_comment_of(&u),
+                    RuleAttribute::Table(t) => table = Some(t),
+                    RuleAttribute::Chain(c) => chain = Some(c),
+                    _ => {}
+                }
+            }
+            // The kernel filters by table and chain; checked again all the same.
+            (table.as_deref() == Some(&at.table) && chain.as_deref() == Some(&at.chain))
+                .then_some(())?;
+            let comment = comment.filter(|c| c.starts_with(prefix))?;
+            Some((handle?, comment))
+        })
+        .collect())
+}
+
+/// NF_DROP, as a chain policy.
+pub const POLICY_DROP: u32 = NF_DROP;
 
 #[cfg(test)]
 mod tests {

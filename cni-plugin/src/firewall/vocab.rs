@@ -312,6 +312,31 @@ pub enum ElemData {
     Value(Vec<KeyVal>),
 }
 
+/// A chain in a table plugnet does not own (the host's own nftables ruleset), where plugnet
+/// keeps a few rules tagged with a comment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ForeignChain {
+    /// The table's family (`NFPROTO_INET`, `NFPROTO_IPV4`, `NFPROTO_IPV6`).
+    pub family: u8,
+    pub table: String,
+    pub chain: String,
+}
+
+impl fmt::Display for ForeignChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = match i32::from(self.family) {
+            libc::NFPROTO_INET => "inet",
+            libc::NFPROTO_IPV4 => "ip",
+            libc::NFPROTO_IPV6 => "ip6",
+            libc::NFPROTO_BRIDGE => "bridge",
+            libc::NFPROTO_ARP => "arp",
+            libc::NFPROTO_NETDEV => "netdev",
+            _ => "unknown",
+        };
+        write!(f, "{family} {} {}", self.table, self.chain)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     AddTable,
@@ -329,6 +354,17 @@ pub enum Op {
     DelElem {
         set: String,
         key: Vec<KeyVal>,
+    },
+    /// A rule at the head of a chain plugnet does not own, tagged with `comment`.
+    InsertForeignRule {
+        at: ForeignChain,
+        exprs: Vec<Expr>,
+        comment: String,
+    },
+    /// Deletes the rule `handle` of a chain plugnet does not own.
+    DelForeignRule {
+        at: ForeignChain,
+        handle: u64,
     },
 }
 
@@ -399,6 +435,11 @@ impl fmt::Display for Op {
                 None => write!(f, "add element {t} {set} {{ {} }}", key(k)),
             },
             Op::DelElem { set, key: k } => write!(f, "delete element {t} {set} {{ {} }}", key(k)),
+            Op::InsertForeignRule { at, exprs, comment } => {
+                let e: Vec<String> = exprs.iter().map(|x| x.to_string()).collect();
+                write!(f, "insert rule {at} {} comment \"{comment}\"", e.join(" "))
+            }
+            Op::DelForeignRule { at, handle } => write!(f, "delete rule {at} handle {handle}"),
         }
     }
 }
