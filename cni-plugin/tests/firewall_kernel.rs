@@ -685,3 +685,85 @@ fn forward_drop_policy_of_iptables_nft_is_seen() {
         "no family asked about"
     );
 }
+
+#[test]
+fn host_nftables_chains_that_drop_hold_exactly_the_bridges_rules() {
+    require_root!();
+    let t = Topo::new("hnft", 9);
+    t.host.exec("nft add table inet pnfhard");
+    t.host.exec(
+        "nft 'add chain inet pnfhard drops { type filter hook forward priority 0; policy drop; }'",
+    );
+    t.host.exec(
+        "nft 'add chain inet pnfhard accepts { type filter hook forward priority 3; policy accept; }'",
+    );
+    t.host.exec("nft add table ip pnfhard4");
+    t.host.exec(
+        "nft 'add chain ip pnfhard4 drops { type filter hook forward priority 0; policy drop; }'",
+    );
+    let count = |chain: &str, bridge: &str| {
+        t.host
+            .out(&format!("nft list chain {chain}"))
+            .matches(&format!("comment \"plugnet bridge {bridge}\""))
+            .count()
+    };
+    let sync = |t: &Topo, bridges: &[&str]| {
+        let b: Vec<String> = bridges.iter().map(|s| s.to_string()).collect();
+        on_host(t, move || plugnet::firewall::hostfw::sync(&b)).unwrap()
+    };
+    let in_place = |t: &Topo, bridges: &[&str]| {
+        let b: Vec<String> = bridges.iter().map(|s| s.to_string()).collect();
+        on_host(t, move || plugnet::firewall::hostfw::in_place(&b)).unwrap()
+    };
+    // The families are told apart: an `ip` chain drops IPv4 only.
+    let drops =
+        |t: &Topo, v4, v6| on_host(t, move || plugnet::firewall::host_forward_may_drop(v4, v6));
+    assert!(drops(&t, true, false) && drops(&t, false, true));
+    t.host.exec("nft delete table inet pnfhard");
+    assert!(drops(&t, true, false) && !drops(&t, false, true));
+    t.host.exec("nft add table inet pnfhard");
+    t.host.exec(
+        "nft 'add chain inet pnfhard drops { type filter hook forward priority 0; policy drop; }'",
+    );
+    t.host.exec(
+        "nft 'add chain inet pnfhard accepts { type filter hook forward priority 3; policy accept; }'",
+    );
+
+    sync(&t, &["pnfb1", "pnfb2"]);
+    for chain in ["inet pnfhard drops", "ip pnfhard4 drops"] {
+        assert_eq!(count(chain, "pnfb1"), 4, "{chain}");
+        assert_eq!(count(chain, "pnfb2"), 4, "{chain}");
+    }
+    assert_eq!(count("inet pnfhard accepts", "pnfb1"), 0);
+    // Idempotent: nothing doubled.
+    sync(&t, &["pnfb1", "pnfb2"]);
+    assert_eq!(count("inet pnfhard drops", "pnfb1"), 4);
+    assert!(in_place(&t, &["pnfb1", "pnfb2"]));
+    // A rule lost by hand: repair sees it, a sync completes the bridge's rules.
+    let listed = t.host.out("nft -a list chain inet pnfhard drops");
+    let handle = listed
+        .lines()
+        .find(|l| l.contains("plugnet bridge pnfb1"))
+        .and_then(|l| l.rsplit("handle ").next())
+        .unwrap()
+        .trim()
+        .to_string();
+    t.host.exec(&format!(
+        "nft delete rule inet pnfhard drops handle {handle}"
+    ));
+    assert!(!in_place(&t, &["pnfb1", "pnfb2"]));
+    sync(&t, &["pnfb1", "pnfb2"]);
+    assert_eq!(count("inet pnfhard drops", "pnfb1"), 4);
+    // One bridge goes; a chain whose policy now accepts loses its rules.
+    t.host
+        .exec("nft 'add chain ip pnfhard4 drops { policy accept; }'");
+    sync(&t, &["pnfb2"]);
+    assert_eq!(count("inet pnfhard drops", "pnfb1"), 0);
+    assert_eq!(count("inet pnfhard drops", "pnfb2"), 4);
+    assert_eq!(count("ip pnfhard4 drops", "pnfb2"), 0);
+    // The last bridge goes: the host's chains are as they were.
+    sync(&t, &[]);
+    let rs = t.host.out("nft list ruleset");
+    assert!(!rs.contains("plugnet"), "{rs}");
+    assert!(rs.contains("policy drop"), "{rs}");
+}

@@ -1,5 +1,6 @@
 //! plugnet's packet filtering and NAT for container attachments (ipMasq, port mappings, egress
-//! rules, coexistence with Docker's iptables), in an nftables table of its own;
+//! rules), in an nftables table of its own, and coexistence with host firewalls that drop
+//! forwarded traffic (Docker's iptables: `hostfw`; the host's own nftables chains: `hostnft`);
 //! invariant: every `apply`/`remove` is one nftables transaction that touches only the
 //! attachment's own chains and map elements (plus shared objects on their first/last use), and
 //! the state directory always describes what is installed, so `reload` can rebuild it.
