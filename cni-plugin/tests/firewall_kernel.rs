@@ -729,12 +729,44 @@ fn host_nftables_chains_that_drop_hold_exactly_the_bridges_rules() {
         "nft 'add chain inet pnfhard accepts { type filter hook forward priority 3; policy accept; }'",
     );
 
+    // firewalld's shape: policy accept, a final rule rejecting everything; and a chain whose
+    // last rule rejects only some packets (it does not drop what it does not accept).
+    t.host.exec("nft add table inet pnfwalld");
+    t.host.exec(
+        "nft 'add chain inet pnfwalld filter_FORWARD { type filter hook forward priority 10; policy accept; }'",
+    );
+    t.host
+        .exec("nft add rule inet pnfwalld filter_FORWARD ct state established,related accept");
+    t.host.exec(
+        "nft add rule inet pnfwalld filter_FORWARD counter reject with icmpx admin-prohibited",
+    );
+    t.host.exec(
+        "nft 'add chain inet pnfwalld some { type filter hook forward priority 11; policy accept; }'",
+    );
+    t.host
+        .exec("nft add rule inet pnfwalld some ip saddr 192.0.2.1 reject");
     sync(&t, &["pnfb1", "pnfb2"]);
-    for chain in ["inet pnfhard drops", "ip pnfhard4 drops"] {
+    for chain in [
+        "inet pnfhard drops",
+        "ip pnfhard4 drops",
+        "inet pnfwalld filter_FORWARD",
+    ] {
         assert_eq!(count(chain, "pnfb1"), 4, "{chain}");
         assert_eq!(count(chain, "pnfb2"), 4, "{chain}");
     }
     assert_eq!(count("inet pnfhard accepts", "pnfb1"), 0);
+    assert_eq!(count("inet pnfwalld some", "pnfb1"), 0);
+    // The host's final reject stays last.
+    let fwd = t.host.out("nft list chain inet pnfwalld filter_FORWARD");
+    assert!(
+        fwd.trim_end()
+            .trim_end_matches('}')
+            .trim_end()
+            .trim_end_matches('}')
+            .trim_end()
+            .ends_with("reject with icmpx admin-prohibited"),
+        "{fwd}"
+    );
     // Idempotent: nothing doubled.
     sync(&t, &["pnfb1", "pnfb2"]);
     assert_eq!(count("inet pnfhard drops", "pnfb1"), 4);
@@ -761,6 +793,7 @@ fn host_nftables_chains_that_drop_hold_exactly_the_bridges_rules() {
     assert_eq!(count("inet pnfhard drops", "pnfb1"), 0);
     assert_eq!(count("inet pnfhard drops", "pnfb2"), 4);
     assert_eq!(count("ip pnfhard4 drops", "pnfb2"), 0);
+    assert_eq!(count("inet pnfwalld filter_FORWARD", "pnfb2"), 4);
     // The last bridge goes: the host's chains are as they were.
     sync(&t, &[]);
     let rs = t.host.out("nft list ruleset");

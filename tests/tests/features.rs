@@ -691,8 +691,8 @@ fn after_a_power_loss_a_torn_record_is_dropped_by_del_and_the_network_works() {
 }
 
 /// An nftables-only host whose own ruleset drops forwarded traffic (a hardened `inet` table,
-/// forward chain policy drop; no iptables binaries): plugnet keeps tagged accept rules for its
-/// bridge at the head of that chain, so featureless containers reach each other, masquerading
+/// forward chain policy drop; a firewalld-shaped chain ending in `reject`; no iptables
+/// binaries): plugnet keeps tagged accept rules for its bridge at the head of those chains, so featureless containers reach each other, masquerading
 /// and a port mapping work; after the host reloads its ruleset (the chain flushed),
 /// `plugnet firewall reload` puts them back; a chain that accepts gets nothing; DEL of the last
 /// container takes the rules away and leaves the host's table as it was.
@@ -709,12 +709,30 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
         "nft",
         "add chain inet pnxhard counting { type filter hook forward priority 5; policy accept; }",
     ]);
+    // firewalld's shape: policy accept, a final rule rejecting what nothing accepted.
+    w.host.ns.sh(&["nft", "add table inet pnxwalld"]);
+    w.host.ns.sh(&[
+        "nft",
+        "add chain inet pnxwalld filter_FORWARD { type filter hook forward priority 10; policy accept; }",
+    ]);
+    w.host.ns.sh(&[
+        "nft",
+        "add rule inet pnxwalld filter_FORWARD ct state established,related accept",
+    ]);
+    w.host.ns.sh(&[
+        "nft",
+        "add rule inet pnxwalld filter_FORWARD reject with icmpx admin-prohibited",
+    ]);
+    let walld = || {
+        w.host
+            .ns
+            .sh(&["nft", "list", "chain", "inet", "pnxwalld", "filter_FORWARD"])
+    };
     let chain = |name: &str| {
         w.host
             .ns
             .sh(&["nft", "list", "chain", "inet", "pnxhard", name])
-    };
-    // An nftables-only host: no iptables, no iptables-restore on PATH.
+    }; // An nftables-only host: no iptables, no iptables-restore on PATH.
     let run = |cmd: &str, conf: &Value, att: &Att| -> Out {
         let mut c = Command::new(plugnet());
         cni_env(&mut c, cmd, &att.id, &att.netns)
@@ -741,6 +759,7 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
         "{}",
         chain("forwarding")
     );
+    assert_eq!(walld().matches(tagged).count(), 4, "{}", walld());
     assert!(
         !chain("counting").contains("plugnet"),
         "{}",
@@ -808,6 +827,10 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
         left.contains("policy drop"),
         "the host's chain is kept: {left}"
     );
+    let left = walld();
+    assert!(!left.contains("plugnet"), "{left}");
+    assert!(left.contains("reject"), "the host's chain is kept: {left}");
+    w.host.ns.sh(&["nft", "delete table inet pnxwalld"]);
     w.host.ns.sh(&["nft", "delete table inet pnxhard"]);
     w.assert_clean();
 }

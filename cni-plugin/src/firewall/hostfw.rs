@@ -217,7 +217,7 @@ pub fn forward_may_drop(v4: bool, v6: bool) -> bool {
     asked.iter().any(|f| {
         tables
             .iter()
-            .any(|(fam, t)| *fam == f.nfproto() && t == "filter")
+            .any(|t| t.family == f.nfproto() && t.name == "filter")
             && matches!(
                 super::nft::iptables_forward_drops(f.nfproto()),
                 Ok(Some(true))

@@ -1,15 +1,17 @@
 //! Coexistence with the host's own nftables ruleset (a hardened `inet filter` table, a
-//! firewall written in nft): a base chain on the forward hook whose policy is drop, in a table
-//! plugnet does not own, drops plugnet's bridged and forwarded traffic whatever plugnet's own
-//! table accepts, since a packet must be accepted by every base chain it meets. plugnet keeps
-//! four rules per bridge at the head of each such chain, each tagged with the comment
-//! `plugnet bridge <name>`; invariant: each such chain holds complete rules for exactly the
-//! bridges that have attachments (or holds), chains that do not drop hold none, and nothing
-//! else of the host's ruleset is touched. iptables' own tables are left to `hostfw`.
+//! firewall written in nft, firewalld): a base chain on the forward hook that drops what it
+//! does not accept — by its policy, or by a final rule that drops or rejects every packet, as
+//! firewalld's does — in a table plugnet does not own, drops plugnet's bridged and forwarded
+//! traffic whatever plugnet's own table accepts, since a packet must be accepted by every base
+//! chain it meets. plugnet keeps four rules per bridge at the head of each such chain, each
+//! tagged with the comment `plugnet bridge <name>`; invariant: each such chain holds complete
+//! rules for exactly the bridges that have attachments (or holds), chains that do not drop
+//! hold none, and nothing else of the host's ruleset is touched. iptables' own tables are left
+//! to `hostfw`; a table owned by a process (the kernel's owner flag) is that process's alone.
 
 use std::collections::BTreeMap;
 
-use super::nft::{self, POLICY_DROP};
+use super::nft::{self, TableInfo, POLICY_DROP};
 use super::plan::{Expr, ForeignChain, Op, Verdict, TABLE};
 use super::FirewallError;
 
@@ -35,9 +37,14 @@ fn rules(bridge: &str) -> Vec<Vec<Expr>> {
     ]
 }
 
-/// Tables whose forward chains are the host's own: not plugnet's, and not iptables' (whose
-/// `filter` FORWARD chain `hostfw` manages through iptables itself).
-fn is_foreign(family: u8, table: &str) -> bool {
+/// Tables whose forward chains are the host's own and may be written to: not plugnet's, not
+/// iptables' (whose `filter` FORWARD chain `hostfw` manages through iptables itself), not
+/// owned by a process, not dormant.
+fn is_foreign(t: &TableInfo) -> bool {
+    !t.owned && !t.dormant && foreign_name(t.family, &t.name)
+}
+
+fn foreign_name(family: u8, table: &str) -> bool {
     match i32::from(family) {
         libc::NFPROTO_INET => table != TABLE,
         libc::NFPROTO_IPV4 | libc::NFPROTO_IPV6 => {
@@ -46,27 +53,6 @@ fn is_foreign(family: u8, table: &str) -> bool {
         // bridge, arp, netdev: no forward hook on the routed path.
         _ => false,
     }
-}
-
-/// Every forward base chain of the host's own tables (among `tables`), with its policy: one
-/// chain dump per family that has such a table; nothing when there is none.
-fn forward_chains(tables: &[(u8, String)]) -> std::io::Result<Vec<(ForeignChain, u32)>> {
-    let mut families: Vec<u8> = tables
-        .iter()
-        .filter(|(f, t)| is_foreign(*f, t))
-        .map(|(f, _)| *f)
-        .collect();
-    families.sort_unstable();
-    families.dedup();
-    let mut out = Vec::new();
-    for family in families {
-        out.extend(
-            nft::forward_base_chains(family)?
-                .into_iter()
-                .filter(|(c, _)| is_foreign(c.family, &c.table)),
-        );
-    }
-    Ok(out)
 }
 
 /// Whether a chain of `family` sees traffic of the families asked about.
@@ -78,25 +64,66 @@ fn concerns(family: u8, v4: bool, v6: bool) -> bool {
     }
 }
 
-/// Whether one of the host's own forward chains drops (policy drop) traffic of the families
-/// asked about; `tables` is [`nft::tables`]. No request at all when the host has no table of
-/// its own. Any error counts as "no".
-pub fn drops(tables: &[(u8, String)], v4: bool, v6: bool) -> bool {
-    forward_chains(tables).is_ok_and(|chains| {
-        chains
-            .iter()
-            .any(|(c, policy)| *policy == POLICY_DROP && concerns(c.family, v4, v6))
-    })
+/// One forward base chain of the host's own, as found.
+struct Seen {
+    at: ForeignChain,
+    /// It drops what it does not accept: policy drop, or a last rule of the host's that drops
+    /// or rejects every packet.
+    dropping: bool,
+    /// plugnet's rules in it, by bridge: their handles.
+    ours: BTreeMap<String, Vec<u64>>,
 }
 
-/// plugnet's rules in `at`, by bridge: the handles of each bridge's rules.
-fn ours(at: &ForeignChain) -> Result<BTreeMap<String, Vec<u64>>, FirewallError> {
-    let mut by_bridge: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (handle, comment) in nft::tagged_rules(at, TAG).map_err(query_err)? {
-        let bridge = comment[TAG.len()..].to_string();
-        by_bridge.entry(bridge).or_default().push(handle);
+impl Seen {
+    fn complete(&self, bridge: &str) -> bool {
+        self.ours.get(bridge).map(Vec::len) == Some(RULES_PER_BRIDGE)
     }
-    Ok(by_bridge)
+}
+
+/// Every forward base chain of the host's own tables (among `tables`): one chain dump per
+/// family that has such a table, one rule dump per such chain; nothing when there is none.
+fn inspect(tables: &[TableInfo]) -> std::io::Result<Vec<Seen>> {
+    let foreign: Vec<&TableInfo> = tables.iter().filter(|t| is_foreign(t)).collect();
+    let mut families: Vec<u8> = foreign.iter().map(|t| t.family).collect();
+    families.sort_unstable();
+    families.dedup();
+    let mut out = Vec::new();
+    for family in families {
+        for (at, policy) in nft::forward_base_chains(family)? {
+            if !foreign
+                .iter()
+                .any(|t| t.family == at.family && t.name == at.table)
+            {
+                continue;
+            }
+            let rules = nft::chain_rules(&at)?;
+            let mut ours: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            let mut last_drops_all = false;
+            for r in rules {
+                match r.comment.as_deref().and_then(|c| c.strip_prefix(TAG)) {
+                    Some(bridge) => ours.entry(bridge.to_string()).or_default().push(r.handle),
+                    None => last_drops_all = r.drops_all,
+                }
+            }
+            out.push(Seen {
+                at,
+                dropping: policy == POLICY_DROP || last_drops_all,
+                ours,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether one of the host's own forward chains drops traffic of the families asked about;
+/// `tables` is [`nft::tables`]. No request at all when the host has no table of its own. Any
+/// error counts as "no".
+pub fn drops(tables: &[TableInfo], v4: bool, v6: bool) -> bool {
+    inspect(tables).is_ok_and(|chains| {
+        chains
+            .iter()
+            .any(|c| c.dropping && concerns(c.at.family, v4, v6))
+    })
 }
 
 fn query_err(e: std::io::Error) -> FirewallError {
@@ -104,55 +131,51 @@ fn query_err(e: std::io::Error) -> FirewallError {
 }
 
 /// The host's chains as they are now.
-fn current() -> Result<Vec<(ForeignChain, u32)>, FirewallError> {
+fn current() -> Result<Vec<Seen>, FirewallError> {
     let tables = nft::tables().map_err(query_err)?;
-    forward_chains(&tables).map_err(query_err)
+    inspect(&tables).map_err(query_err)
 }
 
 /// Brings plugnet's rules in the host's own forward chains in line with `bridges`, in one
-/// transaction: complete rules for every bridge in each chain whose policy drops, none
-/// anywhere else (a chain whose policy was changed back to accept loses them).
+/// transaction: complete rules for every bridge in each chain that drops, none anywhere else
+/// (a chain that no longer drops loses them).
 pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
-    let chains = current()?;
     let mut ops = Vec::new();
     let mut dropping = Vec::new();
-    for (at, policy) in &chains {
-        let want: &[String] = if *policy == POLICY_DROP {
-            dropping.push(at.to_string());
+    for seen in current()? {
+        let want: &[String] = if seen.dropping {
+            dropping.push(seen.at.to_string());
             bridges
         } else {
             &[]
         };
-        let have = ours(at)?;
-        for (bridge, handles) in &have {
-            if !want.contains(bridge) || handles.len() != RULES_PER_BRIDGE {
+        for (bridge, handles) in &seen.ours {
+            if !want.contains(bridge) || !seen.complete(bridge) {
                 ops.extend(handles.iter().map(|&handle| Op::DelForeignRule {
-                    at: at.clone(),
+                    at: seen.at.clone(),
                     handle,
                 }));
             }
         }
-        for bridge in want {
-            if have.get(bridge).map(Vec::len) != Some(RULES_PER_BRIDGE) {
-                // Each goes to the head: inserted last to first, they read first to last.
-                ops.extend(
-                    rules(bridge)
-                        .into_iter()
-                        .rev()
-                        .map(|exprs| Op::InsertForeignRule {
-                            at: at.clone(),
-                            exprs,
-                            comment: format!("{TAG}{bridge}"),
-                        }),
-                );
-            }
+        for bridge in want.iter().filter(|b| !seen.complete(b)) {
+            // Each goes to the head: inserted last to first, they read first to last.
+            ops.extend(
+                rules(bridge)
+                    .into_iter()
+                    .rev()
+                    .map(|exprs| Op::InsertForeignRule {
+                        at: seen.at.clone(),
+                        exprs,
+                        comment: format!("{TAG}{bridge}"),
+                    }),
+            );
         }
     }
     nft::run(&ops).map_err(|e| {
         FirewallError::HostFirewall(format!(
-            "the host's nftables chain(s) {} drop forwarded traffic (policy drop) and plugnet's \
-             accept rules for bridge(s) {} could not be kept there ({e}): accept that traffic \
-             in the host's ruleset",
+            "the host's nftables chain(s) {} drop forwarded traffic and plugnet's accept rules \
+             for bridge(s) {} could not be kept there ({e}): accept that traffic in the \
+             host's ruleset",
             dropping.join(", "),
             bridges.join(", ")
         ))
@@ -165,32 +188,25 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
     if bridges.is_empty() {
         return Ok(true);
     }
-    for (at, policy) in current()? {
-        if policy != POLICY_DROP {
-            continue;
-        }
-        let have = ours(&at)?;
-        if bridges
-            .iter()
-            .any(|b| have.get(b).map(Vec::len) != Some(RULES_PER_BRIDGE))
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(current()?
+        .iter()
+        .filter(|c| c.dropping)
+        .all(|c| bridges.iter().all(|b| c.complete(b))))
 }
 
 /// CHECK: every dropping chain of the host's holds `bridge`'s rules.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
-    for (at, policy) in current()? {
-        if policy == POLICY_DROP && ours(&at)?.get(bridge).map(Vec::len) != Some(RULES_PER_BRIDGE) {
-            return Err(FirewallError::Check(format!(
-                "the host's nftables chain {at} drops forwarded traffic and lacks plugnet's \
-                 accept rules for bridge {bridge} (run `plugnet firewall reload`)"
-            )));
-        }
+    match current()?
+        .into_iter()
+        .find(|c| c.dropping && !c.complete(bridge))
+    {
+        Some(c) => Err(FirewallError::Check(format!(
+            "the host's nftables chain {} drops forwarded traffic and lacks plugnet's accept \
+             rules for bridge {bridge} (run `plugnet firewall reload`)",
+            c.at
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -201,15 +217,40 @@ mod tests {
     const IP: u8 = libc::NFPROTO_IPV4 as u8;
     const IP6: u8 = libc::NFPROTO_IPV6 as u8;
 
+    fn table(family: u8, name: &str) -> TableInfo {
+        TableInfo {
+            family,
+            name: name.into(),
+            owned: false,
+            dormant: false,
+        }
+    }
+
     #[test]
     fn only_the_hosts_own_tables_are_foreign() {
-        assert!(is_foreign(INET, "filter"), "Debian's nftables.conf table");
-        assert!(is_foreign(INET, "firewalld"));
-        assert!(!is_foreign(INET, TABLE), "plugnet's own");
-        assert!(!is_foreign(IP, "filter"), "iptables-nft's: hostfw's");
-        assert!(!is_foreign(IP6, "nat"));
-        assert!(is_foreign(IP, "docker-bridges"));
-        assert!(!is_foreign(libc::NFPROTO_BRIDGE as u8, "filter"));
+        assert!(
+            is_foreign(&table(INET, "filter")),
+            "Debian's nftables.conf table"
+        );
+        assert!(is_foreign(&table(INET, "firewalld")));
+        assert!(!is_foreign(&table(INET, TABLE)), "plugnet's own");
+        assert!(
+            !is_foreign(&table(IP, "filter")),
+            "iptables-nft's: hostfw's"
+        );
+        assert!(!is_foreign(&table(IP6, "nat")));
+        assert!(is_foreign(&table(IP, "docker-bridges")));
+        assert!(!is_foreign(&table(libc::NFPROTO_BRIDGE as u8, "filter")));
+        let owned = TableInfo {
+            owned: true,
+            ..table(INET, "firewalld")
+        };
+        assert!(!is_foreign(&owned), "owned by a process: its alone");
+        let dormant = TableInfo {
+            dormant: true,
+            ..table(INET, "filter")
+        };
+        assert!(!is_foreign(&dormant), "dormant: filters nothing");
     }
 
     #[test]

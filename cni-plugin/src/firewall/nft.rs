@@ -14,11 +14,11 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
-    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, Immediate,
-    InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage, Operator, Payload,
-    Register, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList,
-    SetElementMessage, SetFlags, SetMessage, TableAttribute, TableMessage, Verdict as NlVerdict,
-    VerdictAttribute,
+    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
+    Hook, Immediate, InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage,
+    Operator, Payload, Register, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute,
+    SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute, TableFlags,
+    TableMessage, Verdict as NlVerdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{
@@ -975,17 +975,40 @@ pub fn iptables_chain(family: u8, name: &str) -> io::Result<Option<Option<u32>>>
     Ok(Some(policy))
 }
 
-/// Every table of every family: (family, name). One dump.
-pub fn tables() -> io::Result<Vec<(u8, String)>> {
+/// A table as the kernel lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    pub family: u8,
+    pub name: String,
+    /// Owned by a process (NFT_TABLE_F_OWNER): only that process may change it.
+    pub owned: bool,
+    /// Dormant: its chains see no packets.
+    pub dormant: bool,
+}
+
+/// Every table of every family. One dump.
+pub fn tables() -> io::Result<Vec<TableInfo>> {
     let body = NfTablesMessage::GetTable(TableMessage { attributes: vec![] });
     Ok(dump(NetfilterProtoFamily::Unspec, body)?
         .into_iter()
-        .filter_map(|(family, m)| match m {
-            NfTablesMessage::NewTable(t) => t.attributes.into_iter().find_map(|a| match a {
-                TableAttribute::Name(n) => Some((family, n)),
-                _ => None,
-            }),
-            _ => None,
+        .filter_map(|(family, m)| {
+            let NfTablesMessage::NewTable(t) = m else {
+                return None;
+            };
+            let (mut name, mut flags) = (None, TableFlags::empty());
+            for a in t.attributes {
+                match a {
+                    TableAttribute::Name(n) => name = Some(n),
+                    TableAttribute::Flags(f) => flags = f,
+                    _ => {}
+                }
+            }
+            Some(TableInfo {
+                family,
+                name: name?,
+                owned: flags.contains(TableFlags::Owner),
+                dormant: flags.contains(TableFlags::Dormant),
+            })
         })
         .collect())
 }
@@ -1028,8 +1051,19 @@ pub fn forward_base_chains(family: u8) -> io::Result<Vec<(ForeignChain, u32)>> {
         .collect())
 }
 
-/// The rules of chain `at` whose comment starts with `prefix`: (handle, comment). One dump.
-pub fn tagged_rules(at: &ForeignChain, prefix: &str) -> io::Result<Vec<(u64, String)>> {
+/// A rule as the kernel lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub handle: u64,
+    /// Its comment (libnftnl user data), if any.
+    pub comment: Option<String>,
+    /// It drops or rejects every packet reaching it: besides `counter` and `log`, its only
+    /// statement is `reject` or a `drop` verdict (firewalld ends its forward chain so).
+    pub drops_all: bool,
+}
+
+/// The rules of chain `at`, in order. One dump.
+pub fn chain_rules(at: &ForeignChain) -> io::Result<Vec<RuleInfo>> {
     let body = NfTablesMessage::GetRule(RuleMessage {
         attributes: vec![
             RuleAttribute::Table(at.table.clone()),
@@ -1043,22 +1077,57 @@ pub fn tagged_rules(at: &ForeignChain, prefix: &str) -> io::Result<Vec<(u64, Str
                 return None;
             };
             let (mut handle, mut comment, mut table, mut chain) = (None, None, None, None);
+            let mut drops_all = false;
             for a in r.attributes {
                 match a {
                     RuleAttribute::Handle(h) => handle = Some(h),
                     RuleAttribute::UserData(u) => comment = udata_comment_of(&u),
                     RuleAttribute::Table(t) => table = Some(t),
                     RuleAttribute::Chain(c) => chain = Some(c),
+                    RuleAttribute::Expressions(e) => drops_all = drops_every_packet(&e),
                     _ => {}
                 }
             }
             // The kernel filters by table and chain; checked again all the same.
             (table.as_deref() == Some(&at.table) && chain.as_deref() == Some(&at.chain))
                 .then_some(())?;
-            let comment = comment.filter(|c| c.starts_with(prefix))?;
-            Some((handle?, comment))
+            Some(RuleInfo {
+                handle: handle?,
+                comment,
+                drops_all,
+            })
         })
         .collect())
+}
+
+/// Whether a rule made of `exprs` drops or rejects every packet (see [`RuleInfo::drops_all`]).
+fn drops_every_packet(exprs: &[ListAttribute<ExpressionAttribute>]) -> bool {
+    let mut verdicts = Vec::new();
+    for e in exprs {
+        let ListAttribute::Element(attrs) = e else {
+            return false;
+        };
+        let name = attrs.iter().find_map(|a| match a {
+            ExpressionAttribute::Name(n) => Some(n.as_str()),
+            _ => None,
+        });
+        match name {
+            Some("counter" | "log") => {}
+            Some("reject") => verdicts.push(true),
+            Some("immediate") => {
+                let drop = attrs.iter().any(|a| {
+                    matches!(a, ExpressionAttribute::Data(Expressions::Immediate(imm))
+                        if imm.iter().any(|i| matches!(i,
+                            Immediate::Data(DataAttribute::Verdict(v))
+                                if v.iter().any(|c| matches!(c,
+                                    VerdictAttribute::Code(code) if u32::from(*code) == NF_DROP)))))
+                });
+                verdicts.push(drop);
+            }
+            _ => return false,
+        }
+    }
+    verdicts == [true]
 }
 
 /// NF_DROP, as a chain policy.
