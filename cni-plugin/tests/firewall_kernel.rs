@@ -690,13 +690,16 @@ fn forward_drop_policy_of_iptables_nft_is_seen() {
 fn host_nftables_chains_that_drop_hold_exactly_the_bridges_rules() {
     require_root!();
     let t = Topo::new("hnft", 9);
-    t.host.exec("nft add table inet pnfhard");
-    t.host.exec(
-        "nft 'add chain inet pnfhard drops { type filter hook forward priority 0; policy drop; }'",
-    );
-    t.host.exec(
-        "nft 'add chain inet pnfhard accepts { type filter hook forward priority 3; policy accept; }'",
-    );
+    let hard = |t: &Topo| {
+        t.host.exec("nft add table inet pnfhard");
+        t.host.exec(
+            "nft 'add chain inet pnfhard drops { type filter hook forward priority 0; policy drop; }'",
+        );
+        t.host.exec(
+            "nft 'add chain inet pnfhard accepts { type filter hook forward priority 3; policy accept; }'",
+        );
+    };
+    hard(&t);
     t.host.exec("nft add table ip pnfhard4");
     t.host.exec(
         "nft 'add chain ip pnfhard4 drops { type filter hook forward priority 0; policy drop; }'",
@@ -721,13 +724,7 @@ fn host_nftables_chains_that_drop_hold_exactly_the_bridges_rules() {
     assert!(drops(&t, true, false) && drops(&t, false, true));
     t.host.exec("nft delete table inet pnfhard");
     assert!(drops(&t, true, false) && !drops(&t, false, true));
-    t.host.exec("nft add table inet pnfhard");
-    t.host.exec(
-        "nft 'add chain inet pnfhard drops { type filter hook forward priority 0; policy drop; }'",
-    );
-    t.host.exec(
-        "nft 'add chain inet pnfhard accepts { type filter hook forward priority 3; policy accept; }'",
-    );
+    hard(&t);
 
     // firewalld's shape: policy accept, a final rule rejecting everything; and a chain whose
     // last rule rejects only some packets (it does not drop what it does not accept).

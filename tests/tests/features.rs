@@ -119,6 +119,14 @@ impl World {
         self.host.run(&plugnet(), "DEL", conf, Some(att)).ok();
     }
 
+    /// The plugin run as on a host without iptables binaries: no `iptables`,
+    /// `iptables-restore` (or anything else) on PATH.
+    fn run_without_iptables(&self, cmd: &str, conf: &Value, att: &Att) -> Out {
+        let mut c = Command::new(plugnet());
+        cni_env(&mut c, cmd, &att.id, &att.netns).env("PATH", "/nonexistent-pnx");
+        self.host.spawn_in(c, &serde_json::to_vec(conf).unwrap())
+    }
+
     /// `plugnet firewall <args>` inside the host namespace.
     fn firewall(&self, args: &[&str]) -> Out {
         let mut c = Command::new(plugnet());
@@ -613,17 +621,7 @@ fn forward_drop_without_iptables_binaries_is_a_clear_error_and_leaves_nothing() 
     let conf = w.conf(json!({}));
     let ctr = w.host.container();
     let att = Att::new("pnx-noipt-1", &ctr.path(), "eth0");
-    let mut c = Command::new(plugnet());
-    c.env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &att.id)
-        .env("CNI_NETNS", &att.netns)
-        .env("CNI_IFNAME", &att.ifname)
-        .env("CNI_PATH", cni_path())
-        .env("PATH", "/nonexistent-pnx") // no iptables, no iptables-restore
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = w.host.spawn_in(c, &serde_json::to_vec(&conf).unwrap());
+    let out = w.run_without_iptables("ADD", &conf, &att);
     assert_eq!(out.code, 1, "{out:?}");
     let err: Value = serde_json::from_str(&out.stdout).expect("a CNI error on stdout");
     let msg = err["msg"].as_str().unwrap_or_default().to_string()
@@ -692,10 +690,11 @@ fn after_a_power_loss_a_torn_record_is_dropped_by_del_and_the_network_works() {
 
 /// An nftables-only host whose own ruleset drops forwarded traffic (a hardened `inet` table,
 /// forward chain policy drop; a firewalld-shaped chain ending in `reject`; no iptables
-/// binaries): plugnet keeps tagged accept rules for its bridge at the head of those chains, so featureless containers reach each other, masquerading
-/// and a port mapping work; after the host reloads its ruleset (the chain flushed),
-/// `plugnet firewall reload` puts them back; a chain that accepts gets nothing; DEL of the last
-/// container takes the rules away and leaves the host's table as it was.
+/// binaries): plugnet keeps tagged accept rules for its bridge at the head of those chains, so
+/// featureless containers reach each other, masquerading and a port mapping work; after the
+/// host reloads its ruleset (the chain flushed), `plugnet firewall reload` puts them back; a
+/// chain that accepts gets nothing; DEL of the last container takes the rules away and leaves
+/// the host's tables as they were.
 #[test]
 fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
     need_root();
@@ -732,16 +731,9 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
         w.host
             .ns
             .sh(&["nft", "list", "chain", "inet", "pnxhard", name])
-    }; // An nftables-only host: no iptables, no iptables-restore on PATH.
-    let run = |cmd: &str, conf: &Value, att: &Att| -> Out {
-        let mut c = Command::new(plugnet());
-        cni_env(&mut c, cmd, &att.id, &att.netns)
-            .env("PATH", "/nonexistent-pnx:/usr/sbin/nonexistent")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        w.host.spawn_in(c, &serde_json::to_vec(conf).unwrap())
     };
+    // An nftables-only host: no iptables, no iptables-restore on PATH.
+    let run = |cmd: &str, conf: &Value, att: &Att| w.run_without_iptables(cmd, conf, att);
     let add = |conf: &Value, id: &str| -> (Ns, Att, Value) {
         let ctr = w.host.container();
         let att = Att::new(id, &ctr.path(), "eth0");
