@@ -31,9 +31,38 @@ pub struct Observed {
 
 impl Observed {
     /// Whether plugnet's bridges need accept rules in this filter table: FORWARD drops their
-    /// traffic now, Docker's chains are there, or forwarding is off (see `forwarding_off`).
-    pub fn needs_rules(&self) -> bool {
-        self.forward_drops || self.docker_user || self.forwarding_off
+    /// traffic now, Docker's chains are there, or forwarding is off (see `forwarding_off`) and
+    /// either a bridge carries this family (`anticipate`) or plugnet's chain is here already
+    /// (kept while bridges remain).
+    pub fn needs_rules(&self, anticipate: bool) -> bool {
+        self.forward_drops
+            || self.docker_user
+            || (self.forwarding_off && (anticipate || self.our_chain))
+    }
+}
+
+/// Which address families the bridges being synced carry: where forwarding is off, rules go in
+/// beforehand only for those (a host whose IPv6 forwarding is off gets no ip6tables rules for
+/// bridges carrying IPv4 alone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    /// No family: nothing is put in beforehand (rules already there are kept).
+    pub const NONE: Families = Families {
+        v4: false,
+        v6: false,
+    };
+
+    /// The families of `addrs`.
+    pub fn of<'a>(addrs: impl IntoIterator<Item = &'a ipnetwork::IpNetwork>) -> Families {
+        addrs.into_iter().fold(Families::NONE, |f, a| Families {
+            v4: f.v4 || a.is_ipv4(),
+            v6: f.v6 || a.is_ipv6(),
+        })
     }
 }
 
@@ -55,9 +84,10 @@ pub fn parse_rules(s: &str) -> Observed {
 }
 
 /// The iptables-restore input that makes the filter table hold exactly our rules for `bridges`
-/// (empty: remove our chain and jump). `None` when nothing is to be done.
-pub fn restore_input(o: &Observed, bridges: &[String]) -> Option<String> {
-    if bridges.is_empty() || !o.needs_rules() {
+/// (empty: remove our chain and jump). `None` when nothing is to be done. `anticipate`: see
+/// [`Observed::needs_rules`].
+pub fn restore_input(o: &Observed, bridges: &[String], anticipate: bool) -> Option<String> {
+    if bridges.is_empty() || !o.needs_rules(anticipate) {
         if !o.our_chain {
             return None;
         }
@@ -105,15 +135,16 @@ pub fn restore_input(o: &Observed, bridges: &[String]) -> Option<String> {
 }
 
 /// Brings iptables' filter table (IPv4 and IPv6) in line with `bridges` (ADD and DEL: see
-/// [`Sync::Fast`]). The two families are independent tables: they are synced concurrently
-/// (each iptables-nft run costs 5-15 ms here).
-pub fn sync(bridges: &[String]) -> Result<(), FirewallError> {
-    sync_with(bridges, Sync::Fast)
+/// [`Sync::Fast`]), and the host's own dropping nftables chains. The two families are
+/// independent tables: they are synced concurrently (each iptables-nft run costs 5-15 ms
+/// here). `carried`: the families whose rules go in beforehand where forwarding is off.
+pub fn sync(bridges: &[String], carried: Families) -> Result<(), FirewallError> {
+    sync_with(bridges, carried, Sync::Fast)
 }
 
 /// [`sync`] from what `iptables -S` lists, never from assumptions: reload and repair.
-pub fn sync_exact(bridges: &[String]) -> Result<(), FirewallError> {
-    sync_with(bridges, Sync::Exact)
+pub fn sync_exact(bridges: &[String], carried: Families) -> Result<(), FirewallError> {
+    sync_with(bridges, carried, Sync::Exact)
 }
 
 /// How the current state of the filter table is learnt.
@@ -128,10 +159,10 @@ enum Sync {
     Exact,
 }
 
-fn sync_with(bridges: &[String], how: Sync) -> Result<(), FirewallError> {
+fn sync_with(bridges: &[String], carried: Families, how: Sync) -> Result<(), FirewallError> {
     let (v4, v6) = std::thread::scope(|s| {
-        let v6 = s.spawn(|| sync_family(Family::V6, bridges, how));
-        let v4 = sync_family(Family::V4, bridges, how);
+        let v6 = s.spawn(|| sync_family(Family::V6, bridges, carried.v6, how));
+        let v4 = sync_family(Family::V4, bridges, carried.v4, how);
         (
             v4,
             v6.join()
@@ -195,7 +226,8 @@ impl Family {
 ///   without running `iptables`, so assume it may; [`sync`] then looks and adds nothing if not
 ///   needed);
 /// - the FORWARD policy of iptables-nft's `filter` table is DROP (Docker sets it);
-/// - a forward chain of the host's own nftables ruleset has policy drop (`hostnft`).
+/// - a forward chain of the host's own nftables ruleset drops what it does not accept
+///   (`hostnft`).
 ///
 /// Cheap: two small /proc reads per family and one netlink dump of the tables; a chain
 /// request only where such a table exists. Any error counts as "no".
@@ -284,11 +316,16 @@ fn run_restore(restore: &str, list: &str, input: &str) -> Result<(), FirewallErr
     Ok(())
 }
 
-fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), FirewallError> {
+fn sync_family(
+    family: Family,
+    bridges: &[String],
+    anticipate: bool,
+    how: Sync,
+) -> Result<(), FirewallError> {
     let (list, restore) = family.tools();
     if how == Sync::Fast {
         if let Some(observed) = observed_via_netlink(family) {
-            match restore_input(&observed, bridges) {
+            match restore_input(&observed, bridges, anticipate) {
                 None => return Ok(()),
                 Some(input) => {
                     if run_restore(restore, list, &input).is_ok() {
@@ -324,7 +361,7 @@ fn sync_family(family: Family, bridges: &[String], how: Sync) -> Result<(), Fire
         forwarding_off: family.forwarding_off(),
         ..parse_rules(&String::from_utf8_lossy(&out.stdout))
     };
-    let Some(input) = restore_input(&observed, bridges) else {
+    let Some(input) = restore_input(&observed, bridges, anticipate) else {
         return Ok(());
     };
     run_restore(restore, list, &input)
@@ -406,7 +443,7 @@ fn check_rules(text: &str, forwarding_off: bool, bridge: &str) -> Result<(), Fir
         forwarding_off,
         ..parse_rules(text)
     };
-    if !o.needs_rules() {
+    if !o.needs_rules(false) {
         return Ok(());
     }
     if o.jump_from.is_none() {
@@ -433,7 +470,7 @@ mod tests {
     fn docker_host_gets_jump_from_docker_user() {
         let o = parse_rules(DOCKER);
         assert!(o.forward_drops && o.docker_user && !o.our_chain);
-        let s = restore_input(&o, &["pnfbr0".into()]).unwrap();
+        let s = restore_input(&o, &["pnfbr0".into()], false).unwrap();
         assert!(s.contains("-I DOCKER-USER 1 -m comment --comment plugnet -j PLUGNET-FORWARD\n"));
         assert!(s.contains("-A PLUGNET-FORWARD -i pnfbr0 -o pnfbr0 -m comment --comment \"plugnet bridge pnfbr0\" -j ACCEPT\n"));
         assert!(s.contains("-o docker0"));
@@ -444,8 +481,10 @@ mod tests {
         let with = format!("{DOCKER}-N PLUGNET-FORWARD\n-A DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n");
         let o = parse_rules(&with);
         assert_eq!(o.jump_from.as_deref(), Some("DOCKER-USER"));
-        assert!(!restore_input(&o, &["b".into()]).unwrap().contains("-I "));
-        let s = restore_input(&o, &[]).unwrap();
+        assert!(!restore_input(&o, &["b".into()], false)
+            .unwrap()
+            .contains("-I "));
+        let s = restore_input(&o, &[], false).unwrap();
         assert!(s.contains(
             "-D DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n-X PLUGNET-FORWARD\n"
         ));
@@ -454,12 +493,15 @@ mod tests {
     #[test]
     fn check_finds_missing_pieces() {
         assert!(check_rules("-P FORWARD ACCEPT\n", false, "b").is_ok());
-        assert!(check_rules("-P FORWARD ACCEPT\n", true, "b").is_err());
+        // Forwarding off: rules are expected once plugnet's chain is there.
+        assert!(check_rules("-P FORWARD ACCEPT\n", true, "b").is_ok());
+        let anticipated = "-P FORWARD ACCEPT\n-N PLUGNET-FORWARD\n-A FORWARD -m comment --comment plugnet -j PLUGNET-FORWARD\n";
+        assert!(check_rules(anticipated, true, "b").is_err());
         assert!(check_rules(DOCKER, false, "b")
             .unwrap_err()
             .to_string()
             .contains("jump"));
-        let s = restore_input(&parse_rules(DOCKER), &["b".into()]).unwrap();
+        let s = restore_input(&parse_rules(DOCKER), &["b".into()], false).unwrap();
         let listed: String = s
             .lines()
             .filter(|l| l.starts_with("-A "))
@@ -473,9 +515,9 @@ mod tests {
     #[test]
     fn permissive_host_needs_nothing() {
         let o = parse_rules("-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n");
-        assert_eq!(restore_input(&o, &["b".into()]), None);
+        assert_eq!(restore_input(&o, &["b".into()], false), None);
         let o = parse_rules("-P FORWARD DROP\n");
-        assert!(restore_input(&o, &["b".into()])
+        assert!(restore_input(&o, &["b".into()], false)
             .unwrap()
             .contains("-I FORWARD 1"));
     }
@@ -488,8 +530,10 @@ mod tests {
             forwarding_off: true,
             ..parse_rules("-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n")
         };
-        let s = restore_input(&o, &["b".into()]).unwrap();
+        let s = restore_input(&o, &["b".into()], true).unwrap();
         assert!(s.contains("-I FORWARD 1 -m comment --comment plugnet -j PLUGNET-FORWARD\n"));
+        // Not for a family no bridge carries (IPv6 forwarding is off on most hosts).
+        assert_eq!(restore_input(&o, &["b".into()], false), None);
         assert!(s.contains("-A PLUGNET-FORWARD -i b -o b "));
         // ... and they go with the last bridge.
         let with = "-P FORWARD ACCEPT\n-N PLUGNET-FORWARD\n-A FORWARD -m comment --comment plugnet -j PLUGNET-FORWARD\n";
@@ -497,7 +541,11 @@ mod tests {
             forwarding_off: true,
             ..parse_rules(with)
         };
-        assert!(restore_input(&o, &[])
+        // Kept (rewritten) while bridges remain, whatever they carry ...
+        assert!(restore_input(&o, &["c".into()], false)
+            .unwrap()
+            .contains("-A PLUGNET-FORWARD -i c -o c "));
+        assert!(restore_input(&o, &[], false)
             .unwrap()
             .contains("-X PLUGNET-FORWARD"));
     }

@@ -222,9 +222,10 @@ impl Firewall {
                 bridges.extend(held);
                 let before: Vec<String> = bridges.iter().cloned().collect();
                 bridges.insert(att.bridge.clone());
-                hostfw::sync(&bridges.iter().cloned().collect::<Vec<_>>())?;
+                let carried = hostfw::Families::of(&att.container_ips);
+                hostfw::sync(&bridges.iter().cloned().collect::<Vec<_>>(), carried)?;
                 undo.push(Box::new(move || {
-                    let _ = hostfw::sync(&before);
+                    let _ = hostfw::sync(&before, hostfw::Families::NONE);
                 }));
             }
             let mut route_localnet_was = bridge.route_localnet_was.clone();
@@ -387,7 +388,8 @@ impl Firewall {
                 Ok(held) => {
                     let mut bridges = active_bridges(&shared);
                     bridges.extend(held);
-                    if let Err(e) = hostfw::sync(&bridges.into_iter().collect::<Vec<_>>()) {
+                    let bridges: Vec<String> = bridges.into_iter().collect();
+                    if let Err(e) = hostfw::sync(&bridges, hostfw::Families::NONE) {
                         errors.push(e);
                     }
                 }
@@ -511,7 +513,10 @@ impl Firewall {
         if self.opts.host_firewall {
             let mut all: BTreeSet<String> = bridges.iter().cloned().collect();
             all.extend(self.held().map_err(state_err("read holds"))?);
-            hostfw::sync_exact(&all.into_iter().collect::<Vec<_>>())?;
+            // Where forwarding is off, the families the recorded containers use get their
+            // rules beforehand again (after a flush, nothing of plugnet's is left to keep).
+            let carried = hostfw::Families::of(atts.iter().flat_map(|(_, a)| &a.container_ips));
+            hostfw::sync_exact(&all.into_iter().collect::<Vec<_>>(), carried)?;
         }
         for (name, b) in &shared.bridges {
             if b.portmap_refs > 0 && b.route_localnet_was.is_some() {
@@ -604,7 +609,8 @@ impl Firewall {
         {
             let mut bridges = active;
             bridges.extend(after);
-            if let Err(e) = hostfw::sync(&bridges.into_iter().collect::<Vec<_>>()) {
+            let bridges: Vec<String> = bridges.into_iter().collect();
+            if let Err(e) = hostfw::sync(&bridges, hostfw::Families::NONE) {
                 if on {
                     let _ = self.store.set_hold(bridge, holder, false);
                 }
