@@ -1159,6 +1159,21 @@ mod tests {
     }
 
     #[test]
+    fn rule_comments_are_libnftnl_user_data() {
+        let u = udata_comment("plugnet bridge br0");
+        assert_eq!(&u[..2], &[0, 19]);
+        assert_eq!(u.last(), Some(&0));
+        assert_eq!(udata_comment_of(&u).as_deref(), Some("plugnet bridge br0"));
+        // Another TLV first (nft's rule user data may hold more than a comment).
+        let mut two = vec![7u8, 2, 1, 2];
+        two.extend(&u);
+        assert_eq!(udata_comment_of(&two).as_deref(), Some("plugnet bridge br0"));
+        // Cut short or empty: no comment, no panic.
+        assert_eq!(udata_comment_of(&u[..5]), None);
+        assert_eq!(udata_comment_of(&[]), None);
+    }
+
+    #[test]
     fn batch_is_framed_numbered_and_flagged_like_libnftnl() {
         let ops = [
             Op::AddTable,
