@@ -826,3 +826,76 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
     w.host.ns.sh(&["nft", "delete table inet pnxhard"]);
     w.assert_clean();
 }
+
+/// An iptables-legacy host (its `iptables` and `iptables-restore` are the legacy backend, the
+/// `filter` table lives outside nf_tables): with FORWARD DROP set there, featureless containers
+/// reach each other and a masquerading one the outside, plugnet's chain and jump are in the
+/// legacy table, and the last DEL takes them away.
+#[test]
+fn an_iptables_legacy_host_with_forward_drop_works_the_same() {
+    need_root();
+    let multi = Path::new("/usr/sbin/xtables-legacy-multi");
+    if !multi.exists() {
+        eprintln!("skipped: no iptables-legacy on this machine");
+        return;
+    }
+    let w = World::new("legacy", 11);
+    // The host's iptables is the legacy backend: the tool names on PATH point to it.
+    let tools = tempfile::Builder::new()
+        .prefix("pnx-legacy-")
+        .tempdir()
+        .unwrap();
+    for name in [
+        "iptables",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-restore",
+    ] {
+        std::os::unix::fs::symlink(multi, tools.path().join(name)).unwrap();
+    }
+    let legacy = |args: &[&str]| {
+        let mut full = vec!["iptables-legacy"];
+        full.extend_from_slice(args);
+        w.host.ns.sh(&full)
+    };
+    legacy(&["-P", "FORWARD", "DROP"]);
+    let run = |cmd: &str, conf: &Value, att: &Att| -> Out {
+        let mut c = Command::new(plugnet());
+        cni_env(&mut c, cmd, &att.id, &att.netns).env("PATH", tools.path());
+        w.host.spawn_in(c, &serde_json::to_vec(conf).unwrap())
+    };
+    let add = |conf: &Value, id: &str| -> (Ns, Att, Value) {
+        let ctr = w.host.container();
+        let att = Att::new(id, &ctr.path(), "eth0");
+        let out = run("ADD", conf, &att);
+        assert_eq!(out.code, 0, "ADD {id}: {out:?}");
+        (ctr, att, out.json())
+    };
+    let bare = w.conf(json!({}));
+    let masq = w.conf(json!({"ipMasq": true}));
+    let (c1, a1, r1) = add(&bare, "pnx-legacy-1");
+    let (c2, a2, r2) = add(&bare, "pnx-legacy-2");
+    let (c3, a3, _) = add(&masq, "pnx-legacy-3");
+    let rules = legacy(&["-S"]);
+    assert!(
+        rules.contains("-A FORWARD -m comment --comment plugnet -j PLUGNET-FORWARD")
+            && rules.contains("-A PLUGNET-FORWARD -i pnxbr11 -o pnxbr11"),
+        "{rules}"
+    );
+    assert!(c1.ping(&ip_of(&r2)), "c1 -> c2 through legacy FORWARD DROP");
+    assert!(c2.ping(&ip_of(&r1)), "c2 -> c1");
+    let _srv = Server::tcp(&w.outside, 9000, "peer");
+    assert_eq!(
+        tcp_get(&c3, &format!("{}:9000", w.outside_ip())).as_deref(),
+        Some(w.host_ip().as_str()),
+        "masqueraded to the outside"
+    );
+    for (conf, att) in [(&masq, &a3), (&bare, &a2), (&bare, &a1)] {
+        let out = run("DEL", conf, att);
+        assert_eq!(out.code, 0, "DEL: {out:?}");
+    }
+    let rules = legacy(&["-S"]);
+    assert!(!rules.contains("PLUGNET"), "{rules}");
+    assert!(rules.contains("-P FORWARD DROP"), "{rules}");
+    w.assert_clean();
+}

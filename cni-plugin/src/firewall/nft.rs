@@ -1167,7 +1167,10 @@ mod tests {
         // Another TLV first (nft's rule user data may hold more than a comment).
         let mut two = vec![7u8, 2, 1, 2];
         two.extend(&u);
-        assert_eq!(udata_comment_of(&two).as_deref(), Some("plugnet bridge br0"));
+        assert_eq!(
+            udata_comment_of(&two).as_deref(),
+            Some("plugnet bridge br0")
+        );
         // Cut short or empty: no comment, no panic.
         assert_eq!(udata_comment_of(&u[..5]), None);
         assert_eq!(udata_comment_of(&[]), None);
