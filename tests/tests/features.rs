@@ -27,6 +27,10 @@ fn need_root() {
     );
 }
 
+/// PATH for a host without iptables binaries: no `iptables`, `iptables-restore` (or anything
+/// else) to run.
+const NO_IPTABLES: &str = "/nonexistent-pnx";
+
 /// The test's world: host namespace (plugin runs here), an "outside" namespace routed to it
 /// over `pnxo<n>` (host 10.101.<n>.1, outside 10.101.<n>.2), a firewall state dir.
 struct World {
@@ -119,17 +123,42 @@ impl World {
         self.host.run(&plugnet(), "DEL", conf, Some(att)).ok();
     }
 
-    /// The plugin run as on a host without iptables binaries: no `iptables`,
-    /// `iptables-restore` (or anything else) on PATH.
-    fn run_without_iptables(&self, cmd: &str, conf: &Value, att: &Att) -> Out {
+    /// The plugin run with `tools` as its PATH: a host whose tools differ from this machine's
+    /// ([`NO_IPTABLES`], a directory of iptables-legacy's).
+    fn run_on(&self, tools: &Path, cmd: &str, conf: &Value, att: &Att) -> Out {
         let mut c = Command::new(plugnet());
-        cni_env(&mut c, cmd, &att.id, &att.netns).env("PATH", "/nonexistent-pnx");
+        cni_env(&mut c, cmd, &att.id, &att.netns).env("PATH", tools);
         self.host.spawn_in(c, &serde_json::to_vec(conf).unwrap())
+    }
+
+    /// [`World::add`] on a host whose tools are `tools` (see [`World::run_on`]).
+    fn add_on(&self, tools: &Path, conf: &Value, id: &str) -> (Ns, Att, Value) {
+        let ctr = self.host.container();
+        let att = Att::new(id, &ctr.path(), "eth0");
+        let out = self.run_on(tools, "ADD", conf, &att);
+        assert_eq!(out.code, 0, "ADD {id}: {out:?}");
+        (ctr, att, out.json())
+    }
+
+    /// [`World::del`] on a host whose tools are `tools` (see [`World::run_on`]).
+    fn del_on(&self, tools: &Path, conf: &Value, att: &Att) {
+        let out = self.run_on(tools, "DEL", conf, att);
+        assert_eq!(out.code, 0, "DEL {}: {out:?}", att.id);
     }
 
     /// `plugnet firewall <args>` inside the host namespace.
     fn firewall(&self, args: &[&str]) -> Out {
+        self.firewall_cmd(Command::new(plugnet()), args)
+    }
+
+    /// [`World::firewall`] on a host whose tools are `tools` (see [`World::run_on`]).
+    fn firewall_on(&self, tools: &Path, args: &[&str]) -> Out {
         let mut c = Command::new(plugnet());
+        c.env("PATH", tools);
+        self.firewall_cmd(c, args)
+    }
+
+    fn firewall_cmd(&self, mut c: Command, args: &[&str]) -> Out {
         c.arg("firewall")
             .args(args)
             .arg("--state-dir")
@@ -621,7 +650,7 @@ fn forward_drop_without_iptables_binaries_is_a_clear_error_and_leaves_nothing() 
     let conf = w.conf(json!({}));
     let ctr = w.host.container();
     let att = Att::new("pnx-noipt-1", &ctr.path(), "eth0");
-    let out = w.run_without_iptables("ADD", &conf, &att);
+    let out = w.run_on(Path::new(NO_IPTABLES), "ADD", &conf, &att);
     assert_eq!(out.code, 1, "{out:?}");
     let err: Value = serde_json::from_str(&out.stdout).expect("a CNI error on stdout");
     let msg = err["msg"].as_str().unwrap_or_default().to_string()
@@ -733,14 +762,8 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
             .sh(&["nft", "list", "chain", "inet", "pnxhard", name])
     };
     // An nftables-only host: no iptables, no iptables-restore on PATH.
-    let run = |cmd: &str, conf: &Value, att: &Att| w.run_without_iptables(cmd, conf, att);
-    let add = |conf: &Value, id: &str| -> (Ns, Att, Value) {
-        let ctr = w.host.container();
-        let att = Att::new(id, &ctr.path(), "eth0");
-        let out = run("ADD", conf, &att);
-        assert_eq!(out.code, 0, "ADD {id}: {out:?}");
-        (ctr, att, out.json())
-    };
+    let tools = Path::new(NO_IPTABLES);
+    let add = |conf: &Value, id: &str| w.add_on(tools, conf, id);
     let bare = w.conf(json!({}));
     let (c1, a1, r1) = add(&bare, "pnx-hard-1");
     let (c2, a2, r2) = add(&bare, "pnx-hard-2");
@@ -792,14 +815,7 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
         !c1.ping(&ip_of(&r2)),
         "the host's policy drop applies again"
     );
-    let mut c = Command::new(plugnet());
-    c.args(["firewall", "reload", "--state-dir"])
-        .arg(w.fw_dir.path())
-        .env("PATH", "/nonexistent-pnx")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = w.host.spawn_in(c, b"");
+    let out = w.firewall_on(tools, &["reload"]);
     assert_eq!(out.code, 0, "reload: {out:?}");
     assert_eq!(
         chain("forwarding").matches(tagged).count(),
@@ -810,8 +826,7 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
     works("after the host's reload and plugnet's");
 
     for (conf, att) in [(&masq, &a3), (&bare, &a2), (&bare, &a1)] {
-        let out = run("DEL", conf, att);
-        assert_eq!(out.code, 0, "DEL: {out:?}");
+        w.del_on(tools, conf, att);
     }
     let left = chain("forwarding");
     assert!(!left.contains("plugnet"), "{left}");
@@ -841,7 +856,7 @@ fn an_iptables_legacy_host_with_forward_drop_works_the_same() {
     }
     let w = World::new("legacy", 11);
     // The host's iptables is the legacy backend: the tool names on PATH point to it.
-    let tools = tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("pnx-legacy-")
         .tempdir()
         .unwrap();
@@ -851,7 +866,7 @@ fn an_iptables_legacy_host_with_forward_drop_works_the_same() {
         "ip6tables",
         "ip6tables-restore",
     ] {
-        std::os::unix::fs::symlink(multi, tools.path().join(name)).unwrap();
+        std::os::unix::fs::symlink(multi, dir.path().join(name)).unwrap();
     }
     let legacy = |args: &[&str]| {
         let mut full = vec!["iptables-legacy"];
@@ -859,18 +874,8 @@ fn an_iptables_legacy_host_with_forward_drop_works_the_same() {
         w.host.ns.sh(&full)
     };
     legacy(&["-P", "FORWARD", "DROP"]);
-    let run = |cmd: &str, conf: &Value, att: &Att| -> Out {
-        let mut c = Command::new(plugnet());
-        cni_env(&mut c, cmd, &att.id, &att.netns).env("PATH", tools.path());
-        w.host.spawn_in(c, &serde_json::to_vec(conf).unwrap())
-    };
-    let add = |conf: &Value, id: &str| -> (Ns, Att, Value) {
-        let ctr = w.host.container();
-        let att = Att::new(id, &ctr.path(), "eth0");
-        let out = run("ADD", conf, &att);
-        assert_eq!(out.code, 0, "ADD {id}: {out:?}");
-        (ctr, att, out.json())
-    };
+    let tools = dir.path();
+    let add = |conf: &Value, id: &str| w.add_on(tools, conf, id);
     let bare = w.conf(json!({}));
     let masq = w.conf(json!({"ipMasq": true}));
     let (c1, a1, r1) = add(&bare, "pnx-legacy-1");
@@ -891,8 +896,7 @@ fn an_iptables_legacy_host_with_forward_drop_works_the_same() {
         "masqueraded to the outside"
     );
     for (conf, att) in [(&masq, &a3), (&bare, &a2), (&bare, &a1)] {
-        let out = run("DEL", conf, att);
-        assert_eq!(out.code, 0, "DEL: {out:?}");
+        w.del_on(tools, conf, att);
     }
     let rules = legacy(&["-S"]);
     assert!(!rules.contains("PLUGNET"), "{rules}");
