@@ -711,7 +711,7 @@ fn host_nftables_chains_that_drop_hold_exactly_the_bridges_rules() {
             .count()
     };
     let sync = |t: &Topo, bridges: &[&str]| {
-        let b: Vec<String> = bridges.iter().map(|s| s.to_string()).collect();
+        let b: std::collections::BTreeSet<String> = bridges.iter().map(|s| s.to_string()).collect();
         on_host(t, move || {
             plugnet::firewall::hostfw::sync(&b, plugnet::firewall::hostfw::Families::NONE)
         })

@@ -8,6 +8,7 @@
 //! bridge. Runs iptables only when the set of bridges changes (first/last attachment on a
 //! bridge), never per container.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -138,12 +139,12 @@ pub fn restore_input(o: &Observed, bridges: &[String], anticipate: bool) -> Opti
 /// [`Sync::Fast`]), and the host's own dropping nftables chains. The two families are
 /// independent tables: they are synced concurrently (each iptables-nft run costs 5-15 ms
 /// here). `carried`: the families whose rules go in beforehand where forwarding is off.
-pub fn sync(bridges: &[String], carried: Families) -> Result<(), FirewallError> {
+pub fn sync(bridges: &BTreeSet<String>, carried: Families) -> Result<(), FirewallError> {
     sync_with(bridges, carried, Sync::Fast)
 }
 
 /// [`sync`] from what `iptables -S` lists, never from assumptions: reload and repair.
-pub fn sync_exact(bridges: &[String], carried: Families) -> Result<(), FirewallError> {
+pub fn sync_exact(bridges: &BTreeSet<String>, carried: Families) -> Result<(), FirewallError> {
     sync_with(bridges, carried, Sync::Exact)
 }
 
@@ -159,7 +160,13 @@ enum Sync {
     Exact,
 }
 
-fn sync_with(bridges: &[String], carried: Families, how: Sync) -> Result<(), FirewallError> {
+fn sync_with(
+    bridges: &BTreeSet<String>,
+    carried: Families,
+    how: Sync,
+) -> Result<(), FirewallError> {
+    let bridges: Vec<String> = bridges.iter().cloned().collect();
+    let bridges = bridges.as_slice();
     let (v4, v6) = std::thread::scope(|s| {
         let v6 = s.spawn(|| sync_family(Family::V6, bridges, carried.v6, how));
         let v4 = sync_family(Family::V4, bridges, carried.v4, how);

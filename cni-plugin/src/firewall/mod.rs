@@ -220,10 +220,9 @@ impl Firewall {
             if let Some(held) = held.filter(|h| !h.contains(&att.bridge)) {
                 let mut bridges = active_bridges(&shared);
                 bridges.extend(held);
-                let before: Vec<String> = bridges.iter().cloned().collect();
+                let before = bridges.clone();
                 bridges.insert(att.bridge.clone());
-                let carried = hostfw::Families::of(&att.container_ips);
-                hostfw::sync(&bridges.iter().cloned().collect::<Vec<_>>(), carried)?;
+                hostfw::sync(&bridges, hostfw::Families::of(&att.container_ips))?;
                 undo.push(Box::new(move || {
                     let _ = hostfw::sync(&before, hostfw::Families::NONE);
                 }));
@@ -388,7 +387,6 @@ impl Firewall {
                 Ok(held) => {
                     let mut bridges = active_bridges(&shared);
                     bridges.extend(held);
-                    let bridges: Vec<String> = bridges.into_iter().collect();
                     if let Err(e) = hostfw::sync(&bridges, hostfw::Families::NONE) {
                         errors.push(e);
                     }
@@ -509,14 +507,14 @@ impl Firewall {
             ops.extend(rebuild_ops(&shared, &atts));
         }
         nft::run(&ops).map_err(nft_err("reload"))?;
-        let bridges: Vec<String> = active_bridges(&shared).into_iter().collect();
+        let bridges = active_bridges(&shared);
         if self.opts.host_firewall {
-            let mut all: BTreeSet<String> = bridges.iter().cloned().collect();
+            let mut all = bridges.clone();
             all.extend(self.held().map_err(state_err("read holds"))?);
             // Where forwarding is off, the families the recorded containers use get their
             // rules beforehand again (after a flush, nothing of plugnet's is left to keep).
             let carried = hostfw::Families::of(atts.iter().flat_map(|(_, a)| &a.container_ips));
-            hostfw::sync_exact(&all.into_iter().collect::<Vec<_>>(), carried)?;
+            hostfw::sync_exact(&all, carried)?;
         }
         for (name, b) in &shared.bridges {
             if b.portmap_refs > 0 && b.route_localnet_was.is_some() {
@@ -609,7 +607,6 @@ impl Firewall {
         {
             let mut bridges = active;
             bridges.extend(after);
-            let bridges: Vec<String> = bridges.into_iter().collect();
             if let Err(e) = hostfw::sync(&bridges, hostfw::Families::NONE) {
                 if on {
                     let _ = self.store.set_hold(bridge, holder, false);
