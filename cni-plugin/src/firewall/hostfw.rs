@@ -212,6 +212,14 @@ impl Family {
         std::fs::read(path).is_ok_and(|s| s.first() == Some(&b'0'))
     }
 
+    /// What `iptables -S` output `text` of this family shows, with the family's forwarding.
+    fn observe_listed(self, text: &str) -> Observed {
+        Observed {
+            forwarding_off: self.forwarding_off(),
+            ..parse_rules(text)
+        }
+    }
+
     /// Whether iptables-legacy's `filter` table of this family is loaded (one small /proc
     /// read): its rules and policy are not visible over nf_tables netlink.
     fn legacy_filter_loaded(self) -> bool {
@@ -276,7 +284,7 @@ fn observed_via_netlink(family: Family) -> Option<Observed> {
     let docker_user = chain("DOCKER-USER")?.is_some();
     let our_chain = chain(CHAIN)?.is_some();
     Some(Observed {
-        forward_drops: forward == Some(0),
+        forward_drops: forward == Some(super::nft::POLICY_DROP),
         docker_user,
         our_chain,
         // Where plugnet puts it (restore_input); a wrong guess fails the restore. (A jump put
@@ -364,10 +372,7 @@ fn sync_family(
             msg.trim()
         )));
     }
-    let observed = Observed {
-        forwarding_off: family.forwarding_off(),
-        ..parse_rules(&String::from_utf8_lossy(&out.stdout))
-    };
+    let observed = family.observe_listed(&String::from_utf8_lossy(&out.stdout));
     let Some(input) = restore_input(&observed, bridges, anticipate) else {
         return Ok(());
     };
@@ -426,8 +431,8 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
     }
     let iptables = match list_filter_v4()? {
         Some(text) => {
-            let off = Family::V4.forwarding_off();
-            bridges.iter().all(|b| check_rules(&text, off, b).is_ok())
+            let o = Family::V4.observe_listed(&text);
+            bridges.iter().all(|b| check_rules(&o, &text, b).is_ok())
         }
         None => true,
     };
@@ -438,18 +443,14 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
 /// so do its rules in the host's own dropping nftables chains.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
     if let Some(text) = list_filter_v4()? {
-        check_rules(&text, Family::V4.forwarding_off(), bridge)?;
+        check_rules(&Family::V4.observe_listed(&text), &text, bridge)?;
     }
     super::hostnft::check(bridge)
 }
 
-/// Whether `iptables -S` output `text` holds our jump and `bridge`'s rules wherever plugnet
-/// keeps them (`forwarding_off`: see [`Observed::forwarding_off`]).
-fn check_rules(text: &str, forwarding_off: bool, bridge: &str) -> Result<(), FirewallError> {
-    let o = Observed {
-        forwarding_off,
-        ..parse_rules(text)
-    };
+/// Whether `iptables -S` output `text` (observed as `o`) holds our jump and `bridge`'s rules
+/// wherever plugnet keeps them.
+fn check_rules(o: &Observed, text: &str, bridge: &str) -> Result<(), FirewallError> {
     if !o.needs_rules(false) {
         return Ok(());
     }
@@ -495,6 +496,14 @@ mod tests {
         assert!(s.contains(
             "-D DOCKER-USER -m comment --comment plugnet -j PLUGNET-FORWARD\n-X PLUGNET-FORWARD\n"
         ));
+    }
+
+    fn check_rules(text: &str, forwarding_off: bool, bridge: &str) -> Result<(), FirewallError> {
+        let o = Observed {
+            forwarding_off,
+            ..parse_rules(text)
+        };
+        super::check_rules(&o, text, bridge)
     }
 
     #[test]
