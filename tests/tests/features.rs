@@ -820,8 +820,16 @@ fn a_host_nftables_chain_that_drops_gets_plugnets_accept_rules() {
         !c1.ping(&ip_of(&r2)),
         "the host's policy drop applies again"
     );
+    let check = || w.run_on(tools, "CHECK", &with_prev(&bare, &r1), &a1);
+    let out = check();
+    assert_ne!(out.code, 0, "CHECK with the host's chain flushed: {out:?}");
+    assert!(
+        out.stdout.contains("inet pnxhard forwarding"),
+        "CHECK names the chain: {out:?}"
+    );
     let out = w.firewall_on(tools, &["reload"]);
     assert_eq!(out.code, 0, "reload: {out:?}");
+    assert_eq!(check().code, 0, "CHECK after reload: {:?}", check());
     assert_eq!(
         chain("forwarding").matches(tagged).count(),
         4,
