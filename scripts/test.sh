@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   iproute2 nftables iptables conntrack iperf3 iputils-ping time strace
   containernetworking-plugins busybox-static
-  docker.io podman
+  docker.io podman firewalld
   golang-go golang-github-appc-cni-dev
   libc6-dev
   systemd

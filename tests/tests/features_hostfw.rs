@@ -1,14 +1,20 @@
-//! Issue 11: plugnet networks keep working on a Docker host, also when dockerd starts after
-//! plugnet's containers. The test runs a dockerd of its own (own data root, exec root, pidfile
-//! and socket: `pnx-docker-<tag>-<pid>`; never the default daemon or its socket) inside a
-//! throwaway "host" namespace (`pnx-dk-<tag>-<pid>`), with plugnet run in the same namespace:
-//! Docker's iptables rules, its FORWARD policy and the forwarding sysctls are per namespace, so
-//! the machine's real host namespace is left as it was. The namespace starts with IPv4
-//! forwarding off, as a freshly booted machine does: a dockerd that has to turn forwarding on
-//! sets the FORWARD policy to DROP (measured; one that finds it on leaves the policy alone).
-//! Everything it creates (the namespaces, with bridges `pnxdbr7`..`pnxdbr9` and veth `pnxd9h`
-//! inside; subnets 10.109.0.0/24 to 10.109.3.0/24; the daemon's directories) is removed, also on
-//! failure.
+//! Issue 11: plugnet networks keep working on a host whose firewall is someone else's: a Docker
+//! host (also when dockerd starts after plugnet's containers) and a firewalld host (also after
+//! `firewall-cmd --reload`). Each test runs its daemon of its own inside a throwaway "host"
+//! namespace (`pnx-dk-<tag>-<pid>`), with plugnet run in the same namespace: iptables and
+//! nftables rulesets, the FORWARD policy and the forwarding sysctls are per namespace, so the
+//! machine's real host namespace is left as it was.
+//! - dockerd: own data root, exec root, pidfile and socket (`pnx-docker-<tag>-<pid>`; never the
+//!   default daemon or its socket). The namespace starts with IPv4 forwarding off, as a freshly
+//!   booted machine does: a dockerd that has to turn forwarding on sets the FORWARD policy to
+//!   DROP (measured; one that finds it on leaves the policy alone).
+//! - firewalld: on a D-Bus system bus of its own (a `dbus-daemon` listening in a temporary
+//!   directory; never the machine's bus), with an empty system configuration directory, so it
+//!   runs on its shipped defaults.
+//!
+//! Everything the tests create (the namespaces, with bridges `pnxdbr5`..`pnxdbr9` and veths
+//! `pnxd9h`, `pnxd8h` inside; subnets 10.109.0.0/24 to 10.109.5.0/24; the daemons' directories)
+//! is removed, also on failure.
 
 mod bridge_support;
 
@@ -28,13 +34,17 @@ const BRIDGE_BARE: &str = "pnxdbr8";
 /// A network without a gateway (L2 only), attached before dockerd starts.
 const BRIDGE_L2: &str = "pnxdbr7";
 const UPLINK: &str = "pnxd9h";
+/// The firewalld host's network and uplink.
+const BRIDGE_FWD: &str = "pnxdbr6";
+const UPLINK_FWD: &str = "pnxd8h";
 
-/// A throwaway host namespace with a dockerd of the test's own started in it on demand, and the
-/// plugnet attachments made there; undone on drop (DEL of what is attached, the daemon stopped,
-/// its directories removed; the namespaces go with their `Ns`).
-struct DockerHost {
+/// A throwaway host namespace with a dockerd or a firewalld of the test's own started in it on
+/// demand, and the plugnet attachments made there; undone on drop (DEL of what is attached, the
+/// daemons stopped, their directories removed; the namespaces go with their `Ns`).
+struct FwHost {
     host: Host,
     dockerd: Option<Child>,
+    firewalld: Option<Firewalld>,
     name: String,
     data_root: PathBuf,
     exec_root: PathBuf,
@@ -45,15 +55,66 @@ struct DockerHost {
     attached: Vec<(Value, Att)>,
 }
 
-impl DockerHost {
+/// A firewalld of the test's own in the host namespace, on a D-Bus system bus of its own (its
+/// socket, log and empty system configuration in `dir`); stopped on drop.
+struct Firewalld {
+    dbus: Child,
+    daemon: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Firewalld {
+    fn bus(dir: &Path) -> String {
+        format!("unix:path={}", dir.join("bus").display())
+    }
+
+    /// `firewall-cmd ARGS` against this firewalld: (exit code, stdout + stderr).
+    fn cmd(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new("firewall-cmd")
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", Firewalld::bus(self.dir.path()))
+            .output()
+            .expect("run firewall-cmd");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("firewalld.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Firewalld {
+    fn drop(&mut self) {
+        stop(&mut self.daemon);
+        stop(&mut self.dbus);
+    }
+}
+
+/// SIGTERM, up to 20 s to exit, then SIGKILL.
+fn stop(child: &mut Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl FwHost {
     /// The namespace, forwarding off, no daemon yet.
-    fn new(tag: &str) -> DockerHost {
+    fn new(tag: &str) -> FwHost {
         let host = Host::with_prefix("pnx-dk", tag);
         host.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
         let name = format!("pnx-docker-{tag}-{}", std::process::id());
-        DockerHost {
+        FwHost {
             host,
             dockerd: None,
+            firewalld: None,
             data_root: format!("/var/lib/{name}").into(),
             exec_root: format!("/run/{name}").into(),
             sock: format!("/run/{name}.sock").into(),
@@ -120,6 +181,108 @@ impl DockerHost {
             .to_string()
     }
 
+    /// Starts a D-Bus system bus and firewalld in the namespace and waits until firewalld says
+    /// it is running (its ruleset is in place then).
+    fn start_firewalld(&mut self) {
+        let dir = tempfile::Builder::new()
+            .prefix("pnx-firewalld-")
+            .tempdir()
+            .unwrap();
+        let bus = Firewalld::bus(dir.path());
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let log = dir.path().join("firewalld.log");
+        let ns = Netns::open(self.host.ns.path()).unwrap();
+        let mut d = Command::new("dbus-daemon");
+        d.args([
+            "--config-file=/usr/share/dbus-1/system.conf",
+            "--nofork",
+            "--nopidfile",
+        ])
+        .arg(format!("--address={bus}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let dbus = ns
+            .run(move || d.spawn())
+            .unwrap()
+            .expect("start dbus-daemon");
+        let mut f = Command::new("firewalld");
+        f.args(["--nofork", "--nopid", "--log-target", "file", "--log-file"])
+            .arg(&log)
+            .arg("--system-config")
+            .arg(&etc)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let daemon = ns.run(move || f.spawn()).unwrap().expect("start firewalld");
+        let fw = self.firewalld.insert(Firewalld { dbus, daemon, dir });
+        let t0 = Instant::now();
+        while fw.cmd(&["--state"]).1.trim() != "running" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "firewalld did not come up: {}",
+                fw.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn firewall_cmd(&self, args: &[&str]) -> String {
+        let (code, out) = self.firewalld.as_ref().expect("firewalld").cmd(args);
+        assert_eq!(code, 0, "firewall-cmd {args:?}: {out}");
+        out
+    }
+
+    /// An "outside" namespace behind a veth `uplink` (its peer named with a trailing `o`):
+    /// 10.109.`net`.1/24 on the host's end, .2 outside, with a default route back.
+    fn outside(&self, uplink: &str, net: u8) -> Ns {
+        let outside = Ns::new(format!("{}-out", self.host.ns.name));
+        let peer = format!("{}o", uplink.trim_end_matches('h'));
+        let host_ip = format!("10.109.{net}.1");
+        self.host.ns.sh(&[
+            "ip",
+            "link",
+            "add",
+            uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &outside.name,
+        ]);
+        self.host
+            .ns
+            .sh(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", uplink]);
+        self.host.ns.sh(&["ip", "link", "set", uplink, "up"]);
+        outside.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.109.{net}.2/24"),
+            "dev",
+            &peer,
+        ]);
+        outside.sh(&["ip", "link", "set", &peer, "up"]);
+        outside.sh(&["ip", "route", "add", "default", "via", &host_ip]);
+        outside
+    }
+
+    /// CHECK through the binary of the attachment made with `conf` for `ns`, given its ADD
+    /// result: (exit code, stdout).
+    fn check(&self, conf: &Value, result: &Value, id: &str, ns: &Ns) -> (i32, String) {
+        let mut conf = conf.clone();
+        conf["prevResult"] = result.clone();
+        let out = self.host.run(
+            &plugnet(),
+            "CHECK",
+            &conf,
+            Some(&Att::new(id, &ns.path(), "eth0")),
+        );
+        (out.code, out.stdout)
+    }
+
     /// A network on `bridge` with `subnet`, gateway and masquerading on.
     fn conf(&self, name: &str, bridge: &str, subnet: &str) -> Value {
         json!({
@@ -159,19 +322,13 @@ impl DockerHost {
     }
 }
 
-impl Drop for DockerHost {
+impl Drop for FwHost {
     fn drop(&mut self) {
         for (conf, att) in std::mem::take(&mut self.attached) {
             let _ = self.host.run(&plugnet(), "DEL", &conf, Some(&att));
         }
         if let Some(mut d) = self.dockerd.take() {
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
-            let t0 = Instant::now();
-            while d.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(20) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = d.kill();
-            let _ = d.wait();
+            stop(&mut d);
         }
         // Docker's exec root may hold mounts (netns, containerd state); unmount before removal.
         let _ = Command::new("sh")
@@ -237,8 +394,7 @@ fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_
         eprintln!("skipped: dockerd not installed");
         return;
     }
-    let mut h = DockerHost::new("host");
-    let pid = std::process::id();
+    let mut h = FwHost::new("host");
 
     // Before Docker: a network without a gateway (L2 only, so nothing turns forwarding on),
     // no firewall feature. Its containers reach each other.
@@ -267,27 +423,7 @@ fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_
     assert!(c6.ping(&ip_of(&r5)), "dockerd started after: c6 -> c5");
 
     // On the Docker host: masquerading to an outside namespace and a port mapping.
-    let outside = Ns::new(format!("pnx-dk-host-{pid}-out"));
-    h.host.ns.sh(&[
-        "ip",
-        "link",
-        "add",
-        UPLINK,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "pnxd9o",
-        "netns",
-        &outside.name,
-    ]);
-    h.host
-        .ns
-        .sh(&["ip", "addr", "add", "10.109.1.1/24", "dev", UPLINK]);
-    h.host.ns.sh(&["ip", "link", "set", UPLINK, "up"]);
-    outside.sh(&["ip", "addr", "add", "10.109.1.2/24", "dev", "pnxd9o"]);
-    outside.sh(&["ip", "link", "set", "pnxd9o", "up"]);
-    outside.sh(&["ip", "route", "add", "default", "via", "10.109.1.1"]);
+    let outside = h.outside(UPLINK, 1);
     let c1 = h.host.container();
     let c2 = h.host.container();
     let conf = h.conf("pnxdock", BRIDGE, "10.109.0.0/24");
@@ -348,4 +484,90 @@ fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_
     assert!(!rules.to_lowercase().contains("plugnet"), "{rules}");
     let saved = h.host.ns.sh(&["iptables-save"]);
     assert!(!saved.to_lowercase().contains("plugnet"), "{saved}");
+}
+
+/// firewalld (Debian 12's, nftables backend) rejects forwarded traffic between interfaces of no
+/// zone, and with br_netfilter on, traffic across a bridge too. plugnet's tagged rules at the
+/// head of its forward chain let the containers reach each other, the outside (masqueraded) and
+/// a port mapping; `firewall-cmd --reload` builds firewalld's table anew without them, CHECK
+/// says so, `plugnet firewall reload` puts them back; DEL of the last container leaves
+/// firewalld's ruleset without a trace of plugnet.
+#[test]
+fn plugnet_works_on_a_firewalld_host_and_after_a_firewalld_reload() {
+    assert!(unsafe { libc::geteuid() } == 0, "needs root");
+    if !Path::new("/usr/sbin/firewalld").exists() {
+        eprintln!("skipped: firewalld not installed");
+        return;
+    }
+    let mut h = FwHost::new("fwd");
+    // Bridged traffic through the forward hook, as on a host that also runs Docker.
+    h.host
+        .ns
+        .sh(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    h.start_firewalld();
+    let chain = h.host.ns.sh(&[
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "firewalld",
+        "filter_FORWARD",
+    ]);
+    assert!(
+        chain.contains("reject with icmpx admin-prohibited"),
+        "{chain}"
+    );
+
+    let outside = h.outside(UPLINK_FWD, 5);
+    let conf = h.conf("pnxfwd", BRIDGE_FWD, "10.109.4.0/24");
+    let mut mapped = conf.clone();
+    mapped["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 19091, "containerPort": 91, "protocol": "tcp"}]});
+    let c1 = h.host.container();
+    let c2 = h.host.container();
+    let r1 = h.add(&mapped, "pnx-fwd-1", &c1);
+    let r2 = h.add(&conf, "pnx-fwd-2", &c2);
+    let out_srv = serve_peer(&outside, 9001);
+    let ctr_srv = serve_peer(&c1, 91);
+    let out_of_c2 = || peer_seen(&c2, "10.109.5.2:9001", &out_srv);
+    let works = |what: &str| {
+        assert!(c1.ping(&ip_of(&r2)), "{what}: c1 -> c2");
+        assert!(c2.ping(&ip_of(&r1)), "{what}: c2 -> c1");
+        assert!(c1.ping("10.109.4.1"), "{what}: c1 -> gateway");
+        assert_eq!(
+            out_of_c2().as_deref(),
+            Some("10.109.5.1"),
+            "{what}: masqueraded to the outside"
+        );
+        assert_eq!(
+            peer_seen(&outside, "10.109.5.1:19091", &ctr_srv).as_deref(),
+            Some("10.109.5.2"),
+            "{what}: port mapping"
+        );
+    };
+    works("on a firewalld host");
+    let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
+    assert_eq!(code, 0, "CHECK on a firewalld host: {out}");
+
+    // firewalld reloads: its table is built anew, without plugnet's rules; its reject applies.
+    h.firewall_cmd(&["--reload"]);
+    assert_eq!(out_of_c2(), None, "firewalld's reject after its reload");
+    assert!(
+        !c1.ping(&ip_of(&r2)),
+        "firewalld's reject across the bridge"
+    );
+    let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
+    assert_ne!(code, 0, "CHECK after firewalld's reload: {out}");
+    assert!(out.contains("inet firewalld filter_FORWARD"), "{out}");
+    let (code, out) = h.reload();
+    assert_eq!(code, 0, "{out}");
+    works("after firewall-cmd --reload + plugnet firewall reload");
+    let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
+    assert_eq!(code, 0, "CHECK after plugnet firewall reload: {out}");
+
+    h.del_all();
+    let rules = h.host.ns.sh(&["nft", "list", "ruleset"]);
+    assert!(rules.contains("table inet firewalld"), "{rules}");
+    assert!(!rules.to_lowercase().contains("plugnet"), "{rules}");
+    assert_eq!(h.firewall_cmd(&["--state"]).trim(), "running");
 }
