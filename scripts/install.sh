@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install plugnet: the CNI plugins into the CNI plugin dir, plugnet-shim and its systemd unit,
+# the firewall watch's unit (for hosts without the shim),
 # optionally the example conflists; --uninstall reverses exactly what was installed.
 #
 #   scripts/install.sh [--prefix DIR] [--cni-bin-dir DIR] [--with-conf] [--socket PATH]
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --bin-dir) bin_dir=${2%/}; build=0; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,7 +41,7 @@ if [ "$uninstall" = 1 ]; then
     exit 1
   fi
   if [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now plugnet-shim.service 2>/dev/null || true
+    systemctl disable --now plugnet-shim.service plugnet-firewall-watch.service 2>/dev/null || true
   fi
   while IFS= read -r f; do
     rm -f -- "$f" && echo "removed $f"
@@ -83,6 +84,8 @@ if [ -n "$socket" ]; then
   rm -f "$spec"
 fi
 put "$unit" "$prefix/etc/systemd/system/plugnet-shim.service" 0644
+sed "s|/opt/cni/bin/plugnet |$cni_bin/plugnet |" conf/plugnet-firewall-watch.service > "$unit"
+put "$unit" "$prefix/etc/systemd/system/plugnet-firewall-watch.service" 0644
 rm -f "$unit"
 if [ "$with_conf" = 1 ]; then
   for c in conf/*.conflist; do
@@ -93,4 +96,6 @@ mv "$manifest.new" "$manifest"
 if [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   echo "enable the shim with: systemctl enable --now plugnet-shim.service"
+  echo "without the shim, keep plugnet's rules through firewall reloads with:" \
+    "systemctl enable --now plugnet-firewall-watch.service"
 fi

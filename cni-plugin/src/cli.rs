@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,8 +71,13 @@ pub enum FirewallCommand {
     Reload,
     /// Reload only if the kernel lost something live attachments need (plugnet's table, or the
     /// host firewall's jump/accept rules); prints `{"reloaded": false}` otherwise. What
-    /// plugnet-shim runs every 30 s.
+    /// plugnet-shim and `watch` run.
     Repair,
+    /// Stay running and repair as soon as the host's nftables ruleset changes (a flush, a
+    /// firewalld reload or start, a Docker restart) and at least every 30 s; prints what
+    /// `repair` prints for each reload, one JSON object per line. For hosts without
+    /// plugnet-shim (which does the same); see conf/plugnet-firewall-watch.service.
+    Watch,
     /// Keep BRIDGE's accept rules in the host firewall (Docker coexistence) while HOLDER holds
     /// it, attachments or not; what plugnet-shim does for each Docker network it creates.
     Hold {
@@ -239,7 +245,7 @@ fn dispatch(
     Ok(0)
 }
 
-/// `plugnet firewall reload|repair|hold|release|ls`: runs in the caller's network namespace over `state_dir`.
+/// `plugnet firewall reload|repair|watch|hold|release|ls`: runs in the caller's network namespace over `state_dir`.
 fn firewall_command(
     command: &FirewallCommand,
     state_dir: Option<PathBuf>,
@@ -247,17 +253,33 @@ fn firewall_command(
     stderr: &mut dyn Write,
 ) -> i32 {
     use crate::firewall::{Firewall, DEFAULT_STATE_DIR};
-    let fw = Firewall::at(state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)));
+    let dir = state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let fw = Firewall::at(dir.clone());
     let out = match command {
         FirewallCommand::Reload => fw
             .reload()
             .map(|r| json!({"attachments": r.attachments, "bridges": r.bridges})),
-        FirewallCommand::Repair => fw.repair().map(|r| match r {
-            Some(r) => {
-                json!({"reloaded": true, "attachments": r.attachments, "bridges": r.bridges})
-            }
-            None => json!({"reloaded": false}),
-        }),
+        FirewallCommand::Repair => fw.repair().map(repaired),
+        FirewallCommand::Watch => {
+            let e = crate::firewall::watch(Some(Duration::from_secs(30)), || {
+                // Nothing to look at until plugnet's first attachment creates the state dir.
+                match crate::firewall::repair(&dir) {
+                    Ok(Some(r)) => {
+                        let v = repaired(Some(r));
+                        let _ = writeln!(stdout, "{v}").and_then(|()| stdout.flush());
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = writeln!(stderr, "plugnet firewall watch: {e}");
+                    }
+                }
+            });
+            let _ = writeln!(
+                stderr,
+                "plugnet firewall watch: nftables notifications: {e}"
+            );
+            return 1;
+        }
         FirewallCommand::Hold { bridge, holder } => fw
             .hold(bridge, holder)
             .map(|()| json!({"held": bridge, "by": holder})),
@@ -280,6 +302,14 @@ fn firewall_command(
             let _ = writeln!(stderr, "plugnet firewall: {e}");
             1
         }
+    }
+}
+
+/// What `firewall repair` prints (and `watch`, per reload).
+fn repaired(r: Option<crate::firewall::ReloadReport>) -> Value {
+    match r {
+        Some(r) => json!({"reloaded": true, "attachments": r.attachments, "bridges": r.bridges}),
+        None => json!({"reloaded": false}),
     }
 }
 

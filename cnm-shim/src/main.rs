@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -171,6 +171,19 @@ fn run(cli: Cli) -> Result<()> {
             .context("chmod socket")?;
         info!(socket = %sock.display(), "serving");
 
+        // Repair as soon as the host's nftables ruleset changes (a flush, a firewalld reload,
+        // a Docker restart), not only on the 30 s tick below (which still covers iptables-legacy
+        // hosts, whose changes make no event). A thread of the shim's own namespace: the host's.
+        let d = driver.clone();
+        std::thread::Builder::new()
+            .name("firewall-watch".into())
+            .spawn(move || {
+                let e = plugnet::firewall::watch(None, || {
+                    d.repair_firewalls();
+                });
+                warn!("firewall watch stopped ({e}); repairing every 30 s only");
+            })
+            .context("start the firewall watch")?;
         // Reconcile in the background: never block start-up (dockerd may be waiting for us).
         let d = driver.clone();
         let reaper = tokio::spawn(async move {

@@ -490,8 +490,8 @@ fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_
 /// zone, and with br_netfilter on, traffic across a bridge too. plugnet's tagged rules at the
 /// head of its forward chain let the containers reach each other, the outside (masqueraded) and
 /// a port mapping; `firewall-cmd --reload` builds firewalld's table anew without them, CHECK
-/// says so, `plugnet firewall reload` puts them back; DEL of the last container leaves
-/// firewalld's ruleset without a trace of plugnet.
+/// says so, `plugnet firewall reload` puts them back, and so does `plugnet firewall watch` on
+/// its own; DEL of the last container leaves firewalld's ruleset without a trace of plugnet.
 #[test]
 fn plugnet_works_on_a_firewalld_host_and_after_a_firewalld_reload() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root");
@@ -564,6 +564,50 @@ fn plugnet_works_on_a_firewalld_host_and_after_a_firewalld_reload() {
     works("after firewall-cmd --reload + plugnet firewall reload");
     let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
     assert_eq!(code, 0, "CHECK after plugnet firewall reload: {out}");
+
+    // With `plugnet firewall watch` running, a firewalld reload needs no one: the watch sees
+    // the ruleset change and repairs on its own.
+    let mut watch = Command::new(plugnet());
+    watch
+        .args(["firewall", "watch", "--state-dir"])
+        .arg(h.fw_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut watch = Netns::open(h.host.ns.path())
+        .unwrap()
+        .run(move || watch.spawn())
+        .unwrap()
+        .expect("start plugnet firewall watch");
+    let t0 = Instant::now();
+    h.firewall_cmd(&["--reload"]);
+    let reload_took = t0.elapsed();
+    while h.check(&conf, &r2, "pnx-fwd-2", &c2).0 != 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let repaired_in = t0.elapsed();
+    stop(&mut watch);
+    let mut said = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    watch
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(
+        said.contains(r#"{"reloaded":true,"attachments":2,"bridges":1}"#),
+        "{said}"
+    );
+    eprintln!(
+        "firewall-cmd --reload took {reload_took:?}; CHECK passed {:?} after it returned",
+        repaired_in - reload_took
+    );
+    works("after firewall-cmd --reload with plugnet firewall watch running");
 
     h.del_all();
     let rules = h.host.ns.sh(&["nft", "list", "ruleset"]);

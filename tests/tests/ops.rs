@@ -105,6 +105,7 @@ fn install_into_a_prefix_run_add_del_from_there_and_uninstall() {
         "opt/cni/bin/plugnet-ipam",
         "usr/local/bin/plugnet-shim",
         "etc/systemd/system/plugnet-shim.service",
+        "etc/systemd/system/plugnet-firewall-watch.service",
         "etc/cni/net.d/10-plugnet.conflist",
     ] {
         assert!(prefix.join(f).is_file(), "{f} not installed");
@@ -198,6 +199,23 @@ fn the_installed_unit_passes_systemd_analyze_verify() {
         deb,
         src.replace("/usr/local/bin/plugnet-shim", "/usr/bin/plugnet-shim"),
         "conf/deb/plugnet.plugnet-shim.service drifted from conf/plugnet-shim.service"
+    );
+
+    // The firewall watch's unit runs the installed plugin (the unit names its path outside the
+    // prefix, as it will be once the prefix is the root).
+    let watch =
+        std::fs::read_to_string(prefix.join("etc/systemd/system/plugnet-firewall-watch.service"))
+            .unwrap();
+    let installed = format!("ExecStart={}", prefix.join("opt/cni/bin/plugnet").display());
+    let text = watch.replace("ExecStart=/opt/cni/bin/plugnet", &installed);
+    assert_ne!(text, watch, "ExecStart not found in the watch unit");
+    let path = tmp.path().join("units/plugnet-firewall-watch.service");
+    std::fs::write(&path, text).unwrap();
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify of the watch unit: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

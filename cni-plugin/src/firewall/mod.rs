@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use hostfw::forward_may_drop as host_forward_may_drop;
 pub use types::{
@@ -774,6 +775,31 @@ pub fn repair(state_dir: impl Into<PathBuf>) -> Result<Option<ReloadReport>, Fir
         return Ok(None);
     }
     Firewall::at(state_dir).repair()
+}
+
+/// A firewalld reload or a `docker run` is a burst of ruleset transactions: [`watch`] checks
+/// once the ruleset has been unchanged for `WATCH_QUIET`, or `WATCH_MOST` after the first.
+const WATCH_QUIET: Duration = Duration::from_millis(200);
+const WATCH_MOST: Duration = Duration::from_secs(2);
+
+/// Keeps plugnet's rules in place without being asked: runs `check` (a [`Firewall::repair`])
+/// now, then after every change to this network namespace's nftables ruleset once it has
+/// settled (`nft flush ruleset`, a firewalld reload or start, Docker's iptables-nft rules,
+/// plugnet's own changes: a check that finds nothing lost changes nothing, so this settles),
+/// and at least every `every` if given (iptables-legacy rules change without an event).
+/// Returns only if the kernel's notification socket fails.
+pub fn watch(every: Option<Duration>, mut check: impl FnMut()) -> io::Error {
+    // Subscribed before the first check: a change made while it runs is not missed.
+    let monitor = match nft::Monitor::open() {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    loop {
+        check();
+        if let Err(e) = monitor.next_change(every, WATCH_QUIET, WATCH_MOST) {
+            return e;
+        }
+    }
 }
 
 /// [`Firewall::reload`] over `state_dir`.
