@@ -94,6 +94,23 @@ impl Drop for Firewalld {
     }
 }
 
+/// Stops a `plugnet firewall watch` and returns what it printed (stdout, then stderr).
+fn watch_output(mut watch: Child) -> String {
+    stop(&mut watch);
+    let mut said = String::new();
+    for out in [
+        watch.stdout.take().map(|o| Box::new(o) as Box<dyn Read>),
+        watch.stderr.take().map(|o| Box::new(o) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut out = out;
+        out.read_to_string(&mut said).unwrap();
+    }
+    said
+}
+
 /// SIGTERM, up to 20 s to exit, then SIGKILL.
 fn stop(child: &mut Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -281,6 +298,20 @@ impl FwHost {
             Some(&Att::new(id, &ns.path(), "eth0")),
         );
         (out.code, out.stdout)
+    }
+
+    /// `plugnet firewall watch` over this host's firewall state, running in its namespace.
+    fn spawn_watch(&self) -> Child {
+        let mut c = Command::new(plugnet());
+        c.args(["firewall", "watch", "--state-dir"])
+            .arg(self.fw_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Netns::open(self.host.ns.path())
+            .unwrap()
+            .run(move || c.spawn())
+            .unwrap()
+            .expect("start plugnet firewall watch")
     }
 
     /// A network on `bridge` with `subnet`, gateway and masquerading on.
@@ -489,11 +520,12 @@ fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_
 /// firewalld (Debian 12's, nftables backend) rejects forwarded traffic between interfaces of no
 /// zone, and with br_netfilter on, traffic across a bridge too. plugnet's tagged rules at the
 /// head of its forward chain let the containers reach each other, the outside (masqueraded) and
-/// a port mapping; `firewall-cmd --reload` builds firewalld's table anew without them, CHECK
-/// says so, `plugnet firewall reload` puts them back, and so does `plugnet firewall watch` on
-/// its own; DEL of the last container leaves firewalld's ruleset without a trace of plugnet.
+/// a port mapping: put there by `plugnet firewall watch` when firewalld starts after the
+/// containers. `firewall-cmd --reload` builds firewalld's table anew without them: CHECK says
+/// so, `plugnet firewall reload` puts them back, and so does the watch on its own; DEL of the
+/// last container leaves firewalld's ruleset without a trace of plugnet.
 #[test]
-fn plugnet_works_on_a_firewalld_host_and_after_a_firewalld_reload() {
+fn plugnet_works_on_a_firewalld_host_started_after_it_and_after_a_firewalld_reload() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root");
     if !Path::new("/usr/sbin/firewalld").exists() {
         eprintln!("skipped: firewalld not installed");
@@ -504,20 +536,6 @@ fn plugnet_works_on_a_firewalld_host_and_after_a_firewalld_reload() {
     h.host
         .ns
         .sh(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
-    h.start_firewalld();
-    let chain = h.host.ns.sh(&[
-        "nft",
-        "list",
-        "chain",
-        "inet",
-        "firewalld",
-        "filter_FORWARD",
-    ]);
-    assert!(
-        chain.contains("reject with icmpx admin-prohibited"),
-        "{chain}"
-    );
-
     let outside = h.outside(UPLINK_FWD, 5);
     let conf = h.conf("pnxfwd", BRIDGE_FWD, "10.109.4.0/24");
     let mut mapped = conf.clone();
@@ -545,67 +563,72 @@ fn plugnet_works_on_a_firewalld_host_and_after_a_firewalld_reload() {
             "{what}: port mapping"
         );
     };
-    works("on a firewalld host");
-    let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
-    assert_eq!(code, 0, "CHECK on a firewalld host: {out}");
+    // What the watch printed: a reload of both attachments.
+    let reloaded = r#"{"reloaded":true,"attachments":2,"bridges":1}"#;
 
-    // firewalld reloads: its table is built anew, without plugnet's rules; its reject applies.
+    // firewalld starts after plugnet's containers, with `plugnet firewall watch` running: its
+    // new table is a ruleset change, and the watch gives firewalld's chain plugnet's rules.
+    let watch = h.spawn_watch();
+    h.start_firewalld();
+    let chain = h.host.ns.sh(&[
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "firewalld",
+        "filter_FORWARD",
+    ]);
+    assert!(
+        chain.contains("reject with icmpx admin-prohibited"),
+        "{chain}"
+    );
+    let check = || h.check(&conf, &r2, "pnx-fwd-2", &c2);
+    // CHECK passes within 10 s: how long it took.
+    let check_passes = |what: &str| {
+        let t0 = Instant::now();
+        while check().0 != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                check()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t0.elapsed()
+    };
+    let waited = check_passes("firewalld started after, with the watch running");
+    let said = watch_output(watch);
+    assert!(said.contains(reloaded), "{said}");
+    eprintln!("firewalld started: CHECK passed {waited:?} after firewalld said it was running");
+    works("firewalld started after, with the watch running");
+
+    // firewalld reloads with no watch: its table is built anew, without plugnet's rules; its
+    // reject applies, CHECK says where, `plugnet firewall reload` puts them back.
     h.firewall_cmd(&["--reload"]);
     assert_eq!(out_of_c2(), None, "firewalld's reject after its reload");
     assert!(
         !c1.ping(&ip_of(&r2)),
         "firewalld's reject across the bridge"
     );
-    let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
+    let (code, out) = check();
     assert_ne!(code, 0, "CHECK after firewalld's reload: {out}");
     assert!(out.contains("inet firewalld filter_FORWARD"), "{out}");
     let (code, out) = h.reload();
     assert_eq!(code, 0, "{out}");
     works("after firewall-cmd --reload + plugnet firewall reload");
-    let (code, out) = h.check(&conf, &r2, "pnx-fwd-2", &c2);
+    let (code, out) = check();
     assert_eq!(code, 0, "CHECK after plugnet firewall reload: {out}");
 
-    // With `plugnet firewall watch` running, a firewalld reload needs no one: the watch sees
-    // the ruleset change and repairs on its own.
-    let mut watch = Command::new(plugnet());
-    watch
-        .args(["firewall", "watch", "--state-dir"])
-        .arg(h.fw_dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut watch = Netns::open(h.host.ns.path())
-        .unwrap()
-        .run(move || watch.spawn())
-        .unwrap()
-        .expect("start plugnet firewall watch");
+    // With the watch running, a firewalld reload needs no one.
+    let watch = h.spawn_watch();
     let t0 = Instant::now();
     h.firewall_cmd(&["--reload"]);
     let reload_took = t0.elapsed();
-    while h.check(&conf, &r2, "pnx-fwd-2", &c2).0 != 0 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let repaired_in = t0.elapsed();
-    stop(&mut watch);
-    let mut said = String::new();
-    watch
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    watch
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    assert!(
-        said.contains(r#"{"reloaded":true,"attachments":2,"bridges":1}"#),
-        "{said}"
-    );
+    let waited = check_passes("firewall-cmd --reload with the watch running");
+    let said = watch_output(watch);
+    assert!(said.contains(reloaded), "{said}");
     eprintln!(
-        "firewall-cmd --reload took {reload_took:?}; CHECK passed {:?} after it returned",
-        repaired_in - reload_took
+        "firewall-cmd --reload took {reload_took:?}; CHECK passed {waited:?} after it returned"
     );
     works("after firewall-cmd --reload with plugnet firewall watch running");
 
