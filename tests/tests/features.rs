@@ -8,8 +8,8 @@
 
 mod bridge_support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,12 +195,7 @@ struct Server {
 
 impl Server {
     fn tcp(ns: &Ns, port: u16, reply: &str) -> Server {
-        let l = Netns::open(ns.path())
-            .unwrap()
-            .run(move || TcpListener::bind(("0.0.0.0", port)))
-            .unwrap()
-            .unwrap();
-        l.set_nonblocking(true).unwrap();
+        let l = tcp_listener(ns, port);
         let reply = reply.to_string();
         Server::spawn(move || match l.accept() {
             Ok((mut s, peer)) => {
@@ -254,21 +249,6 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
-}
-
-/// What a TCP server at `addr` says to a client in `ns` (None: no answer within 2 s).
-fn tcp_get(ns: &Ns, addr: &str) -> Option<String> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    Netns::open(ns.path())
-        .unwrap()
-        .run(move || {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })
-        .unwrap()
 }
 
 /// What a UDP server at `addr` answers to a client in `ns` (three tries of 1 s).

@@ -19,12 +19,12 @@
 mod bridge_support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_support::{ip_of, plugnet, Att, Host, Ns};
+use bridge_support::{ip_of, plugnet, tcp_get, tcp_listener, Att, Host, Ns};
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
@@ -378,20 +378,9 @@ impl Drop for FwHost {
     }
 }
 
-fn serve_peer(ns: &Ns, port: u16) -> TcpListener {
-    let l = Netns::open(ns.path())
-        .unwrap()
-        .run(move || TcpListener::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap();
-    l.set_nonblocking(true).unwrap();
-    l
-}
-
 /// Connects from `ns` to `addr` while `server` accepts one connection and writes back the
 /// peer address it saw. None if nothing got through within 2 s.
 fn peer_seen(ns: &Ns, addr: &str, server: &TcpListener) -> Option<String> {
-    let addr: SocketAddr = addr.parse().unwrap();
     let server = server.try_clone().unwrap();
     let acceptor = std::thread::spawn(move || {
         let t0 = Instant::now();
@@ -404,16 +393,7 @@ fn peer_seen(ns: &Ns, addr: &str, server: &TcpListener) -> Option<String> {
             std::thread::sleep(Duration::from_millis(10));
         }
     });
-    let got = Netns::open(ns.path())
-        .unwrap()
-        .run(move || {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })
-        .unwrap();
+    let got = tcp_get(ns, addr);
     let _ = acceptor.join();
     got
 }
@@ -463,8 +443,8 @@ fn plugnet_works_when_dockerd_starts_after_it_and_on_a_docker_host_and_survives_
         json!({"portMappings": [{"hostPort": 19090, "containerPort": 90, "protocol": "tcp"}]});
     let r1 = h.add(&mapped, "pnx-dk-1", &c1);
     let r2 = h.add(&conf, "pnx-dk-2", &c2);
-    let out_srv = serve_peer(&outside, 9000);
-    let ctr_srv = serve_peer(&c1, 90);
+    let out_srv = tcp_listener(&outside, 9000);
+    let ctr_srv = tcp_listener(&c1, 90);
 
     let works = |what: &str| {
         assert!(c1.ping(&ip_of(&r2)), "{what}: c1 -> c2");
@@ -545,8 +525,8 @@ fn plugnet_works_on_a_firewalld_host_started_after_it_and_after_a_firewalld_relo
     let c2 = h.host.container();
     let r1 = h.add(&mapped, "pnx-fwd-1", &c1);
     let r2 = h.add(&conf, "pnx-fwd-2", &c2);
-    let out_srv = serve_peer(&outside, 9001);
-    let ctr_srv = serve_peer(&c1, 91);
+    let out_srv = tcp_listener(&outside, 9001);
+    let ctr_srv = tcp_listener(&c1, 91);
     let out_of_c2 = || peer_seen(&c2, "10.109.5.2:9001", &out_srv);
     let works = |what: &str| {
         assert!(c1.ping(&ip_of(&r2)), "{what}: c1 -> c2");

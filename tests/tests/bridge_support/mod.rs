@@ -405,3 +405,29 @@ pub fn median_ms(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1000.0
 }
+
+/// What a TCP server at `addr` says to a client in `ns` (None: no answer within 2 s).
+pub fn tcp_get(ns: &Ns, addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    Netns::open(ns.path())
+        .unwrap()
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+            Some(out)
+        })
+        .unwrap()
+}
+
+/// A non-blocking TCP listener on `port` (all addresses) inside `ns`.
+pub fn tcp_listener(ns: &Ns, port: u16) -> std::net::TcpListener {
+    let l = Netns::open(ns.path())
+        .unwrap()
+        .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
