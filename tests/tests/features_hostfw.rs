@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_support::{ip_of, plugnet, tcp_get, tcp_listener, Att, Host, Ns};
+use bridge_support::{ip_of, plugnet, tcp_get, tcp_listener, with_prev, Att, Host, Ns};
 use plugnet::netns::Netns;
 use serde_json::{json, Value};
 
@@ -289,12 +289,10 @@ impl FwHost {
     /// CHECK through the binary of the attachment made with `conf` for `ns`, given its ADD
     /// result: (exit code, stdout).
     fn check(&self, conf: &Value, result: &Value, id: &str, ns: &Ns) -> (i32, String) {
-        let mut conf = conf.clone();
-        conf["prevResult"] = result.clone();
         let out = self.host.run(
             &plugnet(),
             "CHECK",
-            &conf,
+            &with_prev(conf, result),
             Some(&Att::new(id, &ns.path(), "eth0")),
         );
         (out.code, out.stdout)

@@ -220,21 +220,6 @@ impl Family {
         }
     }
 
-    /// Whether iptables of this family needs nothing of plugnet's, known over netlink without
-    /// running it: no legacy `filter` table is loaded, and iptables-nft's FORWARD does not
-    /// drop, with neither DOCKER-USER nor plugnet's chain there. An `iptables -S` costs ~18 ms
-    /// here, and a repair checks after every ruleset change under `plugnet firewall watch`.
-    fn needs_nothing(self) -> bool {
-        if self.legacy_filter_loaded() {
-            return false;
-        }
-        let chain = |name: &str| super::nft::iptables_chain(self.nfproto(), name);
-        matches!(
-            (chain("FORWARD"), chain("DOCKER-USER"), chain(CHAIN)),
-            (Ok(forward), Ok(None), Ok(None)) if forward.flatten() != Some(super::nft::POLICY_DROP)
-        )
-    }
-
     /// Whether iptables-legacy's `filter` table of this family is loaded (one small /proc
     /// read): its rules and policy are not visible over nf_tables netlink.
     fn legacy_filter_loaded(self) -> bool {
@@ -289,13 +274,15 @@ pub fn forward_may_drop(v4: bool, v6: bool) -> bool {
 
 /// The filter table as nf_tables shows it, when iptables-nft manages it alone (no legacy
 /// `filter` table loaded: then the host's `iptables` may be either backend). `None`: unknown.
+/// No FORWARD chain (no `filter` table at all, as on an ordinary host, or one iptables-nft made
+/// without it) is a FORWARD that accepts, as `iptables -S` would show it.
 fn observed_via_netlink(family: Family) -> Option<Observed> {
     if family.legacy_filter_loaded() {
         return None;
     }
     let nfproto = family.nfproto();
     let chain = |name: &str| super::nft::iptables_chain(nfproto, name).ok();
-    let forward = chain("FORWARD")??;
+    let forward = chain("FORWARD")?.flatten();
     let docker_user = chain("DOCKER-USER")?.is_some();
     let our_chain = chain(CHAIN)?.is_some();
     Some(Observed {
@@ -420,6 +407,13 @@ fn missing_tools(family: Family, bridges: &[String]) -> Result<(), FirewallError
     )))
 }
 
+/// Whether iptables (IPv4) needs nothing of plugnet's, known over netlink without running it
+/// (an `iptables -S` costs ~18 ms here; a repair checks after every ruleset change under
+/// `plugnet firewall watch`). False where only the listing can tell.
+fn needs_nothing_v4() -> bool {
+    observed_via_netlink(Family::V4).is_some_and(|o| !o.needs_rules(false))
+}
+
 /// `iptables -S` of the filter table (IPv4); `None` when there is no iptables.
 fn list_filter_v4() -> Result<Option<String>, FirewallError> {
     match Command::new("iptables")
@@ -444,7 +438,7 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
     if bridges.is_empty() {
         return Ok(true);
     }
-    let iptables = Family::V4.needs_nothing()
+    let iptables = needs_nothing_v4()
         || match list_filter_v4()? {
             Some(text) => {
                 let o = Family::V4.observe_listed(&text);
@@ -458,7 +452,7 @@ pub fn in_place(bridges: &[String]) -> Result<bool, FirewallError> {
 /// CHECK: where iptables would drop plugnet traffic, our jump and this bridge's rules exist;
 /// so do its rules in the host's own dropping nftables chains.
 pub fn check(bridge: &str) -> Result<(), FirewallError> {
-    if !Family::V4.needs_nothing() {
+    if !needs_nothing_v4() {
         if let Some(text) = list_filter_v4()? {
             check_rules(&Family::V4.observe_listed(&text), &text, bridge)?;
         }
