@@ -421,13 +421,43 @@ fn ip_masq_hides_container_addresses() {
     let _s = Server::tcp(&w.outside, 9000, "peer");
     let masq = w.conf(json!({"ipMasq": true}));
     let plain = w.conf(json!({}));
-    let (c1, a1, r1) = w.add(&masq, "pnx-mq-1");
+    // The iptables tools on PATH note each call, then run the real ones.
+    let spy = tempfile::Builder::new()
+        .prefix("pnx-spy-")
+        .tempdir()
+        .unwrap();
+    let calls = spy.path().join("calls");
+    for tool in [
+        "iptables",
+        "ip6tables",
+        "iptables-restore",
+        "ip6tables-restore",
+    ] {
+        let path = spy.path().join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{tool} $*\" >> {}\nexec /usr/sbin/{tool} \"$@\"\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let (c1, a1, r1) = w.add_on(spy.path(), &masq, "pnx-mq-1");
     let (c2, a2, r2) = w.add(&plain, "pnx-mq-2");
     // An ordinary host (FORWARD accepting, IPv4 forwarding on, IPv6 forwarding off as in any
     // fresh namespace) gets nothing in iptables: no rules are put in beforehand for IPv6,
-    // which these containers do not use.
+    // which these containers do not use; and the bridge's first attachment learns that over
+    // netlink, running no iptables tool at all.
     let tables = w.host.ns.sh(&["nft", "list", "tables"]);
     assert!(!tables.contains(" filter"), "{tables}");
+    assert_eq!(
+        std::fs::read_to_string(&calls).ok(),
+        None,
+        "iptables was run"
+    );
     let to = format!("{}:9000", w.outside_ip());
     assert_eq!(tcp_get(&c1, &to), Some(w.host_ip()));
     assert_eq!(tcp_get(&c2, &to), Some(ip_of(&r2)));
@@ -437,7 +467,12 @@ fn ip_masq_hides_container_addresses() {
         tcp_get(&c1, &format!("{}:9001", ip_of(&r2))),
         Some(ip_of(&r1))
     );
-    w.del(&masq, &a1);
+    w.del_on(spy.path(), &masq, &a1);
+    assert_eq!(
+        std::fs::read_to_string(&calls).ok(),
+        None,
+        "iptables was run on DEL"
+    );
     w.del(&plain, &a2);
     w.assert_clean();
 }
