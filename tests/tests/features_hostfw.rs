@@ -45,12 +45,13 @@ struct FwHost {
     host: Host,
     dockerd: Option<Child>,
     firewalld: Option<Firewalld>,
-    name: String,
     data_root: PathBuf,
     exec_root: PathBuf,
     sock: PathBuf,
     pidfile: PathBuf,
     fw_dir: tempfile::TempDir,
+    /// dockerd's log (removed with the host; its tail is in the failure message).
+    logs: tempfile::TempDir,
     /// (conf, attachment) of every ADD, for DEL on failure.
     attached: Vec<(Value, Att)>,
 }
@@ -136,9 +137,12 @@ impl FwHost {
             exec_root: format!("/run/{name}").into(),
             sock: format!("/run/{name}.sock").into(),
             pidfile: format!("/run/{name}.pid").into(),
-            name,
             fw_dir: tempfile::Builder::new()
                 .prefix("pnx-fw-")
+                .tempdir()
+                .unwrap(),
+            logs: tempfile::Builder::new()
+                .prefix("pnx-dlog-")
                 .tempdir()
                 .unwrap(),
             attached: Vec::new(),
@@ -147,7 +151,7 @@ impl FwHost {
 
     /// Starts dockerd in the namespace and waits until its chains are there.
     fn start_dockerd(&mut self) {
-        let log_path = format!("/tmp/{}.log", self.name);
+        let log_path = self.logs.path().join("dockerd.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut c = Command::new("dockerd");
         c.arg("--data-root")
@@ -181,7 +185,8 @@ impl FwHost {
         {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "dockerd did not come up (see {log_path})"
+                "dockerd did not come up: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
