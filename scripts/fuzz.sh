@@ -15,12 +15,14 @@ total=0
 for t in "${targets[@]}"; do
   work=$(mktemp -d); cp -r "corpus/$t/." "$work/" 2>/dev/null || true
   log=$(mktemp)
-  if ! cargo fuzz run -s none -O "$t" "$work" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1; then
+  # A target's own scratch files (shim_request's state dir) land here and go with it.
+  scratch=$(mktemp -d)
+  if ! TMPDIR=$scratch cargo fuzz run -s none -O "$t" "$work" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1; then
     tail -40 "$log"; echo "fuzz.sh: $t FAILED (crash input under fuzz/artifacts/$t)"; exit 1
   fi
   runs=$(grep -Eo 'Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1)
   echo "fuzz: $t: ${runs:-0} executions in ${secs}s, no crash"
   total=$((total + ${runs:-0}))
-  rm -rf "$work" "$log"
+  rm -rf "$work" "$log" "$scratch"
 done
 echo "fuzz: ${#targets[@]} targets, $total executions, 0 crashes"
