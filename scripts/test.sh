@@ -11,6 +11,7 @@ PACKAGES=(
   containernetworking-plugins busybox-static
   docker.io podman firewalld
   golang-go golang-github-appc-cni-dev
+  protobuf-compiler libprotobuf-dev etcd-server etcd-client
   libc6-dev
   systemd
 )

@@ -6,6 +6,7 @@
 //! allocator and one on-disk format.
 
 pub mod allocator;
+pub mod cluster;
 pub mod config;
 pub mod report;
 pub mod store;
