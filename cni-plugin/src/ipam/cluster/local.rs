@@ -57,6 +57,9 @@ pub struct NetworkFile {
     /// The network was removed from the cluster: no new addresses; DEL still works.
     #[serde(default)]
     pub removed: bool,
+    /// The agent's copy of the network's definition in etcd (plugnet-ipam ignores it).
+    #[serde(default)]
+    pub definition: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +235,7 @@ mod tests {
                 last_contact_unix: 1,
             },
             removed: false,
+            definition: serde_json::Value::Null,
         }
     }
 
