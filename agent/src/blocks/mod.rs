@@ -658,6 +658,9 @@ impl Blocks {
             .set(i64::from(net.fenced));
         let used_now = usage::per_block(&claimed, &net.blocks.keys().copied().collect::<Vec<_>>());
         for v4 in [true, false] {
+            if !net.def.subnets.iter().any(|s| s.is_ipv4() == v4) {
+                continue;
+            }
             let l = NetFamily {
                 network: name.into(),
                 family: if v4 { "4" } else { "6" }.into(),

@@ -6,6 +6,7 @@
 //! Invariant: nothing here talks to etcd or links its client; DEL touches only the local
 //! store.
 
+pub mod alloc;
 pub mod ask;
 pub mod local;
 
