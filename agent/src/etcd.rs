@@ -32,6 +32,15 @@ pub fn check_endpoints(args: &EtcdArgs) -> Result<()> {
     Ok(())
 }
 
+/// A request the member could not take at all: worth sending to another.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 /// A key as read, with the revisions compare-and-swap needs.
 #[derive(Debug, Clone)]
 pub struct Kv {
@@ -117,25 +126,56 @@ impl Etcd {
         r
     }
 
+    /// Like [`Etcd::timed`], but a request the member it went to could not take (connection
+    /// refused, no leader) is sent again — the balanced channel picks a member that answers —
+    /// until the timeout. Safe for reads and for compare-and-swap transactions: one applied
+    /// whose answer was lost fails its compare when repeated, and resync adopts what it wrote.
+    pub async fn call<T, F, Fut>(&self, op: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let r = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, f(self.client.clone())).await {
+                Ok(Ok(v)) => break Ok(v),
+                Ok(Err(e)) if unavailable(&e) && left > Duration::from_millis(100) => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok(Err(e)) => break Err(anyhow!("etcd {op}: {e}")),
+                Err(_) => break Err(anyhow!("etcd {op}: no answer within {:?}", self.timeout)),
+            }
+        };
+        self.metrics.etcd_observed(op, start.elapsed(), r.is_ok());
+        r
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Kv>> {
-        let mut c = self.client.clone();
-        let r = self.timed("get", c.get(key, None)).await?;
+        let r = self
+            .call("get", |mut c| async move { c.get(key, None).await })
+            .await?;
         Ok(r.kvs().first().map(Kv::from))
     }
 
     /// Every key under `prefix` and the store revision they were read at.
     pub async fn get_prefix(&self, prefix: &str) -> Result<(Vec<Kv>, i64)> {
-        let mut c = self.client.clone();
         let r = self
-            .timed("get", c.get(prefix, Some(GetOptions::new().with_prefix())))
+            .call("get", |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
             .await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         Ok((r.kvs().iter().map(Kv::from).collect(), rev))
     }
 
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut c = self.client.clone();
-        self.timed("txn", c.txn(txn)).await
+        self.call("txn", |mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })
+        .await
     }
 
     pub async fn lease_grant(&self, ttl: Duration) -> Result<i64> {

@@ -91,6 +91,8 @@ pub struct Blocks {
     pub live: Arc<Liveness>,
     host: Arc<Host>,
     nets: Mutex<BTreeMap<String, Net>>,
+    /// Fired by the watch when etcd changed under a network this host serves.
+    resync_now: tokio::sync::Notify,
 }
 
 fn family(b: &IpNetwork) -> &'static str {
@@ -172,6 +174,7 @@ impl Blocks {
             live,
             host,
             nets: Mutex::new(nets),
+            resync_now: tokio::sync::Notify::new(),
         }))
     }
 
@@ -186,6 +189,7 @@ impl Blocks {
         vec![
             ("host", Box::pin(self.host.clone().run(shutdown.clone()))),
             ("blocks", Box::pin(self.clone().run(shutdown.clone()))),
+            ("watch", Box::pin(self.clone().watch(shutdown.clone()))),
             (
                 "reclaim",
                 Box::pin(reclaim.run(self.live.clone(), shutdown)),
@@ -210,13 +214,15 @@ impl Blocks {
         let mut last_resync: Option<Instant> = None;
         let mut was_reachable = false;
         loop {
+            let mut now = false;
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.live.changed.notified() => {}
+                _ = self.resync_now.notified() => now = true,
                 _ = shutdown.wait() => return Ok(()),
             }
             let reachable = self.live.reachable() && self.live.registered();
-            let due = last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
+            let due = now || last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
             if reachable && (due || !was_reachable) {
                 if let Err(e) = self.resync_all().await {
                     warn!(host = %self.ident.name, "resync: {e:#}");
@@ -238,6 +244,52 @@ impl Blocks {
                         network: name.clone(),
                     })
                     .observe(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Watch the networks and blocks in etcd: a change made by someone else to a network this
+    /// host serves (removed, a block taken over by `release-host --force`) starts a resync at
+    /// once instead of at the next periodic one.
+    async fn watch(self: Arc<Self>, mut shutdown: Shutdown) -> Result<()> {
+        use etcd_client::{EventType, WatchOptions};
+        loop {
+            let mut c = self.etcd.client();
+            let opts = WatchOptions::new().with_prefix();
+            let stream = tokio::select! {
+                s = tokio::time::timeout(self.etcd.timeout, c.watch(schema::ROOT, Some(opts))) => s,
+                _ = shutdown.wait() => return Ok(()),
+            };
+            if let Ok(Ok(mut stream)) = stream {
+                loop {
+                    let msg = tokio::select! {
+                        m = stream.message() => m,
+                        _ = shutdown.wait() => return Ok(()),
+                    };
+                    let Ok(Some(resp)) = msg else { break };
+                    if resp.canceled() {
+                        break;
+                    }
+                    let concerns = resp.events().iter().any(|ev| {
+                        let Some(kv) = ev.kv() else { return false };
+                        let key = kv.key();
+                        if key.starts_with(schema::NETWORKS.as_bytes()) {
+                            return true;
+                        }
+                        if !key.starts_with(schema::BLOCKS.as_bytes()) {
+                            return false;
+                        }
+                        ev.event_type() == EventType::Delete
+                            || !self.mine(&crate::etcd::Kv::from(kv))
+                    });
+                    if concerns {
+                        self.resync_now.notify_one();
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => return Ok(()),
             }
         }
     }
@@ -747,12 +799,10 @@ impl Blocks {
             }
             let (free, _) = Self::free(net, &used, v4);
             if free == 0 {
-                if !self.live.reachable() {
-                    return Err(anyhow!(
-                        "this host's blocks are full and etcd is out of reach"
-                    ));
-                }
-                self.claim(name, net, v4, 1).await?;
+                // Tried whatever the keep-alive last saw: another member may answer.
+                self.claim(name, net, v4, 1).await.map_err(|e| {
+                    anyhow!("this host's blocks are full and no block could be claimed: {e:#}")
+                })?;
             }
         }
         self.write(name, net, false)

@@ -411,15 +411,20 @@ pub fn status(c: &ClusterRef) -> Result<(), CniError> {
             "fenced: out of reach of etcd past the grace period",
         ));
     }
-    let free = f
-        .active()
-        .map(|b| {
-            let r = super::block_range(b);
-            let used = claimed.iter().filter(|ip| b.contains(**ip)).count() as u128;
-            r.size().saturating_sub(used)
-        })
-        .sum::<u128>();
-    if !f.etcd.reachable && free == 0 {
+    // Every ADD takes an address of each family: one family full is full.
+    let free = |v4: bool| {
+        f.active()
+            .filter(|b| b.is_ipv4() == v4)
+            .map(|b| {
+                let used = claimed.iter().filter(|ip| b.contains(**ip)).count() as u128;
+                super::block_range(b).size().saturating_sub(used)
+            })
+            .sum::<u128>()
+    };
+    let full = [true, false]
+        .into_iter()
+        .any(|v4| f.subnets.iter().any(|s| s.is_ipv4() == v4) && free(v4) == 0);
+    if !f.etcd.reachable && full {
         return Err(c.fail(
             ErrorCode::NotAvailable,
             "degraded: etcd out of reach and this host's blocks are full",

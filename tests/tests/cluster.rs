@@ -1,0 +1,328 @@
+//! Cluster networks across hosts (issue 18): a real three-member etcd, three "hosts" (network
+//! namespaces with their own plugnet-agent and state dirs), plugnet-ipam and the plugnet bridge
+//! plugin run as a runtime runs them. Checked by what an operator sees: addresses, etcd's
+//! keys, `plugnet cluster` output, the plugins' answers.
+
+use plugnet_tests::cluster::{wait_for, Topology, World, WorldOptions};
+use plugnet_tests::{unique, CniOut, Netns};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn ip_of(out: &CniOut) -> IpAddr {
+    let v = out.ok().json();
+    v["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {v}"))
+}
+
+/// Block → holder (None: reclaimed) of `net`, as etcd records it.
+fn blocks(w: &World, net: &str) -> BTreeMap<ipnetwork::IpNetwork, Option<String>> {
+    w.cli_ok(&["blocks", "--network", net])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|b| {
+            (
+                b["block"].as_str().unwrap().parse().unwrap(),
+                b["host"].as_str().map(String::from),
+            )
+        })
+        .collect()
+}
+
+fn holder_of(map: &BTreeMap<ipnetwork::IpNetwork, Option<String>>, ip: IpAddr) -> Option<String> {
+    map.iter()
+        .find(|(b, _)| b.contains(ip))
+        .and_then(|(_, h)| h.clone())
+}
+
+/// ADD `n` containers named `{tag}{i}` on host `h` with `threads` at once; their addresses.
+fn add_many(
+    w: &World,
+    h: usize,
+    net: &str,
+    tag: &str,
+    n: usize,
+    threads: usize,
+) -> Vec<(String, IpAddr)> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let conf = w.hosts[h].ipam_conf(&format!("{net}-cni"), net, "1.0.0");
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (out, conf) = (out.clone(), conf.clone());
+            let host = &w.hosts[h];
+            s.spawn(move || {
+                for i in (t..n).step_by(threads) {
+                    let id = format!("{tag}{i}");
+                    let r = host.ipam("ADD", &id, &conf);
+                    assert_eq!(
+                        r.code, 0,
+                        "ADD {id} on {}: {} {}",
+                        host.name, r.stdout, r.stderr
+                    );
+                    out.lock().unwrap().push((id, ip_of(&r)));
+                }
+            });
+        }
+    });
+    Arc::try_unwrap(out).unwrap().into_inner().unwrap()
+}
+
+fn assert_unique(all: &[(String, IpAddr)]) {
+    let mut seen: HashMap<IpAddr, &str> = HashMap::new();
+    for (id, ip) in all {
+        if let Some(other) = seen.insert(*ip, id) {
+            panic!("{ip} handed out twice: {other} and {id}");
+        }
+    }
+}
+
+#[test]
+fn three_hosts_share_a_network_through_etcd_failures() {
+    let mut w = World::new(WorldOptions {
+        prefix: "pnc",
+        topology: Topology::TwoSubnets,
+        agent_args: vec!["--lease-ttl".into(), "3s".into()],
+        ..Default::default()
+    });
+    let net = format!("pnc{}", unique());
+    w.cli_ok(&[
+        "network",
+        "create",
+        &net,
+        "--subnet",
+        "10.230.0.0/16",
+        "--subnet",
+        "fd30::/64",
+    ]);
+    // The same through the plugnet binary, which runs plugnet-agent for it.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.admin.ns.name])
+        .arg(plugnet_tests::bin("plugnet"))
+        .args([
+            "cluster",
+            "--etcd",
+            &w.etcd.endpoints(),
+            "--json",
+            "network",
+            "ls",
+        ])
+        .output()
+        .unwrap();
+    let ls: Value = serde_json::from_slice(&out.stdout).expect("plugnet cluster network ls");
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == net.as_str()),
+        "{ls}"
+    );
+    let refused = w.cli(&[
+        "network",
+        "create",
+        "pnc-overlap",
+        "--subnet",
+        "10.230.128.0/17",
+    ]);
+    assert!(refused.unwrap_err().contains("overlaps"));
+
+    // 300 concurrent ADDs over the three hosts.
+    let rev0 = w.etcd.revision();
+    let start = Instant::now();
+    let per_host: Vec<Vec<(String, IpAddr)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|h| {
+                let w = &w;
+                let net = &net;
+                s.spawn(move || add_many(w, h, net, &format!("c{h}-"), 100, 4))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = start.elapsed();
+    let all: Vec<(String, IpAddr)> = per_host.iter().flatten().cloned().collect();
+    assert_eq!(all.len(), 300);
+    assert_unique(&all);
+    let map = blocks(&w, &net);
+    for (h, list) in per_host.iter().enumerate() {
+        for (id, ip) in list {
+            assert_eq!(
+                holder_of(&map, *ip).as_deref(),
+                Some(w.hosts[h].name.as_str()),
+                "{id} on {} got {ip}, not in a block etcd records as that host's: {map:?}",
+                w.hosts[h].name
+            );
+        }
+        let held = map
+            .values()
+            .filter(|v| v.as_deref() == Some(w.hosts[h].name.as_str()))
+            .count();
+        // 100 addresses: 2 blocks of 61 (IPv4), 2 of 62 (IPv6), +1 of each at most for the
+        // watermark kept ahead.
+        assert!(
+            (4..=6).contains(&held),
+            "{} holds {held} blocks: {map:?}",
+            w.hosts[h].name
+        );
+    }
+    let writes = w.etcd.revision() - rev0;
+    eprintln!(
+        "figures: 300 ADDs on 3 hosts in {took:?}; {} blocks claimed; {writes} etcd writes",
+        map.len()
+    );
+    assert!(
+        writes as usize <= map.len() + 3,
+        "{writes} etcd writes for {} blocks",
+        map.len()
+    );
+
+    // A container through the bridge plugin: its block's gateway on the bridge, reachable.
+    let ctr = Netns::new("pncc");
+    let bconf: Value = serde_json::json!({"cniVersion": "1.0.0", "name": format!("{net}-cni"),
+        "type": "plugnet", "bridge": "pncbr0", "isGateway": true, "isDefaultGateway": true,
+        "ipam": {"type": "plugnet-ipam", "cluster": net, "agentDir": w.hosts[0].agent_dir()}});
+    let r = w.hosts[0].bridge("ADD", "pnc-bridge", &ctr.path(), &bconf);
+    let res = r.ok().json();
+    let gw = res["ips"][0]["gateway"].as_str().unwrap().to_string();
+    assert!(
+        ctr.exec_ok(&format!("ping -c 1 -W 2 {gw}")),
+        "container cannot reach {gw}: {res}"
+    );
+    assert!(
+        w.hosts[0]
+            .bridge("DEL", "pnc-bridge", &ctr.path(), &bconf)
+            .code
+            == 0
+    );
+
+    // One member killed: nothing changes (a fresh block is still claimed).
+    w.etcd.kill(0);
+    let more = add_many(&w, 0, &net, "m0-", 70, 2);
+    assert_unique(&[all.clone(), more.clone()].concat());
+    let st = w.cli_ok(&[
+        "status",
+        "--state-dir",
+        w.hosts[0].agent_dir().to_str().unwrap(),
+    ]);
+    assert_eq!(st["degraded"], false, "{st}");
+
+    // All of etcd down: ADD and DEL go on from held blocks; a block request fails clearly.
+    w.etcd.kill_all();
+    let conf1 = w.hosts[1].ipam_conf(&format!("{net}-cni"), &net, "1.1.0");
+    wait_for(Duration::from_secs(15), "host 1 sees etcd down", || {
+        (w.hosts[1].status()["etcd"]["reachable"] == false).then_some(())
+    });
+    for i in 0..5 {
+        w.hosts[1].ipam("ADD", &format!("d{i}"), &conf1).ok();
+        w.hosts[1].ipam("DEL", &format!("d{i}"), &conf1).ok();
+    }
+    assert_eq!(
+        w.hosts[1].ipam("STATUS", "", &conf1).code,
+        0,
+        "free addresses remain"
+    );
+    let st = w.cli(&[
+        "status",
+        "--state-dir",
+        w.hosts[1].agent_dir().to_str().unwrap(),
+    ]);
+    let st = st.unwrap_or_else(|e| panic!("status with etcd down: {e}"));
+    assert_eq!(st["degraded"], true, "{st}");
+    // Fill host 2's blocks: the ADD after the last free address fails within ~2 s.
+    let conf2 = w.hosts[2].ipam_conf(&format!("{net}-cni"), &net, "1.1.0");
+    let mut filled = 0;
+    let failure = loop {
+        let t = Instant::now();
+        let r = w.hosts[2].ipam("ADD", &format!("f{filled}"), &conf2);
+        if r.code != 0 {
+            break (r, t.elapsed());
+        }
+        filled += 1;
+        assert!(filled < 200, "host 2 never ran out");
+    };
+    let v = failure.0.err(11);
+    let msg = v["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(&net) && msg.contains("no block could be claimed") && msg.contains("etcd"),
+        "{v}"
+    );
+    assert!(
+        failure.1 < Duration::from_millis(2600),
+        "the failing ADD took {:?}",
+        failure.1
+    );
+    assert_eq!(w.hosts[2].ipam("STATUS", "", &conf2).err(50)["code"], 50);
+
+    // etcd back: the agents resync, the refused ADD goes through.
+    w.etcd.start_all();
+    w.etcd.wait_healthy(Duration::from_secs(30));
+    wait_for(
+        Duration::from_secs(20),
+        "host 2 adds again after etcd came back",
+        || (w.hosts[2].ipam("ADD", "f-again", &conf2).code == 0).then_some(()),
+    );
+    assert_eq!(w.hosts[2].ipam("STATUS", "", &conf2).code, 0);
+
+    // Hostile local requests do not hurt the agent.
+    hostile_socket(&w.hosts[0].agent_dir());
+    assert_eq!(w.hosts[0].status()["registered"], true);
+
+    // network rm leaves no key of the network; the hosts' local state goes once empty.
+    let refused = w.cli(&["network", "rm", &net]).unwrap_err();
+    assert!(
+        refused.contains("registered hosts hold blocks"),
+        "{refused}"
+    );
+    w.cli_ok(&["network", "rm", &net, "--force"]);
+    let keys: Vec<String> = w
+        .etcd
+        .keys("/plugnet/")
+        .into_iter()
+        .filter(|k| k.contains(&net))
+        .collect();
+    assert!(keys.is_empty(), "left in etcd: {keys:?}");
+    let add = w.hosts[1].ipam("ADD", "after-rm", &conf1);
+    wait_for(Duration::from_secs(5), "ADD refused after rm", || {
+        let r = w.hosts[1].ipam("ADD", "after-rm2", &conf1);
+        (r.code != 0 && r.stdout.contains("removed")).then_some(())
+    });
+    drop(add);
+    for (h, list) in per_host.iter().enumerate() {
+        let conf = w.hosts[h].ipam_conf(&format!("{net}-cni"), &net, "1.0.0");
+        for (id, _) in list {
+            w.hosts[h].ipam("DEL", id, &conf).ok();
+        }
+        for (_, id) in w.hosts[h].held(&net) {
+            w.hosts[h].ipam("DEL", &id, &conf).ok();
+        }
+        let file = plugnet::ipam::cluster::local::network_file(&w.hosts[h].agent_dir(), &net);
+        wait_for(Duration::from_secs(10), "local state removed", || {
+            (!file.exists()).then_some(())
+        });
+    }
+}
+
+/// Garbage, oversize and non-UTF-8 requests get an error answer; the agent goes on.
+fn hostile_socket(agent_dir: &std::path::Path) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let path = plugnet::ipam::cluster::local::socket(agent_dir);
+    for req in [
+        b"{\"op\":\"grow\"}\n".to_vec(),
+        b"\xff\xfe\n".to_vec(),
+        vec![b'a'; 100_000],
+        b"{\"op\":\"grow\",\"network\":\"../../etc\",\"families\":[4]}\n".to_vec(),
+    ] {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&req);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.contains("\"ok\":false"), "{answer:?}");
+    }
+}
