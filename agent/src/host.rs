@@ -124,27 +124,43 @@ impl Host {
     /// Keep `lease` alive until it expires (`Ok(())`: register again) or etcd fails (`Err`).
     async fn keep_alive(&self, lease: i64, shutdown: &mut Shutdown) -> Result<()> {
         let mut client = self.etcd.client();
-        let (mut keeper, mut stream) = self
-            .etcd
-            .timed("lease_keep_alive", client.lease_keep_alive(lease))
-            .await?;
+        let opened = tokio::time::timeout(self.etcd.timeout, client.lease_keep_alive(lease)).await;
+        let (mut keeper, mut stream) = match opened {
+            Ok(Ok(s)) => s,
+            // etcd-client opens the stream with a first keep-alive: an expired lease fails it.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) => {
+                warn!(host = %self.record.name, lease, "lease gone ({e}): registering again");
+                return Ok(());
+            }
+            Ok(Err(e)) => bail!("etcd lease_keep_alive: {e}"),
+            Err(_) => bail!(
+                "etcd lease_keep_alive: no answer within {:?}",
+                self.etcd.timeout
+            ),
+        };
         let every = self.ttl / 3;
         loop {
             let sent = boottime_ms();
             self.etcd
                 .timed("lease_keep_alive", keeper.keep_alive())
                 .await?;
-            let answer = self
-                .etcd
-                .timed("lease_keep_alive", stream.message())
-                .await?;
-            match answer {
-                Some(r) if r.ttl() > 0 => self.live.ok(sent),
-                Some(_) => {
-                    warn!(host = %self.record.name, lease, "lease expired: registering again");
-                    return Ok(());
+            // An expired lease answers TTL 0, or (etcd-client) "lease not found".
+            let expired = match tokio::time::timeout(self.etcd.timeout, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    self.live.ok(sent);
+                    false
                 }
-                None => bail!("etcd closed the keep-alive stream"),
+                Ok(Ok(Some(_))) | Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => true,
+                Ok(Ok(None)) => bail!("etcd closed the keep-alive stream"),
+                Ok(Err(e)) => bail!("etcd lease_keep_alive: {e}"),
+                Err(_) => bail!(
+                    "etcd lease_keep_alive: no answer within {:?}",
+                    self.etcd.timeout
+                ),
+            };
+            if expired {
+                warn!(host = %self.record.name, lease, "lease expired: registering again");
+                return Ok(());
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -326,3 +326,186 @@ fn hostile_socket(agent_dir: &std::path::Path) {
         assert!(answer.contains("\"ok\":false"), "{answer:?}");
     }
 }
+
+fn held_by(w: &World, net: &str, host: &str) -> Vec<ipnetwork::IpNetwork> {
+    blocks(w, net)
+        .into_iter()
+        .filter(|(_, h)| h.as_deref() == Some(host))
+        .map(|(b, _)| b)
+        .collect()
+}
+
+fn no_duplicates_across_hosts(w: &World, net: &str) {
+    let all: Vec<(String, IpAddr)> = w
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            h.held(net)
+                .into_iter()
+                .map(|(ip, id)| (format!("{}:{id}", h.name), ip))
+        })
+        .collect();
+    assert_unique(&all);
+}
+
+#[test]
+fn a_host_cut_off_past_the_grace_period_and_back() {
+    let mut w = World::new(WorldOptions {
+        prefix: "pnd",
+        agent_args: [
+            "--lease-ttl",
+            "2s",
+            "--low-watermark",
+            "4",
+            "--cooldown",
+            "1h",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let net = format!("pnd{}", unique());
+    // Four /26 blocks in all, reclaimed 6 s after a host's lease is gone.
+    w.cli_ok(&[
+        "network",
+        "create",
+        &net,
+        "--subnet",
+        "10.231.0.0/24",
+        "--reclaim-grace",
+        "6s",
+    ]);
+    add_many(&w, 0, &net, "a", 5, 1);
+    add_many(&w, 1, &net, "b", 1, 1);
+    add_many(&w, 2, &net, "c", 1, 1);
+    let a_block = held_by(&w, &net, &w.hosts[0].name);
+    assert_eq!(a_block.len(), 1, "{:?}", blocks(&w, &net));
+    let a_block = a_block[0];
+    let conf_a = w.hosts[0].ipam_conf(&format!("{net}-cni"), &net, "1.1.0");
+
+    // Cut off: ADDs go on from the held block until the fence...
+    let ips = w.etcd.ips();
+    w.hosts[0].cut_off(&ips);
+    let cut = Instant::now();
+    let a5 = w.hosts[0].ipam("ADD", "a5", &conf_a);
+    assert_eq!(a5.code, 0, "ADD right after the cut: {}", a5.stdout);
+    // ...the others reclaim its block after lease (2 s) + grace (6 s)...
+    w.wait(
+        Duration::from_secs(30),
+        "the cut-off host's block reclaimed",
+        || (blocks(&w, &net).get(&a_block) == Some(&None)).then_some(()),
+    );
+    let reclaimed_after = cut.elapsed();
+    assert!(
+        reclaimed_after >= Duration::from_secs(7),
+        "reclaimed after {reclaimed_after:?}"
+    );
+    // ...and by then the cut-off host hands out nothing new, and says why.
+    let t = Instant::now();
+    let refused = w.hosts[0].ipam("ADD", "a6", &conf_a);
+    let v = refused.err(11);
+    assert!(
+        v["msg"].as_str().unwrap().contains("out of reach of etcd"),
+        "{v}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(w.hosts[0].ipam("STATUS", "", &conf_a).err(50)["code"], 50);
+    // The others go on: host 1 needs a second block and gets the never-used one.
+    add_many(&w, 1, &net, "b-more", 61, 2);
+    assert!(!held_by(&w, &net, &w.hosts[1].name).contains(&a_block));
+
+    // Back: the block is still free, so the host takes it back; nothing is held twice.
+    w.hosts[0].reconnect();
+    w.wait(Duration::from_secs(20), "the block taken back", || {
+        (blocks(&w, &net).get(&a_block) == Some(&Some(w.hosts[0].name.clone()))).then_some(())
+    });
+    w.wait(
+        Duration::from_secs(10),
+        "ADD on the host that came back",
+        || (w.hosts[0].ipam("ADD", "a7", &conf_a).code == 0).then_some(()),
+    );
+    no_duplicates_across_hosts(&w, &net);
+
+    // Cut off again, and this time another host needs the last block: the host comes back to
+    // a block someone else holds. It hands out nothing in it and reports its containers.
+    w.hosts[0].cut_off(&ips);
+    w.wait(Duration::from_secs(30), "reclaimed again", || {
+        (blocks(&w, &net).get(&a_block) == Some(&None)).then_some(())
+    });
+    add_many(&w, 2, &net, "c-more", 70, 2);
+    assert!(held_by(&w, &net, &w.hosts[2].name).contains(&a_block));
+    w.hosts[0].reconnect();
+    let a_in_block: usize = w.hosts[0]
+        .held(&net)
+        .iter()
+        .filter(|(ip, _)| a_block.contains(*ip))
+        .count();
+    let st = w.wait(
+        Duration::from_secs(20),
+        "revoked containers reported",
+        || {
+            let st = w.hosts[0].status();
+            let n = st["networks"][0]["revoked"].as_array().map_or(0, Vec::len);
+            (n == a_in_block).then_some(st)
+        },
+    );
+    assert!(a_in_block >= 6, "{st}");
+    let check = w.hosts[0].ipam("CHECK", "a0", &conf_a);
+    assert!(check.err(999)["msg"]
+        .as_str()
+        .unwrap()
+        .contains("another host took over"));
+    assert_eq!(w.hosts[0].ipam("STATUS", "", &conf_a).err(51)["code"], 51);
+    let none_left = w.hosts[0].ipam("ADD", "a8", &conf_a);
+    assert!(
+        none_left.err(11)["msg"]
+            .as_str()
+            .unwrap()
+            .contains("no free IPv4 block"),
+        "{}",
+        none_left.stdout
+    );
+    let ops = w.cli_ok(&[
+        "status",
+        "--state-dir",
+        w.hosts[0].agent_dir().to_str().unwrap(),
+    ]);
+    assert_eq!(ops["degraded"], true, "{ops}");
+    for (_, id) in w.hosts[0].held(&net) {
+        w.hosts[0].ipam("DEL", &id, &conf_a).ok();
+    }
+    w.wait(
+        Duration::from_secs(5),
+        "the report clears once they are gone",
+        || {
+            (w.hosts[0].status()["networks"][0]["revoked"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 0)
+                .then_some(())
+        },
+    );
+    assert_eq!(w.hosts[0].ipam("STATUS", "", &conf_a).code, 0);
+
+    // release-host: refused while the host is registered, then its blocks go at once and no
+    // key names it.
+    let c_name = w.hosts[2].name.clone();
+    w.hosts[2].stop_agent();
+    let refused = w.cli(&["release-host", &c_name]).unwrap_err();
+    assert!(refused.contains("registered"), "{refused}");
+    w.wait(
+        Duration::from_secs(10),
+        "the stopped host's lease gone",
+        || w.cli(&["release-host", &c_name]).ok(),
+    );
+    let left: Vec<(String, String)> = w
+        .etcd
+        .get_prefix("/plugnet/")
+        .into_iter()
+        .filter(|(k, v)| k.contains(&c_name) || v.contains(&format!("\"{c_name}\"")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "keys naming {c_name} after release-host: {left:?}"
+    );
+}

@@ -102,6 +102,22 @@ impl World {
             .unwrap_or_else(|e| panic!("plugnet cluster {args:?} failed: {e}\n{}", self.logs()))
     }
 
+    /// [`wait_for`], with every agent's log in the failure message.
+    pub fn wait<T>(&self, within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{what}: not within {within:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every agent's log, for failure messages.
     pub fn logs(&self) -> String {
         self.hosts
