@@ -509,3 +509,116 @@ fn a_host_cut_off_past_the_grace_period_and_back() {
         "keys naming {c_name} after release-host: {left:?}"
     );
 }
+
+#[test]
+fn the_agent_killed_and_restarted_under_add_del_load() {
+    let mut w = World::new(WorldOptions {
+        prefix: "pne",
+        hosts: 1,
+        // Small blocks, a short cooldown: claims and releases all through the run.
+        agent_args: [
+            "--low-watermark",
+            "4",
+            "--cooldown",
+            "1s",
+            "--lease-ttl",
+            "3s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let net = format!("pne{}", unique());
+    w.cli_ok(&[
+        "network",
+        "create",
+        &net,
+        "--subnet",
+        "10.232.0.0/22",
+        "--block-size",
+        "28",
+    ]);
+    let conf = w.hosts[0].ipam_conf(&format!("{net}-cni"), &net, "1.0.0");
+    // Live addresses: an ADD that answers one already live is the failure this test hunts.
+    let live: Mutex<HashMap<IpAddr, String>> = Mutex::new(HashMap::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (adds, refused) = (
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    );
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (live, stop, adds, refused, conf, net) =
+                (&live, &stop, &adds, &refused, &conf, &net);
+            let host = plugnet_tests::cluster::host::ipam;
+            s.spawn(move || {
+                let mut mine: Vec<(String, IpAddr)> = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("k{t}-{n}");
+                    let r = host("ADD", &id, conf);
+                    if r.code == 0 {
+                        let ip = ip_of(&r);
+                        if let Some(other) = live.lock().unwrap().insert(ip, id.clone()) {
+                            panic!("{ip} handed to {id} while {other} holds it");
+                        }
+                        adds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        mine.push((id, ip));
+                    } else {
+                        // Only while the agent is down and the blocks are full: said clearly.
+                        let v = r.err(11);
+                        assert!(v["msg"].as_str().unwrap().contains(net.as_str()), "{v}");
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if mine.len() > 12 || (n % 3 == 0 && !mine.is_empty()) {
+                        let (id, ip) = mine.remove(0);
+                        // Unheld before the DEL: once DEL answers, anyone may get it again.
+                        live.lock().unwrap().remove(&ip);
+                        host("DEL", &id, conf).ok();
+                    }
+                }
+                for (id, ip) in mine {
+                    live.lock().unwrap().remove(&ip);
+                    host("DEL", &id, conf).ok();
+                }
+            });
+        }
+        let host = &mut w.hosts[0];
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(1500));
+            host.kill_agent();
+            std::thread::sleep(Duration::from_millis(300));
+            host.start_agent();
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let (adds, refused) = (adds.into_inner(), refused.into_inner());
+    eprintln!("figures: {adds} ADDs, {refused} refused while the agent was down, 4 SIGKILLs");
+    assert!(adds > 100, "only {adds} ADDs got through");
+    assert!(
+        w.hosts[0].held(&net).is_empty(),
+        "left in the store: {:?}",
+        w.hosts[0].held(&net)
+    );
+    // The agent's blocks and etcd's agree, and the empty ones go back after the cooldown
+    // (the watermark keeps one).
+    let name = w.hosts[0].name.clone();
+    w.wait(Duration::from_secs(20), "empty blocks returned", || {
+        let st = w.hosts[0].status();
+        let local: Vec<String> = st["networks"][0]["blocks"]
+            .as_array()?
+            .iter()
+            .map(|b| b["block"].as_str().unwrap().to_string())
+            .collect();
+        let mut etcd: Vec<String> = held_by(&w, &net, &name)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        etcd.sort();
+        let mut sorted = local.clone();
+        sorted.sort();
+        (sorted == etcd && local.len() == 1).then_some(())
+    });
+}

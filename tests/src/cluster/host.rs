@@ -132,19 +132,7 @@ impl Host {
 
     /// A CNI command of plugnet-ipam for container `id` (as a runtime's delegation runs it).
     pub fn ipam(&self, command: &str, id: &str, conf: &Value) -> CniOut {
-        let p = bin("plugnet-ipam");
-        let dir = p.parent().unwrap_or(Path::new("/")).display().to_string();
-        cni(
-            &p,
-            &[
-                ("CNI_COMMAND", command),
-                ("CNI_CONTAINERID", id),
-                ("CNI_NETNS", "/proc/self/ns/net"),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", &dir),
-            ],
-            conf.to_string().as_bytes(),
-        )
+        ipam(command, id, conf)
     }
 
     /// Every (address, container id) this host's store of `cluster` holds.
@@ -200,4 +188,21 @@ impl Host {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// A CNI command of plugnet-ipam for container `id`; `conf` names the host by its `agentDir`.
+pub fn ipam(command: &str, id: &str, conf: &Value) -> CniOut {
+    let p = bin("plugnet-ipam");
+    let dir = p.parent().unwrap_or(Path::new("/")).display().to_string();
+    cni(
+        &p,
+        &[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", &dir),
+        ],
+        conf.to_string().as_bytes(),
+    )
 }
