@@ -313,6 +313,7 @@ impl Blocks {
     /// Start serving `name` here: its definition from etcd.
     async fn activate(&self, nets: &mut BTreeMap<String, Net>, name: &str) -> Result<()> {
         schema::check_name("network", name)?;
+        crate::cluster::check_schema(&self.etcd).await?;
         let kv = self
             .etcd
             .get(&schema::network_key(name))
@@ -468,16 +469,42 @@ impl Blocks {
         }
     }
 
-    /// Write the network file if it changed (`locked`: under the store's lock).
-    fn write(&self, name: &str, net: &mut Net, locked: bool) -> Result<()> {
+    /// Write the network file if it changed. A change that takes capacity away (a block no
+    /// longer active, the network removed) is written under the store's lock and made durable
+    /// with its directory; more blocks are written durably without the lock; a deadline that
+    /// only moved forward (each keep-alive) is written without fsync, and only once it moved
+    /// by a tenth of the grace period (at least 1 s) — the ADD path never waits on it.
+    fn write(&self, name: &str, net: &mut Net, _locked: bool) -> Result<()> {
+        use plugnet::fsutil::Durability;
         let file = self.file(net);
-        if net.written.as_ref() == Some(&file) {
+        let Some(old) = net.written.as_ref() else {
+            usage::write_locked(&self.state, &file, |_| true)?;
+            net.written = Some(file);
+            return Ok(());
+        };
+        if *old == file {
             return Ok(());
         }
-        if locked {
+        let active: BTreeSet<IpNetwork> = file.active().collect();
+        let shrinks = old.active().any(|b| !active.contains(&b)) || (file.removed && !old.removed);
+        let same_blocks =
+            old.blocks == file.blocks && old.removed == file.removed && old.subnets == file.subnets;
+        if shrinks {
             usage::write_locked(&self.state, &file, |_| true)?;
+        } else if !same_blocks || old.definition != file.definition {
+            file.write_with(&self.state, Durability::File)
+                .with_context(|| format!("write the network file of {name}"))?;
         } else {
-            file.write(&self.state)
+            let step = (net.def.reclaim_grace_secs * 100).clamp(1000, 60_000);
+            let moved = file
+                .alloc_until
+                .remaining_ms()
+                .saturating_sub(old.alloc_until.remaining_ms());
+            let fell = old.alloc_until.remaining_ms() == 0 && file.alloc_until.remaining_ms() > 0;
+            if moved < step && !fell && old.etcd.reachable == file.etcd.reachable {
+                return Ok(());
+            }
+            file.write_with(&self.state, Durability::Atomic)
                 .with_context(|| format!("write the network file of {name}"))?;
         }
         net.written = Some(file);

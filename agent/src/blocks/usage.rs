@@ -67,7 +67,7 @@ pub fn write_locked(
     if !check(&claimed(state, &file.network)) {
         return Ok(false);
     }
-    file.write(state)
+    file.write_with(state, plugnet::fsutil::Durability::FileAndDir)
         .with_context(|| format!("write the network file of {}", file.network))?;
     Ok(true)
 }

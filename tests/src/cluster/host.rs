@@ -77,6 +77,11 @@ impl Host {
         self.agent = Some(child);
     }
 
+    /// The agent's pid while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     /// SIGKILL the agent (a crash).
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {

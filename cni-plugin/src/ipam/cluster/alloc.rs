@@ -454,3 +454,145 @@ pub fn gc(c: &ClusterRef, req: &Request) -> Result<GcReport, CniError> {
         .collect();
     allocator::gc(&store, &valid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::config::tests::request;
+    use crate::ipam::cluster::local::{Deadline, EtcdView, HeldBlock, FORMAT};
+
+    fn file(blocks: &[(&str, BlockState)], until: Deadline) -> NetworkFile {
+        NetworkFile {
+            format: FORMAT.into(),
+            network: "pnc-n".into(),
+            host: "h".into(),
+            subnets: vec![
+                "10.77.0.0/16".parse().unwrap(),
+                "fd77::/64".parse().unwrap(),
+            ],
+            blocks: blocks
+                .iter()
+                .map(|(c, s)| HeldBlock {
+                    cidr: c.parse().unwrap(),
+                    state: *s,
+                })
+                .collect(),
+            alloc_until: until,
+            etcd: EtcdView {
+                reachable: true,
+                last_contact_unix: 1,
+            },
+            removed: false,
+            definition: Value::Null,
+        }
+    }
+
+    fn conf(dir: &Path) -> Value {
+        json!({"cniVersion": "1.1.0", "name": "pnc-cni", "type": "plugnet",
+               "ipam": {"type": "plugnet-ipam", "cluster": "pnc-n", "agentDir": dir}})
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        assert!(ClusterRef::of(&json!({"ipam": {"type": "plugnet-ipam"}}))
+            .unwrap()
+            .is_none());
+        let c = ClusterRef::of(&json!({"ipam": {"cluster": "prod"}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.agent_dir, PathBuf::from(local::DEFAULT_AGENT_DIR));
+        for (ipam, needle) in [
+            (json!({"cluster": 5}), "must be a string"),
+            (json!({"cluster": "../x"}), "ipam.cluster"),
+            (json!({"cluster": "p", "agentDir": "rel"}), "absolute"),
+            (
+                json!({"cluster": "p", "ranges": [[{"subnet": "10.0.0.0/24"}]]}),
+                "no meaning",
+            ),
+        ] {
+            let e = ClusterRef::of(&json!({ "ipam": ipam })).err().unwrap();
+            assert!(e.msg.contains(needle), "{ipam}: {e}");
+        }
+    }
+
+    #[test]
+    fn allocates_only_in_active_blocks_and_binds_one_cni_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("networks")).unwrap();
+        let alive = Deadline::after(std::time::Duration::from_secs(60));
+        file(
+            &[
+                ("10.77.0.0/26", BlockState::Revoked),
+                ("10.77.0.64/26", BlockState::Active),
+                ("10.77.0.128/26", BlockState::Releasing),
+                ("fd77::/122", BlockState::Active),
+            ],
+            alive,
+        )
+        .write(tmp.path())
+        .unwrap();
+        let req = request(conf(tmp.path()), "");
+        let c = ClusterRef::of(&req.raw).unwrap().unwrap();
+        let (r, _) = take(&c, &req).unwrap();
+        let got: Vec<String> = r.ips.iter().map(|i| i.address.to_string()).collect();
+        assert_eq!(got, ["10.77.0.66/26", "fd77::2/122"]);
+        assert_eq!(r.ips[0].gateway, Some("10.77.0.65".parse().unwrap()));
+        assert!(r.routes.iter().any(|x| x.dst.to_string() == "10.77.0.0/16"));
+        check(&c, &req).unwrap();
+        // Another CNI network on the same cluster network and host is refused.
+        let mut other = conf(tmp.path());
+        other["name"] = json!("pnc-other");
+        let e = take(&c, &request(other, "")).err().unwrap();
+        assert!(e.msg.contains("used on this host by CNI network"), "{e}");
+        // CHECK fails once the block is revoked; STATUS says 51.
+        file(
+            &[
+                ("10.77.0.64/26", BlockState::Revoked),
+                ("fd77::/122", BlockState::Active),
+            ],
+            alive,
+        )
+        .write(tmp.path())
+        .unwrap();
+        assert!(check(&c, &req).unwrap_err().msg.contains("took over"));
+        assert_eq!(status(&c).unwrap_err().code, ErrorCode::LimitedConnectivity);
+        del(&c, &req).unwrap();
+        del(&c, &req).unwrap();
+        assert_eq!(status(&c).map_err(|e| e.msg), Ok(()));
+    }
+
+    #[test]
+    fn past_the_deadline_nothing_new_is_handed_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("networks")).unwrap();
+        file(
+            &[
+                ("10.77.0.0/26", BlockState::Active),
+                ("fd77::/122", BlockState::Active),
+            ],
+            Deadline::PAST,
+        )
+        .write(tmp.path())
+        .unwrap();
+        let req = request(conf(tmp.path()), "");
+        let c = ClusterRef::of(&req.raw).unwrap().unwrap();
+        let e = take(&c, &req).err().unwrap();
+        assert_eq!(e.code, ErrorCode::TryAgain);
+        assert!(e.msg.contains("out of reach of etcd"), "{e}");
+        assert_eq!(status(&c).unwrap_err().code, ErrorCode::NotAvailable);
+    }
+
+    #[test]
+    fn no_agent_fails_fast_and_clearly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let req = request(conf(tmp.path()), "");
+        let c = ClusterRef::of(&req.raw).unwrap().unwrap();
+        let t = Instant::now();
+        let e = take(&c, &req).err().unwrap();
+        assert!(t.elapsed() < super::super::GROW_WAIT);
+        assert!(
+            e.msg.contains("pnc-n") && e.msg.contains("not running"),
+            "{e}"
+        );
+    }
+}

@@ -195,9 +195,19 @@ impl NetworkFile {
 
     /// Write it atomically and durably (the agent's side).
     pub fn write(&self, agent_dir: &Path) -> io::Result<()> {
+        self.write_with(agent_dir, crate::fsutil::Durability::FileAndDir)
+    }
+
+    /// Write it atomically, as durably as asked: a change that only moves the deadline
+    /// forward may be lost in a power cut (the older deadline is the safer one).
+    pub fn write_with(
+        &self,
+        agent_dir: &Path,
+        durability: crate::fsutil::Durability,
+    ) -> io::Result<()> {
         let path = network_file(agent_dir, &self.network);
-        let data = serde_json::to_vec_pretty(self).expect("serialises");
-        crate::fsutil::write_atomic(&path, &data, 0o644, crate::fsutil::Durability::File)
+        let data = serde_json::to_vec(self).expect("serialises");
+        crate::fsutil::write_atomic(&path, &data, 0o644, durability)
     }
 
     /// The blocks new addresses may come from.

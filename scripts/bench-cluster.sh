@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The cluster networks' figures (issue 18), paired within one run: ADD on a cluster network vs
+# the same ADD on a local network, etcd writes per 1,000 containers, block claims per host,
+# plugnet-agent's idle RSS. A three-member etcd (etcd-server) and three hosts in namespaces of
+# the run's own (pnm-*), removed at the end.
+#   scripts/bench-cluster.sh [OUT_DIR] [--quick]      (bench.sh runs it; OUT_DIR default bench-out)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench-out}
+QUICK=${2:-}
+[ "$(id -u)" = 0 ] || { echo "bench-cluster.sh needs root" >&2; exit 1; }
+command -v etcd >/dev/null || { echo "bench-cluster.sh: apt-get install etcd-server etcd-client" >&2; exit 1; }
+mkdir -p "$OUT"
+cargo build --release -q -p plugnet-agent -p plugnet-tests --bins
+P=$(scripts/build-plugins.sh)
+BIN=$PWD/$OUT/bin-cluster
+rm -rf "$BIN" && mkdir -p "$BIN"
+install -m 0755 "$P/plugnet" "$P/plugnet-ipam" target/release/plugnet-agent "$BIN/"
+PLUGNET_BIN_DIR=$BIN target/release/plugnet-bench-cluster ${QUICK:+--quick} --json "$OUT/cluster.json" |
+  tee "$OUT/cluster.txt"
