@@ -13,7 +13,7 @@ command -v etcd >/dev/null || { echo "bench-cluster.sh: apt-get install etcd-ser
 mkdir -p "$OUT"
 cargo build --release -q -p plugnet-agent -p plugnet-tests --bins
 P=$(scripts/build-plugins.sh)
-BIN=$PWD/$OUT/bin-cluster
+BIN=$(realpath -m "$OUT")/bin-cluster
 rm -rf "$BIN" && mkdir -p "$BIN"
 install -m 0755 "$P/plugnet" "$P/plugnet-ipam" target/release/plugnet-agent "$BIN/"
 PLUGNET_BIN_DIR=$BIN target/release/plugnet-bench-cluster ${QUICK:+--quick} --json "$OUT/cluster.json" |

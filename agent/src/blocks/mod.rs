@@ -61,6 +61,9 @@ pub struct Cached {
 }
 
 struct Held {
+    /// Claim order: the network file lists blocks oldest first, so plugnet-ipam's round-robin
+    /// moves on from a full block to the newest ones and never walks full blocks to find room.
+    seq: u64,
     state: BlockState,
     /// The block key's mod revision when last seen ours (0: not yet seen in this run).
     mod_rev: i64,
@@ -135,8 +138,10 @@ impl Blocks {
                         let blocks = f
                             .blocks
                             .iter()
-                            .map(|b| {
+                            .enumerate()
+                            .map(|(seq, b)| {
                                 let held = Held {
+                                    seq: seq as u64,
                                     state: b.state,
                                     mod_rev: 0,
                                     empty_since: None,
@@ -408,9 +413,11 @@ impl Blocks {
         for (b, kv) in &in_etcd {
             if !net.blocks.contains_key(b) && self.mine(kv) {
                 info!(network = %name, block = %b, "adopted a block etcd records as ours");
+                let seq = Self::next_seq(net);
                 net.blocks.insert(
                     *b,
                     Held {
+                        seq,
                         state: BlockState::Active,
                         mod_rev: kv.mod_revision,
                         empty_since: None,
@@ -436,15 +443,20 @@ impl Blocks {
         }
     }
 
+    fn next_seq(net: &Net) -> u64 {
+        net.blocks.values().map(|h| h.seq + 1).max().unwrap_or(0)
+    }
+
     fn file(&self, net: &Net) -> NetworkFile {
+        let mut held: Vec<(&IpNetwork, &Held)> = net.blocks.iter().collect();
+        held.sort_by_key(|(b, h)| (h.seq, **b));
         NetworkFile {
             format: FORMAT.into(),
             network: net.def.name.clone(),
             host: self.ident.name.clone(),
             subnets: net.def.subnets.clone(),
-            blocks: net
-                .blocks
-                .iter()
+            blocks: held
+                .into_iter()
                 .map(|(b, h)| HeldBlock {
                     cidr: *b,
                     state: h.state,
@@ -548,9 +560,11 @@ impl Blocks {
                     self.metrics.claims.get_or_create(&label("ok")).inc();
                     for b in got {
                         info!(network = %name, block = %b, host = %self.ident.name, "claimed block");
+                        let seq = Self::next_seq(net);
                         net.blocks.insert(
                             b,
                             Held {
+                                seq,
                                 state: BlockState::Active,
                                 mod_rev: rev,
                                 empty_since: None,
