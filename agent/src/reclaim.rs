@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// A block key and the mod revision it was read at; grouped by (network, holder).
+type KeyRev = (Vec<u8>, i64);
+
 pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
 /// etcd refuses transactions of more than 128 operations by default.
 const CHUNK: usize = 60;
@@ -78,8 +81,7 @@ impl Reclaim {
             }
         }
         let (blocks, _) = self.etcd.get_prefix(schema::BLOCKS).await?;
-        // (network, holder) → [(key, mod revision)]
-        let mut held: BTreeMap<(String, String), Vec<(Vec<u8>, i64)>> = BTreeMap::new();
+        let mut held: BTreeMap<(String, String), Vec<KeyRev>> = BTreeMap::new();
         for kv in &blocks {
             let Some((net, _)) = schema::parse_block_key(&kv.key) else {
                 continue;
