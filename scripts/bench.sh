@@ -6,7 +6,7 @@
 #   scripts/bench.sh [--quick] [--no-docker] [--publish]
 #     --quick      fewer iterations (< 3 minutes); same sections
 #     --no-docker  skip the Docker section (it starts its own dockerd)
-#     --publish    copy the table and charts to docs/bench/ (what the README shows)
+#     --publish    copy the table and charts to docs/bench/ (what the README and docs/performance.md show)
 # BENCH_STORE=/dev/shm puts the IPAM stores on tmpfs (default /var/tmp, ext4).
 # Output: bench-out/bench.json (every sample), bench-out/bench.md (medians, p95, ratios,
 # target lines), bench-out/*.png (charts).
