@@ -24,16 +24,8 @@ done
 ensure_packages mmdebstrap git
 [ -n "$ROOT" ] || { ROOT=$(mktemp -d /var/tmp/plugnet-fresh.XXXXXX); rmdir "$ROOT"; }
 RUSTUP=${RUSTUP_HOME:-$HOME/.rustup} CARGO=${CARGO_HOME:-$HOME/.cargo}
-MOUNTS=()
-cleanup() {
-  set +e
-  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount -l "${MOUNTS[i]}"; done
-  [ "$KEEP" = 1 ] || rm -rf --one-file-system "$ROOT"
-}
+cleanup() { [ "$KEEP" = 1 ] || rm -rf --one-file-system "$ROOT"; }
 trap cleanup EXIT
-mnt() { # mnt TARGET MOUNT-ARGS...
-  mkdir -p "$1"; local t=$1; shift; mount "$@" "$t"; MOUNTS+=("$t")
-}
 
 if [ ! -x "$ROOT/usr/bin/apt-get" ]; then
   echo "== mmdebstrap: Debian 12 with what a fresh machine has"
@@ -44,15 +36,21 @@ fi
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 rm -rf "$ROOT/src"
 git clone -q "$PWD" "$ROOT/src"
-mnt "$ROOT/proc" -t proc proc
-mnt "$ROOT/sys" --rbind /sys
-mnt "$ROOT/dev" --rbind /dev
-mnt "$ROOT/run" -t tmpfs tmpfs
-mnt "$ROOT/root/.rustup" --bind "$RUSTUP"
-mnt "$ROOT/root/.cargo" --bind "$CARGO"
+mkdir -p "$ROOT/root/.rustup" "$ROOT/root/.cargo"
+# in_root CMD...: CMD in the fresh root, in a mount namespace of its own (its mounts go with
+# it). The root is a mount point, as on a machine (`ip netns` makes / a slave mount).
 in_root() {
-  chroot "$ROOT" env -i HOME=/root TERM=dumb \
-    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+  unshare -m --propagation private env ROOT="$ROOT" RUSTUP="$RUSTUP" CARGO="$CARGO" bash -euc '
+    mount --bind "$ROOT" "$ROOT"
+    mount -t proc proc "$ROOT/proc"
+    mount --rbind /sys "$ROOT/sys"
+    mount --rbind /dev "$ROOT/dev"
+    mount -t tmpfs -o mode=0755 tmpfs "$ROOT/run"
+    mount --bind "$RUSTUP" "$ROOT/root/.rustup"
+    mount --bind "$CARGO" "$ROOT/root/.cargo"
+    exec chroot "$ROOT" env -i HOME=/root TERM=dumb \
+      PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+  ' in_root "$@"
 }
 echo "== before: what the demo needs and a fresh machine lacks"
 in_root sh -c 'for c in ping nft; do command -v $c >/dev/null && echo "$c: present" || echo "$c: absent"; done'
