@@ -112,10 +112,7 @@ fn every_relative_link_in_the_docs_resolves() {
     for file in markdown_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         for target in links(&text) {
-            if target.is_empty()
-                || target.contains("://")
-                || target.starts_with("mailto:")
-            {
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
                 continue;
             }
             checked += 1;
@@ -128,10 +125,7 @@ fn every_relative_link_in_the_docs_resolves() {
             } else {
                 file.parent().unwrap().join(path)
             };
-            let shown = format!(
-                "{}: {target}",
-                file.strip_prefix(repo()).unwrap().display()
-            );
+            let shown = format!("{}: {target}", file.strip_prefix(repo()).unwrap().display());
             if !dest.exists() {
                 broken.push(format!("{shown} (no such file)"));
                 continue;
@@ -144,7 +138,10 @@ fn every_relative_link_in_the_docs_resolves() {
             }
         }
     }
-    assert!(checked > 30, "only {checked} relative links found: is the parser broken?");
+    assert!(
+        checked > 30,
+        "only {checked} relative links found: is the parser broken?"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
