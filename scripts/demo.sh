@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces, bridges, nftables)" >&2; exit 1; }
 . scripts/lib/packages.sh
-# What the demo runs: the build's static libc, ip, ping, nft, curl, and jq for one JSON edit.
-ensure_packages libc6-dev iproute2 iputils-ping nftables curl jq
+# What the demo runs: the build's static libc, ip and ss, ping, nft, curl, jq for the JSON edits,
+# python3 for the one-shot server behind the port mapping.
+ensure_packages libc6-dev iproute2 iputils-ping nftables curl jq python3
 BIN=$(scripts/build-plugins.sh)
 DATA=$(mktemp -d /tmp/plugnet-demo.XXXXXX)
 trap 'rm -rf "$DATA"' EXIT
