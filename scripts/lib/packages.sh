@@ -9,11 +9,15 @@
 # A package counts as present when dpkg says "install ok installed". Recommends are not
 # installed (--no-install-recommends): a script names every package it uses. The first
 # script that has to install runs `apt-get update` and exports PLUGNET_APT_UPDATED=1, which
-# the scripts it starts inherit. Without root, or on a machine without apt, it names what is
-# missing and fails.
+# the scripts it starts inherit. Without root it names what is missing and fails; on a system
+# without dpkg it names what the script uses and lets it try.
 
 ensure_packages() {
   local missing=() p log
+  if ! command -v dpkg-query >/dev/null; then
+    echo "${0##*/}: not a Debian system; this script uses (Debian names): $*" >&2
+    return 0
+  fi
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
