@@ -14,6 +14,7 @@
 # (busybox-static) as docker.io/library/busybox:latest into Docker, containerd and podman.
 # cnitool is tests/go/cnitool (cnitool's command line over Debian's libcni 1.1.2).
 # After each client: no plugnet veth, lease, cached result, runner record or nftables table.
+# With cnitool, the shipped chain example (plugnet + the Go portmap, tuning, bandwidth) too.
 # Then podman's static-address paths: port mappings answer before and after
 # `podman network reload`, also with `--ip … -p …`, on the shipped example and on a network
 # exported by plugnet-shim.
@@ -115,8 +116,8 @@ if [ "${1:-}" = --inner ]; then
     left+=$(nft list tables 2>/dev/null | grep -w plugnet || true)
     if [ -z "$left" ]; then ok "quickstart $1: nothing left behind"; else fail "quickstart $1 left: $left"; fi
   }
-  get() { # get PORT: the body behind the host's port, from the host
-    curl -s --max-time 3 --retry 5 --retry-connrefused --retry-delay 1 "http://127.0.0.1:$1/"
+  get() { # get PORT [ADDRESS]: the body behind the host's port, from the host
+    curl -s --max-time 3 --retry 5 --retry-connrefused --retry-delay 1 "http://${2:-127.0.0.1}:$1/"
   }
   serve='echo hello > /tmp/index.html && exec httpd -f -p 80 -h /tmp'
   pm() { podman --network-backend cni "$@"; } # these checks need CNI whatever ran before
@@ -137,6 +138,26 @@ if [ "${1:-}" = --inner ]; then
     pm rm -f -t 0 pnq-r1 pnq-r2 >/dev/null || true
   }
 
+  chain_example() { # the shipped chain (plugnet, then the Go portmap, tuning, bandwidth) via libcni
+    local ns=/run/netns/pnq-chain www=$WORK/www pid
+    mkdir -p "$www" && echo hello >"$www/index.html"
+    ip netns add pnq-chain
+    if CNI_PATH=/opt/cni/bin:/usr/lib/cni CAP_ARGS='{"portMappings": [{"hostPort": 18085, "containerPort": 80, "protocol": "tcp"}]}' \
+        cnitool add plugnet-chain "$ns" >/dev/null; then
+      ip netns exec pnq-chain /bin/busybox httpd -f -p 80 -h "$www" &
+      pid=$!
+      # The reference portmap DNATs traffic to the host's addresses: the bridge's gateway here.
+      [ "$(get 18085 10.78.0.1)" = hello ] && ok "the chain example: portmap's mapping answers" \
+        || fail "the chain example: portmap's mapping"
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+    else
+      fail "the chain example: cnitool add plugnet-chain"
+    fi
+    CNI_PATH=/opt/cni/bin:/usr/lib/cni cnitool del plugnet-chain "$ns" ||
+      fail "the chain example: cnitool del plugnet-chain"
+    ip netns del pnq-chain
+  }
+
   for client in $CLIENTS; do
     echo "== quick start: $client"
     cwd=$WORK/run/$client
@@ -148,6 +169,7 @@ if [ "${1:-}" = --inner ]; then
       fail "quickstart $client: the README's commands"
     fi
     case $client in
+      cnitool) chain_example ;;
       podman) podman_static_paths plugnet 10.77.0.50 18081 18082 ;;
       docker)
         # A Docker network exported to CNI runtimes: the conflist the shim writes.
