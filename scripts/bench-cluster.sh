@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-bench-out}
 QUICK=${2:-}
 [ "$(id -u)" = 0 ] || { echo "bench-cluster.sh needs root" >&2; exit 1; }
-command -v etcd >/dev/null || { echo "bench-cluster.sh: apt-get install etcd-server etcd-client" >&2; exit 1; }
+. scripts/lib/packages.sh
+ensure_packages etcd-server etcd-client protobuf-compiler libprotobuf-dev
 mkdir -p "$OUT"
 cargo build --release -q -p plugnet-agent -p plugnet-tests --bins
 P=$(scripts/build-plugins.sh)

@@ -54,11 +54,10 @@ fi
 
 plugin_dir=$bin_dir
 if [ "$build" = 1 ]; then
-  # plugnet-agent's etcd client compiles etcd's protobuf definitions.
-  [ -e /usr/include/google/protobuf/descriptor.proto ] && command -v protoc >/dev/null || {
-    echo "install.sh: building plugnet-agent needs protoc: apt-get install protobuf-compiler libprotobuf-dev" >&2
-    exit 1
-  }
+  . scripts/lib/packages.sh
+  # The static plugins link glibc statically (scripts/build-plugins.sh); plugnet-agent's etcd
+  # client compiles etcd's protobuf definitions (protoc and its well-known types).
+  ensure_packages libc6-dev protobuf-compiler libprotobuf-dev
   cargo build --release -p plugnet-shim -p plugnet-agent --bins -q
   plugin_dir=$(scripts/build-plugins.sh) # static plugnet and plugnet-ipam
 fi
