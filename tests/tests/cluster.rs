@@ -622,3 +622,58 @@ fn the_agent_killed_and_restarted_under_add_del_load() {
         (sorted == etcd && local.len() == 1).then_some(())
     });
 }
+
+#[test]
+fn install_puts_the_agent_and_a_unit_systemd_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("root");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let install = |extra: &[&str]| {
+        std::process::Command::new(repo.join("scripts/install.sh"))
+            .arg("--prefix")
+            .arg(&prefix)
+            .arg("--bin-dir")
+            .arg(plugnet_tests::bin_dir())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = install(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = prefix.join("usr/local/bin/plugnet-agent");
+    let unit_path = prefix.join("etc/systemd/system/plugnet-agent.service");
+    assert!(agent.is_file() && unit_path.is_file());
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    assert!(
+        unit.contains("Before=docker.service containerd.service plugnet-shim.service"),
+        "{unit}"
+    );
+    // systemd-analyze verify checks every directive and that ExecStart's binary exists.
+    let verify = |exec: &std::path::Path| {
+        let text = unit.replace("/usr/local/bin/plugnet-agent", &exec.display().to_string());
+        let p = tmp.path().join("plugnet-agent.service");
+        std::fs::write(&p, text).unwrap();
+        std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&agent);
+    assert!(
+        ok.status.success() && ok.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !verify(&tmp.path().join("missing")).status.success(),
+        "verify accepted a missing binary"
+    );
+    let out = install(&["--uninstall"]);
+    assert!(out.status.success());
+    assert!(!agent.exists() && !unit_path.exists());
+}
