@@ -45,7 +45,7 @@ impl Etcd {
         for i in 0..n {
             e.start_member(i);
         }
-        e.wait_healthy(Duration::from_secs(30));
+        e.wait_healthy(Duration::from_secs(60));
         e
     }
 
