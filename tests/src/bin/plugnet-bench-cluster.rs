@@ -76,7 +76,7 @@ fn main() {
         .and_then(|i| args.get(i + 1).cloned());
     let n_add = if quick { 60 } else { 300 };
     let w = World::new(WorldOptions {
-        prefix: "pnm",
+        prefix: "pnk",
         topology: Topology::OneSegment,
         hosts: 3,
         etcd_members: 3,
@@ -113,7 +113,7 @@ fn main() {
     std::thread::scope(|s| {
         s.spawn(|| {
             enter(&host_ns);
-            let ctrs: Vec<Netns> = (0..n_add * 2).map(|_| Netns::new("pnm-ctr")).collect();
+            let ctrs: Vec<Netns> = (0..n_add * 2).map(|_| Netns::new("pnk-ctr")).collect();
             for i in 0..n_add {
                 for (k, (conf, out)) in [(&conf_c, &mut b_c), (&conf_l, &mut b_l)]
                     .into_iter()
