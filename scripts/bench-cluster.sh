@@ -26,7 +26,7 @@ pid=$!
 cleanup() {
   kill -KILL -- "-$pid" 2>/dev/null || true
   for n in $(ip netns list | awk '/^pnk[a-z]*-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done
-  rm -rf /tmp/pnk-*
+  rm -rf /tmp/pnk-etcd-* /tmp/pnk-h[0-9]-* # the harness's temporary dirs
 }
 trap cleanup EXIT
 rc=0
