@@ -157,6 +157,7 @@ pub fn to_json(usages: &[NetworkUsage], now: u64) -> Value {
                     "rangesKnown": !u.ranges.is_empty(),
                     "ranges": u.ranges,
                     "holders": holders,
+                    "damaged": u.damaged,
                 })
             })
             .collect(),
@@ -206,6 +207,19 @@ pub fn to_text(usages: &[NetworkUsage], now: u64) -> String {
                     h.hold.to_string(),
                     human_time(h.since, now),
                 ]);
+            }
+            s.push_str(&t.render("  "));
+        }
+        if !u.damaged.is_empty() {
+            s.push_str(&format!(
+                "  {} damaged entr{} (held by nobody, never handed out; `plugnet gc` repairs \
+                 what it can):\n",
+                u.damaged.len(),
+                if u.damaged.len() == 1 { "y" } else { "ies" }
+            ));
+            let mut t = Table::new(["ENTRY", "WHY"]);
+            for d in &u.damaged {
+                t.row([d.entry.clone(), d.why.clone()]);
             }
             s.push_str(&t.render("  "));
         }
