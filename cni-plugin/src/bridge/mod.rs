@@ -107,10 +107,12 @@ async fn add(
         Netns::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?
     } else {
         let ns = Netns::open(netns_path).map_err(|e| {
-            CniError::internal(format!(
-                "failed to open netns {}: {e}",
-                netns_path.display()
-            ))
+            let msg = format!("failed to open netns {}: {e}", netns_path.display());
+            // A path that is not a network namespace is the caller's mistake (code 4).
+            match e.kind() {
+                std::io::ErrorKind::InvalidInput => CniError::env(msg),
+                _ => CniError::internal(msg),
+            }
         })?;
         // The plugin's own namespace as the "container" would put eth0, addresses and a
         // default route on the host itself.
