@@ -19,7 +19,7 @@ pub use state::{AttachmentState, ContainerState, StateDir, Status};
 
 use crate::error::{CniError, ErrorCode};
 use crate::invoke::{find_in_path, Exec};
-use crate::libcni::{CniConfig, NetworkList, RuntimeConf};
+use crate::libcni::{CacheNames, CniConfig, NetworkList, RuntimeConf};
 use crate::validate;
 use crate::version::CniVersion;
 use serde_json::{Map, Value};
@@ -82,8 +82,12 @@ impl Runner {
         Runner {
             state: StateDir::new(&opts.state_dir),
             conf_dir: opts.conf_dir,
-            // Results are cached in libcni's format under <state>/results.
-            cni: CniConfig::new(opts.cni_path, opts.state_dir, exec),
+            // Results are cached in libcni's format under <state>/results, named so that no
+            // two attachments share a file (libcni's own naming is ambiguous).
+            cni: CniConfig {
+                cache_names: CacheNames::Unambiguous,
+                ..CniConfig::new(opts.cni_path, opts.state_dir, exec)
+            },
         }
     }
 

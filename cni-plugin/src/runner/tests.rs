@@ -491,3 +491,53 @@ fn options_come_from_flag_then_env_then_defaults() {
         )
     );
 }
+
+#[test]
+fn attachments_whose_joined_names_coincide_keep_their_own_caches() {
+    // Network `a` + container `b-c` and network `a-b` + container `c`: libcni's naming gives
+    // both `a-b-c-eth0`.
+    let (_d, r, _exec) = setup(&["ok"]);
+    let one = |net: &str| spec(json!({"networks": [{"name": net, "type": "ok"}]}));
+    r.up("b-c", Path::new(NETNS), &one("a")).unwrap();
+    r.up("c", Path::new(NETNS), &one("a-b")).unwrap();
+    let results = r.state().root().join("results");
+    let mut names: Vec<String> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a-b:c:eth0", "a:b-c:eth0"]);
+    r.down("b-c", None).unwrap();
+    // The other container's result survived the first one's down.
+    assert!(r.info("c", &FakeKernel).unwrap()[0].mac.is_some());
+    assert!(r.list().unwrap()[0].results[0].is_some());
+}
+
+#[test]
+fn a_cache_in_the_old_naming_is_read_when_its_content_is_ours_and_replaced() {
+    let (_d, r, exec) = setup(&["ok"]);
+    let one = spec(json!({"networks": [{"name": "a", "type": "ok"}]}));
+    r.up("b-c", Path::new(NETNS), &one).unwrap();
+    let results = r.state().root().join("results");
+    // What an older plugnet left: its libcni name, and a collision holding another's result.
+    std::fs::rename(results.join("a:b-c:eth0"), results.join("a-b-c-eth0")).unwrap();
+    assert!(r.list().unwrap()[0].results[0].is_some(), "old name read");
+    let foreign = r#"{"kind":"cniCacheV1","networkName":"a-b","containerId":"c","ifName":"eth0",
+        "result":{"cniVersion":"1.0.0","ips":[{"address":"10.99.0.9/24"}]}}"#;
+    std::fs::write(results.join("a-b-c-eth0"), foreign).unwrap();
+    assert!(
+        r.list().unwrap()[0].results[0].is_none(),
+        "another attachment's file is not ours"
+    );
+    exec.calls.lock().unwrap().clear();
+    r.down("b-c", None).unwrap();
+    let calls = exec.calls.lock().unwrap().clone();
+    assert!(
+        calls[0].4.get("prevResult").is_none(),
+        "no foreign prevResult"
+    );
+    assert!(
+        results.join("a-b-c-eth0").exists(),
+        "down removes only its own cache"
+    );
+}
