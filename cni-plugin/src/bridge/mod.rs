@@ -58,8 +58,23 @@ impl Plugin for BridgePlugin {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let conf = BridgeConf::from_request(req)?;
-        let feats = Features::from_request(req, &conf)?;
+        let parse = |r: &Request| -> Result<(BridgeConf, Features), CniError> {
+            let conf = BridgeConf::from_request(r)?;
+            let feats = Features::from_request(r, &conf)?;
+            Ok((conf, feats))
+        };
+        // DEL needs no capability args (the firewall's record and the attachment's names say
+        // what ADD made): a value ADD would refuse must not make the DEL fail too, or nothing
+        // could ever remove the attachment.
+        let bare;
+        let (req, (conf, feats)) = match parse(req) {
+            Ok(parsed) => (req, parsed),
+            Err(e) if !req.config.runtime_config.is_empty() => {
+                bare = without_runtime_config(req);
+                (&bare, parse(&bare).map_err(|_| e)?)
+            }
+            Err(e) => return Err(e),
+        };
         block_on(del(&*self.exec, &conf, &feats, req))?
     }
 
@@ -213,6 +228,18 @@ async fn del(
     } else {
         Err(CniError::internal(errors.join("; ")))
     }
+}
+
+/// `req` as a runtime without capability args would send it.
+fn without_runtime_config(req: &Request) -> Request {
+    let mut bare = req.clone();
+    bare.config.runtime_config.clear();
+    if let Some(obj) = bare.raw.as_object_mut() {
+        obj.remove("runtimeConfig");
+    }
+    // What a delegated IPAM plugin reads.
+    bare.stdin = serde_json::to_vec(&bare.raw).expect("a JSON value serialises");
+    bare
 }
 
 /// Fields the reference plugin has and this build cannot honour are refused loudly rather

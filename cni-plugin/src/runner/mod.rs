@@ -7,6 +7,7 @@
 //! recorded before its ADD, so `down` can always DEL what an interrupted `up` began; `down` is
 //! best-effort, idempotent and works after the netns is gone.
 
+mod capabilities;
 mod report;
 pub mod spec;
 pub mod state;
@@ -254,10 +255,28 @@ impl Runner {
         }
     }
 
+    /// DEL one attachment. A DEL that fails while the attachment carries capability args is
+    /// tried once more without them, as a runtime that lost them would send it: DEL needs none
+    /// (plugins find what ADD made from the attachment's names), and a value a plugin cannot
+    /// decode (a record an older plugnet accepted) must not pin the attachment forever.
     fn del_attachment(&self, state: &ContainerState, i: usize) -> Result<(), CniError> {
         let list = state.networks[i].network_list()?;
-        self.cni
-            .del_network_list(&list, &self.runtime_conf(state, i))
+        let rt = self.runtime_conf(state, i);
+        match self.cni.del_network_list(&list, &rt) {
+            Err(e) if !rt.capability_args.is_empty() => {
+                let bare = RuntimeConf {
+                    capability_args: Map::new(),
+                    ..rt
+                };
+                self.cni.del_network_list(&list, &bare).map_err(|_| e)?;
+                tracing::warn!(
+                    "network {:?}: DEL succeeded only without its runtimeConfig",
+                    state.networks[i].name
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Detach network `network` (or, with `None`, every network in reverse attach order).

@@ -51,6 +51,9 @@ impl Exec for FakeExec {
         match (name.as_str(), cmd.as_str()) {
             ("failing", "ADD") => Err(CniError::config("bad bridge config")),
             ("faildel", "DEL") => Err(CniError::internal("cannot delete")),
+            ("strict", "DEL") if conf.get("runtimeConfig").is_some() => {
+                Err(CniError::config("runtimeConfig: cannot decode"))
+            }
             (_, "ADD") => Ok(serde_json::to_vec(&json!({
                 "cniVersion": conf["cniVersion"],
                 "interfaces": [{"name": "br0"}, {"name": "veth1"},
@@ -539,5 +542,36 @@ fn a_cache_in_the_old_naming_is_read_when_its_content_is_ours_and_replaced() {
     assert!(
         results.join("a-b-c-eth0").exists(),
         "down removes only its own cache"
+    );
+}
+
+#[test]
+fn a_spec_with_capability_args_of_the_wrong_type_is_refused_at_parse_time() {
+    // `plugnet up` parses the spec before it takes a lock or records anything.
+    let bad = json!({"networks": [{"name": "n", "type": "ok",
+        "runtimeConfig": {"portMappings": "8080:80"}}]});
+    let e = Spec::from_slice(bad.to_string().as_bytes()).unwrap_err();
+    assert!(e.msg.contains("runtimeConfig.portMappings"), "{}", e.msg);
+    assert!(e.msg.contains("network \"n\""), "{}", e.msg);
+}
+
+#[test]
+fn down_succeeds_when_del_fails_only_on_the_capability_args() {
+    let (_d, r, exec) = setup(&["strict"]);
+    r.up(
+        "c1",
+        Path::new(NETNS),
+        &spec(json!({"networks": [{"name": "n", "type": "strict",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}]})),
+    )
+    .unwrap();
+    exec.calls.lock().unwrap().clear();
+    r.down("c1", None).unwrap();
+    let calls = exec.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "one DEL with, one without runtimeConfig");
+    assert!(calls[1].4.get("runtimeConfig").is_none());
+    assert!(
+        r.state().load("c1").unwrap().is_none(),
+        "the record is gone"
     );
 }
