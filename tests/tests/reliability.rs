@@ -128,3 +128,71 @@ fn reboot_keeps_state_next_adds_work_and_gc_returns_the_stale() {
         "rules left after the last DEL:\n{ruleset}"
     );
 }
+
+/// A late DEL racing an ADD of the same attachment (the spec forbids it; runtimes do it after
+/// timeouts): the DEL is held inside its IPAM step (strace delays its store lock by 1.5 s)
+/// while the ADD runs. Serialised per attachment, the ADD waits for the DEL and keeps its
+/// address; unserialised, the DEL released the address of a live container.
+#[test]
+fn a_late_del_racing_an_add_of_the_same_attachment_never_frees_its_address() {
+    let host = Host::new("race");
+    let c = host.container();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "pnb-race", "type": "plugnet", "bridge": "pnbrace0",
+        "isGateway": true,
+        "ipam": {"type": "plugnet-ipam", "dataDir": host.data_dir.path(),
+                 "ranges": [[{"subnet": "10.50.91.0/24"}]]}
+    });
+    // Another container first: the store exists, so the DEL takes its lock.
+    let other = host.container();
+    let other_att = Att::new("other", &other.path(), "eth0");
+    let other_res = host.add(&conf, &other_att);
+    let att = Att::new("racer", &c.path(), "eth0");
+    let started = std::time::Instant::now();
+    let result = std::thread::scope(|s| {
+        let del = s.spawn(|| {
+            let mut cmd = std::process::Command::new("strace");
+            cmd.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=flock"])
+                .args(["-e", "inject=flock:delay_enter=1500000"])
+                .arg(plugnet())
+                .env("CNI_COMMAND", "DEL")
+                .env("CNI_CONTAINERID", &att.id)
+                .env("CNI_NETNS", &att.netns)
+                .env("CNI_IFNAME", &att.ifname)
+                .env("CNI_PATH", cni_path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            host.spawn_in(cmd, &serde_json::to_vec(&conf).unwrap())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let added = host.run(&plugnet(), "ADD", &conf, Some(&att));
+        let del = del.join().unwrap();
+        assert_eq!(del.code, 0, "DEL: {del:?}");
+        added.ok().json()
+    });
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "strace did not hold the DEL: the race was not staged"
+    );
+    let ip = ip_of(&result);
+    let mut held = host.leases("pnb-race");
+    held.sort();
+    let mut want = vec![ip.clone(), ip_of(&other_res)];
+    want.sort();
+    assert_eq!(
+        held, want,
+        "the late DEL released the address of the container that holds it"
+    );
+    assert!(c.ping("10.50.91.1"), "the container lost its network");
+    host.run(&plugnet(), "DEL", &with_prev(&conf, &result), Some(&att))
+        .ok();
+    host.run(
+        &plugnet(),
+        "DEL",
+        &with_prev(&conf, &other_res),
+        Some(&other_att),
+    )
+    .ok();
+    assert!(host.leases("pnb-race").is_empty());
+}

@@ -54,6 +54,7 @@ impl Plugin for BridgePlugin {
         let conf = BridgeConf::from_request(req)?;
         refuse_unbuilt_features(&conf)?;
         let feats = Features::from_request(req, &conf)?;
+        let _serial = serialise(req);
         block_on(add(&*self.exec, &conf, &feats, req))?
     }
 
@@ -75,6 +76,7 @@ impl Plugin for BridgePlugin {
             }
             Err(e) => return Err(e),
         };
+        let _serial = serialise(req);
         block_on(del(&*self.exec, &conf, &feats, req))?
     }
 
@@ -228,6 +230,15 @@ async fn del(
     } else {
         Err(CniError::internal(errors.join("; ")))
     }
+}
+
+/// Waits until no other ADD or DEL of this attachment runs (a runtime racing a late DEL
+/// against an ADD would otherwise release the address of a container that got it). Without a
+/// lock file (an unwritable /run) the command runs unserialised, as it always did, and says so.
+fn serialise(req: &Request) -> Option<crate::attachment_lock::AttachmentLock> {
+    crate::attachment_lock::lock(&req.config.name, &req.container_id, &req.ifname)
+        .map_err(|e| tracing::warn!("{e}; running without per-attachment serialisation"))
+        .ok()
 }
 
 /// `req` as a runtime without capability args would send it.
