@@ -196,3 +196,145 @@ fn a_late_del_racing_an_add_of_the_same_attachment_never_frees_its_address() {
     .ok();
     assert!(host.leases("pnb-race").is_empty());
 }
+
+/// The system calls that change something (or hand a result over) at which a kill is tried.
+const MUTATING: &str =
+    "symlink,symlinkat,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat,sendto,sendmsg,write";
+
+/// `plugnet` under strace in the host namespace: with `kill_at = Some((syscall, n))` it is
+/// SIGKILLed on entering its n-th `syscall` (strace counts per thread, so the main thread's
+/// own sequence is what is addressed); with `trace = Some(file)` the mutating calls are logged.
+fn traced(
+    host: &Host,
+    conf: &Value,
+    att: &Att,
+    kill_at: Option<(&str, usize)>,
+    trace: Option<&std::path::Path>,
+) -> Out {
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", &format!("trace={MUTATING}")]);
+    match trace {
+        Some(f) => cmd.arg("-o").arg(f),
+        None => cmd.args(["-o", "/dev/null"]),
+    };
+    if let Some((call, n)) = kill_at {
+        cmd.args(["-e", &format!("inject={call}:signal=KILL:when={n}")]);
+    }
+    cmd.arg(plugnet())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &att.id)
+        .env("CNI_NETNS", &att.netns)
+        .env("CNI_IFNAME", &att.ifname)
+        .env("CNI_PATH", cni_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    host.spawn_in(cmd, &serde_json::to_vec(conf).unwrap())
+}
+
+/// Every path under `dir`, relative, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What a user (or an auditor) sees of plugnet's state: host and container links, the host's
+/// nftables ruleset, and every file of the IPAM store and firewall state.
+fn world(
+    host: &Host,
+    c: &Ns,
+    state: &std::path::Path,
+) -> (Vec<String>, Vec<String>, String, Vec<String>) {
+    let mut links = host.ns.link_names();
+    links.sort();
+    let mut ruleset = String::from_utf8(host.ns.exec(&["nft", "list", "ruleset"]).stdout).unwrap();
+    // The bridge's route_localnet, which port mappings turn on and must give back.
+    ruleset += &host
+        .ns
+        .sh(&["cat", "/proc/sys/net/ipv4/conf/pnbk9/route_localnet"]);
+    let mut files = tree(host.data_dir.path());
+    files.extend(tree(state).into_iter().map(|f| format!("fw/{f}")));
+    (links, c.link_names(), ruleset, files)
+}
+
+/// kill -9 at every step of ADD: one traced ADD lists the main thread's mutating system calls;
+/// then, for each of them in turn, an ADD is killed on entering it, the runtime's GC (with an
+/// empty valid list) runs, and nothing may be left: links, addresses, claims, nftables objects
+/// and state files are exactly as before the ADD.
+#[test]
+fn kill_at_every_step_of_add_then_gc_leaves_nothing() {
+    let host = Host::new("k9");
+    let c = host.container();
+    let fw = tempfile::Builder::new()
+        .prefix("pnb-k9-")
+        .tempdir()
+        .unwrap();
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "pnb-k9", "type": "plugnet", "bridge": "pnbk9",
+        "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
+        "firewallStateDir": fw.path(),
+        "runtimeConfig": {"portMappings": [{"hostPort": 18931, "containerPort": 80, "protocol": "tcp"}]},
+        "ipam": {"type": "plugnet-ipam", "dataDir": host.data_dir.path(),
+                 "ranges": [[{"subnet": "10.50.93.0/24"}], [{"subnet": "fd50:93::/64"}]]}
+    });
+    let mut gc = conf.clone();
+    gc.as_object_mut().unwrap().remove("runtimeConfig");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let att = Att::new("k9", &c.path(), "eth0");
+    // Warm up (bridge, store, state dirs exist), then record one ADD's steps.
+    let first = host.add(&conf, &att);
+    host.run(&plugnet(), "DEL", &with_prev(&conf, &first), Some(&att))
+        .ok();
+    let baseline = world(&host, &c, fw.path());
+    let log = fw
+        .path()
+        .join("..")
+        .join(format!("pnb-k9-{}.trace", std::process::id()));
+    let out = traced(&host, &conf, &att, None, Some(&log));
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let res: Value = serde_json::from_str(&out.ok().stdout).unwrap();
+    host.run(&plugnet(), "DEL", &with_prev(&conf, &res), Some(&att))
+        .ok();
+    assert_eq!(
+        world(&host, &c, fw.path()),
+        baseline,
+        "ADD+DEL is not neutral"
+    );
+    let main_pid = recorded.split_whitespace().next().unwrap().to_string();
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let steps: Vec<(String, usize, String)> = recorded
+        .lines()
+        .filter(|l| l.starts_with(&format!("{main_pid} ")))
+        .filter_map(|l| {
+            let call = l.split_whitespace().nth(1)?.split('(').next()?.to_string();
+            let n = seen.entry(call.clone()).or_default();
+            *n += 1;
+            Some((call, *n, l.chars().take(110).collect()))
+        })
+        .collect();
+    assert!(steps.len() >= 20, "too few steps recorded: {recorded}");
+    for (call, n, line) in &steps {
+        let out = traced(&host, &conf, &att, Some((call, *n)), None);
+        assert_ne!(out.code, 0, "not killed at {call} #{n} ({line}): {out:?}");
+        let g = host.run(&plugnet(), "GC", &gc, None);
+        assert_eq!(g.code, 0, "GC after a kill at {call} #{n} ({line}): {g:?}");
+        let now = world(&host, &c, fw.path());
+        assert_eq!(
+            now, baseline,
+            "left behind after a kill at {call} #{n} ({line}) and GC"
+        );
+    }
+    eprintln!("killed at each of {} steps, GC left nothing", steps.len());
+}
