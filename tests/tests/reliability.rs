@@ -338,3 +338,212 @@ fn kill_at_every_step_of_add_then_gc_leaves_nothing() {
     }
     eprintln!("killed at each of {} steps, GC left nothing", steps.len());
 }
+
+/// Lease files a store dir holds: host-local's (`<ip>` at the top) and plugnet's (`ip/<ip>`).
+fn held_anywhere(store: &std::path::Path) -> Vec<String> {
+    let mut out: Vec<String> = tree(store)
+        .into_iter()
+        .filter(|p| {
+            p.trim_start_matches("ip/")
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Switching a live host from host-local to plugnet-ipam, through libcni (the library podman,
+/// containerd and CRI-O use): containers attached by the reference bridge + host-local keep
+/// running; the same network (name, dataDir) under plugnet-ipam never hands out their
+/// addresses, a new container reaches an old one, and DEL of an old container releases its
+/// host-local lease.
+#[test]
+fn a_live_switch_from_host_local_to_plugnet_ipam() {
+    assert!(
+        plugnet_tests::have_reference_plugins(),
+        "containernetworking-plugins not installed"
+    );
+    let work = tempfile::Builder::new()
+        .prefix("pnb-switch-")
+        .tempdir()
+        .unwrap();
+    let client = libcni_client(work.path());
+    let host = Host::new("swl");
+    let cache = work.path().join("cache");
+    let net = "pnb-swl";
+    let list = |ipam_type: &str| {
+        let path = work.path().join(format!("{ipam_type}.conflist"));
+        let l = json!({"cniVersion": "1.0.0", "name": net, "plugins": [{
+            "type": "bridge", "bridge": "pnbswl0", "isGateway": true,
+            "ipam": {"type": ipam_type, "dataDir": host.data_dir.path(),
+                     "ranges": [[{"subnet": "10.50.94.0/29"}]]}}]});
+        std::fs::write(&path, l.to_string()).unwrap();
+        path
+    };
+    let (before, after) = (list("host-local"), list("plugnet-ipam"));
+    let run = |op: &str, l: &std::path::Path, c: &Ns, id: &str| {
+        libcni_run(&host, &client, op, l, &c.path(), id, &cache)
+    };
+    let add = |l: &std::path::Path, c: &Ns, id: &str| -> String {
+        let out = run("add", l, c, id);
+        assert_eq!(out.code, 0, "ADD {id}: {out:?}");
+        ip_of(&serde_json::from_str(&out.stdout).unwrap())
+    };
+    let old: Vec<Ns> = (0..2).map(|_| host.container()).collect();
+    let old_ips: Vec<String> = old
+        .iter()
+        .enumerate()
+        .map(|(i, c)| add(&before, c, &format!("old{i}")))
+        .collect();
+    assert_eq!(old_ips, ["10.50.94.2", "10.50.94.3"]);
+
+    // The switch: the same network under plugnet-ipam; the old containers keep running.
+    let new: Vec<Ns> = (0..3).map(|_| host.container()).collect();
+    let new_ips: Vec<String> = new
+        .iter()
+        .enumerate()
+        .map(|(i, c)| add(&after, c, &format!("new{i}")))
+        .collect();
+    for ip in &new_ips {
+        assert!(
+            !old_ips.contains(ip),
+            "{ip} is still held by a running container"
+        );
+    }
+    assert!(
+        new[0].ping(&old_ips[0]),
+        "a new container cannot reach an old one"
+    );
+    // Full: the next ADD is refused rather than given an address in use.
+    let full = host.container();
+    assert_ne!(run("add", &after, &full, "full").code, 0);
+    run("del", &after, &full, "full");
+
+    // DEL of an old container, under the new configuration, releases its host-local lease.
+    let store = host.data_dir.path().join(net);
+    assert!(held_anywhere(&store).contains(&old_ips[0]));
+    let out = run("del", &after, &old[0], "old0");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !held_anywhere(&store).contains(&old_ips[0]),
+        "host-local lease kept"
+    );
+    let reused = add(&after, &host.container(), "new3");
+    assert_eq!(reused, old_ips[0], "the released address is free again");
+
+    for (i, c) in new.iter().enumerate() {
+        run("del", &after, c, &format!("new{i}"));
+    }
+    run("del", &after, &old[1], "old1");
+    let out = libcni_run(&host, &client, "del", &after, "", "new3", &cache);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        held_anywhere(&store).is_empty(),
+        "{:?}",
+        held_anywhere(&store)
+    );
+}
+
+/// A chain whose later plugin fails on DEL (the reference portmap refuses a 1.1.0 list, as
+/// Debian's does) never runs plugnet's DEL, and libcni keeps no cache for a failed ADD: once
+/// the container is gone, `plugnet gc` must still find plugnet's reservation, firewall record
+/// and nftables table, and remove them.
+#[test]
+fn a_chain_that_stops_before_plugnet_on_del_strands_nothing_plugnet_gc_cannot_find() {
+    assert!(
+        plugnet_tests::have_reference_plugins(),
+        "containernetworking-plugins not installed"
+    );
+    let work = tempfile::Builder::new()
+        .prefix("pnb-chain-")
+        .tempdir()
+        .unwrap();
+    let client = libcni_client(work.path());
+    let host = Host::new("chn");
+    let cache = work.path().join("cache");
+    let (confs, fw, state) = (
+        work.path().join("net.d"),
+        work.path().join("fw"),
+        work.path().join("runner"),
+    );
+    std::fs::create_dir_all(&confs).unwrap();
+    let net = "pnb-chn";
+    let list = confs.join("10-chain.conflist");
+    std::fs::write(
+        &list,
+        json!({"cniVersion": "1.1.0", "name": net, "plugins": [
+            {"type": "plugnet", "bridge": "pnbchn0", "isGateway": true, "ipMasq": true,
+             "firewallStateDir": fw,
+             "ipam": {"type": "plugnet-ipam", "dataDir": host.data_dir.path(),
+                      "ranges": [[{"subnet": "10.50.95.0/24"}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let c = host.container();
+    let add = libcni_run(&host, &client, "add", &list, &c.path(), "stranded", &cache);
+    assert_ne!(
+        add.code, 0,
+        "libcni 1.1.2 cannot take a 1.1.0 chain: {add:?}"
+    );
+    let del = libcni_run(&host, &client, "del", &list, &c.path(), "stranded", &cache);
+    assert_ne!(
+        del.code, 0,
+        "portmap was expected to refuse the DEL: {del:?}"
+    );
+    assert_eq!(host.leases(net).len(), 1, "plugnet's ADD had run");
+    let ruleset = || String::from_utf8(host.ns.exec(&["nft", "list", "ruleset"]).stdout).unwrap();
+    assert!(ruleset().contains("plugnet"), "no table to strand");
+    drop(c); // the container goes, and its veth with it (the kernel tears a netns down late)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !host.plugnet_veths().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        host.plugnet_veths().is_empty(),
+        "the container's veth outlived it"
+    );
+
+    let gc = |dry: bool| {
+        let mut cmd = std::process::Command::new(plugnet());
+        cmd.arg("gc")
+            .args(["--json", "--data-dir"])
+            .arg(host.data_dir.path())
+            .arg("--conf-dir")
+            .arg(&confs)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--shim-state-dir")
+            .arg(work.path().join("no-shim"))
+            .env("PLUGNET_STATE_DIR", &state)
+            .env_remove("CNI_COMMAND")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        host.spawn_in(cmd, b"")
+    };
+    let out = gc(false);
+    assert_eq!(out.code, 0, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["owners"][0]["verdict"], "dead", "{report}");
+    assert!(host.leases(net).is_empty(), "reservation left: {report}");
+    let records = std::fs::read_dir(fw.join("attachments"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(records, 0, "firewall record left: {report}");
+    assert!(
+        !ruleset().contains("plugnet"),
+        "nftables table left:\n{}",
+        ruleset()
+    );
+    let again: Value = serde_json::from_str(&gc(false).stdout).unwrap();
+    assert!(again["actions"].as_array().unwrap().is_empty(), "{again}");
+}
