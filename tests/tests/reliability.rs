@@ -547,3 +547,193 @@ fn a_chain_that_stops_before_plugnet_on_del_strands_nothing_plugnet_gc_cannot_fi
     let again: Value = serde_json::from_str(&gc(false).stdout).unwrap();
     assert!(again["actions"].as_array().unwrap().is_empty(), "{again}");
 }
+
+/// Finding 1's class on the plugin side: every string, index and number a caller controls —
+/// environment variables, `CNI_ARGS`, configuration fields, capability args, CLI arguments —
+/// with non-ASCII, oversized, out-of-range and mistyped values. Each run must end in success or
+/// a spec-shaped error (code, msg, cniVersion on stdout), never a panic (this is a debug build:
+/// overflow checks are on).
+#[test]
+fn hostile_input_never_panics_and_always_answers_in_the_spec_shape() {
+    let host = Host::new("hostile");
+    let c = host.container();
+    let base = json!({
+        "cniVersion": "1.1.0", "name": "pnb-hostile", "type": "plugnet", "bridge": "pnbhst0",
+        "isGateway": true,
+        "ipam": {"type": "plugnet-ipam", "dataDir": host.data_dir.path(),
+                 "ranges": [[{"subnet": "10.50.96.0/24"}]]}
+    });
+    let long = "é".repeat(3000);
+    let set = |ptr: &str, v: Value| {
+        let mut conf = base.clone();
+        let (parent, key) = ptr.rsplit_once('/').unwrap();
+        let target = if parent.is_empty() {
+            &mut conf
+        } else {
+            conf.pointer_mut(parent).unwrap()
+        };
+        target[key] = v;
+        conf
+    };
+    let mut confs: Vec<Value> = vec![base.clone()];
+    for (ptr, v) in [
+        ("/name", json!("aéééééé")),
+        ("/name", json!("0123456789aé")),
+        ("/name", json!(long)),
+        ("/bridge", json!("é")),
+        ("/bridge", json!("ééééééééé")),
+        ("/bridge", json!(42)),
+        ("/mtu", json!(-1)),
+        ("/mtu", json!(1e300)),
+        ("/mtu", json!(u64::MAX)),
+        ("/vlan", json!(i64::MIN)),
+        ("/cniVersion", json!("1.1.0é")),
+        ("/ipam/dataDir", json!("relativé")),
+        (
+            "/ipam/ranges",
+            json!([[{"subnet": "10.50.96.0/24", "rangeStart": "é"}]]),
+        ),
+        ("/ipam/ranges", json!([[{"subnet": "é/24"}]])),
+        (
+            "/ipam/ranges",
+            json!([[{"subnet": "::/0", "rangeStart": "::"}]]),
+        ),
+        ("/ipam/ranges", json!([[{"subnet": "10.0.0.0/0"}]])),
+        ("/ipam/ranges", json!([[{"subnet": "10.50.96.0/33"}]])),
+        ("/ipam/ranges", json!([[]])),
+        ("/ipam/ranges", json!("x")),
+        ("/ipam/routes", json!([{"dst": "é"}])),
+        ("/ipam/type", json!("../../bin/sh")),
+        ("/ipam/type", json!("é")),
+        ("/dns", json!({"nameservers": [1, 2]})),
+        (
+            "/runtimeConfig",
+            json!({"portMappings": [{"hostPort": 70000, "containerPort": 80}]}),
+        ),
+        ("/runtimeConfig", json!({"portMappings": "é"})),
+        ("/runtimeConfig", json!({"mac": "éé:ff:ff:ff:ff:ff"})),
+        ("/runtimeConfig", json!({"mac": "ff:ff"})),
+        ("/runtimeConfig", json!({"ips": ["é", "10.50.96.300"]})),
+        (
+            "/runtimeConfig",
+            json!({"bandwidth": {"ingressRate": u64::MAX, "ingressBurst": u64::MAX}}),
+        ),
+        ("/runtimeConfig", json!({"ipRanges": [[{"subnet": "é"}]]})),
+        ("/args", json!({"cni": {"ips": ["é"], "mac": "é"}})),
+        (
+            "/prevResult",
+            json!({"cniVersion": "1.1.0", "ips": [{"address": "é", "interface": 99}]}),
+        ),
+        (
+            "/prevResult",
+            json!({"ips": [{"address": "10.0.0.1/24", "interface": u64::MAX}]}),
+        ),
+        ("/log", json!({"target": "file:é", "level": "é"})),
+    ] {
+        confs.push(set(ptr, v));
+    }
+    let envs: Vec<(&str, String)> = vec![
+        ("CNI_CONTAINERID", "aéééééé".into()),
+        ("CNI_CONTAINERID", long.clone()),
+        ("CNI_IFNAME", "éééééééé".into()),
+        ("CNI_IFNAME", "eth0é".into()),
+        ("CNI_NETNS", "/proc/self/ns/mnt".into()),
+        ("CNI_NETNS", "/nonexistent/é".into()),
+        ("CNI_NETNS", "relative".into()),
+        ("CNI_ARGS", "IP=é".into()),
+        ("CNI_ARGS", "IP=10.50.96.5/99".into()),
+        ("CNI_ARGS", "MAC=é".into()),
+        ("CNI_ARGS", "IgnoreUnknown=é;X=1".into()),
+        ("CNI_ARGS", "é=é".into()),
+        ("CNI_ARGS", format!("IP={long}")),
+        ("CNI_PATH", long.clone()),
+        ("CNI_COMMAND", "AD".into()),
+    ];
+    let check = |what: &str, out: &Out| {
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{what}: panic: {}",
+            out.stderr
+        );
+        assert!(
+            out.code == 0 || out.code == 1,
+            "{what}: exit {} ({out:?})",
+            out.code
+        );
+        if out.code != 0 {
+            let v: Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("{what}: error is not JSON ({e}): {out:?}"));
+            assert!(v["code"].is_u64() && v["msg"].is_string(), "{what}: {v}");
+            assert!(v["cniVersion"].is_string(), "{what}: {v}");
+        }
+    };
+    let plugins = [plugnet(), bin_dir().join("plugnet-ipam")];
+    let att = Att::new("hostile1", &c.path(), "eth0");
+    for conf in &confs {
+        for p in &plugins {
+            for cmd in ["ADD", "CHECK", "DEL", "STATUS", "GC"] {
+                let out = host.run(p, cmd, conf, Some(&att));
+                check(&format!("{} {cmd} {conf}", p.display()), &out);
+            }
+            host.run(p, "DEL", &base, Some(&att));
+        }
+    }
+    for (k, v) in &envs {
+        for p in &plugins {
+            let mut cmd = std::process::Command::new(p);
+            cmd.env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", "hostile2")
+                .env("CNI_NETNS", c.path())
+                .env("CNI_IFNAME", "eth1")
+                .env("CNI_PATH", cni_path())
+                .env(k, v)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let out = host.spawn_in(cmd, &serde_json::to_vec(&base).unwrap());
+            check(&format!("{} {k}={v:.40}", p.display()), &out);
+            // DEL as the runtime would: the same environment.
+            let mut del = Att::new("hostile2", &c.path(), "eth1");
+            match *k {
+                "CNI_CONTAINERID" => del.id = v.clone(),
+                "CNI_IFNAME" => del.ifname = v.clone(),
+                "CNI_ARGS" => del.args = v.clone(),
+                _ => {}
+            }
+            check(
+                &format!("DEL {k}={v:.40}"),
+                &host.run(p, "DEL", &base, Some(&del)),
+            );
+        }
+    }
+    // The operator's CLI with the same values.
+    for args in [
+        vec!["ipam", "ls", "--network", "aéééééé"],
+        vec!["ipam", "release", "--network", "é", "--id", "é"],
+        vec!["down", "--id", "aéééééé"],
+        vec!["info", "--id", &long],
+        vec!["gc", "--dry-run", "--data-dir", "/nonexistent/é"],
+    ] {
+        let mut cmd = std::process::Command::new(plugnet());
+        cmd.args(&args)
+            .env_remove("CNI_COMMAND")
+            .env("PLUGNET_STATE_DIR", host.data_dir.path().join("runner"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let out = host.spawn_in(cmd, b"");
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+        assert!((0..=2).contains(&out.code), "{args:?}: {out:?}");
+    }
+    let left = std::fs::read_dir(host.data_dir.path().join("pnb-hostile/owner"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a hostile run left an address held: {left:?}"
+    );
+}

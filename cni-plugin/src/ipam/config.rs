@@ -319,14 +319,22 @@ impl IpamConfig {
             ),
             None => Dns::default(),
         };
+        let data_dir = wire
+            .data_dir
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        // A relative dir would follow each runtime's working directory: one store per caller.
+        if !data_dir.is_absolute() {
+            return Err(CniError::config(format!(
+                "ipam.dataDir {:?} must be an absolute path",
+                data_dir.display()
+            )));
+        }
         Ok(IpamConfig {
             ranges,
             routes: wire.routes,
-            data_dir: wire
-                .data_dir
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             dns,
             requested,
         })
@@ -414,6 +422,10 @@ mod tests {
                 "mixes",
             ),
             (json!({"ranges": [[]]}), "empty"),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": "rel/dir"}),
+                "absolute",
+            ),
         ] {
             let e = parse(ipam.clone()).unwrap_err();
             assert!(e.msg.contains(needle), "{ipam}: {e}");
