@@ -54,7 +54,7 @@ fn range(inp: &mut Input, v4: bool) -> Value {
     let net = raw & !mask;
     let mut r = json!({"subnet": format!("{}/{prefix}", addr(v4, net))});
     let flags = inp.byte();
-    let mut offset = |inp: &mut Input| addr(v4, net | (inp.u128(if v4 { 4 } else { 16 }) & mask));
+    let offset = |inp: &mut Input| addr(v4, net | (inp.u128(if v4 { 4 } else { 16 }) & mask));
     if flags & 1 != 0 {
         r["rangeStart"] = json!(offset(inp).to_string());
     }
@@ -120,6 +120,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let op = inp.byte() % 8;
         let who = owner(inp.byte());
+        let trace = std::env::var_os("PNB_FUZZ_TRACE").is_some();
+        if trace {
+            eprintln!("op {op} {}: {:?}", who.key(), store.claims().unwrap());
+        }
         match op {
             0 | 1 => {
                 if let Ok(got) = allocator::allocate(&store, &sets, &who, &[], Hold::Attached) {

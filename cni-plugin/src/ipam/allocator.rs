@@ -247,7 +247,13 @@ fn allocate_locked<S: Store>(
                     }
                 }
                 let range = range_of(&ranges[set], ip).expect("set_of found it");
-                chosen[set] = Some((ip, range));
+                // Adopting one and dropping the other would leave a claim no record names.
+                if let Some((other, _)) = chosen[set].replace((ip, range)) {
+                    return Err(CniError::config(format!(
+                        "{} holds {other} and {ip}, both in range set {set}",
+                        owner.key()
+                    )));
+                }
             }
         }
     }
@@ -438,6 +444,17 @@ pub fn transfer<S: Store>(store: &S, from: &Owner, to: &Owner, hold: Hold) -> Re
                 "{} holds no addresses",
                 from.key()
             )));
+        }
+        if from == to {
+            // Nothing moves; only the hold changes (removing "the source" would orphan them).
+            return store
+                .put_record(&Record {
+                    owner: to.clone(),
+                    hold,
+                    ips: moving,
+                    since: now(),
+                })
+                .map_err(store_err("write record"));
         }
         let mut ips = live_ips(store, to)?;
         for ip in &moving {
@@ -752,6 +769,33 @@ mod tests {
         assert_eq!(check(&s, &o("ep1")).unwrap().hold, Hold::Attached);
         // Now attached: a second ADD is a duplicate.
         assert!(allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).is_err());
+    }
+
+    #[test]
+    fn an_owner_holding_two_addresses_of_one_set_is_refused_not_half_adopted() {
+        // Found by the ipam_allocator fuzz target: two sets in one subnet; a reservation over
+        // the first set alone mapped both held addresses to it and kept only one in the record.
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [
+            [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.19"}],
+            [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.20", "rangeEnd": "10.0.0.29"}]
+        ]}));
+        allocate(&s, &r, &o("a"), &[], Hold::Reserved).unwrap();
+        let e = allocate(&s, &r[..1], &o("a"), &[], Hold::Reserved).unwrap_err();
+        assert!(e.msg.contains("both in range set 0"), "{e}");
+        assert_eq!(s.record(&o("a")).unwrap().unwrap().ips.len(), 2);
+    }
+
+    #[test]
+    fn a_transfer_to_itself_keeps_the_record() {
+        // Found by the ipam_allocator fuzz target: the source's record was removed after the
+        // target's (the same) was written, leaving claims no record named.
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}));
+        allocate(&s, &r, &o("a"), &[], Hold::Reserved).unwrap();
+        transfer(&s, &o("a"), &o("a"), Hold::Attached).unwrap();
+        let rec = s.record(&o("a")).unwrap().expect("record kept");
+        assert_eq!((rec.hold, rec.ips.len()), (Hold::Attached, 1));
     }
 
     #[test]
