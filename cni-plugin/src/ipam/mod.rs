@@ -7,7 +7,9 @@
 
 pub mod allocator;
 pub mod config;
+pub mod gc;
 pub mod hostlocal;
+mod memstore;
 pub mod report;
 pub mod store;
 
