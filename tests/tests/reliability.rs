@@ -737,3 +737,25 @@ fn hostile_input_never_panics_and_always_answers_in_the_spec_shape() {
         "a hostile run left an address held: {left:?}"
     );
 }
+
+/// DEL needs no capability args: one whose `runtimeConfig` ADD would refuse (a runtime's
+/// mangled record, an older runner's) still removes everything, instead of failing forever.
+#[test]
+fn del_with_capability_args_it_cannot_decode_still_removes_everything() {
+    let host = Host::new("delrc");
+    let c = host.container();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "pnb-delrc", "type": "plugnet", "bridge": "pnbdrc0",
+        "isGateway": true,
+        "ipam": {"type": "plugnet-ipam", "dataDir": host.data_dir.path(),
+                 "ranges": [[{"subnet": "10.50.97.0/24"}]]}
+    });
+    let att = Att::new("delrc", &c.path(), "eth0");
+    let res = host.add(&conf, &att);
+    let mut bad = with_prev(&conf, &res);
+    bad["runtimeConfig"] = json!({"portMappings": "8080:80", "mac": "zz", "bandwidth": []});
+    host.run(&plugnet(), "DEL", &bad, Some(&att)).ok();
+    assert!(host.plugnet_veths().is_empty(), "veth left");
+    assert!(host.leases("pnb-delrc").is_empty(), "address left");
+    assert_eq!(c.link_names(), vec!["lo"]);
+}
