@@ -163,9 +163,9 @@ pub struct CniConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheNames {
     /// libcni's `<net>-<id>-<ifname>`, for a directory shared with runtimes that use libcni.
-    /// Ambiguous (`-` is in all three charsets: network `a` + container `b-c` and network `a-b`
-    /// + container `c` share a name), so a file is used only when its content names the
-    /// attachment.
+    /// Ambiguous (`-` is in all three charsets: network `a` with container `b-c` and network
+    /// `a-b` with container `c` share a name), so a file is used only when its content names
+    /// the attachment.
     Libcni,
     /// `<net>:<id>:<ifname>`: `:` is in none of the three charsets, so no two attachments
     /// share a file (the runner's own state dir). Files of the libcni naming an older plugnet
