@@ -6,7 +6,7 @@
 #   scripts/bench.sh [--quick] [--no-docker] [--publish]
 #     --quick      fewer iterations (< 3 minutes); same sections
 #     --no-docker  skip the Docker section (it starts its own dockerd)
-#     --publish    copy the table and charts to docs/bench/ (what the README shows)
+#     --publish    copy the table and charts to docs/bench/ (what the README and docs/performance.md show)
 # BENCH_STORE=/dev/shm puts the IPAM stores on tmpfs (default /var/tmp, ext4).
 # Output: bench-out/bench.json (every sample), bench-out/bench.md (medians, p95, ratios,
 # target lines), bench-out/*.png (charts).
@@ -33,11 +33,11 @@ trap cleanup EXIT
 cleanup
 T0=$(date +%s)
 PY=/usr/bin/python3 # Debian's, where python3-matplotlib lands (not a pyenv shim)
-$PY -c 'import matplotlib' 2>/dev/null ||
-  { apt-get install -y -q python3-matplotlib >/dev/null 2>&1 || echo "python3-matplotlib missing: no charts"; }
-for p in /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap; do
-  [ -x "$p" ] || { echo "$p missing: apt-get install containernetworking-plugins" >&2; exit 1; }
-done
+. scripts/lib/packages.sh
+# The peers (the Go reference plugins, Docker), the charts' matplotlib, the static build's libc,
+# /usr/bin/time for peak RSS, busybox for the Docker section's image.
+ensure_packages python3 python3-matplotlib containernetworking-plugins libc6-dev time \
+  iproute2 busybox-static ${DOCKER:+docker.io}
 echo "== build (release)"
 cargo build --release -q -p plugnet -p plugnet-shim -p plugnet-tests --bins
 B=$PWD/target/release

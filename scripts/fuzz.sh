@@ -6,7 +6,10 @@
 # Optimised, with debug assertions and overflow checks (-a): an arithmetic overflow on input is
 # a crash here, as it is in a debug build.
 set -euo pipefail
-cd "$(dirname "$0")/../fuzz"
+cd "$(dirname "$0")/.."
+. scripts/lib/packages.sh
+ensure_packages g++ # libfuzzer-sys compiles libFuzzer's C++
+cd fuzz
 secs=${1:-30}; shift || true
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
 export RUSTC_BOOTSTRAP=1
