@@ -156,6 +156,22 @@ pub struct CniConfig {
     pub path: Vec<PathBuf>,
     pub cache_dir: PathBuf,
     pub exec: Arc<dyn Exec>,
+    pub cache_names: CacheNames,
+}
+
+/// How result-cache files are named under `<cache_dir>/results`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheNames {
+    /// libcni's `<net>-<id>-<ifname>`, for a directory shared with runtimes that use libcni.
+    /// Ambiguous (`-` is in all three charsets: network `a` with container `b-c` and network
+    /// `a-b` with container `c` share a name), so a file is used only when its content names
+    /// the attachment.
+    Libcni,
+    /// `<net>:<id>:<ifname>`: `:` is in none of the three charsets, so no two attachments
+    /// share a file (the runner's own state dir). Files of the libcni naming an older plugnet
+    /// wrote there are still read, and replaced or removed, when their content names the
+    /// attachment.
+    Unambiguous,
 }
 
 /// `kind` of libcni's cache files.
@@ -167,6 +183,7 @@ impl CniConfig {
             path,
             cache_dir,
             exec,
+            cache_names: CacheNames::Libcni,
         }
     }
 
@@ -361,10 +378,50 @@ impl CniConfig {
         Ok(())
     }
 
-    fn cache_path(&self, net: &str, container_id: &str, ifname: &str) -> PathBuf {
-        self.cache_dir
-            .join("results")
-            .join(format!("{net}-{container_id}-{ifname}"))
+    /// Where the attachment's result may be cached: the name this config writes first, then
+    /// (unambiguous naming) the libcni name an older plugnet wrote.
+    fn cache_paths(&self, net: &str, container_id: &str, ifname: &str) -> Vec<PathBuf> {
+        let dir = self.cache_dir.join("results");
+        let libcni = dir.join(format!("{net}-{container_id}-{ifname}"));
+        match self.cache_names {
+            CacheNames::Libcni => vec![libcni],
+            CacheNames::Unambiguous => {
+                vec![dir.join(format!("{net}:{container_id}:{ifname}")), libcni]
+            }
+        }
+    }
+
+    /// The parsed cache file at `path` if it is the attachment's: a cniCacheV1 document whose
+    /// `networkName`, `containerId` and `ifName` are the attachment's, or (under a name only it
+    /// can have) a bare result from before cniCacheV1.
+    fn read_cache_file(
+        path: &Path,
+        net: &str,
+        rt: &RuntimeConf,
+        unambiguous_name: bool,
+    ) -> Option<Value> {
+        let v: Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+        if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND) {
+            return unambiguous_name.then_some(v);
+        }
+        let field = |k: &str| v.get(k).and_then(Value::as_str);
+        let ours = field("networkName") == Some(net)
+            && field("containerId") == Some(rt.container_id.as_str())
+            && field("ifName") == Some(rt.ifname.as_str());
+        ours.then_some(v)
+    }
+
+    /// The attachment's cache document and the file it came from.
+    fn find_cache(&self, net: &str, rt: &RuntimeConf) -> Option<(PathBuf, Value)> {
+        let paths = self.cache_paths(net, &rt.container_id, &rt.ifname);
+        let only_one = paths.len() == 1;
+        paths.into_iter().enumerate().find_map(|(i, p)| {
+            // Under libcni naming the one name is as good as it gets (a runtime may have
+            // written a bare result there); a fallback name must prove it is ours.
+            let unambiguous = i == 0;
+            let v = Self::read_cache_file(&p, net, rt, unambiguous || only_one)?;
+            Some((p, v))
+        })
     }
 
     fn write_cache(
@@ -404,22 +461,34 @@ impl CniConfig {
             );
         }
         doc.insert("result".into(), result.to_json(version));
-        let path = self.cache_path(&net.name, &rt.container_id, &rt.ifname);
+        let paths = self.cache_paths(&net.name, &rt.container_id, &rt.ifname);
+        let path = &paths[0];
         write_atomic(
-            &path,
+            path,
             &serde_json::to_vec(&Value::Object(doc)).expect("serialises"),
         )
-        .map_err(|e| CniError::io(format!("writing result cache {}: {e}", path.display())))
+        .map_err(|e| CniError::io(format!("writing result cache {}: {e}", path.display())))?;
+        // The older name of the same attachment (migrated), never another attachment's file.
+        for old in &paths[1..] {
+            if Self::read_cache_file(old, &net.name, rt, false).is_some() {
+                let _ = fs::remove_file(old);
+            }
+        }
+        Ok(())
     }
 
     fn remove_cache(&self, net: &NetworkList, rt: &RuntimeConf) {
-        let _ = fs::remove_file(self.cache_path(&net.name, &rt.container_id, &rt.ifname));
+        // Every file that is this attachment's, and only those.
+        while let Some((path, _)) = self.find_cache(&net.name, rt) {
+            if fs::remove_file(&path).is_err() {
+                break;
+            }
+        }
     }
 
     /// The cached result of an attachment (cniCacheV1, or a legacy bare result).
     pub fn cached_result(&self, net: &NetworkList, rt: &RuntimeConf) -> Option<CniResult> {
-        let bytes = fs::read(self.cache_path(&net.name, &rt.container_id, &rt.ifname)).ok()?;
-        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        let (_, v) = self.find_cache(&net.name, rt)?;
         let result = if v.get("kind").and_then(Value::as_str) == Some(CACHE_KIND) {
             v.get("result")?.clone()
         } else {

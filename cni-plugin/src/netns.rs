@@ -33,16 +33,24 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Opens the namespace at `path`; fails with ENOENT if it is missing and EINVAL if the file
-    /// is not a network namespace (e.g. an unmounted bind-mount target).
+    /// Opens the namespace at `path`; fails with ENOENT if it is missing and InvalidInput if the
+    /// file is not a network namespace (an unmounted bind-mount target, or a namespace of
+    /// another kind such as `/proc/self/ns/mnt`).
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref();
         let file = File::open(path)?;
-        if !is_nsfs(&file)? {
-            return Err(io::Error::new(
+        let not_netns = |what: &str| {
+            io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is not a network namespace", path.display()),
-            ));
+                format!("{} is {what}, not a network namespace", path.display()),
+            )
+        };
+        if !is_nsfs(&file)? {
+            return Err(not_netns("not a namespace"));
+        }
+        match ns_type(&file)? {
+            NET_NS_TYPE => {}
+            other => return Err(not_netns(ns_type_name(other))),
         }
         Ok(Netns {
             file,
@@ -115,11 +123,36 @@ impl Netns {
 }
 
 /// True if `path` exists and is a network namespace handle. A path whose bind mount is gone
-/// (a plain file left behind) is not a namespace.
+/// (a plain file left behind) or a namespace of another kind is not one.
 pub fn exists(path: impl AsRef<Path>) -> bool {
     File::open(path.as_ref())
-        .and_then(|f| is_nsfs(&f))
+        .and_then(|f| Ok(is_nsfs(&f)? && ns_type(&f)? == NET_NS_TYPE))
         .unwrap_or(false)
+}
+
+/// `NS_GET_NSTYPE` (linux/nsfs.h): the `CLONE_NEW*` flag of the namespace behind an nsfs fd.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+const NET_NS_TYPE: i32 = libc::CLONE_NEWNET;
+
+fn ns_type(file: &File) -> io::Result<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns an int; the fd is valid for the call.
+    let t = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if t < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(t)
+}
+
+fn ns_type_name(t: i32) -> &'static str {
+    match t {
+        libc::CLONE_NEWNS => "a mount namespace",
+        libc::CLONE_NEWUTS => "a UTS namespace",
+        libc::CLONE_NEWIPC => "an IPC namespace",
+        libc::CLONE_NEWUSER => "a user namespace",
+        libc::CLONE_NEWPID => "a PID namespace",
+        libc::CLONE_NEWCGROUP => "a cgroup namespace",
+        _ => "a namespace of another kind",
+    }
 }
 
 fn is_nsfs(file: &File) -> io::Result<bool> {
@@ -267,6 +300,24 @@ mod tests {
         assert!(!exists(f.path()));
         let err = Netns::open(f.path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn namespaces_of_other_kinds_are_not_a_netns() {
+        for (path, kind) in [
+            ("/proc/self/ns/mnt", "a mount namespace"),
+            ("/proc/self/ns/uts", "a UTS namespace"),
+            ("/proc/self/ns/pid", "a PID namespace"),
+        ] {
+            assert!(!exists(path), "{path}");
+            let err = Netns::open(path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{path}");
+            assert_eq!(
+                err.to_string(),
+                format!("{path} is {kind}, not a network namespace")
+            );
+        }
+        assert!(exists("/proc/self/ns/net"));
     }
 
     #[test]

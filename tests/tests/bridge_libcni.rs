@@ -5,28 +5,10 @@
 
 mod bridge_support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bridge_support::*;
 use serde_json::{json, Value};
-
-fn build_client(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/libcni-client");
-    let out = dir.join("libcni-client");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(&src)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", dir.join("gocache"))
-        .status()
-        .expect("go toolchain (golang-go) installed");
-    assert!(status.success(), "go build of the libcni client failed");
-    out
-}
 
 #[test]
 fn libcni_add_check_del_for_each_version() {
@@ -35,7 +17,7 @@ fn libcni_add_check_del_for_each_version() {
         .prefix("pnb-libcni-")
         .tempdir()
         .unwrap();
-    let client = build_client(work.path());
+    let client = libcni_client(work.path());
     let host = Host::new("lcni");
     for (i, v) in ["0.3.1", "0.4.0", "1.0.0"].iter().enumerate() {
         let name = format!("pnblcni{i}");

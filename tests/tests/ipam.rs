@@ -402,3 +402,264 @@ fn reference_bridge_with_plugnet_ipam() {
 fn ns_path_static(ns: &Netns) -> &'static str {
     Box::leak(ns.path().into_boxed_str())
 }
+
+/// `plugnet ipam ls --json` for one network of `data`.
+fn ls_json(data: &Path, net: &str, conf_dir: Option<&Path>) -> Value {
+    let mut cmd = Command::new(bin("plugnet"));
+    cmd.args(["ipam", "ls", "--json", "--network", net, "--data-dir"])
+        .arg(data)
+        .env_remove("CNI_COMMAND");
+    if let Some(d) = conf_dir {
+        cmd.arg("--conf-dir").arg(d);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ipam ls: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0].clone()
+}
+
+fn damaged_entries(ls: &Value) -> Vec<String> {
+    let mut v: Vec<String> = ls["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["entry"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Tampering (a claim with garbage in it at the next round-robin address, a regular file where
+/// a claim belongs, a record that names no address) never blocks an ADD, and STATUS, GC and
+/// `plugnet ipam ls` report it; GC repairs what it can; the owner of the damaged record keeps
+/// and then releases its address.
+#[test]
+fn a_tampered_store_never_blocks_adds_and_is_reported() {
+    use std::os::unix::fs::symlink;
+    let data = tempfile::tempdir().unwrap();
+    let net = "pnc-tamper";
+    let c = conf(
+        "1.1.0",
+        net,
+        data.path(),
+        json!([[{"subnet": "10.40.30.0/29"}]]),
+    );
+    let a = ipam("ADD", "a", "eth0", &c).ok().json();
+    assert_eq!(a["ips"][0]["address"], "10.40.30.2/29");
+    let store = data.path().join(net);
+    symlink("garbage", store.join("ip/10.40.30.3")).unwrap();
+    std::fs::write(store.join("ip/10.40.30.4"), "b:eth0").unwrap();
+    std::fs::remove_file(store.join("owner/a:eth0")).unwrap();
+    symlink("attached nonsense", store.join("owner/a:eth0")).unwrap();
+
+    let b = ipam("ADD", "b", "eth0", &c);
+    assert_eq!(
+        b.ok().json()["ips"][0]["address"],
+        "10.40.30.5/29",
+        "ADD must step over damaged entries"
+    );
+    let status = ipam("STATUS", "", "", &c);
+    status.ok();
+    let ls = ls_json(data.path(), net, None);
+    assert_eq!(
+        damaged_entries(&ls),
+        ["ip/10.40.30.3", "ip/10.40.30.4", "owner/a:eth0"]
+    );
+    // The owner of the damaged record still holds its address.
+    ipam("CHECK", "a", "eth0", &c).ok();
+    let e = ipam("ADD", "a", "eth0", &c).err(999);
+    assert!(e["msg"].as_str().unwrap().contains("duplicate"), "{e}");
+
+    let mut gc: Value = serde_json::from_slice(&c).unwrap();
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "a", "ifname": "eth0"}, {"containerID": "b", "ifname": "eth0"}
+    ]);
+    let out = ipam("GC", "", "", gc.to_string().as_bytes());
+    out.ok();
+    assert!(
+        out.stderr.contains("damaged"),
+        "GC says nothing: {}",
+        out.stderr
+    );
+    assert!(damaged_entries(&ls_json(data.path(), net, None)).is_empty());
+    let (claims, records) = store_state(&store);
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    assert_eq!(records["a:eth0"], "attached 10.40.30.2", "rebuilt");
+    ipam("DEL", "a", "eth0", &c).ok();
+    ipam("DEL", "b", "eth0", &c).ok();
+    assert!(store_state(&store).0.is_empty());
+}
+
+/// Undoes a read-only bind mount however the test ends.
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// STATUS tells the truth about writability: on a read-only remount of the store ADD cannot
+/// allocate, so STATUS says "not available" (50), naming why.
+#[test]
+fn status_is_not_ready_when_the_store_is_read_only() {
+    let data = tempfile::tempdir().unwrap();
+    let net = "pnc-ro";
+    let c = conf(
+        "1.1.0",
+        net,
+        data.path(),
+        json!([[{"subnet": "10.40.31.0/24"}]]),
+    );
+    ipam("ADD", "a", "eth0", &c).ok();
+    ipam("STATUS", "", "", &c).ok();
+    let dir = data.path().to_path_buf();
+    let ok = |args: &[&str]| {
+        Command::new("mount")
+            .args(args)
+            .arg(&dir)
+            .arg(&dir)
+            .status()
+    };
+    assert!(ok(&["--bind"]).unwrap().success());
+    let _guard = Unmount(dir.clone());
+    assert!(Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let v = ipam("STATUS", "", "", &c).err(50);
+    assert!(v["msg"].as_str().unwrap().contains("not writable"), "{v}");
+    assert!(v["details"].as_str().unwrap().contains("Read-only"), "{v}");
+    ipam("ADD", "b", "eth0", &c).err(5);
+    drop(_guard);
+    ipam("STATUS", "", "", &c).ok();
+    ipam("DEL", "a", "eth0", &c).ok();
+}
+
+/// `::/0` from `::` (2^128 addresses): ADD, STATUS and `plugnet ipam ls` neither overflow (a
+/// panic in this debug build) nor lie; counts beyond 2^64 print as decimal strings.
+#[test]
+fn the_whole_ipv6_space_is_a_range_like_any_other() {
+    let data = tempfile::tempdir().unwrap();
+    let confs = tempfile::tempdir().unwrap();
+    let net = "pnc-all6";
+    let ranges = json!([[{"subnet": "::/0", "rangeStart": "::"}]]);
+    let c = conf("1.1.0", net, data.path(), ranges.clone());
+    std::fs::write(
+        confs.path().join("10-all6.conflist"),
+        json!({"cniVersion": "1.1.0", "name": net, "plugins": [
+            {"type": "plugnet-ipam", "ipam": {"type": "plugnet-ipam", "dataDir": data.path(),
+                                               "ranges": ranges}}]})
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        ipam("ADD", "a", "eth0", &c).ok().json()["ips"][0]["address"],
+        "::/0"
+    );
+    assert_eq!(
+        ipam("ADD", "b", "eth0", &c).ok().json()["ips"][0]["address"],
+        "::2/0"
+    );
+    ipam("STATUS", "", "", &c).ok();
+    let ls = ls_json(data.path(), net, Some(confs.path()));
+    assert_eq!(ls["ranges"][0]["size"], u128::MAX.to_string());
+    assert_eq!(ls["ranges"][0]["used"], 2);
+    assert_eq!(ls["ranges"][0]["free"], (u128::MAX - 2).to_string());
+    for id in ["a", "b"] {
+        ipam("DEL", id, "eth0", &c).ok();
+    }
+}
+
+/// A host switching a live network from the reference host-local to plugnet-ipam (same name,
+/// same dataDir): the leases host-local gave are held (a new container never gets one), shown
+/// by `plugnet ipam ls`, released by DEL of their container and by GC.
+#[test]
+fn host_local_leases_are_honoured_after_the_switch() {
+    if !have_reference_plugins() {
+        panic!("containernetworking-plugins is not installed (scripts/test.sh installs it)");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let net = "pnc-switch";
+    let ranges = json!([[{"subnet": "10.40.32.0/29"}]]);
+    let mut hl: Value =
+        serde_json::from_slice(&conf("1.0.0", net, data.path(), ranges.clone())).unwrap();
+    hl["ipam"]["type"] = json!("host-local");
+    let host_local = Path::new(REFERENCE_PLUGINS).join("host-local");
+    let hl_add = |id: &str| {
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", "/run/netns/unused"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", REFERENCE_PLUGINS),
+        ];
+        cni(&host_local, &env, hl.to_string().as_bytes())
+            .ok()
+            .json()["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(hl_add("old1"), "10.40.32.2/29");
+    assert_eq!(hl_add("old2"), "10.40.32.3/29");
+
+    let c = conf("1.1.0", net, data.path(), ranges);
+    // Round-robin goes on after host-local's last reservation.
+    assert_eq!(
+        ipam("ADD", "new1", "eth0", &c).ok().json()["ips"][0]["address"],
+        "10.40.32.4/29"
+    );
+    let ls = ls_json(data.path(), net, None);
+    let holders: Vec<(String, String)> = ls["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["containerID"].as_str().unwrap().into(),
+                h["hold"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            ("old1".to_string(), "host-local".to_string()),
+            ("old2".into(), "host-local".into()),
+            ("new1".into(), "attached".into())
+        ]
+    );
+    // Fill the rest: never an address host-local still holds.
+    let mut got = vec![];
+    for id in ["new2", "new3"] {
+        got.push(ipam("ADD", id, "eth0", &c).ok().json()["ips"][0]["address"].clone());
+    }
+    assert_eq!(got, [json!("10.40.32.5/29"), json!("10.40.32.6/29")]);
+    ipam("ADD", "new4", "eth0", &c).err(50);
+    // DEL of an old container through plugnet-ipam releases its host-local lease.
+    ipam("DEL", "old1", "eth0", &c).ok();
+    assert!(!data.path().join(net).join("10.40.32.2").exists());
+    assert_eq!(
+        ipam("ADD", "new4", "eth0", &c).ok().json()["ips"][0]["address"],
+        "10.40.32.2/29"
+    );
+    // GC releases the leases of containers not in the valid list.
+    let mut gc: Value = serde_json::from_slice(&c).unwrap();
+    gc["cni.dev/valid-attachments"] = json!(["new1", "new2", "new3", "new4"]
+        .iter()
+        .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+        .collect::<Vec<_>>());
+    ipam("GC", "", "", gc.to_string().as_bytes()).ok();
+    assert!(
+        !data.path().join(net).join("10.40.32.3").exists(),
+        "GC kept old2's lease"
+    );
+    for id in ["new1", "new2", "new3", "new4"] {
+        ipam("DEL", id, "eth0", &c).ok();
+    }
+    assert!(store_state(&data.path().join(net)).0.is_empty());
+}

@@ -1,8 +1,10 @@
 //! GC (both modes): release IPAM reservations, delete host veths, firewall state and ifb
 //! devices of attachments not in the valid list.
 //! Only veths that hang where this network's veths hang (ports of its bridge in bridge mode,
-//! unbridged in routed mode), have plugnet's name shape and carry this network's owner alias
-//! are candidates, so networks sharing a bridge never touch each other.
+//! unbridged in routed mode), have plugnet's name shape and carry this network's owner mark
+//! (its alias, or, for a veth whose ADD was killed before the alias was set, the MAC it was
+//! born with: [`setup::owned_by`]) are candidates, so networks sharing a bridge never touch
+//! each other.
 
 use std::collections::HashSet;
 
@@ -68,12 +70,13 @@ async fn stale_veths(
             None => return Ok(()),
         },
     };
-    let owner = setup::owner_alias(&req.config.name);
+    let network = &req.config.name;
     let mut errors = Vec::new();
     for link in host.links().await.map_err(kernel)? {
         let ours = link.master == master
             && naming::is_host_veth_name(&link.name)
-            && link.alias.as_deref() == Some(owner.as_str());
+            && link.kind.as_deref() == Some("veth")
+            && setup::owned_by(network, &link.name, link.alias.as_deref(), link.mac);
         if !ours || keep.contains(&link.name) {
             continue;
         }

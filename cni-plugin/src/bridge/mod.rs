@@ -54,12 +54,29 @@ impl Plugin for BridgePlugin {
         let conf = BridgeConf::from_request(req)?;
         refuse_unbuilt_features(&conf)?;
         let feats = Features::from_request(req, &conf)?;
+        let _serial = serialise(req);
         block_on(add(&*self.exec, &conf, &feats, req))?
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let conf = BridgeConf::from_request(req)?;
-        let feats = Features::from_request(req, &conf)?;
+        let parse = |r: &Request| -> Result<(BridgeConf, Features), CniError> {
+            let conf = BridgeConf::from_request(r)?;
+            let feats = Features::from_request(r, &conf)?;
+            Ok((conf, feats))
+        };
+        // DEL needs no capability args (the firewall's record and the attachment's names say
+        // what ADD made): a value ADD would refuse must not make the DEL fail too, or nothing
+        // could ever remove the attachment.
+        let bare;
+        let (req, (conf, feats)) = match parse(req) {
+            Ok(parsed) => (req, parsed),
+            Err(e) if !req.config.runtime_config.is_empty() => {
+                bare = without_runtime_config(req);
+                (&bare, parse(&bare).map_err(|_| e)?)
+            }
+            Err(e) => return Err(e),
+        };
+        let _serial = serialise(req);
         block_on(del(&*self.exec, &conf, &feats, req))?
     }
 
@@ -107,10 +124,12 @@ async fn add(
         Netns::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?
     } else {
         let ns = Netns::open(netns_path).map_err(|e| {
-            CniError::internal(format!(
-                "failed to open netns {}: {e}",
-                netns_path.display()
-            ))
+            let msg = format!("failed to open netns {}: {e}", netns_path.display());
+            // A path that is not a network namespace is the caller's mistake (code 4).
+            match e.kind() {
+                std::io::ErrorKind::InvalidInput => CniError::env(msg),
+                _ => CniError::internal(msg),
+            }
         })?;
         // The plugin's own namespace as the "container" would put eth0, addresses and a
         // default route on the host itself.
@@ -211,6 +230,27 @@ async fn del(
     } else {
         Err(CniError::internal(errors.join("; ")))
     }
+}
+
+/// Waits until no other ADD or DEL of this attachment runs (a runtime racing a late DEL
+/// against an ADD would otherwise release the address of a container that got it). Without a
+/// lock file (an unwritable /run) the command runs unserialised, as it always did, and says so.
+fn serialise(req: &Request) -> Option<crate::attachment_lock::AttachmentLock> {
+    crate::attachment_lock::lock(&req.config.name, &req.container_id, &req.ifname)
+        .map_err(|e| tracing::warn!("{e}; running without per-attachment serialisation"))
+        .ok()
+}
+
+/// `req` as a runtime without capability args would send it.
+fn without_runtime_config(req: &Request) -> Request {
+    let mut bare = req.clone();
+    bare.config.runtime_config.clear();
+    if let Some(obj) = bare.raw.as_object_mut() {
+        obj.remove("runtimeConfig");
+    }
+    // What a delegated IPAM plugin reads.
+    bare.stdin = serde_json::to_vec(&bare.raw).expect("a JSON value serialises");
+    bare
 }
 
 /// Fields the reference plugin has and this build cannot honour are refused loudly rather

@@ -230,6 +230,19 @@ impl Firewall {
             }
             let mut route_localnet_was = bridge.route_localnet_was.clone();
             if edges.bridge_portmap && att.addrs().any(|a| a.is_ipv4()) {
+                // Remember the value before changing it: a kill between the change and the
+                // counters below must leave what GC restores (`reconcile_sysctls`).
+                if route_localnet_was.is_none() {
+                    let mut pending = shared.clone();
+                    pending
+                        .bridges
+                        .entry(att.bridge.clone())
+                        .or_default()
+                        .route_localnet_was = Some(read_route_localnet(&att.bridge)?);
+                    self.store
+                        .save_shared(&pending)
+                        .map_err(state_err("write state"))?;
+                }
                 let was = set_route_localnet(&att.bridge, "1")?;
                 let b = att.bridge.clone();
                 let prev = was.clone();
@@ -648,11 +661,61 @@ impl Firewall {
                 }
             }
         }
+        if let Err(e) = self.reconcile_sysctls() {
+            errors.push(e);
+        }
         if errors.is_empty() {
             Ok(n)
         } else {
             Err(FirewallError::Multiple(errors))
         }
+    }
+
+    /// Restores `route_localnet` on every bridge whose remembered value no recorded port
+    /// mapping needs any more (an ADD killed after it changed the sysctl, before it recorded
+    /// the attachment), and makes the counters what the files say.
+    fn reconcile_sysctls(&self) -> Result<(), FirewallError> {
+        let _lock = self.store.lock().map_err(state_err("lock state"))?;
+        let shared = self
+            .store
+            .load_shared()
+            .map_err(state_err("read shared state"))?;
+        let users = |name: &str, atts: &[(String, Attachment)]| {
+            atts.iter()
+                .filter(|(_, a)| a.bridge == name && !a.port_mappings.is_empty())
+                .count()
+        };
+        let stale: Vec<(&String, &String)> = shared
+            .bridges
+            .iter()
+            .filter_map(|(n, b)| b.route_localnet_was.as_ref().map(|w| (n, w)))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let atts = self
+            .store
+            .all_attachments()
+            .map_err(state_err("read attachments"))?;
+        let mut restored = false;
+        for (name, was) in stale {
+            if users(name, &atts) > 0 {
+                continue;
+            }
+            match set_route_localnet(name, was) {
+                Ok(_) => {}
+                Err(FirewallError::Sysctl { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            restored = true;
+        }
+        if restored {
+            self.store
+                .save_shared(&recount(&atts, &shared))
+                .map_err(state_err("write state"))?;
+        }
+        Ok(())
     }
 
     /// Every recorded attachment.
@@ -735,6 +798,15 @@ fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
         ops.extend(plan::attach_ops(a, key, &SharedEdges::default()));
     }
     ops
+}
+
+/// `net.ipv4.conf.<bridge>.route_localnet`.
+fn read_route_localnet(bridge: &str) -> Result<String, FirewallError> {
+    check_ifname("bridge name", bridge)?;
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    fs::read_to_string(&path)
+        .map(|v| v.trim().to_string())
+        .map_err(|source| FirewallError::Sysctl { path, source })
 }
 
 /// Sets `net.ipv4.conf.<bridge>.route_localnet`, returning the previous value.

@@ -3,10 +3,13 @@
 //!
 //! Invariant: every mutation runs under the store lock and writes an owner's record before its
 //! claims and removes claims before the record, so the store is consistent after a kill at any
-//! point; no operation scans every reservation except GC, listing and exhaustion.
+//! point; an entry that cannot be read is held (never handed out, never an endless retry) and
+//! reported; no operation scans every reservation except GC, listing, exhaustion and the
+//! recovery of a damaged record.
 
 use super::config::{from_u128, set_of, to_u128, Range, RangeSet};
-use super::store::{now, Hold, Owner, Record, Store};
+use super::hostlocal;
+use super::store::{now, Claim, Hold, Owner, Record, Store};
 use crate::error::{CniError, ErrorCode};
 use crate::types::IpConfig;
 use ipnetwork::IpNetwork;
@@ -44,11 +47,11 @@ fn candidates(set: &RangeSet, last: Option<IpAddr>) -> impl Iterator<Item = (IpA
             }
         }
     }
-    let total: u128 = set
+    // A `::/0` range has 2^128 addresses: counts saturate (nobody walks that far).
+    let mut remaining: u128 = set
         .iter()
-        .map(|r| to_u128(r.end) - to_u128(r.start) + 1)
-        .fold(0u128, |a, b| a.saturating_add(b));
-    let mut remaining = total;
+        .map(Range::span)
+        .fold(0u128, u128::saturating_add);
     std::iter::from_fn(move || loop {
         if remaining == 0 {
             return None;
@@ -69,13 +72,79 @@ fn candidates(set: &RangeSet, last: Option<IpAddr>) -> impl Iterator<Item = (IpA
     })
 }
 
-fn exhausted(set: &RangeSet) -> CniError {
+fn exhausted(set: &RangeSet, damaged: &[(IpAddr, String)]) -> CniError {
     let ranges: Vec<String> = set.iter().map(Range::describe).collect();
+    let mut details = ranges.join(",");
+    if !damaged.is_empty() {
+        details.push_str(&format!(
+            "; {} of the held entries are damaged and held by nobody ({}): `plugnet gc` repairs \
+             them, `plugnet ipam ls` lists them",
+            damaged.len(),
+            describe_damage(damaged)
+        ));
+    }
     CniError::new(
         ErrorCode::NotAvailable,
         "no IP addresses available in range set",
     )
-    .details(ranges.join(","))
+    .details(details)
+}
+
+fn describe_damage(damaged: &[(IpAddr, String)]) -> String {
+    let shown: Vec<String> = damaged
+        .iter()
+        .take(3)
+        .map(|(ip, why)| format!("ip/{ip}: {why}"))
+        .collect();
+    let more = damaged.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{}, and {more} more", shown.join("; "))
+    } else {
+        shown.join("; ")
+    }
+}
+
+/// Logs the damaged entries an allocation stepped over: held, never handed out.
+fn warn_damaged(damaged: &[(IpAddr, String)]) {
+    if !damaged.is_empty() {
+        tracing::warn!(
+            "ipam store: skipped {} damaged entr{} (held by nobody; `plugnet gc` repairs, \
+             `plugnet ipam ls` lists): {}",
+            damaged.len(),
+            if damaged.len() == 1 { "y" } else { "ies" },
+            describe_damage(damaged)
+        );
+    }
+}
+
+/// The owner's record. A damaged record is rebuilt from the claims naming the owner (a scan:
+/// the rare path), so the owner keeps what it holds and DEL still releases it.
+pub(super) fn read_record<S: Store>(store: &S, owner: &Owner) -> Result<Option<Record>, CniError> {
+    match store.record(owner) {
+        Ok(r) => Ok(r),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!("ipam store: {e}; recovering it from the claims that name it");
+            let mut ips: Vec<IpAddr> = store
+                .claims()
+                .map_err(store_err("list claims"))?
+                .into_iter()
+                .filter(|(_, c)| c.is_held_by(owner))
+                .map(|(ip, _)| ip)
+                .collect();
+            ips.sort();
+            Ok(Some(Record {
+                owner: owner.clone(),
+                hold: Hold::Attached,
+                ips,
+                since: now(),
+            }))
+        }
+        Err(e) => Err(store_err("read record")(e)),
+    }
+}
+
+fn claim_of<S: Store>(store: &S, ip: IpAddr) -> Result<Claim, CniError> {
+    store.claim_of(ip).map_err(store_err("read claim"))
 }
 
 /// Give `owner` one address from every range set (a requested one where asked), or adopt the
@@ -106,6 +175,24 @@ pub fn allocate_unsynced<S: Store>(
     allocate_locked(store, ranges, owner, requested, hold)
 }
 
+/// Why `ip` cannot be asked for in any range set: the sets whose subnet holds it, with their
+/// allocatable ranges.
+fn outside_ranges(ranges: &[RangeSet], ip: IpAddr) -> CniError {
+    let sets: Vec<String> = ranges
+        .iter()
+        .enumerate()
+        .filter(|(_, set)| set.iter().any(|r| r.subnet.contains(ip)))
+        .map(|(i, set)| {
+            let rs: Vec<String> = set.iter().map(Range::describe).collect();
+            format!("range set {i} ({})", rs.join(","))
+        })
+        .collect();
+    CniError::internal(format!(
+        "requested IP address {ip} is not in the allocatable range of {}",
+        sets.join(" or ")
+    ))
+}
+
 fn allocate_locked<S: Store>(
     store: &S,
     ranges: &[RangeSet],
@@ -130,10 +217,10 @@ fn allocate_locked<S: Store>(
 
     // Addresses the owner already holds and still has claimed.
     let mut chosen: Vec<Option<(IpAddr, &Range)>> = vec![None; ranges.len()];
-    if let Some(existing) = store.record(owner).map_err(store_err("read record"))? {
+    if let Some(existing) = read_record(store, owner)? {
         let mut live = Vec::new();
         for ip in &existing.ips {
-            if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() == Some(owner) {
+            if claim_of(store, *ip)?.is_held_by(owner) {
                 live.push(*ip);
             }
         }
@@ -160,39 +247,59 @@ fn allocate_locked<S: Store>(
                     }
                 }
                 let range = range_of(&ranges[set], ip).expect("set_of found it");
-                chosen[set] = Some((ip, range));
+                // Adopting one and dropping the other would leave a claim no record names.
+                if let Some((other, _)) = chosen[set].replace((ip, range)) {
+                    return Err(CniError::config(format!(
+                        "{} holds {other} and {ip}, both in range set {set}",
+                        owner.key()
+                    )));
+                }
             }
         }
     }
     let adopted: HashSet<IpAddr> = chosen.iter().flatten().map(|(ip, _)| *ip).collect();
     // Addresses already claimed by this owner (adopted, or requested again after a crash).
     let mut already = adopted.clone();
+    // The owner's own host-local leases it asked for again: claimed, then the lease goes.
+    let mut leases = Vec::new();
+    let mut damaged = Vec::new();
 
     for (i, set) in ranges.iter().enumerate() {
         if chosen[i].is_some() {
             continue;
         }
         if let Some(ip) = wanted[i] {
-            let range = set.iter().find(|r| r.contains(ip)).ok_or_else(|| {
-                CniError::internal(format!(
-                    "requested IP address {ip} is not in the allocatable range of range set {i}"
-                ))
-            })?;
+            let range = set
+                .iter()
+                .find(|r| r.contains(ip))
+                .ok_or_else(|| outside_ranges(ranges, ip))?;
             if Some(ip) == range.gateway {
                 return Err(CniError::internal(format!(
                     "requested ip {ip} is subnet's gateway"
                 )));
             }
-            match store.holder(ip).map_err(store_err("read claim"))? {
-                None => chosen[i] = Some((ip, range)),
-                Some(h) if &h == owner => {
+            let taken = |by: String| {
+                CniError::internal(format!(
+                    "requested IP address {ip} is not available in range set {i}: {by}"
+                ))
+            };
+            match claim_of(store, ip)? {
+                Claim::Free => chosen[i] = Some((ip, range)),
+                Claim::Held(h) if &h == owner => {
                     already.insert(ip);
                     chosen[i] = Some((ip, range));
                 }
-                Some(h) => {
-                    return Err(CniError::internal(format!(
-                        "requested IP address {ip} is not available in range set {i}: held by {}",
-                        h.key()
+                Claim::HostLocal(h) if hostlocal::owned_by(&h, owner) => {
+                    leases.push(ip);
+                    chosen[i] = Some((ip, range));
+                }
+                Claim::Held(h) => return Err(taken(format!("held by {}", h.key()))),
+                Claim::HostLocal(h) => {
+                    return Err(taken(format!("held by {} (a host-local lease)", h.key())))
+                }
+                Claim::Damaged(why) => {
+                    return Err(taken(format!(
+                        "its store entry is damaged ({why}); `plugnet gc` repairs it"
                     )))
                 }
             }
@@ -201,12 +308,17 @@ fn allocate_locked<S: Store>(
         let last = store.last_reserved(i).map_err(store_err("read hint"))?;
         let mut found = None;
         for (ip, range) in candidates(set, last) {
-            if store.holder(ip).map_err(store_err("read claim"))?.is_none() {
-                found = Some((ip, range));
-                break;
+            match claim_of(store, ip)? {
+                Claim::Free => {
+                    found = Some((ip, range));
+                    break;
+                }
+                Claim::Damaged(why) => damaged.push((ip, why)),
+                _ => {}
             }
         }
-        chosen[i] = Some(found.ok_or_else(|| exhausted(set))?);
+        warn_damaged(&damaged);
+        chosen[i] = Some(found.ok_or_else(|| exhausted(set, &damaged))?);
     }
 
     let picked: Vec<(usize, IpAddr, &Range)> = chosen
@@ -255,6 +367,11 @@ fn allocate_locked<S: Store>(
         }
         return Err(e);
     }
+    for ip in leases {
+        store
+            .remove_host_local(ip)
+            .map_err(store_err("remove host-local lease"))?;
+    }
     Ok(picked.iter().map(|(_, ip, r)| ip_config(*ip, r)).collect())
 }
 
@@ -267,20 +384,28 @@ pub fn release<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniErr
     Ok(released)
 }
 
-fn release_locked<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
-    let Some(record) = store.record(owner).map_err(store_err("read record"))? else {
-        return Ok(Vec::new());
-    };
+pub(super) fn release_locked<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
     let mut released = Vec::new();
-    for ip in &record.ips {
-        if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() == Some(owner) {
-            store.unclaim(*ip).map_err(store_err("release claim"))?;
-            released.push(*ip);
+    if let Some(record) = read_record(store, owner)? {
+        for ip in &record.ips {
+            if claim_of(store, *ip)?.is_held_by(owner) {
+                store.unclaim(*ip).map_err(store_err("release claim"))?;
+                released.push(*ip);
+            }
+        }
+        store
+            .remove_record(owner)
+            .map_err(store_err("remove record"))?;
+    }
+    // Leases host-local gave the owner before the host switched to plugnet-ipam.
+    for (ip, claim) in store.host_local().map_err(store_err("list host-local"))? {
+        if matches!(&claim, Claim::HostLocal(h) if hostlocal::owned_by(h, owner)) {
+            store
+                .remove_host_local(ip)
+                .map_err(store_err("release host-local lease"))?;
+            released.push(ip);
         }
     }
-    store
-        .remove_record(owner)
-        .map_err(store_err("remove record"))?;
     Ok(released)
 }
 
@@ -292,15 +417,12 @@ pub fn check<S: Store>(store: &S, owner: &Owner) -> Result<Record, CniError> {
             owner.container_id, owner.ifname
         ))
     };
-    let record = store
-        .record(owner)
-        .map_err(store_err("read record"))?
-        .ok_or_else(missing)?;
+    let record = read_record(store, owner)?.ok_or_else(missing)?;
     if record.ips.is_empty() {
         return Err(missing());
     }
     for ip in &record.ips {
-        if store.holder(*ip).map_err(store_err("read claim"))?.as_ref() != Some(owner) {
+        if !claim_of(store, *ip)?.is_held_by(owner) {
             return Err(CniError::internal(format!(
                 "plugnet-ipam: {} no longer holds {ip}",
                 owner.key()
@@ -322,6 +444,17 @@ pub fn transfer<S: Store>(store: &S, from: &Owner, to: &Owner, hold: Hold) -> Re
                 "{} holds no addresses",
                 from.key()
             )));
+        }
+        if from == to {
+            // Nothing moves; only the hold changes (removing "the source" would orphan them).
+            return store
+                .put_record(&Record {
+                    owner: to.clone(),
+                    hold,
+                    ips: moving,
+                    since: now(),
+                })
+                .map_err(store_err("write record"));
         }
         let mut ips = live_ips(store, to)?;
         for ip in &moving {
@@ -355,9 +488,9 @@ pub fn transfer<S: Store>(store: &S, from: &Owner, to: &Owner, hold: Hold) -> Re
 /// The addresses `owner`'s record names that it still has claimed.
 fn live_ips<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
     let mut ips = Vec::new();
-    if let Some(rec) = store.record(owner).map_err(store_err("read record"))? {
+    if let Some(rec) = read_record(store, owner)? {
         for ip in rec.ips {
-            if store.holder(ip).map_err(store_err("read claim"))?.as_ref() == Some(owner) {
+            if claim_of(store, ip)?.is_held_by(owner) {
                 ips.push(ip);
             }
         }
@@ -365,69 +498,28 @@ fn live_ips<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError>
     Ok(ips)
 }
 
-/// Reservations older than this are abandoned hand-offs and GC may take them back.
-pub const RESERVATION_TTL_SECS: u64 = 3600;
+pub use super::gc::{gc, GcReport, RESERVATION_TTL_SECS};
 
-/// What GC did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct GcReport {
-    pub released: Vec<(Owner, Vec<IpAddr>)>,
-    /// Claims no record named (only possible through outside tampering); removed.
-    pub repaired: Vec<IpAddr>,
-    /// Temporary links of writers killed mid-way; removed.
-    pub swept: usize,
-}
-
-/// Release every attachment not in `valid`; keep fresh reservations.
-pub fn gc<S: Store>(store: &S, valid: &HashSet<Owner>) -> Result<GcReport, CniError> {
-    let guard = store.lock().map_err(store_err("lock"))?;
-    let result = (|| -> Result<GcReport, CniError> {
-        let mut report = GcReport {
-            swept: store.sweep().map_err(store_err("sweep"))?,
-            ..Default::default()
-        };
-        let records = store.records().map_err(store_err("list records"))?;
-        let now = now();
-        let mut named: HashSet<(IpAddr, Owner)> = HashSet::new();
-        for r in &records {
-            let stale = match r.hold {
-                Hold::Attached => !valid.contains(&r.owner),
-                Hold::Reserved => now.saturating_sub(r.since) > RESERVATION_TTL_SECS,
-            };
-            if stale {
-                let ips = release_locked(store, &r.owner)?;
-                report.released.push((r.owner.clone(), ips));
-            } else {
-                named.extend(r.ips.iter().map(|ip| (*ip, r.owner.clone())));
-            }
-        }
-        for (ip, owner) in store.claims().map_err(store_err("list claims"))? {
-            if !named.contains(&(ip, owner)) {
-                store.unclaim(ip).map_err(store_err("release claim"))?;
-                report.repaired.push(ip);
-            }
-        }
-        Ok(report)
-    })();
-    drop(guard);
-    let report = result?;
-    store.sync().map_err(store_err("sync"))?;
-    Ok(report)
-}
-
-/// STATUS: can every range set still hand out an address?
+/// STATUS: can every range set still hand out an address? Damaged entries met on the way are
+/// held, and reported (a warning; in the error when they are why nothing is free).
 pub fn can_allocate<S: Store>(store: &S, ranges: &[RangeSet]) -> Result<(), CniError> {
     for (i, set) in ranges.iter().enumerate() {
         let last = store.last_reserved(i).map_err(store_err("read hint"))?;
         let mut free = false;
+        let mut damaged = Vec::new();
         for (ip, _) in candidates(set, last) {
-            if store.holder(ip).map_err(store_err("read claim"))?.is_none() {
-                free = true;
-                break;
+            match claim_of(store, ip)? {
+                Claim::Free => {
+                    free = true;
+                    break;
+                }
+                Claim::Damaged(why) => damaged.push((ip, why)),
+                _ => {}
             }
         }
+        warn_damaged(&damaged);
         if !free {
-            return Err(exhausted(set));
+            return Err(exhausted(set, &damaged));
         }
     }
     Ok(())
@@ -559,6 +651,33 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_holding_two_addresses_of_one_set_is_refused_not_half_adopted() {
+        // Found by the ipam_allocator fuzz target: two sets in one subnet; a reservation over
+        // the first set alone mapped both held addresses to it and kept only one in the record.
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [
+            [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.19"}],
+            [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.20", "rangeEnd": "10.0.0.29"}]
+        ]}));
+        allocate(&s, &r, &o("a"), &[], Hold::Reserved).unwrap();
+        let e = allocate(&s, &r[..1], &o("a"), &[], Hold::Reserved).unwrap_err();
+        assert!(e.msg.contains("both in range set 0"), "{e}");
+        assert_eq!(s.record(&o("a")).unwrap().unwrap().ips.len(), 2);
+    }
+
+    #[test]
+    fn a_transfer_to_itself_keeps_the_record() {
+        // Found by the ipam_allocator fuzz target: the source's record was removed after the
+        // target's (the same) was written, leaving claims no record named.
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}));
+        allocate(&s, &r, &o("a"), &[], Hold::Reserved).unwrap();
+        transfer(&s, &o("a"), &o("a"), Hold::Attached).unwrap();
+        let rec = s.record(&o("a")).unwrap().expect("record kept");
+        assert_eq!((rec.hold, rec.ips.len()), (Hold::Attached, 1));
+    }
+
+    #[test]
     fn dual_stack_placeholders_merge_into_one_owner() {
         let s = MemStore::default();
         let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]]}));
@@ -589,7 +708,10 @@ mod tests {
             *s.fail_after.lock().unwrap() = Some(n);
             let _ = allocate(&s, &r, &o("a"), &[], Hold::Attached);
             *s.fail_after.lock().unwrap() = None;
-            for (ip, owner) in s.claims().unwrap() {
+            for (ip, claim) in s.claims().unwrap() {
+                let Claim::Held(owner) = claim else {
+                    panic!("{ip}: {claim:?}")
+                };
                 let rec = s.record(&owner).unwrap().expect("claim without record");
                 assert!(rec.ips.contains(&ip));
             }
@@ -625,6 +747,82 @@ mod tests {
         assert_eq!(
             left,
             ["b".to_string(), "res".to_string()].into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn the_whole_ipv6_space_neither_overflows_nor_panics() {
+        // ::/0 from "::": 2^128 addresses, one more than u128 holds.
+        let r = ranges(json!({"ranges": [[{"subnet": "::/0", "rangeStart": "::"}]]}));
+        assert_eq!(r[0][0].span(), u128::MAX);
+        assert_eq!(r[0][0].size(), u128::MAX, "2^128 minus the gateway");
+        let s = MemStore::default();
+        let got = allocate(&s, &r, &o("a"), &[], Hold::Attached).unwrap();
+        assert_eq!(addr(&got), ["::/0"]);
+        let got = allocate(&s, &r, &o("b"), &[], Hold::Attached).unwrap();
+        assert_eq!(addr(&got), ["::2/0"], "the gateway ::1 is skipped");
+        can_allocate(&s, &r).unwrap();
+        // The top of the space wraps to the bottom.
+        let top = ranges(json!({"ranges": [[{"subnet": "::/0",
+            "rangeStart": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"}]]}));
+        let s = MemStore::default();
+        for id in ["a", "b"] {
+            allocate(&s, &top, &o(id), &[], Hold::Attached).unwrap();
+        }
+        assert!(allocate(&s, &top, &o("c"), &[], Hold::Attached).is_err());
+        for prefix in 0..=8 {
+            let r = ranges(json!({"ranges": [[{"subnet": format!("::/{prefix}")}]]}));
+            assert!(r[0][0].size() > 0);
+            allocate(&MemStore::default(), &r, &o("a"), &[], Hold::Attached).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_damaged_claim_is_held_skipped_and_repaired_by_gc() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/29"}]]}));
+        // The next round-robin address is damaged: ADD goes past it, every time.
+        let bad: IpAddr = "10.0.0.2".parse().unwrap();
+        s.damage_claim(bad, "content \"garbage\" names no attachment");
+        for id in ["a", "b"] {
+            let got = allocate(&s, &r, &o(id), &[], Hold::Attached).unwrap();
+            assert_ne!(got[0].address.ip(), bad);
+        }
+        can_allocate(&s, &r).unwrap();
+        let e = allocate(&s, &r, &o("c"), &[bad], Hold::Attached).unwrap_err();
+        assert!(e.msg.contains("damaged"), "{e}");
+        // Exhaustion names the damage.
+        for id in ["c", "d"] {
+            allocate(&s, &r, &o(id), &[], Hold::Attached).unwrap();
+        }
+        let e = allocate(&s, &r, &o("f"), &[], Hold::Attached).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotAvailable);
+        assert!(e.details.contains("damaged"), "{}", e.details);
+        let e = can_allocate(&s, &r).unwrap_err();
+        assert!(e.details.contains("ip/10.0.0.2"), "{}", e.details);
+        // GC removes it (no record names it) and says so.
+        let valid: HashSet<Owner> = ["a", "b", "c", "d"].into_iter().map(o).collect();
+        let report = gc(&s, &valid).unwrap();
+        assert_eq!(report.repaired, vec![bad]);
+        assert!(report.damaged[0].contains("ip/10.0.0.2"), "{report:?}");
+        assert_eq!(s.claim_of(bad).unwrap(), Claim::Free);
+    }
+
+    #[test]
+    fn two_range_sets_in_one_subnet_take_requests_in_the_right_set() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [
+            [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.19"}],
+            [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.20", "rangeEnd": "10.0.0.29"}]
+        ]}));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let got = allocate(&s, &r, &o("a"), &[ip("10.0.0.25")], Hold::Attached).unwrap();
+        assert_eq!(addr(&got), ["10.0.0.10/24", "10.0.0.25/24"]);
+        let e = allocate(&s, &r, &o("b"), &[ip("10.0.0.50")], Hold::Attached).unwrap_err();
+        assert!(
+            e.msg
+                .contains("range set 0 (10.0.0.10-10.0.0.19) or range set 1 (10.0.0.20-10.0.0.29)"),
+            "{e}"
         );
     }
 }

@@ -173,13 +173,15 @@ impl Range {
             && to_u128(ip) <= to_u128(self.end)
     }
 
-    /// Number of addresses in the range, gateway excluded.
+    /// Number of addresses from start to end; 2^128 (all of `::/0`) saturates to `u128::MAX`.
+    pub fn span(&self) -> u128 {
+        (to_u128(self.end) - to_u128(self.start)).saturating_add(1)
+    }
+
+    /// Number of addresses in the range, gateway excluded (saturating, as [`Range::span`]).
     pub fn size(&self) -> u128 {
-        let n = to_u128(self.end) - to_u128(self.start) + 1;
-        match self.gateway {
-            Some(g) if self.contains(g) => n - 1,
-            _ => n,
-        }
+        let gateway_inside = self.gateway.is_some_and(|g| self.contains(g));
+        (to_u128(self.end) - to_u128(self.start)).saturating_add(u128::from(!gateway_inside))
     }
 
     fn overlaps(&self, other: &Range) -> bool {
@@ -194,11 +196,17 @@ impl Range {
     }
 }
 
-/// The range set holding `ip`, if any.
+/// The range set `ip` belongs to: the one with a range holding it, else the first whose
+/// subnet holds it (two sets may share a subnet with disjoint ranges).
 pub fn set_of(ranges: &[RangeSet], ip: IpAddr) -> Option<usize> {
     ranges
         .iter()
-        .position(|set| set.iter().any(|r| r.subnet.contains(ip)))
+        .position(|set| set.iter().any(|r| r.contains(ip)))
+        .or_else(|| {
+            ranges
+                .iter()
+                .position(|set| set.iter().any(|r| r.subnet.contains(ip)))
+        })
 }
 
 impl IpamConfig {
@@ -311,14 +319,22 @@ impl IpamConfig {
             ),
             None => Dns::default(),
         };
+        let data_dir = wire
+            .data_dir
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        // A relative dir would follow each runtime's working directory: one store per caller.
+        if !data_dir.is_absolute() {
+            return Err(CniError::config(format!(
+                "ipam.dataDir {:?} must be an absolute path",
+                data_dir.display()
+            )));
+        }
         Ok(IpamConfig {
             ranges,
             routes: wire.routes,
-            data_dir: wire
-                .data_dir
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             dns,
             requested,
         })
@@ -406,6 +422,10 @@ mod tests {
                 "mixes",
             ),
             (json!({"ranges": [[]]}), "empty"),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": "rel/dir"}),
+                "absolute",
+            ),
         ] {
             let e = parse(ipam.clone()).unwrap_err();
             assert!(e.msg.contains(needle), "{ipam}: {e}");

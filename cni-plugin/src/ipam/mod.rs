@@ -8,6 +8,9 @@
 pub mod allocator;
 pub mod cluster;
 pub mod config;
+pub mod gc;
+pub mod hostlocal;
+mod memstore;
 pub mod report;
 pub mod store;
 
@@ -164,16 +167,26 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     allocator::check(&store, &owner_of(req)).map(|_| ())
 }
 
-/// STATUS: the store is usable and every range set has a free address (else code 50).
+/// STATUS: the store can be written (what every ADD does) and every range set has a free
+/// address; else code 50 with the reason.
 pub fn status(req: &Request) -> Result<(), CniError> {
     if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
         return cluster::alloc::status(&c);
     }
     let cfg = IpamConfig::from_request(&req.raw, None)?;
-    let store = open(&cfg.data_dir, &req.config.name, true).map_err(|e| {
-        CniError::new(crate::ErrorCode::NotAvailable, "ipam store is not usable").details(e.msg)
+    let not_available = |msg: &str, details: String| {
+        CniError::new(crate::ErrorCode::NotAvailable, msg).details(details)
+    };
+    let store = open(&cfg.data_dir, &req.config.name, true)
+        .map_err(|e| not_available("ipam store is not usable", e.msg))?
+        .expect("created");
+    store.probe_writable().map_err(|e| {
+        not_available(
+            "ipam store is not writable: ADD cannot allocate",
+            format!("{}: {e}", store.dir().display()),
+        )
     })?;
-    allocator::can_allocate(&store.expect("created"), &cfg.ranges)
+    allocator::can_allocate(&store, &cfg.ranges)
 }
 
 /// GC: release every attachment of this network not in `cni.dev/valid-attachments`.

@@ -1,12 +1,14 @@
-//! Operator views of IPAM stores: who holds which address since when, free/used counts per
-//! range, and the manual release of one owner.
+//! Operator views of IPAM stores: who holds which address since when (host-local's leases in a
+//! switched store included), free/used counts per range, damaged entries, and the manual
+//! release of one owner.
 //!
 //! Invariant: read-only except [`release`], which goes through the allocator under the lock
 //! like any DEL.
 
 use super::allocator;
 use super::config::{to_u128, IpamConfig};
-use super::store::{FileStore, Hold, Owner, Store};
+use super::hostlocal;
+use super::store::{Claim, FileStore, Hold, Owner, Store};
 use crate::error::CniError;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -18,20 +20,44 @@ pub struct Holder {
     pub address: IpAddr,
     #[serde(rename = "containerID")]
     pub container_id: String,
+    /// Empty for a host-local lease of before v0.8 (it names only the container).
     pub ifname: String,
-    /// `attached` or `reserved`.
+    /// `attached`, `reserved`, or `host-local` (a lease host-local made before the switch).
     pub hold: &'static str,
     /// Seconds since the epoch.
     pub since: u64,
 }
 
-/// Usage of one configured range.
+/// Usage of one configured range. Counts beyond 2^64 - 1 (huge IPv6 ranges) serialise as
+/// decimal strings: JSON numbers that large lose precision in most readers.
 #[derive(Debug, Clone, Serialize)]
 pub struct RangeUsage {
     pub range: String,
+    #[serde(serialize_with = "big_count")]
     pub size: u128,
+    /// Held addresses, damaged entries included (they are never handed out).
+    #[serde(serialize_with = "big_count")]
     pub used: u128,
+    #[serde(serialize_with = "big_count")]
     pub free: u128,
+}
+
+fn big_count<S: serde::Serializer>(n: &u128, s: S) -> Result<S::Ok, S::Error> {
+    match u64::try_from(*n) {
+        Ok(small) => s.serialize_u64(small),
+        Err(_) => s.serialize_str(&n.to_string()),
+    }
+}
+
+/// A store entry that cannot be read: held by nobody, never handed out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    /// Relative to the store (`ip/10.0.0.5`, `owner/c1:eth0`, `10.0.0.7` for host-local's).
+    pub entry: String,
+    /// The address it holds, when its name says one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    pub why: String,
 }
 
 /// Everything known about one network's store.
@@ -42,6 +68,8 @@ pub struct NetworkUsage {
     pub holders: Vec<Holder>,
     /// Empty when the network's configuration is not known.
     pub ranges: Vec<RangeUsage>,
+    /// Entries `plugnet gc` repairs or reports.
+    pub damaged: Vec<Damaged>,
 }
 
 /// Networks with a plugnet-ipam store under `data_dir`.
@@ -65,7 +93,8 @@ fn open(data_dir: &Path, network: &str) -> Result<Option<FileStore>, CniError> {
         .map_err(|e| CniError::io(format!("ipam store of {network}: {e}")))
 }
 
-/// Holders of `network` (sorted by address) and, given its configuration, range usage.
+/// Holders of `network` (sorted by address), damaged entries and, given its configuration,
+/// range usage.
 pub fn usage(
     data_dir: &Path,
     network: &str,
@@ -73,14 +102,14 @@ pub fn usage(
 ) -> Result<NetworkUsage, CniError> {
     let store = open(data_dir, network)?;
     let mut holders = Vec::new();
+    let mut damaged = Vec::new();
     if let Some(store) = &store {
-        let records = store
-            .records()
-            .map_err(|e| CniError::io(format!("list records: {e}")))?;
+        let io = |what: &'static str| move |e| CniError::io(format!("{what}: {e}"));
+        let records = store.records().map_err(io("list records"))?;
         for r in records {
             for ip in &r.ips {
                 // Only addresses the record still holds (a crashed ADD's leftovers are not).
-                if store.holder(*ip).ok().flatten().as_ref() == Some(&r.owner) {
+                if store.claim_of(*ip).is_ok_and(|c| c.is_held_by(&r.owner)) {
                     holders.push(Holder {
                         address: *ip,
                         container_id: r.owner.container_id.clone(),
@@ -94,15 +123,51 @@ pub fn usage(
                 }
             }
         }
+        for (ip, claim) in store.claims().map_err(io("list claims"))? {
+            if let Claim::Damaged(why) = claim {
+                damaged.push(Damaged {
+                    entry: format!("ip/{ip}"),
+                    address: Some(ip),
+                    why,
+                });
+            }
+        }
+        for d in store.damage().map_err(io("list damage"))? {
+            damaged.push(Damaged {
+                entry: d.entry,
+                address: None,
+                why: d.why,
+            });
+        }
+        for (ip, claim) in store.host_local().map_err(io("list host-local leases"))? {
+            match claim {
+                Claim::HostLocal(owner) => holders.push(Holder {
+                    address: ip,
+                    container_id: owner.container_id,
+                    ifname: owner.ifname,
+                    hold: "host-local",
+                    since: hostlocal::since(store.dir(), ip),
+                }),
+                Claim::Damaged(why) => damaged.push(Damaged {
+                    entry: ip.to_string(),
+                    address: Some(ip),
+                    why,
+                }),
+                _ => {}
+            }
+        }
     }
     holders.sort_by_key(|h| (h.address.is_ipv6(), to_u128(h.address)));
+    damaged.sort_by(|a, b| a.entry.cmp(&b.entry));
     let ranges = cfg
         .map(|cfg| {
             cfg.ranges
                 .iter()
                 .flatten()
                 .map(|r| {
-                    let used = holders.iter().filter(|h| r.contains(h.address)).count() as u128;
+                    let held = holders.iter().map(|h| h.address);
+                    let broken = damaged.iter().filter_map(|d| d.address);
+                    let used = held.chain(broken).filter(|a| r.contains(*a)).count() as u128;
                     RangeUsage {
                         range: format!("{} ({})", r.describe(), r.subnet),
                         size: r.size(),
@@ -118,6 +183,7 @@ pub fn usage(
         store: data_dir.join(network),
         holders,
         ranges,
+        damaged,
     })
 }
 
@@ -132,13 +198,36 @@ pub fn release(
     let Some(store) = open(data_dir, network)? else {
         return Ok(Vec::new());
     };
-    let owners: Vec<Owner> = store
+    let mut owners: Vec<Owner> = store
         .records()
         .map_err(|e| CniError::io(format!("list records: {e}")))?
         .into_iter()
         .map(|r| r.owner)
+        .chain(
+            store
+                .damage()
+                .map_err(|e| CniError::io(format!("list damage: {e}")))?
+                .into_iter()
+                .filter_map(|d| d.owner),
+        )
+        .chain(
+            store
+                .host_local()
+                .map_err(|e| CniError::io(format!("list host-local leases: {e}")))?
+                .into_iter()
+                .filter_map(|(_, c)| match c {
+                    // A bare-id lease goes with any of the container's interfaces.
+                    Claim::HostLocal(o) if o.ifname.is_empty() => {
+                        Some(Owner::new(o.container_id, ifname.unwrap_or("eth0")))
+                    }
+                    Claim::HostLocal(o) => Some(o),
+                    _ => None,
+                }),
+        )
         .filter(|o| o.container_id == container_id && ifname.is_none_or(|i| i == o.ifname))
         .collect();
+    owners.sort();
+    owners.dedup();
     let mut out = Vec::new();
     for owner in owners {
         let ips = allocator::release(&store, &owner)?;

@@ -7,14 +7,14 @@
 //!   address held by nobody;
 //! - mutations happen only under the store's exclusive lock.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::net::IpAddr;
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::hostlocal;
 
 /// The on-disk format version written to `<network>/format`.
 pub const FORMAT: &str = "plugnet-ipam store 1";
@@ -38,9 +38,11 @@ impl Owner {
     pub fn key(&self) -> String {
         format!("{}:{}", self.container_id, self.ifname)
     }
+    /// The owner a key names, if it is one plugnet could have written (both parts valid).
     pub fn from_key(key: &str) -> Option<Owner> {
         let (id, ifname) = key.split_once(':')?;
-        Some(Owner::new(id, ifname))
+        (crate::validate::is_valid_id(id) && crate::validate::interface_name(ifname).is_ok())
+            .then(|| Owner::new(id, ifname))
     }
 }
 
@@ -105,17 +107,59 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// What one address's entry in the store says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Free,
+    /// plugnet's claim (`ip/<ip>`).
+    Held(Owner),
+    /// A lease file host-local left in the network's directory (`<ip>`), honoured after a host
+    /// switched the network from `host-local` to `plugnet-ipam` (see [`super::hostlocal`]).
+    HostLocal(Owner),
+    /// An entry that cannot be read as a claim (tampering, a disk error): held by nobody we can
+    /// name, so never handed out; GC repairs it, STATUS and `plugnet ipam ls` report it.
+    Damaged(String),
+}
+
+impl Claim {
+    pub fn is_free(&self) -> bool {
+        *self == Claim::Free
+    }
+    /// A plugnet claim of `owner`.
+    pub fn is_held_by(&self, owner: &Owner) -> bool {
+        matches!(self, Claim::Held(o) if o == owner)
+    }
+}
+
+/// A store entry that is not what its place says it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The entry, relative to the network's directory (`owner/c1:eth0`, `ip/10.0.0.5`).
+    pub entry: String,
+    /// The owner a damaged record belongs to (its name still says it).
+    pub owner: Option<Owner>,
+    pub why: String,
+}
+
 /// What the allocator needs from a store.
 pub trait Store {
     type Guard;
     /// Take the exclusive lock; released when the guard drops (or the process dies).
     fn lock(&self) -> io::Result<Self::Guard>;
+    /// The owner's record; a record that cannot be read is an error of kind `InvalidData`.
     fn record(&self, owner: &Owner) -> io::Result<Option<Record>>;
     /// Create or atomically replace an owner's record.
     fn put_record(&self, record: &Record) -> io::Result<()>;
     fn remove_record(&self, owner: &Owner) -> io::Result<()>;
-    /// Who holds `ip`, if anyone.
-    fn holder(&self, ip: IpAddr) -> io::Result<Option<Owner>>;
+    /// What the store says about `ip`.
+    fn claim_of(&self, ip: IpAddr) -> io::Result<Claim>;
+    /// Who holds `ip` through a plugnet claim, if anyone.
+    fn holder(&self, ip: IpAddr) -> io::Result<Option<Owner>> {
+        Ok(match self.claim_of(ip)? {
+            Claim::Held(o) => Some(o),
+            _ => None,
+        })
+    }
     /// Claim a free `ip` for `owner`; `Ok(false)` if it is already held.
     fn claim(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool>;
     /// Atomically re-point an existing claim to another owner.
@@ -123,8 +167,22 @@ pub trait Store {
     fn unclaim(&self, ip: IpAddr) -> io::Result<()>;
     fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>>;
     fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()>;
+    /// Every readable record (damaged ones are in [`Store::damage`]).
     fn records(&self) -> io::Result<Vec<Record>>;
-    fn claims(&self) -> io::Result<Vec<(IpAddr, Owner)>>;
+    /// Every plugnet claim: [`Claim::Held`] or [`Claim::Damaged`].
+    fn claims(&self) -> io::Result<Vec<(IpAddr, Claim)>>;
+    /// Records that cannot be read, and entries plugnet did not write (reported, not touched).
+    fn damage(&self) -> io::Result<Vec<Damage>> {
+        Ok(Vec::new())
+    }
+    /// host-local's leases in the store: [`Claim::HostLocal`] or [`Claim::Damaged`].
+    fn host_local(&self) -> io::Result<Vec<(IpAddr, Claim)>> {
+        Ok(Vec::new())
+    }
+    /// Remove host-local's lease of `ip` (its owner was released).
+    fn remove_host_local(&self, _ip: IpAddr) -> io::Result<()> {
+        Ok(())
+    }
     /// Make every change so far durable (called after the lock is released).
     fn sync(&self) -> io::Result<()>;
     /// Remove leftovers of writers killed mid-way (under the lock). Returns how many.
@@ -183,7 +241,11 @@ impl FileStore {
                     ),
                 ))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
+            // host-local's directory of the same network (a host that switched to plugnet-ipam
+            // and has not allocated through it yet): its leases are still to be honoured.
+            Err(e) if e.kind() == ErrorKind::NotFound && !create => {
+                return Ok(store.dir.is_dir().then_some(store))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -205,6 +267,18 @@ impl FileStore {
         &self.dir
     }
 
+    /// Creates and removes a claim-shaped symlink in `ip/`, as an ADD would: fails when the
+    /// store cannot take a claim (read-only remount, no inodes, quota). Named like a writer's
+    /// temporary, so GC sweeps one a kill left behind.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        let probe = self
+            .ip_dir
+            .join(format!(".probe.{}.tmp", std::process::id()));
+        let _ = fs::remove_file(&probe);
+        symlink("probe", &probe)?;
+        fs::remove_file(&probe)
+    }
+
     fn read_link(path: &Path) -> io::Result<Option<String>> {
         match fs::read_link(path) {
             Ok(t) => t
@@ -213,8 +287,71 @@ impl FileStore {
                 .map(Some)
                 .map_err(|_| io::Error::new(ErrorKind::InvalidData, "non-UTF-8 link")),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            // Something other than a symlink where plugnet keeps only symlinks.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "not a symbolic link",
+            )),
             Err(e) => Err(e),
         }
+    }
+
+    /// The claim entry `ip/<ip>`: `None` when absent, damaged when it cannot be read as one.
+    fn read_claim(&self, ip: IpAddr) -> io::Result<Option<Claim>> {
+        match Self::read_link(&self.ip_dir.join(ip.to_string())) {
+            Ok(None) => Ok(None),
+            Ok(Some(text)) => Ok(Some(match Owner::from_key(&text) {
+                Some(o) => Claim::Held(o),
+                None => Claim::Damaged(format!("content {text:?} names no attachment")),
+            })),
+            Err(e) if is_damage(&e) => Ok(Some(Claim::Damaged(e.to_string()))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Entries of `dir` (none when it does not exist: a host-local directory has no `ip/`).
+    fn entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+        match fs::read_dir(dir) {
+            Ok(rd) => rd.collect(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Readable records and the damage found among `owner/`'s entries.
+    fn scan_records(&self) -> io::Result<(Vec<Record>, Vec<Damage>)> {
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for entry in Self::entries(&self.owner_dir)? {
+            let name = entry.file_name();
+            let shown = format!("owner/{}", name.to_string_lossy());
+            let foreign = |why: &str| Damage {
+                entry: shown.clone(),
+                owner: None,
+                why: format!("a name plugnet never writes ({why})"),
+            };
+            let Some(text) = name.to_str() else {
+                bad.push(foreign("not UTF-8"));
+                continue;
+            };
+            if text.starts_with('.') {
+                continue; // a writer's temporary (swept by GC)
+            }
+            let Some(owner) = Owner::from_key(text) else {
+                bad.push(foreign("not <containerID>:<ifname>"));
+                continue;
+            };
+            match self.record(&owner) {
+                Ok(Some(r)) => good.push(r),
+                Ok(None) => {} // removed meanwhile
+                Err(e) if is_damage(&e) => bad.push(Damage {
+                    entry: shown,
+                    owner: Some(owner),
+                    why: e.to_string(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((good, bad))
     }
 
     fn mark(&self, bits: u8) {
@@ -246,6 +383,11 @@ impl FileStore {
     }
 }
 
+/// An error reading one entry that says the entry is damaged (not that the store is unusable).
+fn is_damage(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::InvalidData || e.raw_os_error() == Some(libc::EIO)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -266,9 +408,19 @@ impl Store for FileStore {
 
     fn record(&self, owner: &Owner) -> io::Result<Option<Record>> {
         let path = self.owner_dir.join(owner.key());
-        match Self::read_link(&path)? {
-            Some(text) => Record::decode(owner.clone(), &text, Self::since(&path)).map(Some),
-            None => Ok(None),
+        let damaged = |e: io::Error| {
+            io::Error::new(
+                ErrorKind::InvalidData,
+                format!("damaged record owner/{}: {e}", owner.key()),
+            )
+        };
+        match Self::read_link(&path) {
+            Ok(Some(text)) => Record::decode(owner.clone(), &text, Self::since(&path))
+                .map(Some)
+                .map_err(damaged),
+            Ok(None) => Ok(None),
+            Err(e) if is_damage(&e) => Err(damaged(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -287,10 +439,11 @@ impl Store for FileStore {
         }
     }
 
-    fn holder(&self, ip: IpAddr) -> io::Result<Option<Owner>> {
-        Ok(Self::read_link(&self.ip_dir.join(ip.to_string()))?
-            .as_deref()
-            .and_then(Owner::from_key))
+    fn claim_of(&self, ip: IpAddr) -> io::Result<Claim> {
+        if let Some(c) = self.read_claim(ip)? {
+            return Ok(c);
+        }
+        Ok(hostlocal::read_lease(&self.dir, ip)?.unwrap_or(Claim::Free))
     }
 
     fn claim(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool> {
@@ -320,12 +473,14 @@ impl Store for FileStore {
     }
 
     fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
-        // A hint only: anything unreadable means "start at the beginning".
+        // A hint only: anything unreadable means "start at the beginning". Until plugnet-ipam
+        // allocated in this set, host-local's hint (a host that switched) says where to go on.
         Ok(
             Self::read_link(&self.dir.join(format!("last_reserved.{set}")))
                 .ok()
                 .flatten()
-                .and_then(|t| t.parse().ok()),
+                .and_then(|t| t.parse().ok())
+                .or_else(|| hostlocal::last_reserved(&self.dir, set)),
         )
     }
 
@@ -338,46 +493,60 @@ impl Store for FileStore {
     }
 
     fn records(&self) -> io::Result<Vec<Record>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.owner_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(owner) = name
-                .to_str()
-                .filter(|n| !n.starts_with('.'))
-                .and_then(Owner::from_key)
-            else {
-                continue;
-            };
-            if let Some(r) = self.record(&owner)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        Ok(self.scan_records()?.0)
     }
 
-    fn claims(&self) -> io::Result<Vec<(IpAddr, Owner)>> {
+    fn claims(&self) -> io::Result<Vec<(IpAddr, Claim)>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.ip_dir)? {
-            let entry = entry?;
+        for entry in Self::entries(&self.ip_dir)? {
             let Some(ip) = entry
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<IpAddr>().ok())
             else {
-                continue;
+                continue; // temporaries; foreign names are reported by `damage`
             };
-            if let Some(owner) = self.holder(ip)? {
-                out.push((ip, owner));
+            if let Some(c) = self.read_claim(ip)? {
+                out.push((ip, c));
             }
         }
         Ok(out)
     }
 
+    fn damage(&self) -> io::Result<Vec<Damage>> {
+        let mut out = self.scan_records()?.1;
+        for entry in Self::entries(&self.ip_dir)? {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with('.') && name.parse::<IpAddr>().is_err() {
+                out.push(Damage {
+                    entry: format!("ip/{name}"),
+                    owner: None,
+                    why: "a name plugnet never writes (not an IP address)".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn host_local(&self) -> io::Result<Vec<(IpAddr, Claim)>> {
+        hostlocal::leases(&self.dir)
+    }
+
+    fn remove_host_local(&self, ip: IpAddr) -> io::Result<()> {
+        match fs::remove_file(hostlocal::lease_path(&self.dir, ip)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => {
+                self.mark(DIRTY_TOP);
+                Ok(())
+            }
+        }
+    }
+
     fn sweep(&self) -> io::Result<usize> {
         let mut n = 0;
         for dir in [&self.ip_dir, &self.owner_dir, &self.dir] {
-            for entry in fs::read_dir(dir)?.flatten() {
+            for entry in Self::entries(dir)? {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
                 if name.starts_with('.') && name.ends_with(".tmp") {
@@ -443,102 +612,7 @@ pub fn sync_paths(dirs: &[PathBuf], parallel: bool) -> io::Result<()> {
     }
 }
 
-/// An in-memory store with the same semantics, for allocator tests and fault injection.
-#[derive(Default)]
-pub struct MemStore {
-    inner: Mutex<MemInner>,
-    /// Fail every mutation after this many succeeded (simulates a process killed mid-way).
-    pub fail_after: Mutex<Option<usize>>,
-}
-
-#[derive(Default)]
-struct MemInner {
-    records: BTreeMap<Owner, Record>,
-    claims: HashMap<IpAddr, Owner>,
-    last: HashMap<usize, IpAddr>,
-}
-
-impl MemStore {
-    fn mutate(&self) -> io::Result<()> {
-        let mut f = self.fail_after.lock().unwrap();
-        match f.as_mut() {
-            Some(0) => Err(io::Error::other("injected failure")),
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-impl Store for MemStore {
-    type Guard = ();
-    fn lock(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn record(&self, owner: &Owner) -> io::Result<Option<Record>> {
-        Ok(self.inner.lock().unwrap().records.get(owner).cloned())
-    }
-    fn put_record(&self, record: &Record) -> io::Result<()> {
-        self.mutate()?;
-        let mut i = self.inner.lock().unwrap();
-        i.records.insert(record.owner.clone(), record.clone());
-        Ok(())
-    }
-    fn remove_record(&self, owner: &Owner) -> io::Result<()> {
-        self.mutate()?;
-        self.inner.lock().unwrap().records.remove(owner);
-        Ok(())
-    }
-    fn holder(&self, ip: IpAddr) -> io::Result<Option<Owner>> {
-        Ok(self.inner.lock().unwrap().claims.get(&ip).cloned())
-    }
-    fn claim(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool> {
-        self.mutate()?;
-        let mut i = self.inner.lock().unwrap();
-        if i.claims.contains_key(&ip) {
-            return Ok(false);
-        }
-        i.claims.insert(ip, owner.clone());
-        Ok(true)
-    }
-    fn reassign(&self, ip: IpAddr, owner: &Owner) -> io::Result<()> {
-        self.mutate()?;
-        self.inner.lock().unwrap().claims.insert(ip, owner.clone());
-        Ok(())
-    }
-    fn unclaim(&self, ip: IpAddr) -> io::Result<()> {
-        self.mutate()?;
-        self.inner.lock().unwrap().claims.remove(&ip);
-        Ok(())
-    }
-    fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
-        Ok(self.inner.lock().unwrap().last.get(&set).copied())
-    }
-    fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()> {
-        self.mutate()?;
-        self.inner.lock().unwrap().last.insert(set, ip);
-        Ok(())
-    }
-    fn records(&self) -> io::Result<Vec<Record>> {
-        Ok(self
-            .inner
-            .lock()
-            .unwrap()
-            .records
-            .values()
-            .cloned()
-            .collect())
-    }
-    fn claims(&self) -> io::Result<Vec<(IpAddr, Owner)>> {
-        let i = self.inner.lock().unwrap();
-        Ok(i.claims.iter().map(|(a, o)| (*a, o.clone())).collect())
-    }
-    fn sync(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
+pub use super::memstore::MemStore;
 
 #[cfg(test)]
 mod tests {
@@ -626,5 +700,72 @@ mod tests {
                 .kind(),
             ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn damaged_entries_on_disk_are_claims_held_by_nobody_and_reported() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let s = FileStore::open(tmp.path(), "n", true).unwrap().unwrap();
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        symlink("garbage", s.ip_dir.join("10.0.0.2")).unwrap();
+        fs::write(s.ip_dir.join("10.0.0.3"), "c1:eth0").unwrap();
+        symlink(
+            std::ffi::OsStr::from_bytes(b"c\xff:eth0"),
+            s.ip_dir.join("10.0.0.4"),
+        )
+        .unwrap();
+        symlink("../x:eth0", s.ip_dir.join("10.0.0.5")).unwrap();
+        symlink("c1:eth0", s.ip_dir.join("10.0.0.6")).unwrap();
+        symlink("c9:eth0", s.ip_dir.join("not-an-ip")).unwrap();
+        for bad in ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"] {
+            assert!(
+                matches!(s.claim_of(ip(bad)).unwrap(), Claim::Damaged(_)),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            s.claim_of(ip("10.0.0.6")).unwrap(),
+            Claim::Held(Owner::new("c1", "eth0"))
+        );
+        assert_eq!(s.claims().unwrap().len(), 5);
+        symlink("attached 10.0.0.6", s.owner_dir.join("c1:eth0")).unwrap();
+        symlink("attached nonsense", s.owner_dir.join("c2:eth0")).unwrap();
+        symlink("attached 10.0.0.9", s.owner_dir.join("junk")).unwrap();
+        let e = s.record(&Owner::new("c2", "eth0")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidData);
+        assert_eq!(s.records().unwrap().len(), 1, "the readable one");
+        let damage = s.damage().unwrap();
+        let entries: Vec<&str> = damage.iter().map(|d| d.entry.as_str()).collect();
+        assert_eq!(entries.len(), 3, "{damage:?}");
+        for e in ["owner/c2:eth0", "owner/junk", "ip/not-an-ip"] {
+            assert!(entries.contains(&e), "{e} in {damage:?}");
+        }
+        let c2 = damage.iter().find(|d| d.entry == "owner/c2:eth0").unwrap();
+        assert_eq!(c2.owner, Some(Owner::new("c2", "eth0")));
+        s.probe_writable().unwrap();
+    }
+
+    #[test]
+    fn a_host_local_directory_opens_without_being_converted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("10.0.0.2"), "c1\r\neth0").unwrap();
+        fs::write(dir.join("last_reserved_ip.0"), "10.0.0.2").unwrap();
+        let s = FileStore::open(tmp.path(), "n", false)
+            .unwrap()
+            .expect("opens");
+        assert!(!dir.join("format").exists(), "reading converts nothing");
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            s.claim_of(ip).unwrap(),
+            Claim::HostLocal(Owner::new("c1", "eth0"))
+        );
+        assert_eq!(s.last_reserved(0).unwrap(), Some(ip));
+        assert!(s.records().unwrap().is_empty() && s.claims().unwrap().is_empty());
+        assert!(FileStore::open(tmp.path(), "absent", false)
+            .unwrap()
+            .is_none());
     }
 }

@@ -3,13 +3,16 @@
 //!
 //! Invariant (the conservative rule): an owner is reclaimed only when (1) no owner source
 //! (runner state, plugnet-shim state) holds its id, (2) at least one netns path is recorded for
-//! it and every recorded path is gone, and (3) none of its plugnet host veths still has a peer
-//! in another namespace (the kernel destroys a veth with its namespace, so a surviving peer
-//! means the namespace is alive, held by a process). Anything else is kept and the report says
-//! why. IPAM records are released through the allocator under the store lock, like a DEL.
+//! it and every recorded path is gone — or, with no path recorded (a chain whose later plugin
+//! failed: no cache), plugnet's firewall recorded a completed ADD of it and every host veth
+//! those records name is gone (the veth exists from before the record is written until DEL;
+//! the kernel destroys it with its namespace) — and (3) none of its plugnet host veths still
+//! has a peer in another namespace (a surviving peer means the namespace is alive, held by a
+//! process). Anything else is kept and the report says why. IPAM records are released through
+//! the allocator under the store lock, firewall records through the firewall, like a DEL.
 
 use super::owners::{NetnsProbe, NetnsState, OwnerSource};
-use crate::bridge::{naming, setup::owner_alias};
+use crate::bridge::{naming, setup};
 use crate::error::CniError;
 use crate::ipam::report;
 use crate::libcni::{self, CacheEntry};
@@ -23,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub struct HostVeth {
     pub name: String,
     pub alias: Option<String>,
+    /// Its MAC, plugnet's mark from birth ([`setup::owner_mac`]).
+    pub mac: Option<crate::netlink::Mac>,
     /// The peer lives in another (therefore live) namespace.
     pub peer_elsewhere: bool,
 }
@@ -34,6 +39,29 @@ pub trait HostLinks {
     fn delete(&self, name: &str) -> Result<(), CniError>;
 }
 
+impl HostVeth {
+    /// Whether this veth carries `network`'s owner mark.
+    fn owned_by(&self, network: &str) -> bool {
+        setup::owned_by(network, &self.name, self.alias.as_deref(), self.mac)
+    }
+}
+
+/// One attachment plugnet's firewall recorded (written once ADD's veth exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwRecord {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub host_veth: String,
+}
+
+/// Firewall state dirs, behind a trait so tests can script them.
+pub trait FirewallRecords {
+    fn list(&self, dir: &Path) -> Result<Vec<FwRecord>, CniError>;
+    /// Removes the attachment's rules and record (the table goes with the last one).
+    fn remove(&self, dir: &Path, r: &FwRecord) -> Result<(), CniError>;
+}
+
 /// Where to look.
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
@@ -41,6 +69,8 @@ pub struct GcOptions {
     pub data_dirs: Vec<PathBuf>,
     /// libcni cache dirs (each holds `results/`).
     pub cache_dirs: Vec<PathBuf>,
+    /// plugnet firewall state dirs (`firewallStateDir`).
+    pub firewall_dirs: Vec<PathBuf>,
     pub dry_run: bool,
 }
 
@@ -59,7 +89,7 @@ pub struct Verdict {
 pub struct Action {
     #[serde(rename = "containerID")]
     pub container_id: String,
-    /// `release-ipam`, `delete-veth` or `remove-cache`.
+    /// `remove-firewall`, `delete-veth`, `release-ipam` or `remove-cache`.
     pub kind: &'static str,
     pub what: String,
     pub done: bool,
@@ -75,6 +105,10 @@ pub struct GcReport {
     pub sources: Vec<String>,
     pub owners: Vec<Verdict>,
     pub actions: Vec<Action>,
+    /// Store entries that cannot be read (held by nobody, never handed out): the network's
+    /// CNI GC repairs them; listed here so they are not a secret.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 impl GcReport {
@@ -97,6 +131,7 @@ struct Held {
 struct Owner {
     held: Vec<Held>,
     caches: Vec<CacheEntry>,
+    firewall: Vec<(PathBuf, FwRecord)>,
     /// (network, ifname) pairs from records and caches.
     attachments: BTreeSet<(String, String)>,
 }
@@ -107,6 +142,7 @@ pub fn run(
     sources: &[&dyn OwnerSource],
     probe: &dyn NetnsProbe,
     links: &dyn HostLinks,
+    firewall: &dyn FirewallRecords,
 ) -> Result<GcReport, CniError> {
     let mut rep = GcReport {
         dry_run: opts.dry_run,
@@ -125,7 +161,7 @@ pub fn run(
             }
         }
     }
-    let owners = collect(opts)?;
+    let owners = collect(opts, firewall, &mut rep.damaged)?;
     let veths: HashMap<String, HostVeth> = links
         .veths()?
         .into_iter()
@@ -139,16 +175,44 @@ pub fn run(
             reason,
         });
         if verdict == "dead" {
-            reclaim(id, owner, &veths, links, opts.dry_run, &mut rep.actions);
+            let kernel = Reclaim {
+                veths: &veths,
+                links,
+                firewall,
+            };
+            reclaim(id, owner, &kernel, opts.dry_run, &mut rep.actions);
         }
     }
     Ok(rep)
 }
 
-fn collect(opts: &GcOptions) -> Result<BTreeMap<String, Owner>, CniError> {
+fn collect(
+    opts: &GcOptions,
+    firewall: &dyn FirewallRecords,
+    damaged: &mut Vec<String>,
+) -> Result<BTreeMap<String, Owner>, CniError> {
     let mut owners: BTreeMap<String, Owner> = BTreeMap::new();
     for dir in &opts.data_dirs {
         for network in report::networks(dir) {
+            let usage = report::usage(dir, &network, None)?;
+            for d in usage.damaged {
+                damaged.push(format!(
+                    "{}: {} (held by nobody; the network's CNI GC repairs it)",
+                    dir.join(&network).join(&d.entry).display(),
+                    d.why
+                ));
+            }
+            // host-local's leases in a store the host switched to plugnet-ipam.
+            for h in usage.holders.iter().filter(|h| h.hold == "host-local") {
+                let o = owners.entry(h.container_id.clone()).or_default();
+                o.attachments.insert((network.clone(), h.ifname.clone()));
+                o.held.push(Held {
+                    data_dir: dir.clone(),
+                    network: network.clone(),
+                    ifname: h.ifname.clone(),
+                    ips: vec![h.address],
+                });
+            }
             // Every record, including one whose claims a crashed ADD never completed: release
             // cleans both.
             for r in crate::ipam::records(dir, &network)? {
@@ -171,6 +235,13 @@ fn collect(opts: &GcOptions) -> Result<BTreeMap<String, Owner>, CniError> {
             o.caches.push(e);
         }
     }
+    for dir in &opts.firewall_dirs {
+        for r in firewall.list(dir)? {
+            let o = owners.entry(r.container_id.clone()).or_default();
+            o.attachments.insert((r.network.clone(), r.ifname.clone()));
+            o.firewall.push((dir.clone(), r));
+        }
+    }
     Ok(owners)
 }
 
@@ -190,6 +261,24 @@ fn judge(
         .flat_map(|c| c.netns.iter().map(PathBuf::as_path))
         .collect();
     if paths.is_empty() {
+        // No netns recorded (no cache: a later plugin of the chain failed, or the runtime
+        // keeps none), but plugnet's own record of a completed ADD, whose veth is gone.
+        let gone = |(_, r): &&(PathBuf, FwRecord)| !veths.contains_key(&r.host_veth);
+        if !owner.firewall.is_empty() && owner.firewall.iter().all(|r| gone(&r)) {
+            let names: BTreeSet<&str> = owner
+                .firewall
+                .iter()
+                .map(|(_, r)| r.host_veth.as_str())
+                .collect();
+            return (
+                "dead",
+                format!(
+                    "no netns recorded, but plugnet's firewall recorded its ADD and host veth \
+                     {} is gone (the kernel removes a veth with its namespace)",
+                    names.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
         return (
             "kept",
             "no netns recorded for it (no libcni cache, not in runner or shim state): cannot \
@@ -207,7 +296,7 @@ fn judge(
     for (network, ifname) in &owner.attachments {
         let name = naming::host_veth_name(id, ifname);
         if let Some(v) = veths.get(&name) {
-            if v.peer_elsewhere && v.alias.as_deref() == Some(owner_alias(network).as_str()) {
+            if v.peer_elsewhere && v.owned_by(network) {
                 return (
                     "kept",
                     format!(
@@ -222,14 +311,14 @@ fn judge(
     ("dead", format!("netns {} gone", list.join(", ")))
 }
 
-fn reclaim(
-    id: &str,
-    owner: &Owner,
-    veths: &HashMap<String, HostVeth>,
-    links: &dyn HostLinks,
-    dry_run: bool,
-    out: &mut Vec<Action>,
-) {
+/// What reclaiming acts on.
+struct Reclaim<'a> {
+    veths: &'a HashMap<String, HostVeth>,
+    links: &'a dyn HostLinks,
+    firewall: &'a dyn FirewallRecords,
+}
+
+fn reclaim(id: &str, owner: &Owner, k: &Reclaim, dry_run: bool, out: &mut Vec<Action>) {
     let mut act = |kind, what: String, f: &mut dyn FnMut() -> Result<(), String>| {
         let error = if dry_run { None } else { f().err() };
         out.push(Action {
@@ -240,7 +329,29 @@ fn reclaim(
             error,
         });
     };
-    // IPAM first (as DEL does), then host links, then the caches that name them.
+    // As DEL does: firewall rules and host links first, the addresses last (an address is
+    // never free while something keyed on it remains), then the caches that name them.
+    for (dir, r) in &owner.firewall {
+        act(
+            "remove-firewall",
+            format!("{} on {} ({})", r.ifname, r.network, dir.display()),
+            &mut || k.firewall.remove(dir, r).map_err(|e| e.msg),
+        );
+    }
+    for (network, ifname) in &owner.attachments {
+        let name = naming::host_veth_name(id, ifname);
+        let Some(v) = k.veths.get(&name) else {
+            continue;
+        };
+        if !v.owned_by(network) {
+            continue;
+        }
+        act(
+            "delete-veth",
+            format!("{name} ({ifname} on {network})"),
+            &mut || k.links.delete(&name).map_err(|e| e.msg),
+        );
+    }
     for h in &owner.held {
         let ips: Vec<String> = h.ips.iter().map(ToString::to_string).collect();
         let what = format!("{} {} on {}", ips.join(","), h.ifname, h.network);
@@ -250,22 +361,42 @@ fn reclaim(
                 .map_err(|e| e.msg)
         });
     }
-    for (network, ifname) in &owner.attachments {
-        let name = naming::host_veth_name(id, ifname);
-        let Some(v) = veths.get(&name) else { continue };
-        if v.alias.as_deref() != Some(owner_alias(network).as_str()) {
-            continue;
-        }
-        act(
-            "delete-veth",
-            format!("{name} ({ifname} on {network})"),
-            &mut || links.delete(&name).map_err(|e| e.msg),
-        );
-    }
     for c in &owner.caches {
         act("remove-cache", c.path.display().to_string(), &mut || {
             libcni::remove_cache_entry(c).map_err(|e| e.to_string())
         });
+    }
+}
+
+/// The firewall's state dirs, through [`crate::firewall::Firewall`].
+pub struct StateFirewall;
+
+impl FirewallRecords for StateFirewall {
+    fn list(&self, dir: &Path) -> Result<Vec<FwRecord>, CniError> {
+        if !dir.join("attachments").is_dir() {
+            return Ok(Vec::new());
+        }
+        let atts = crate::firewall::Firewall::at(dir).list().map_err(|e| {
+            CniError::io(format!(
+                "read firewall state {} (gc reclaims nothing until it is readable): {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(atts
+            .into_iter()
+            .map(|a| FwRecord {
+                network: a.network,
+                container_id: a.container_id,
+                ifname: a.ifname,
+                host_veth: a.host_veth,
+            })
+            .collect())
+    }
+
+    fn remove(&self, dir: &Path, r: &FwRecord) -> Result<(), CniError> {
+        crate::firewall::Firewall::at(dir)
+            .remove(&r.network, &r.container_id, &r.ifname)
+            .map_err(|e| CniError::internal(format!("remove firewall rules: {e}")))
     }
 }
 
@@ -300,6 +431,7 @@ impl HostLinks for NetlinkLinks {
                 peer_elsewhere: l.link_netnsid.is_some(),
                 name: l.name,
                 alias: l.alias,
+                mac: l.mac,
             })
             .collect())
     }

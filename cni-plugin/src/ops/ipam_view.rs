@@ -24,32 +24,56 @@ pub fn plugnet_ipam_of(list: &NetworkList) -> Option<Value> {
     })
 }
 
-/// Every network list in `conf_dir` that uses plugnet-ipam, with its `ipam` object (unreadable
-/// or foreign files are skipped: they are not ours to judge).
-pub fn plugnet_networks(conf_dir: &Path) -> Vec<(String, Value)> {
+/// Every readable network list in `conf_dir`, the first file of each name (as libcni picks);
+/// unreadable or foreign files are skipped: they are not ours to judge.
+fn network_lists(conf_dir: &Path) -> Vec<NetworkList> {
     let Ok(rd) = std::fs::read_dir(conf_dir) else {
         return Vec::new();
     };
     let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     files.sort();
-    let mut out: Vec<(String, Value)> = Vec::new();
+    let mut out: Vec<NetworkList> = Vec::new();
     for f in files {
         let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !matches!(ext, "conflist" | "conf" | "json") {
             continue;
         }
-        let Ok(list) = std::fs::read(&f).map(|b| NetworkList::from_bytes(&b)) else {
+        let Ok(Ok(list)) = std::fs::read(&f).map(|b| NetworkList::from_bytes(&b)) else {
             continue;
         };
-        let Ok(list) = list else { continue };
-        if out.iter().any(|(n, _)| *n == list.name) {
-            continue; // libcni uses the first file with a name
-        }
-        if let Some(ipam) = plugnet_ipam_of(&list) {
-            out.push((list.name, ipam));
+        if !out.iter().any(|l| l.name == list.name) {
+            out.push(list);
         }
     }
     out
+}
+
+/// Every network list in `conf_dir` that uses plugnet-ipam, with its `ipam` object.
+pub fn plugnet_networks(conf_dir: &Path) -> Vec<(String, Value)> {
+    network_lists(conf_dir)
+        .into_iter()
+        .filter_map(|list| plugnet_ipam_of(&list).map(|ipam| (list.name, ipam)))
+        .collect()
+}
+
+/// Firewall state dirs to look in: `explicit` alone when given, else the default and every
+/// `firewallStateDir` the conflists in `conf_dir` name.
+pub fn firewall_dirs(explicit: Option<&Path>, conf_dir: &Path) -> Vec<PathBuf> {
+    if let Some(d) = explicit {
+        return vec![d.to_path_buf()];
+    }
+    let mut dirs = vec![PathBuf::from(crate::firewall::DEFAULT_STATE_DIR)];
+    for list in network_lists(conf_dir) {
+        for p in &list.plugins {
+            if let Some(d) = p.get("firewallStateDir").and_then(Value::as_str) {
+                let d = PathBuf::from(d);
+                if d.is_absolute() && !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+    }
+    dirs
 }
 
 /// The data dir an `ipam` object names (plugnet-ipam's default when it names none).
@@ -157,6 +181,7 @@ pub fn to_json(usages: &[NetworkUsage], now: u64) -> Value {
                     "rangesKnown": !u.ranges.is_empty(),
                     "ranges": u.ranges,
                     "holders": holders,
+                    "damaged": u.damaged,
                 })
             })
             .collect(),
@@ -206,6 +231,19 @@ pub fn to_text(usages: &[NetworkUsage], now: u64) -> String {
                     h.hold.to_string(),
                     human_time(h.since, now),
                 ]);
+            }
+            s.push_str(&t.render("  "));
+        }
+        if !u.damaged.is_empty() {
+            s.push_str(&format!(
+                "  {} damaged entr{} (held by nobody, never handed out; `plugnet gc` repairs \
+                 what it can):\n",
+                u.damaged.len(),
+                if u.damaged.len() == 1 { "y" } else { "ies" }
+            ));
+            let mut t = Table::new(["ENTRY", "WHY"]);
+            for d in &u.damaged {
+                t.row([d.entry.clone(), d.why.clone()]);
             }
             s.push_str(&t.render("  "));
         }

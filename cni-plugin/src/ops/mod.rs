@@ -65,14 +65,20 @@ An owner (a container id) is reclaimed only when all of these hold:
      reservation in plugnet-shim's state (--shim-state-dir; skipped when the dir is absent);
   2. a netns path is recorded for it (a libcni result cache in --cache-dir or in the runner's
      state dir: its `netns`, or the result's interface `sandbox` for libcni 1.1 caches) and
-     every recorded path is gone (missing, or no longer a namespace);
+     every recorded path is gone (missing, or no longer a namespace); or, with no path
+     recorded (a chain whose later plugin failed leaves no cache), plugnet's firewall recorded
+     its completed ADD and every host veth those records name is gone (the kernel removes a
+     veth with its namespace);
   3. none of its plugnet host veths still has a peer in another namespace (that namespace would
      still be alive, held by some process).
 Anything else is kept and the report says why: an address with no recorded netns (no cache, no
 state) cannot be proved dead; release it with `plugnet ipam release` if you know better.
 An unreadable runner or shim state stops gc altogether; a netns that cannot be probed keeps its owner.
-Reclaimed: IPAM records (released through the allocator, under the store lock), host veths
-named by plugnet's scheme carrying the network's alias, and the libcni cache files.
+Reclaimed: firewall records with their rules (and the nftables table with the last one), host
+veths named by plugnet's scheme carrying the network's alias (or, when an ADD was killed before
+the alias was set, the MAC plugnet gave them at birth), IPAM records and host-local leases in a
+switched store (released through the allocator, under the store lock), and the libcni cache
+files. Damaged store entries are listed; the network's CNI GC repairs them.
 Exit status: 0 when every step succeeded (or would, with --dry-run), 1 when one failed.";
 
 #[derive(Debug, Args)]
@@ -88,6 +94,10 @@ pub struct GcArgs {
     /// Conflist dir (overrides NETCONFPATH), to find data dirs.
     #[arg(long, value_name = "DIR")]
     pub conf_dir: Option<PathBuf>,
+    /// plugnet firewall state dir [default: /var/lib/plugnet/firewall and every
+    /// firewallStateDir in the conf dir's conflists].
+    #[arg(long, value_name = "DIR")]
+    pub firewall_dir: Option<PathBuf>,
     /// libcni cache dir of the runtimes (holds results/).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/cni")]
     pub cache_dir: PathBuf,
@@ -177,6 +187,7 @@ pub fn gc(a: GcArgs, opts: &RunnerOptions, stdout: &mut dyn Write) -> Result<i32
         data_dirs: ipam_view::data_dirs(a.data_dir.as_deref(), &conf_dir),
         // The runner caches its results in its own state dir.
         cache_dirs: vec![a.cache_dir, opts.state_dir.clone()],
+        firewall_dirs: ipam_view::firewall_dirs(a.firewall_dir.as_deref(), &conf_dir),
         dry_run: a.dry_run,
     };
     let runner = owners::RunnerSource {
@@ -190,6 +201,7 @@ pub fn gc(a: GcArgs, opts: &RunnerOptions, stdout: &mut dyn Write) -> Result<i32
         &[&runner, &shim],
         &owners::FsProbe,
         &gc::NetlinkLinks,
+        &gc::StateFirewall,
     )?;
     if a.json {
         write(
@@ -206,6 +218,9 @@ fn gc_text(r: &gc::GcReport) -> String {
     let mut s = String::new();
     for src in &r.sources {
         s.push_str(&format!("source: {src}\n"));
+    }
+    for d in &r.damaged {
+        s.push_str(&format!("damaged: {d}\n"));
     }
     if r.owners.is_empty() {
         s.push_str("no IPAM records or result caches found: nothing to do\n");
@@ -229,6 +244,7 @@ fn gc_text(r: &gc::GcReport) -> String {
         let what = match a.kind {
             "release-ipam" => "release",
             "delete-veth" => "delete veth",
+            "remove-firewall" => "remove firewall rules of",
             _ => "remove cache",
         };
         s.push_str(&format!(
@@ -271,6 +287,7 @@ mod tests {
                 done: !dry_run && error.is_none(),
                 error: error.map(String::from),
             }],
+            damaged: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! recorded before its ADD, so `down` can always DEL what an interrupted `up` began; `down` is
 //! best-effort, idempotent and works after the netns is gone.
 
+mod capabilities;
 mod report;
 pub mod spec;
 pub mod state;
@@ -19,7 +20,7 @@ pub use state::{AttachmentState, ContainerState, StateDir, Status};
 
 use crate::error::{CniError, ErrorCode};
 use crate::invoke::{find_in_path, Exec};
-use crate::libcni::{CniConfig, NetworkList, RuntimeConf};
+use crate::libcni::{CacheNames, CniConfig, NetworkList, RuntimeConf};
 use crate::validate;
 use crate::version::CniVersion;
 use serde_json::{Map, Value};
@@ -82,8 +83,12 @@ impl Runner {
         Runner {
             state: StateDir::new(&opts.state_dir),
             conf_dir: opts.conf_dir,
-            // Results are cached in libcni's format under <state>/results.
-            cni: CniConfig::new(opts.cni_path, opts.state_dir, exec),
+            // Results are cached in libcni's format under <state>/results, named so that no
+            // two attachments share a file (libcni's own naming is ambiguous).
+            cni: CniConfig {
+                cache_names: CacheNames::Unambiguous,
+                ..CniConfig::new(opts.cni_path, opts.state_dir, exec)
+            },
         }
     }
 
@@ -250,10 +255,28 @@ impl Runner {
         }
     }
 
+    /// DEL one attachment. A DEL that fails while the attachment carries capability args is
+    /// tried once more without them, as a runtime that lost them would send it: DEL needs none
+    /// (plugins find what ADD made from the attachment's names), and a value a plugin cannot
+    /// decode (a record an older plugnet accepted) must not pin the attachment forever.
     fn del_attachment(&self, state: &ContainerState, i: usize) -> Result<(), CniError> {
         let list = state.networks[i].network_list()?;
-        self.cni
-            .del_network_list(&list, &self.runtime_conf(state, i))
+        let rt = self.runtime_conf(state, i);
+        match self.cni.del_network_list(&list, &rt) {
+            Err(e) if !rt.capability_args.is_empty() => {
+                let bare = RuntimeConf {
+                    capability_args: Map::new(),
+                    ..rt
+                };
+                self.cni.del_network_list(&list, &bare).map_err(|_| e)?;
+                tracing::warn!(
+                    "network {:?}: DEL succeeded only without its runtimeConfig",
+                    state.networks[i].name
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Detach network `network` (or, with `None`, every network in reverse attach order).

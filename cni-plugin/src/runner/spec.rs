@@ -139,6 +139,7 @@ impl Entry {
                 )))
             }
         };
+        super::capabilities::validate(&name, &runtime_config)?;
         let source = match (obj.get("type"), obj.get("conflist")) {
             (Some(_), Some(_)) => {
                 return Err(CniError::config(format!(

@@ -4,8 +4,13 @@
 //! ```text
 //! <state>/containers/<id>.json          {"kind":"plugnetRunnerV1", "containerId", "netns", "networks":[…]}
 //! <state>/locks/<id>.lock               fs2 exclusive lock held for the whole of up/down/check
-//! <state>/results/<net>-<id>-<ifname>   libcni's cniCacheV1 (written by crate::libcni)
+//! <state>/results/<net>:<id>:<ifname>   libcni's cniCacheV1 (written by crate::libcni)
 //! ```
+//!
+//! The result caches are named with `:`, which none of the three names can contain, so no two
+//! attachments share a file. Caches of older plugnets (libcni's `<net>-<id>-<ifname>`, where
+//! network `a` + container `b-c` and network `a-b` + container `c` collide) are still read when
+//! their content names the attachment, and are replaced by the new name on the next ADD.
 //!
 //! Invariants: every file is replaced atomically (temp, fsync, rename); an attachment is
 //! recorded *before* its ADD runs, so a crash mid-`up` still leaves the record `down` needs to

@@ -51,6 +51,9 @@ impl Exec for FakeExec {
         match (name.as_str(), cmd.as_str()) {
             ("failing", "ADD") => Err(CniError::config("bad bridge config")),
             ("faildel", "DEL") => Err(CniError::internal("cannot delete")),
+            ("strict", "DEL") if conf.get("runtimeConfig").is_some() => {
+                Err(CniError::config("runtimeConfig: cannot decode"))
+            }
             (_, "ADD") => Ok(serde_json::to_vec(&json!({
                 "cniVersion": conf["cniVersion"],
                 "interfaces": [{"name": "br0"}, {"name": "veth1"},
@@ -489,5 +492,86 @@ fn options_come_from_flag_then_env_then_defaults() {
             PathBuf::from(DEFAULT_STATE_DIR),
             vec![PathBuf::from(DEFAULT_CNI_PATH)]
         )
+    );
+}
+
+#[test]
+fn attachments_whose_joined_names_coincide_keep_their_own_caches() {
+    // Network `a` + container `b-c` and network `a-b` + container `c`: libcni's naming gives
+    // both `a-b-c-eth0`.
+    let (_d, r, _exec) = setup(&["ok"]);
+    let one = |net: &str| spec(json!({"networks": [{"name": net, "type": "ok"}]}));
+    r.up("b-c", Path::new(NETNS), &one("a")).unwrap();
+    r.up("c", Path::new(NETNS), &one("a-b")).unwrap();
+    let results = r.state().root().join("results");
+    let mut names: Vec<String> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a-b:c:eth0", "a:b-c:eth0"]);
+    r.down("b-c", None).unwrap();
+    // The other container's result survived the first one's down.
+    assert!(r.info("c", &FakeKernel).unwrap()[0].mac.is_some());
+    assert!(r.list().unwrap()[0].results[0].is_some());
+}
+
+#[test]
+fn a_cache_in_the_old_naming_is_read_when_its_content_is_ours_and_replaced() {
+    let (_d, r, exec) = setup(&["ok"]);
+    let one = spec(json!({"networks": [{"name": "a", "type": "ok"}]}));
+    r.up("b-c", Path::new(NETNS), &one).unwrap();
+    let results = r.state().root().join("results");
+    // What an older plugnet left: its libcni name, and a collision holding another's result.
+    std::fs::rename(results.join("a:b-c:eth0"), results.join("a-b-c-eth0")).unwrap();
+    assert!(r.list().unwrap()[0].results[0].is_some(), "old name read");
+    let foreign = r#"{"kind":"cniCacheV1","networkName":"a-b","containerId":"c","ifName":"eth0",
+        "result":{"cniVersion":"1.0.0","ips":[{"address":"10.99.0.9/24"}]}}"#;
+    std::fs::write(results.join("a-b-c-eth0"), foreign).unwrap();
+    assert!(
+        r.list().unwrap()[0].results[0].is_none(),
+        "another attachment's file is not ours"
+    );
+    exec.calls.lock().unwrap().clear();
+    r.down("b-c", None).unwrap();
+    let calls = exec.calls.lock().unwrap().clone();
+    assert!(
+        calls[0].4.get("prevResult").is_none(),
+        "no foreign prevResult"
+    );
+    assert!(
+        results.join("a-b-c-eth0").exists(),
+        "down removes only its own cache"
+    );
+}
+
+#[test]
+fn a_spec_with_capability_args_of_the_wrong_type_is_refused_at_parse_time() {
+    // `plugnet up` parses the spec before it takes a lock or records anything.
+    let bad = json!({"networks": [{"name": "n", "type": "ok",
+        "runtimeConfig": {"portMappings": "8080:80"}}]});
+    let e = Spec::from_slice(bad.to_string().as_bytes()).unwrap_err();
+    assert!(e.msg.contains("runtimeConfig.portMappings"), "{}", e.msg);
+    assert!(e.msg.contains("network \"n\""), "{}", e.msg);
+}
+
+#[test]
+fn down_succeeds_when_del_fails_only_on_the_capability_args() {
+    let (_d, r, exec) = setup(&["strict"]);
+    r.up(
+        "c1",
+        Path::new(NETNS),
+        &spec(json!({"networks": [{"name": "n", "type": "strict",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}]})),
+    )
+    .unwrap();
+    exec.calls.lock().unwrap().clear();
+    r.down("c1", None).unwrap();
+    let calls = exec.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "one DEL with, one without runtimeConfig");
+    assert!(calls[1].4.get("runtimeConfig").is_none());
+    assert!(
+        r.state().load("c1").unwrap().is_none(),
+        "the record is gone"
     );
 }

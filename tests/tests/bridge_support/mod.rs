@@ -431,3 +431,46 @@ pub fn tcp_listener(ns: &Ns, port: u16) -> std::net::TcpListener {
     l.set_nonblocking(true).unwrap();
     l
 }
+
+/// Builds tests/go/libcni-client (libcni 1.1.2 from Debian's golang-github-appc-cni-dev, what
+/// podman, containerd and CRI-O link) into `dir`, offline.
+pub fn libcni_client(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/libcni-client");
+    let out = dir.join("libcni-client");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("gocache"))
+        .status()
+        .expect("go toolchain (golang-go) installed");
+    assert!(status.success(), "go build of the libcni client failed");
+    out
+}
+
+/// Runs the libcni client (`op` of `list` for container `id` in `netns`) in the host namespace.
+pub fn libcni_run(
+    host: &Host,
+    client: &Path,
+    op: &str,
+    list: &Path,
+    netns: &str,
+    id: &str,
+    cache: &Path,
+) -> Out {
+    let mut c = Command::new(client);
+    c.arg(op)
+        .arg(list)
+        .arg(netns)
+        .arg(id)
+        .arg("eth0")
+        .arg(cache)
+        .arg(cni_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    host.spawn_in(c, b"")
+}

@@ -1,6 +1,7 @@
 //! gc over real stores and cache files in a temp dir, with scripted netns, links and sources.
 
 use super::*;
+use crate::bridge::setup::{owner_alias, owner_mac};
 use crate::ipam::{allocator, FileStore, Hold, IpamConfig, Owner as IpamOwner};
 use serde_json::json;
 use std::cell::RefCell;
@@ -27,6 +28,21 @@ impl HostLinks for Links {
     }
     fn delete(&self, name: &str) -> Result<(), CniError> {
         self.deleted.borrow_mut().push(name.to_string());
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct NoFirewall {
+    records: Vec<FwRecord>,
+    removed: RefCell<Vec<String>>,
+}
+impl FirewallRecords for NoFirewall {
+    fn list(&self, _: &Path) -> Result<Vec<FwRecord>, CniError> {
+        Ok(self.records.clone())
+    }
+    fn remove(&self, _: &Path, r: &FwRecord) -> Result<(), CniError> {
+        self.removed.borrow_mut().push(r.container_id.clone());
         Ok(())
     }
 }
@@ -110,6 +126,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
     let veth = |id: &str, elsewhere| HostVeth {
         name: naming::host_veth_name(id, "eth0"),
         alias: Some(owner_alias("pnonet")),
+        mac: None,
         peer_elsewhere: elsewhere,
     };
     let links = Links {
@@ -126,6 +143,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
     let mut opts = GcOptions {
         data_dirs: vec![data.clone()],
         cache_dirs: vec![cdir.clone()],
+        firewall_dirs: vec![],
         dry_run: true,
     };
     let verdicts = |r: &GcReport| -> Vec<(String, &'static str)> {
@@ -143,7 +161,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
         ("state".to_string(), "live"),
         ("unk".to_string(), "kept"),
     ];
-    let dry = run(&opts, &sources, &probe, &links).unwrap();
+    let dry = run(&opts, &sources, &probe, &links, &NoFirewall::default()).unwrap();
     assert_eq!(verdicts(&dry), expected);
     assert!(dry.actions.iter().all(|a| !a.done));
     assert_eq!(dry.actions.len(), 4, "{:?}", dry.actions);
@@ -152,7 +170,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
     assert!(links.deleted.borrow().is_empty());
 
     opts.dry_run = false;
-    let done = run(&opts, &sources, &probe, &links).unwrap();
+    let done = run(&opts, &sources, &probe, &links, &NoFirewall::default()).unwrap();
     assert_eq!(verdicts(&done), expected);
     assert!(!done.failed());
     assert!(done.actions.iter().all(|a| a.done));
@@ -170,7 +188,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
         vec![naming::host_veth_name("dead", "eth0")]
     );
     // A second run finds nothing more to do.
-    let again = run(&opts, &sources, &probe, &links).unwrap();
+    let again = run(&opts, &sources, &probe, &links, &NoFirewall::default()).unwrap();
     assert!(again.actions.is_empty(), "{:?}", again.actions);
 }
 
@@ -181,9 +199,17 @@ fn an_unreadable_source_stops_gc() {
     let opts = GcOptions {
         data_dirs: vec![d.path().to_path_buf()],
         cache_dirs: vec![],
+        firewall_dirs: vec![],
         dry_run: false,
     };
-    let e = run(&opts, &[&Broken], &Probe(vec![]), &Links::default()).unwrap_err();
+    let e = run(
+        &opts,
+        &[&Broken],
+        &Probe(vec![]),
+        &Links::default(),
+        &NoFirewall::default(),
+    )
+    .unwrap_err();
     assert!(e.msg.contains("unreadable"));
     assert_eq!(holders(d.path()).len(), 1);
 }
@@ -196,6 +222,7 @@ fn a_veth_of_another_network_is_left_alone() {
         veths: vec![HostVeth {
             name: naming::host_veth_name("dead", "eth0"),
             alias: Some(owner_alias("other")),
+            mac: Some(owner_mac("pnonet", &naming::host_veth_name("dead", "eth0"))),
             peer_elsewhere: false,
         }],
         ..Links::default()
@@ -203,10 +230,107 @@ fn a_veth_of_another_network_is_left_alone() {
     let opts = GcOptions {
         data_dirs: vec![],
         cache_dirs: vec![d.path().to_path_buf()],
+        firewall_dirs: vec![],
         dry_run: false,
     };
-    let r = run(&opts, &[], &Probe(vec![]), &links).unwrap();
+    let r = run(&opts, &[], &Probe(vec![]), &links, &NoFirewall::default()).unwrap();
     assert_eq!(r.owners[0].verdict, "dead");
     assert!(links.deleted.borrow().is_empty());
     assert_eq!(r.actions.len(), 1);
+}
+
+#[test]
+fn a_veth_whose_add_died_before_its_alias_is_known_by_its_birth_mac() {
+    let d = tempfile::tempdir().unwrap();
+    cache(d.path(), "dead", "/run/netns/d");
+    let name = naming::host_veth_name("dead", "eth0");
+    let links = Links {
+        veths: vec![HostVeth {
+            name: name.clone(),
+            alias: None,
+            mac: Some(owner_mac("pnonet", &name)),
+            peer_elsewhere: false,
+        }],
+        ..Links::default()
+    };
+    let opts = GcOptions {
+        cache_dirs: vec![d.path().to_path_buf()],
+        ..GcOptions::default()
+    };
+    run(&opts, &[], &Probe(vec![]), &links, &NoFirewall::default()).unwrap();
+    assert_eq!(*links.deleted.borrow(), vec![name]);
+}
+
+#[test]
+fn a_firewall_record_whose_veth_is_gone_proves_a_cacheless_owner_dead() {
+    // A chain whose later plugin failed: no libcni cache, plugnet's ADD complete.
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    for id in ["stranded", "running", "bare"] {
+        alloc(&data, id);
+    }
+    let rec = |id: &str| FwRecord {
+        network: "pnonet".into(),
+        container_id: id.into(),
+        ifname: "eth0".into(),
+        host_veth: naming::host_veth_name(id, "eth0"),
+    };
+    let fw = NoFirewall {
+        records: vec![rec("stranded"), rec("running")],
+        ..NoFirewall::default()
+    };
+    let name = naming::host_veth_name("running", "eth0");
+    let links = Links {
+        veths: vec![HostVeth {
+            mac: Some(owner_mac("pnonet", &name)),
+            name,
+            alias: Some(owner_alias("pnonet")),
+            peer_elsewhere: true,
+        }],
+        ..Links::default()
+    };
+    let opts = GcOptions {
+        data_dirs: vec![data.clone()],
+        firewall_dirs: vec![d.path().join("fw")],
+        ..GcOptions::default()
+    };
+    let r = run(&opts, &[], &Probe(vec![]), &links, &fw).unwrap();
+    let verdicts: Vec<(&str, &str)> = r
+        .owners
+        .iter()
+        .map(|v| (v.container_id.as_str(), v.verdict))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [("bare", "kept"), ("running", "kept"), ("stranded", "dead")]
+    );
+    assert!(r.owners[2].reason.contains("firewall"), "{:?}", r.owners[2]);
+    assert_eq!(*fw.removed.borrow(), vec!["stranded".to_string()]);
+    let kinds: Vec<&str> = r.actions.iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, ["remove-firewall", "release-ipam"]);
+    let mut left = holders(&data);
+    left.sort();
+    assert_eq!(left, ["bare", "running"]);
+}
+
+#[test]
+fn damaged_store_entries_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    alloc(d.path(), "x");
+    std::os::unix::fs::symlink("garbage", d.path().join("pnonet/ip/10.90.0.77")).unwrap();
+    let opts = GcOptions {
+        data_dirs: vec![d.path().to_path_buf()],
+        dry_run: true,
+        ..GcOptions::default()
+    };
+    let r = run(
+        &opts,
+        &[],
+        &Probe(vec![]),
+        &Links::default(),
+        &NoFirewall::default(),
+    )
+    .unwrap();
+    assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+    assert!(r.damaged[0].contains("ip/10.90.0.77"), "{:?}", r.damaged);
 }
