@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
 use plugnet::ipam::cluster::local::{store_dir, NetworkFile};
-use plugnet::ipam::store::{FileStore, Store};
+use plugnet::ipam::store::{Claim, FileStore, Store};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -45,7 +45,12 @@ pub fn holders(state: &Path, net: &str, block: IpNetwork) -> Vec<(String, String
         .unwrap_or_default()
         .into_iter()
         .filter(|(ip, _)| block.contains(*ip))
-        .map(|(ip, o)| (o.container_id, o.ifname, ip))
+        .filter_map(|(ip, c)| match c {
+            Claim::Held(o) | Claim::HostLocal(o) => Some((o.container_id, o.ifname, ip)),
+            // Held by nobody we can name: still in use, so reported as such.
+            Claim::Damaged(why) => Some(("(damaged entry)".into(), why, ip)),
+            Claim::Free => None,
+        })
         .collect();
     out.sort();
     out

@@ -9,7 +9,7 @@ use super::ask::{self, Request as Ask};
 use super::local::{self, BlockState, NetworkFile};
 use crate::error::{CniError, ErrorCode};
 use crate::ipam::allocator::{self, GcReport};
-use crate::ipam::store::{FileStore, Hold, Owner, Record, Store};
+use crate::ipam::store::{Claim, Damage, FileStore, Hold, Owner, Record, Store};
 use crate::ipam::IpamConfig;
 use crate::skel::Request;
 use crate::types::{CniResult, Route};
@@ -101,8 +101,8 @@ impl Store for Locked<'_> {
     fn remove_record(&self, owner: &Owner) -> io::Result<()> {
         self.0.remove_record(owner)
     }
-    fn holder(&self, ip: IpAddr) -> io::Result<Option<Owner>> {
-        self.0.holder(ip)
+    fn claim_of(&self, ip: IpAddr) -> io::Result<Claim> {
+        self.0.claim_of(ip)
     }
     fn claim(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool> {
         self.0.claim(ip, owner)
@@ -122,8 +122,20 @@ impl Store for Locked<'_> {
     fn records(&self) -> io::Result<Vec<Record>> {
         self.0.records()
     }
-    fn claims(&self) -> io::Result<Vec<(IpAddr, Owner)>> {
+    fn claims(&self) -> io::Result<Vec<(IpAddr, Claim)>> {
         self.0.claims()
+    }
+    fn damage(&self) -> io::Result<Vec<Damage>> {
+        self.0.damage()
+    }
+    fn host_local(&self) -> io::Result<Vec<(IpAddr, Claim)>> {
+        self.0.host_local()
+    }
+    fn remove_host_local(&self, ip: IpAddr) -> io::Result<()> {
+        self.0.remove_host_local(ip)
+    }
+    fn sweep(&self) -> io::Result<usize> {
+        self.0.sweep()
     }
     fn sync(&self) -> io::Result<()> {
         Ok(())
