@@ -23,7 +23,7 @@ use std::future::Future;
 
 use crate::error::{CniError, ErrorCode};
 use crate::invoke::{Exec, RawExec};
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{LinkRemoval, Netlink, NetlinkError};
 use crate::netns::Netns;
 use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
@@ -60,7 +60,7 @@ impl Plugin for BridgePlugin {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
-        block_on(del(&*self.exec, &conf, &feats, req))?
+        del(&*self.exec, &conf, &feats, req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -177,21 +177,69 @@ async fn add_steps(
 
 /// DEL (both modes): the firewall rules (on a thread, beside the rest), shaping, the host veth
 /// (its peer and, in routed mode, the host routes through it go with it), then the addresses —
-/// last, so that an address is never free while something keyed on it remains. Missing netns, link, lease or
-/// rule are success; every failure is collected and reported, and later steps still run.
-async fn del(
+/// only once the host veth is gone and the firewall rules are, so that an address is never
+/// free while something keyed on it remains. Missing netns, link, lease or rule are success;
+/// every failure is collected and reported, and later steps still run.
+///
+/// The addresses are released on a thread that waits for the kernel's announcement of the
+/// host veth's removal ([`LinkRemoval`]): it comes once the veth is unlisted with its
+/// addresses, routes and bridge port, while the deleting request still waits 10-20 ms in the
+/// kernel's `rcu_barrier()`. The release and its fsync run inside that wait instead of after
+/// it; DEL still answers only when the release is on disk.
+fn del(
     exec: &dyn Exec,
     conf: &BridgeConf,
     feats: &Features,
     req: &Request,
 ) -> Result<(), CniError> {
-    let mut errors: Vec<String> = Vec::new();
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     let firewall = features::start_firewall_removal(feats, req);
+    // No notice socket (a descriptor limit): the release waits for the deletion to return.
+    let (removal, over) = match LinkRemoval::watch() {
+        Ok((r, o)) => (Some(r), Some(o)),
+        Err(_) => (None, None),
+    };
+    let (mut errors, released) = std::thread::scope(|s| {
+        let releaser = s.spawn(|| {
+            if let Some(r) = removal {
+                r.wait(&host_name);
+            }
+            let mut errors = Vec::new();
+            features::finish_firewall_removal(firewall, &mut errors);
+            // The addresses go last, whatever failed before: a DEL killed half-way then keeps
+            // them held until the runtime's retry, so no new container can be handed an
+            // address that stale firewall elements or host routes still name.
+            if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
+                errors.push(format!("release addresses: {}", e.msg));
+            }
+            errors
+        });
+        let errors = match block_on(del_links(feats, req, &host_name)) {
+            Ok(e) => e,
+            Err(e) => vec![e.msg],
+        };
+        // The deletion returned (or there was nothing to delete): the releaser stops waiting.
+        drop(over);
+        let released = releaser
+            .join()
+            .unwrap_or_else(|_| vec!["release addresses: the releasing thread panicked".into()]);
+        (errors, released)
+    });
+    errors.extend(released);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(errors.join("; ")))
+    }
+}
+
+/// DEL's kernel part: shaping, then the host veth. Returns the failures.
+async fn del_links(feats: &Features, req: &Request, host_name: &str) -> Vec<String> {
+    let mut errors = Vec::new();
     match Netlink::host() {
         Ok(host) => {
-            features::del_shaping(feats, req, &host, &host_name, &mut errors).await;
-            match host.del_link_by_name(&host_name).await {
+            features::del_shaping(feats, req, &host, host_name, &mut errors).await;
+            match host.del_link_by_name(host_name).await {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => errors.push(e.to_string()),
@@ -199,18 +247,7 @@ async fn del(
         }
         Err(e) => errors.push(e.to_string()),
     }
-    features::finish_firewall_removal(firewall, &mut errors);
-    // The addresses go last, whatever failed before: a DEL killed half-way then keeps them
-    // held until the runtime's retry, so no new container can be handed an address that
-    // stale firewall elements or host routes still name.
-    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
-        errors.push(format!("release addresses: {}", e.msg));
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::internal(errors.join("; ")))
-    }
+    errors
 }
 
 /// Fields the reference plugin has and this build cannot honour are refused loudly rather
