@@ -21,7 +21,7 @@ mod undo;
 
 use std::future::Future;
 
-use crate::error::{CniError, ErrorCode};
+use crate::error::CniError;
 use crate::invoke::{Exec, RawExec};
 use crate::netlink::{LinkRemoval, Netlink, NetlinkError};
 use crate::netns::Netns;
@@ -52,7 +52,6 @@ impl BridgePlugin {
 impl Plugin for BridgePlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let conf = BridgeConf::from_request(req)?;
-        refuse_unbuilt_features(&conf)?;
         let feats = Features::from_request(req, &conf)?;
         block_on(add(&*self.exec, &conf, &feats, req))?
     }
@@ -248,21 +247,6 @@ async fn del_links(feats: &Features, req: &Request, host_name: &str) -> Vec<Stri
         Err(e) => errors.push(e.to_string()),
     }
     errors
-}
-
-/// Fields the reference plugin has and this build cannot honour are refused loudly rather
-/// than ignored: a container without the masquerading its network asked for is worse than
-/// no container.
-fn refuse_unbuilt_features(conf: &BridgeConf) -> Result<(), CniError> {
-    // GAP: macspoofchk needs a bridge-family table in plugnet's nftables module.
-    if conf.macspoofchk {
-        return Err(CniError::new(
-            ErrorCode::UnsupportedField,
-            "macspoofchk: true is not supported by this plugnet build",
-        )
-        .details("remove the field or set it to false"));
-    }
-    Ok(())
 }
 
 /// The one place a netlink failure becomes a CNI error.
