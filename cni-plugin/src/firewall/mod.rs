@@ -16,6 +16,7 @@
 mod conntrack;
 pub mod hostfw;
 mod hostnft;
+pub mod l2;
 pub mod names;
 mod nft;
 pub mod plan;
@@ -479,7 +480,7 @@ impl Firewall {
             }
         }
         if att.source_mac.is_some()
-            && !nft::chain_holds(plan::CHAIN_MACSPOOF, &plan::macspoof_rules()).map_err(io_err)?
+            && !nft::chain_holds(plan::CHAIN_MACSPOOF, &l2::macspoof_rules()).map_err(io_err)?
         {
             return Err(FirewallError::Check(format!(
                 "chain {} {} lacks its rules or holds others (run `plugnet firewall reload`)",
@@ -503,7 +504,7 @@ impl Firewall {
         }
         elems.extend(plan::member_elems(att));
         elems.extend(plan::routed_elems(att));
-        elems.extend(plan::mac_elems(att));
+        elems.extend(l2::mac_elems(att));
         for c in chains {
             if !nft::chain_exists(&c).map_err(io_err)? {
                 return Err(FirewallError::Check(format!("chain {c} is missing")));
@@ -767,7 +768,7 @@ fn recount(atts: &[(String, Attachment)], old: &Shared) -> Shared {
 fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
     let mut ops = plan::infrastructure();
     if shared.mac_checks > 0 {
-        ops.extend(plan::bridge_infrastructure());
+        ops.extend(l2::bridge_infrastructure());
     }
     for (name, b) in &shared.bridges {
         if b.portmap_refs > 0 {

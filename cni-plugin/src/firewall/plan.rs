@@ -8,6 +8,7 @@ use ipnetwork::IpNetwork;
 
 pub use super::vocab::*;
 
+use super::l2::{bridge_infrastructure, mac_elems};
 use super::names::egress_chain;
 use super::types::{Attachment, NetOut, NetOutDefault, NetOutProtocol, NetOutRule};
 
@@ -260,92 +261,6 @@ pub fn infrastructure() -> Vec<Op> {
     ops
 }
 
-/// The bridge table (macspoofchk): a port listed in `macports` may send only frames whose
-/// source MAC, ARP sender address and neighbour-discovery link-layer address (RS, NS: source;
-/// NA: target; the message's first option, where Linux and every common stack put it) are the
-/// port's pair in `macs`. Hooked at bridge prerouting, priority -300 (as the reference plugin's
-/// check), ahead of anything else that sees the frame; ports not listed pass untouched.
-pub fn bridge_infrastructure() -> Vec<Op> {
-    let mut ops = vec![
-        Op::AddTable(Table::Bridge),
-        Op::AddSet(SetDef {
-            name: SET_MAC_PORTS,
-            key: vec![Field::Iifname],
-            data: SetData::None,
-        }),
-        Op::AddSet(SetDef {
-            name: SET_MACS,
-            key: vec![Field::Iifname, Field::EtherSaddr],
-            data: SetData::None,
-        }),
-        Op::AddBaseChain(BaseChain {
-            name: CHAIN_MACSPOOF,
-            hook: Hook::Prerouting,
-            priority: -300,
-            nat: false,
-        }),
-    ];
-    ops.extend(macspoof_rules());
-    ops
-}
-
-/// The rules of [`CHAIN_MACSPOOF`] (see [`bridge_infrastructure`]).
-pub fn macspoof_rules() -> Vec<Op> {
-    let checked = || Expr::Lookup {
-        set: SET_MAC_PORTS.into(),
-        key: vec![Field::Iifname],
-        vmap: false,
-    };
-    let forged = |f: Field| Expr::NotIn {
-        set: SET_MACS.into(),
-        key: vec![Field::Iifname, f],
-    };
-    let drop = || [Expr::Counter, Expr::Verdict(Verdict::Drop)];
-    let mut ops = vec![rule(
-        CHAIN_MACSPOOF,
-        [checked(), forged(Field::EtherSaddr)]
-            .into_iter()
-            .chain(drop())
-            .collect(),
-    )];
-    ops.push(rule(
-        CHAIN_MACSPOOF,
-        [checked(), Expr::EtherType(ETH_P_ARP), forged(Field::ArpSha)]
-            .into_iter()
-            .chain(drop())
-            .collect(),
-    ));
-    // (ICMPv6 type, offset of its first option, the link-layer option it carries there):
-    // router solicitation and neighbour solicitation name the sender's address, neighbour
-    // advertisement the target's. Offsets are from the ICMPv6 header; the address follows the
-    // option's type and length bytes.
-    for (kind, at, option) in [(133u8, 8u32, 1u8), (135, 24, 1), (136, 24, 2)] {
-        ops.push(rule(
-            CHAIN_MACSPOOF,
-            [
-                checked(),
-                Expr::L4proto(58),
-                Expr::ThByte {
-                    offset: 0,
-                    value: kind,
-                },
-                Expr::ThByte {
-                    offset: at,
-                    value: option,
-                },
-                forged(Field::NdLladdr(at + 2)),
-            ]
-            .into_iter()
-            .chain(drop())
-            .collect(),
-        ));
-    }
-    ops
-}
-
-/// The Ethernet type of ARP.
-const ETH_P_ARP: u16 = 0x0806;
-
 /// Which shared, reference-counted objects this attachment is the first (or, on removal, the
 /// last) user of: decided by the caller from the state's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -452,19 +367,6 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
         ops.extend(mac_elems(att).into_iter().map(del));
     }
     ops
-}
-
-/// The bridge table's elements of an attachment with a MAC check: its port is checked, and
-/// (port . MAC) is what it may send from. None without a check.
-pub fn mac_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
-    let Some(mac) = att.source_mac else {
-        return Vec::new();
-    };
-    let port = KeyVal::Ifname(att.host_veth.clone());
-    vec![
-        (SET_MAC_PORTS.to_string(), vec![port.clone()]),
-        (SET_MACS.to_string(), vec![port, KeyVal::Mac(mac.0)]),
-    ]
 }
 
 /// The (set, key) pairs naming this attachment's port-map elements.
