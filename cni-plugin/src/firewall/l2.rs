@@ -15,7 +15,9 @@ use super::plan::{
 };
 use super::types::Attachment;
 
-/// The Ethernet type of ARP.
+/// The Ethernet type of ARP. Matched as the packet's protocol, not the header's type field: a
+/// VLAN-tagged ARP frame reaches the bridge with its tag moved into metadata and its protocol
+/// ARP (the test kernel has no 802.1Q support, so only untagged frames are exercised there).
 const ETH_P_ARP: u16 = 0x0806;
 
 fn rule(exprs: Vec<Expr>) -> Op {
@@ -71,7 +73,7 @@ pub fn macspoof_rules() -> Vec<Op> {
         dropped(vec![checked(), forged(Field::EtherSaddr)]),
         dropped(vec![
             checked(),
-            Expr::EtherType(ETH_P_ARP),
+            Expr::Protocol(ETH_P_ARP),
             forged(Field::ArpSha),
         ]),
     ];

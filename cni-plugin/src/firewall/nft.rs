@@ -815,8 +815,8 @@ fn lower(e: &Expr) -> Vec<Expressions> {
             v.push(Expressions::Lookup(attrs));
             v
         }
-        Expr::EtherType(t) => vec![
-            payload(libc::NFT_PAYLOAD_LL_HEADER, 12, 2, REG_1),
+        Expr::Protocol(t) => vec![
+            meta(libc::NFT_META_PROTOCOL, REG_1),
             cmp(EQ, t.to_be_bytes().to_vec()),
         ],
         Expr::ThByte { offset, value } => vec![

@@ -665,7 +665,7 @@ add set bridge plugnet macports { type ifname; }
 add set bridge plugnet macs { type ifname . ether_addr; }
 add chain bridge plugnet macspoof { type filter hook prerouting priority -300; policy accept; }
 add rule bridge plugnet macspoof iifname @macports iifname . ether saddr != @macs counter drop
-add rule bridge plugnet macspoof iifname @macports ether type 0x0806 iifname . arp saddr ether != @macs counter drop
+add rule bridge plugnet macspoof iifname @macports meta protocol arp iifname . arp saddr ether != @macs counter drop
 add rule bridge plugnet macspoof iifname @macports meta l4proto ipv6-icmp @th,0,8 133 @th,64,8 1 iifname . @th,80,48 != @macs counter drop
 add rule bridge plugnet macspoof iifname @macports meta l4proto ipv6-icmp @th,0,8 135 @th,192,8 1 iifname . @th,208,48 != @macs counter drop
 add rule bridge plugnet macspoof iifname @macports meta l4proto ipv6-icmp @th,0,8 136 @th,192,8 2 iifname . @th,208,48 != @macs counter drop

@@ -256,8 +256,9 @@ pub enum Expr {
         set: String,
         key: Vec<Field>,
     },
-    /// The Ethernet type (bridge family), e.g. 0x0806 for ARP.
-    EtherType(u16),
+    /// The packet's link-layer protocol (`meta protocol`: the Ethernet type, the inner one of
+    /// a VLAN-tagged frame), e.g. 0x0806 for ARP.
+    Protocol(u16),
     /// The byte at `offset` of the transport header equals `value` (an ICMPv6 type, an option
     /// type).
     ThByte {
@@ -330,7 +331,8 @@ impl fmt::Display for Expr {
                 let k: Vec<String> = key.iter().map(|x| x.text()).collect();
                 write!(f, "{} != @{set}", k.join(" . "))
             }
-            Expr::EtherType(t) => write!(f, "ether type 0x{t:04x}"),
+            Expr::Protocol(0x0806) => f.write_str("meta protocol arp"),
+            Expr::Protocol(t) => write!(f, "meta protocol 0x{t:04x}"),
             Expr::ThByte { offset, value } => write!(f, "@th,{},8 {value}", offset * 8),
             Expr::Dnat {
                 addr: IpAddr::V4(a),
