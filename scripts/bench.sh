@@ -3,25 +3,56 @@
 # builtin bridge, every comparison interleaved (paired) within this one run. Figures only, no
 # timed assertions. Needs root; every object lives in throwaway namespaces (pnm-*, pns-*) or
 # a dockerd of its own.
-#   scripts/bench.sh [--quick] [--no-docker] [--publish]
+#   scripts/bench.sh [--quick] [--no-docker] [--publish] [--baseline DIR]
 #     --quick      fewer iterations (< 3 minutes); same sections
 #     --no-docker  skip the Docker section (it starts its own dockerd)
 #     --publish    copy the table and charts to docs/bench/ (what the README shows)
+#     --baseline DIR  another build of the plugins (plugnet, plugnet-ipam in DIR, e.g. what
+#                  scripts/build-plugins.sh made on another commit), run beside this one in the
+#                  same latency rounds: an A/B of two builds
+# Every peer it compares with is installed first (Debian packages); a peer that still cannot
+# run is reported as not measured, with the reason.
 # BENCH_STORE=/dev/shm puts the IPAM stores on tmpfs (default /var/tmp, ext4).
 # Output: bench-out/bench.json (every sample), bench-out/bench.md (medians, p95, ratios,
 # target lines), bench-out/*.png (charts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-QUICK= DOCKER=1 PUBLISH=
-for a in "$@"; do
-  case $a in
+QUICK= DOCKER=1 PUBLISH= BASELINE=
+while [ $# -gt 0 ]; do
+  case $1 in
     --quick) QUICK=1 ;;
     --no-docker) DOCKER= ;;
     --publish) PUBLISH=1 ;;
-    *) echo "usage: $0 [--quick] [--no-docker] [--publish]" >&2; exit 2 ;;
+    --baseline) BASELINE=$(realpath "${2:?--baseline wants a directory}"); shift ;;
+    *) echo "usage: $0 [--quick] [--no-docker] [--publish] [--baseline DIR]" >&2; exit 2 ;;
   esac
+  shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
+
+# What the benchmark runs, as Debian 12 packages: the peers (the Go reference plugins,
+# podman's netavark — not on a machine test.sh set up: podman only Recommends it — and
+# Docker), GNU time for the peak-RSS pass, busybox for the Docker image, matplotlib for the
+# charts.
+BENCH_PACKAGES=(iproute2 time containernetworking-plugins netavark busybox-static python3-matplotlib)
+if [ -n "$DOCKER" ]; then BENCH_PACKAGES+=(docker.io); fi
+if [ -f scripts/lib/packages.sh ]; then
+  . scripts/lib/packages.sh
+else
+  # Until scripts/lib/packages.sh is on this branch: the same call, minimal.
+  ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "bench.sh: installing ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends "${missing[@]}" >/dev/null
+  }
+fi
+ensure_packages "${BENCH_PACKAGES[@]}" ||
+  echo "bench.sh: some packages could not be installed; the report names what was not measured" >&2
 OUT=bench-out
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
@@ -33,8 +64,6 @@ trap cleanup EXIT
 cleanup
 T0=$(date +%s)
 PY=/usr/bin/python3 # Debian's, where python3-matplotlib lands (not a pyenv shim)
-$PY -c 'import matplotlib' 2>/dev/null ||
-  { apt-get install -y -q python3-matplotlib >/dev/null 2>&1 || echo "python3-matplotlib missing: no charts"; }
 for p in /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap; do
   [ -x "$p" ] || { echo "$p missing: apt-get install containernetworking-plugins" >&2; exit 1; }
 done
@@ -64,7 +93,8 @@ export PLUGNET_BIN_DIR=$BIN
 
 lap() { echo "   ($(($(date +%s) - T0)) s)"; }
 echo "== CNI: latency, dual-stack, RSS, netavark, concurrency, port mappings"
-"$B/plugnet-bench" ${QUICK:+--quick} --store "${BENCH_STORE:-/var/tmp}" --out "$OUT/cni.json"
+"$B/plugnet-bench" ${QUICK:+--quick} ${BASELINE:+--baseline "$BASELINE"} \
+  --store "${BENCH_STORE:-/var/tmp}" --out "$OUT/cni.json"
 
 lap; echo "== IPAM growth (plugnet-ipam vs host-local)"
 "$B/plugnet-bench-ipam" --iterations "$([ -n "$QUICK" ] && echo 8 || echo 60)" \
