@@ -5,6 +5,8 @@
 #   scripts/bench-runner.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/packages.sh
+ensure_packages iproute2 containernetworking-plugins
 ROUNDS=${1:-20}
 cargo build --release -q -p plugnet
 B=$PWD/target/release

@@ -6,7 +6,7 @@
 #   scripts/bench.sh [--quick] [--no-docker] [--publish] [--baseline DIR]
 #     --quick      fewer iterations (< 3 minutes); same sections
 #     --no-docker  skip the Docker section (it starts its own dockerd)
-#     --publish    copy the table and charts to docs/bench/ (what the README shows)
+#     --publish    copy the table and charts to docs/bench/ (what the README and docs/performance.md show)
 #     --baseline DIR  another build of the plugins (plugnet, plugnet-ipam in DIR, e.g. what
 #                  scripts/build-plugins.sh made on another commit), run beside this one in the
 #                  same latency rounds: an A/B of two builds
@@ -29,30 +29,6 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
-
-# What the benchmark runs, as Debian 12 packages: the peers (the Go reference plugins,
-# podman's netavark — not on a machine test.sh set up: podman only Recommends it — and
-# Docker), GNU time for the peak-RSS pass, busybox for the Docker image, matplotlib for the
-# charts.
-BENCH_PACKAGES=(iproute2 time containernetworking-plugins netavark busybox-static python3-matplotlib)
-if [ -n "$DOCKER" ]; then BENCH_PACKAGES+=(docker.io); fi
-if [ -f scripts/lib/packages.sh ]; then
-  . scripts/lib/packages.sh
-else
-  # Until scripts/lib/packages.sh is on this branch: the same call, minimal.
-  ensure_packages() {
-    local missing=() p
-    for p in "$@"; do
-      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    echo "bench.sh: installing ${missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends "${missing[@]}" >/dev/null
-  }
-fi
-ensure_packages "${BENCH_PACKAGES[@]}" ||
-  echo "bench.sh: some packages could not be installed; the report names what was not measured" >&2
 OUT=bench-out
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
@@ -64,9 +40,18 @@ trap cleanup EXIT
 cleanup
 T0=$(date +%s)
 PY=/usr/bin/python3 # Debian's, where python3-matplotlib lands (not a pyenv shim)
-for p in /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/portmap; do
-  [ -x "$p" ] || { echo "$p missing: apt-get install containernetworking-plugins" >&2; exit 1; }
-done
+. scripts/lib/packages.sh
+# The peers (the Go reference plugins, podman's netavark — not on a machine test.sh set up:
+# podman only Recommends it — and Docker), the charts' matplotlib, the static build's libc,
+# /usr/bin/time for peak RSS, busybox for the Docker section's image. A peer that still cannot
+# run is reported as not measured, with the reason.
+ensure_packages python3 python3-matplotlib containernetworking-plugins netavark libc6-dev time \
+  iproute2 busybox-static ${DOCKER:+docker.io} ||
+  echo "bench.sh: some packages could not be installed; the report names what was not measured" >&2
+[ -x /usr/lib/cni/bridge ] || {
+  echo "bench.sh: the Go reference plugins are missing (Debian package containernetworking-plugins): every comparison is paired with them" >&2
+  exit 1
+}
 echo "== build (release)"
 cargo build --release -q -p plugnet -p plugnet-shim -p plugnet-tests --bins
 B=$PWD/target/release

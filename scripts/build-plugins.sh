@@ -2,7 +2,7 @@
 # Builds the CNI plugins (plugnet, plugnet-ipam) as static executables, the way they ship:
 # profile `plugin` (size-optimised, whole-program LTO), no dynamic loader, no shared library.
 # A CNI plugin is a process per call, so its start-up and the pages it touches are most of
-# its cost (README, Performance).
+# its cost (docs/performance.md).
 #   scripts/build-plugins.sh            prints the directory holding the two binaries
 #   PLUGNET_STATIC=musl|glibc scripts/build-plugins.sh
 # libc: musl when rustup's x86_64-unknown-linux-musl target is installed (start-up ≈ 0.3 ms

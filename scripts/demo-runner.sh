@@ -4,6 +4,8 @@
 # leaves nothing behind. Runs inside a private "host" netns so the machine is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/packages.sh
+ensure_packages iproute2 iputils-ping python3 containernetworking-plugins
 cargo build --release -q -p plugnet
 BIN=$PWD/target/release
 WORK=$(mktemp -d /tmp/plugnet-runner-demo.XXXXXX)

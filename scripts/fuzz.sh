@@ -4,7 +4,10 @@
 # Needs cargo-fuzz (installed from crates.io if missing). The project's one toolchain is
 # stable; RUSTC_BOOTSTRAP lets cargo-fuzz use the flags it needs, without sanitizers (-s none).
 set -euo pipefail
-cd "$(dirname "$0")/../fuzz"
+cd "$(dirname "$0")/.."
+. scripts/lib/packages.sh
+ensure_packages g++ # libfuzzer-sys compiles libFuzzer's C++
+cd fuzz
 secs=${1:-30}; shift || true
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
 export RUSTC_BOOTSTRAP=1

@@ -54,6 +54,8 @@ fi
 
 plugin_dir=$bin_dir
 if [ "$build" = 1 ]; then
+  . scripts/lib/packages.sh
+  ensure_packages libc6-dev # the static plugins link glibc statically (scripts/build-plugins.sh)
   cargo build --release -p plugnet-shim --bins -q
   plugin_dir=$(scripts/build-plugins.sh) # static plugnet and plugnet-ipam
 fi

@@ -5,33 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Packages the tests drive or build against (Debian 12 names).
+# Packages the tests drive or build against (Debian 12 names). The scripts test.sh starts
+# (demo.sh, tests/quickstart.sh, tests/docker/*.sh, fuzz.sh) ensure their own through the same
+# helper; listing theirs here too makes a fresh machine's first run one apt-get install.
 PACKAGES=(
-  iproute2 nftables iptables conntrack iperf3 iputils-ping time strace
+  iproute2 nftables iptables conntrack iperf3 iputils-ping time strace curl jq
   containernetworking-plugins busybox-static
-  docker.io podman firewalld
+  docker.io podman firewalld containerd docker-compose
   golang-go golang-github-appc-cni-dev
-  libc6-dev
+  libc6-dev g++
   systemd
 )
-
-ensure_packages() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "test.sh: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
 
 if [ "$(id -u)" != 0 ]; then
   echo "test.sh: the kernel and black-box tests need root (network namespaces, bridges, nftables)" >&2
   exit 1
 fi
-ensure_packages
+. scripts/lib/packages.sh
+ensure_packages "${PACKAGES[@]}"
 
 export CARGO_TERM_COLOR=never
 log=$(mktemp /tmp/plugnet-test.XXXXXX)
@@ -51,6 +42,10 @@ if [ $# -eq 0 ]; then
     PLUGNET_BIN_DIR=$static_dir cargo test -p plugnet-tests --test bridge --test features \
       --test routed 2>&1 | tee -a "$log"
   done
+  # The first command a newcomer runs, as they run it (its static build is the one above).
+  scripts/demo.sh 2>&1 | tee -a "$log"
+  # Every quick start of the README, as written, in a sandbox that looks like a fresh host.
+  tests/quickstart.sh 2>&1 | tee -a "$log"
 fi
 
 # plugnet-shim against a real dockerd of its own (tests/docker/shim-e2e.sh). Mode 2 runs the
@@ -74,7 +69,8 @@ if [ $# -eq 0 ]; then
   fi
 fi
 
-# One closing line for CI: every cargo test, the soak, the shim e2e checks and the fuzz targets.
+# One closing line for CI: every cargo test, the soak, the shim e2e checks, the fuzz targets,
+# the demo and the quick starts.
 cargo_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-other_passed=$(grep -Ec '^(ok   |fuzz: [a-z_]+: )|^soak: [0-9]+ cycles.*leaks: 0' "$log" || true)
+other_passed=$(grep -Ec '^(ok   |fuzz: [a-z_]+: |demo: ok$)|^soak: [0-9]+ cycles.*leaks: 0' "$log" || true)
 echo "plugnet: $((cargo_passed + other_passed)) passed, 0 failed"

@@ -3,7 +3,7 @@
 //! Invariant: every file is written atomically (temp file in the same directory, fsync, rename,
 //! mode 0600) and carries `"version": 1`; a process killed at any instruction leaves each file
 //! either old or new, never torn. Ids are validated before they become file names.
-//! Layout (documented in the README):
+//! Layout (documented in docs/formats.md):
 //! `<state-dir>/networks/<NetworkID>.json`, `<state-dir>/pools/<PoolID>.json`,
 //! `<state-dir>/endpoints/<EndpointID>.json`, `<state-dir>/cache/` (CNI result cache).
 

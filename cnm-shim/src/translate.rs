@@ -96,8 +96,10 @@ pub fn derive_conflist(name: &str, ranges: &[Range], o: &DeriveOptions) -> Value
         plugin["mtu"] = json!(mtu);
     }
     // Docker's `-p` arrives as the portMappings capability; libcni-style runners pass it only
-    // to plugins that declare it.
-    plugin["capabilities"] = json!({"portMappings": true});
+    // to plugins that declare it. `ips` too: podman 4.3, given a static address (`--ip`,
+    // `podman network reload`) for an exported network, replaces the first plugin's
+    // capabilities with `{"ips": true}` unless it declares `ips`, dropping `portMappings`.
+    plugin["capabilities"] = json!({"portMappings": true, "ips": true});
     json!({"cniVersion": DERIVED_CNI_VERSION, "name": name, "plugins": [plugin]})
 }
 
@@ -423,6 +425,10 @@ mod tests {
         assert_eq!(
             c["plugins"][0]["capabilities"]["portMappings"], true,
             "Docker's -p reaches plugnet only through the declared capability"
+        );
+        assert_eq!(
+            c["plugins"][0]["capabilities"]["ips"], true,
+            "podman keeps a first plugin's capabilities on --ip only if it declares ips"
         );
         assert_eq!(
             c["plugins"][0]["ipam"]["ranges"][0][0],

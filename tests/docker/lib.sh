@@ -1,5 +1,8 @@
 # Shared setup of the Docker black-box scripts (sourced): a dockerd of our own, a busybox
 # image, the shim under a unique name; cleanup on exit. Names pns*-$$; subnets 10.60-69.x.
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/packages.sh"
+# dockerd and its client, the image's busybox, the reference chain of mode 2, podman beside Docker.
+ensure_packages docker.io busybox-static iproute2 iptables nftables containernetworking-plugins podman
 X=$$
 NAME=pns-$X
 SHIM=${SHIM:-target/debug/plugnet-shim}

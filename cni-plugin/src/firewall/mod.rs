@@ -11,7 +11,7 @@
 //! `members4/6`) drive masquerading and hairpin NAT; `routed` holds the host veths of routed
 //! attachments (whose "bridge" is their own host veth: traffic out to one keeps its source
 //! address); base chains `guard`, `prerouting`,
-//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See the README, "Port mappings, egress rules, bandwidth".
+//! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
 
 mod conntrack;
 pub mod hostfw;

@@ -3,8 +3,8 @@
 //! ten in one run.
 //!
 //! Usage: plugnet-bench-ipam [--iterations N] [--levels 0,2000,20000,60000] [--json FILE]
-//! Both stores are pre-filled directly in their on-disk formats (documented in the README for
-//! plugnet; host-local's is one file per address holding "<id>\r\n<ifname>").
+//! Both stores are pre-filled directly in their on-disk formats (documented in docs/formats.md
+//! for plugnet; host-local's is one file per address holding "<id>\r\n<ifname>").
 
 use serde_json::json;
 use std::io::Write;
