@@ -103,6 +103,11 @@ if [ -n "$DOCKER" ] && command -v dockerd >/dev/null; then
     { echo "Docker section failed:"; tail -20 "$OUT/docker.txt"; }
 fi
 
+lap; echo "== cluster networks: cluster vs local ADD, etcd writes, claims, agent RSS (scripts/bench-cluster.sh)"
+scripts/bench-cluster.sh "$OUT" ${QUICK:+--quick} >"$OUT/cluster.log" 2>&1 ||
+  { echo "cluster section failed:"; tail -20 "$OUT/cluster.log"; }
+grep '^|' "$OUT/cluster.txt" 2>/dev/null || true
+
 echo "== report ($(($(date +%s) - T0)) s so far)"
 $PY scripts/bench-report.py "$OUT"
 if [ -n "$PUBLISH" ]; then

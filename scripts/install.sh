@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install plugnet: the CNI plugins into the CNI plugin dir, plugnet-shim and its systemd unit,
-# the firewall watch's unit (for hosts without the shim),
+# the firewall watch's unit (for hosts without the shim), plugnet-agent and its unit,
 # optionally the example conflists; --uninstall reverses exactly what was installed.
 #
 #   scripts/install.sh [--prefix DIR] [--cni-bin-dir DIR] [--with-conf] [--socket PATH]
@@ -41,7 +41,7 @@ if [ "$uninstall" = 1 ]; then
     exit 1
   fi
   if [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now plugnet-shim.service plugnet-firewall-watch.service 2>/dev/null || true
+    systemctl disable --now plugnet-shim.service plugnet-firewall-watch.service plugnet-agent.service 2>/dev/null || true
   fi
   while IFS= read -r f; do
     rm -f -- "$f" && echo "removed $f"
@@ -55,12 +55,14 @@ fi
 plugin_dir=$bin_dir
 if [ "$build" = 1 ]; then
   . scripts/lib/packages.sh
-  ensure_packages libc6-dev # the static plugins link glibc statically (scripts/build-plugins.sh)
-  cargo build --release -p plugnet-shim --bins -q
+  # The static plugins link glibc statically (scripts/build-plugins.sh); plugnet-agent's etcd
+  # client compiles etcd's protobuf definitions (protoc and its well-known types).
+  ensure_packages libc6-dev protobuf-compiler libprotobuf-dev
+  cargo build --release -p plugnet-shim -p plugnet-agent --bins -q
   plugin_dir=$(scripts/build-plugins.sh) # static plugnet and plugnet-ipam
 fi
-for b in plugnet plugnet-ipam plugnet-shim; do
-  d=$bin_dir; [ "$b" = plugnet-shim ] || d=$plugin_dir
+for b in plugnet plugnet-ipam plugnet-shim plugnet-agent; do
+  d=$plugin_dir; [ "$b" = plugnet ] || [ "$b" = plugnet-ipam ] || d=$bin_dir
   [ -x "$d/$b" ] || {
     echo "install.sh: $d/$b missing: build it (cargo build --release --workspace --bins), or drop --no-build / fix --bin-dir" >&2
     exit 1
@@ -77,6 +79,8 @@ put() { # put SRC DEST MODE
 put "$plugin_dir/plugnet" "$prefix$cni_bin/plugnet" 0755
 put "$plugin_dir/plugnet-ipam" "$prefix$cni_bin/plugnet-ipam" 0755
 put "$bin_dir/plugnet-shim" "$prefix/usr/local/bin/plugnet-shim" 0755
+# The agent links the etcd client; the CNI plugins do not (`plugnet cluster` runs it).
+put "$bin_dir/plugnet-agent" "$prefix/usr/local/bin/plugnet-agent" 0755
 unit=$(mktemp)
 sed "s|--cni-path /opt/cni/bin|--cni-path $cni_bin|" conf/plugnet-shim.service > "$unit"
 if [ -n "$socket" ]; then
@@ -88,6 +92,7 @@ fi
 put "$unit" "$prefix/etc/systemd/system/plugnet-shim.service" 0644
 sed "s|/opt/cni/bin/plugnet |$cni_bin/plugnet |" conf/plugnet-firewall-watch.service > "$unit"
 put "$unit" "$prefix/etc/systemd/system/plugnet-firewall-watch.service" 0644
+put conf/plugnet-agent.service "$prefix/etc/systemd/system/plugnet-agent.service" 0644
 rm -f "$unit"
 if [ "$with_conf" = 1 ]; then
   for c in conf/*.conflist; do
@@ -98,6 +103,8 @@ mv "$manifest.new" "$manifest"
 if [ -z "$prefix" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   echo "enable the shim with: systemctl enable --now plugnet-shim.service"
+  echo "for cluster networks: set PLUGNET_AGENT_ARGS=\"--etcd URL…\" in /etc/default/plugnet-agent," \
+    "then systemctl enable --now plugnet-agent.service"
   echo "without the shim, keep plugnet's rules through firewall reloads with:" \
     "systemctl enable --now plugnet-firewall-watch.service"
 fi

@@ -13,6 +13,7 @@ PACKAGES=(
   containernetworking-plugins busybox-static
   docker.io podman firewalld containerd docker-compose
   golang-go golang-github-appc-cni-dev
+  protobuf-compiler libprotobuf-dev etcd-server etcd-client
   libc6-dev g++
   systemd
 )

@@ -166,6 +166,9 @@ pub fn run(
         );
         return 0;
     }
+    if args.get(1).map(String::as_str) == Some("cluster") {
+        return cluster(&args[2..], getenv, stderr);
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -192,6 +195,35 @@ pub fn run(
             1
         }
     }
+}
+
+/// `plugnet cluster …`: the cluster commands live in plugnet-agent, which links the etcd
+/// client the plugins must not; run it (beside this binary, else on PATH), as git runs its
+/// external subcommands. Returns only if it could not be started.
+fn cluster(
+    args: &[String],
+    getenv: &dyn Fn(&str) -> Option<String>,
+    stderr: &mut dyn Write,
+) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("plugnet-agent")))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from("plugnet-agent"));
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg("cluster").args(args);
+    if let Some(path) = getenv("PATH") {
+        cmd.env("PATH", path);
+    }
+    let e = cmd.exec();
+    let _ = writeln!(
+        stderr,
+        "plugnet: `plugnet cluster` runs plugnet-agent, which could not be started ({}: {e}); \
+         install it (scripts/install.sh) or put it on PATH",
+        program.display()
+    );
+    1
 }
 
 fn print(stdout: &mut dyn Write, v: &Value) -> Result<(), CniError> {

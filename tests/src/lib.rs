@@ -4,6 +4,8 @@
 //! Invariant: every object a helper creates carries the caller's unique prefix and is removed by
 //! a guard's `Drop`.
 
+pub mod cluster;
+
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};

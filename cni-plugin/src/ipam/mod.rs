@@ -6,6 +6,7 @@
 //! allocator and one on-disk format.
 
 pub mod allocator;
+pub mod cluster;
 pub mod config;
 pub mod report;
 pub mod store;
@@ -65,6 +66,9 @@ pub fn add_deferred(req: &Request) -> Result<(CniResult, Durable), CniError> {
 }
 
 fn take(req: &Request) -> Result<(CniResult, FileStore), CniError> {
+    if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
+        return cluster::alloc::take(&c, req);
+    }
     let cfg = IpamConfig::from_request(&req.raw, req.args.get("IP"))?;
     let store = open(&cfg.data_dir, &req.config.name, true)?.expect("created");
     let ips = allocator::allocate_unsynced(
@@ -136,6 +140,9 @@ impl Drop for Durable {
 
 /// DEL: release everything the attachment holds; unknown attachments are success.
 pub fn del(req: &Request) -> Result<(), CniError> {
+    if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw).ok().flatten() {
+        return cluster::alloc::del(&c, req);
+    }
     match open(&data_dir_of(&req.raw), &req.config.name, false)? {
         Some(store) => allocator::release(&store, &owner_of(req)).map(|_| ()),
         None => Ok(()),
@@ -144,6 +151,9 @@ pub fn del(req: &Request) -> Result<(), CniError> {
 
 /// CHECK: the attachment still holds every address it was given.
 pub fn check(req: &Request) -> Result<(), CniError> {
+    if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
+        return cluster::alloc::check(&c, req);
+    }
     let cfg = IpamConfig::from_request(&req.raw, None)?;
     let store = open(&cfg.data_dir, &req.config.name, false)?.ok_or_else(|| {
         CniError::internal(format!(
@@ -156,6 +166,9 @@ pub fn check(req: &Request) -> Result<(), CniError> {
 
 /// STATUS: the store is usable and every range set has a free address (else code 50).
 pub fn status(req: &Request) -> Result<(), CniError> {
+    if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
+        return cluster::alloc::status(&c);
+    }
     let cfg = IpamConfig::from_request(&req.raw, None)?;
     let store = open(&cfg.data_dir, &req.config.name, true).map_err(|e| {
         CniError::new(crate::ErrorCode::NotAvailable, "ipam store is not usable").details(e.msg)
@@ -165,6 +178,9 @@ pub fn status(req: &Request) -> Result<(), CniError> {
 
 /// GC: release every attachment of this network not in `cni.dev/valid-attachments`.
 pub fn gc(req: &Request) -> Result<(), CniError> {
+    if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
+        return cluster::alloc::gc(&c, req).map(drop);
+    }
     let Some(store) = open(&data_dir_of(&req.raw), &req.config.name, false)? else {
         return Ok(());
     };
