@@ -47,13 +47,30 @@ except OSError:
 lat = cni.get("latency", {})
 ms = lat.get("ms", {})
 rss = lat.get("rss_kb", {})
+# Peers the harness could not run, with the reason (e.g. not installed).
+missing = dict(cni.get("missing", {}))
+if docker is None:
+    try:
+        with open(os.path.join(out, "docker.txt")) as fh:
+            tail = fh.read().strip().splitlines()[-1:]
+        missing["docker"] = f"the Docker section failed: {tail[0] if tail else 'no output'}"
+    except OSError:
+        missing["docker"] = "the Docker section did not run (--no-docker, or no dockerd)"
 md, rows, targets = [], [], []
 
 
-def target(issue, text, ratio, limit, at_least=False):
-    ok = (not math.isnan(ratio)) and (ratio >= limit if at_least else ratio <= limit)
-    line = f"target #{issue}: {text}: {ratio:.2f} ({'met' if ok else 'not met'})"
-    targets.append(line)
+def target(issue, text, ratio, limit, at_least=False, needs=()):
+    """A target line; when a peer it `needs` could not be run, the line says which and why
+    instead of a ratio (a figure that was never measured is not a target missed)."""
+    gone = [f"{n}: {missing[n]}" for n in needs if n in missing]
+    if gone:
+        targets.append(f"target #{issue}: {text}: not measured ({'; '.join(gone)})")
+        return
+    if math.isnan(ratio):
+        targets.append(f"target #{issue}: {text}: not measured (no samples in this run)")
+        return
+    ok = ratio >= limit if at_least else ratio <= limit
+    targets.append(f"target #{issue}: {text}: {ratio:.2f} ({'met' if ok else 'not met'})")
 
 
 def mp(series):
@@ -77,6 +94,11 @@ r_chk = pair("CHECK IPv4", "plugnet.check", "Go bridge + host-local", "go.check"
 r_del = pair("DEL IPv4", "plugnet.del", "Go bridge + host-local", "go.del")
 floor = med(ms.get("kernel.veth_del", []))
 r_dual = pair("ADD dual-stack", "plugnet_dual.add", "Go bridge + host-local", "go_dual.add")
+if ms.get("plugnet_base.del"):
+    pair("ADD IPv4, this build vs the baseline build (A/B)", "plugnet.add", "baseline build",
+         "plugnet_base.add")
+    pair("DEL IPv4, this build vs the baseline build (A/B)", "plugnet.del", "baseline build",
+         "plugnet_base.del")
 # Go's dual-stack ADD is bimodal: a call that finds an address still tentative sleeps one
 # 50 ms poll (ip.SettleAddresses), the others do not, so its median falls in either mode.
 go_dual = ms.get("go_dual.add", [])
@@ -143,28 +165,43 @@ target(2, "IPAM ADD last/first at 60,000 allocations <= 1.2 (host-local: "
        f"{f(hl_growth)})", growth, 1.2)
 target(2, "IPAM ADD median at 2,000 <= 0.3x host-local", r2k, 0.3)
 target(3, "ADD median <= 0.25x Go bridge", r_add, 0.25)
-target(3, "ADD median <= 0.5x netavark setup", r_nv, 0.5)
-target(3, "DEL median <= 0.8x Go bridge", r_del, 0.8)
-if not math.isnan(floor):
-    dm_pn, dm_go = mp("plugnet.del")[0], mp("go.del")[0]
-    targets.append(f"  (DEL's kernel floor, one veth RTM_DELLINK alone: {floor:.2f} ms = "
-                   f"{floor / dm_go:.2f}x Go's DEL; above it: plugnet {dm_pn - floor:.2f} ms, "
-                   f"Go {dm_go - floor:.2f} ms)")
-target(3, "dual-stack ADD median <= 0.1x Go bridge", r_dual, 0.1)
+target(3, "ADD median <= 0.5x netavark setup", r_nv, 0.5, needs=("netavark",))
+# DEL waits for the kernel: the veth's unregistration blocks 10-20 ms in rcu_barrier(), the
+# same for both plugins. The target is on what each adds above that floor (one in-process
+# RTM_DELLINK of a veth left as a plugin leaves it, measured in the same rounds).
+dm_pn, dm_go, dm_base = mp("plugnet.del")[0], mp("go.del")[0], mp("plugnet_base.del")[0]
+above_pn, above_go = dm_pn - floor, dm_go - floor
+if math.isnan(floor) or math.isnan(above_pn) or math.isnan(above_go):
+    targets.append("target #21: DEL time above the kernel floor <= Go's: not measured "
+                   "(no floor or DEL samples in this run)")
+else:
+    ok = above_pn <= above_go
+    targets.append(f"target #21: DEL time above the kernel floor (one RTM_DELLINK, same rounds) "
+                   f"<= Go's: plugnet {above_pn:.2f} ms, Go {above_go:.2f} ms "
+                   f"({'met' if ok else 'not met'})")
+    targets.append(f"  (floor {floor:.2f} ms; DEL medians: plugnet {dm_pn:.2f} ms, "
+                   f"Go {dm_go:.2f} ms = {dm_pn / dm_go:.2f}x"
+                   + (f"; baseline build {dm_base:.2f} ms, {dm_base - floor:.2f} ms above the floor"
+                      if not math.isnan(dm_base) else "") + ")")
+single = mp("plugnet.add")[0]
+target(21, "dual-stack ADD median <= 1.1x plugnet's own single-stack ADD (same rounds)",
+       mp("plugnet_dual.add")[0] / single if single else math.nan, 1.1)
+target(21, "dual-stack ADD median <= 0.1x the mean of Go's dual-stack ADD",
+       mp("plugnet_dual.add")[0] / go_dual_mean if go_dual else math.nan, 0.1)
 if go_dual:
     targets.append(f"  (Go's dual-stack ADD is bimodal: {go_dual_slow:.0%} of calls sleep a 50 ms "
-                   f"DAD poll; against its mean, {go_dual_mean:.1f} ms: "
-                   f"{mp('plugnet_dual.add')[0] / go_dual_mean:.2f})")
+                   f"DAD poll, so its median lands in either mode; mean {go_dual_mean:.1f} ms, "
+                   f"median {mp('go_dual.add')[0]:.1f} ms, plugnet's {mp('plugnet_dual.add')[0]:.2f} ms "
+                   f"= {r_dual:.2f}x that median)")
 target(3, "64-way concurrent ADD throughput >= 4x Go bridge (verified)", r_c64, 4, True)
 target(3, "peak RSS of one ADD <= 0.5x Go bridge", r_rss, 0.5)
 for k, label in (("existing", "mode 2, reference chain"), ("derived", "mode 1, plugnet")):
-    if k in dk:
-        target(4, f"docker run network part <= 1.2x builtin ({label})",
-               med(dk[k]["net"]) / med(dk["builtin"]["net"]), 1.2)
-        target(4, f"network connect+disconnect <= 1.2x builtin ({label})",
-               med(dk[k]["cd"]) / med(dk["builtin"]["cd"]), 1.2)
-if docker:
-    target(4, "shim idle RSS <= 10 MB (ratio to 10 MB)", docker["idle_rss_kb"] / 10240, 1.0)
+    net = med(dk[k]["net"]) / med(dk["builtin"]["net"]) if k in dk else math.nan
+    cd = med(dk[k]["cd"]) / med(dk["builtin"]["cd"]) if k in dk else math.nan
+    target(4, f"docker run network part <= 1.2x builtin ({label})", net, 1.2, needs=("docker",))
+    target(4, f"network connect+disconnect <= 1.2x builtin ({label})", cd, 1.2, needs=("docker",))
+target(4, "shim idle RSS <= 10 MB (ratio to 10 MB)",
+       docker["idle_rss_kb"] / 10240 if docker else math.nan, 1.0, needs=("docker",))
 target(6, f"plugnet port-mapped ADD with {pm_n} mapped / with 0 <= 1.2 [{pm_src}] "
        f"(reference portmap: {f(pm_go)})", pm_pn, 1.2)
 
@@ -181,6 +218,11 @@ md.append(f"Machine: {machine.get('cpus')} vCPU ({machine.get('cpu')}), "
 md.append("| operation | plugnet median | p95 | peer | peer median | p95 | ratio |")
 md.append("|---|---:|---:|---|---:|---:|---:|")
 for (label, om, op, peer, tm, tp, r) in table:
+    why = [v for k, v in missing.items() if k in peer.lower()]
+    if why and math.isnan(tm):
+        md.append(f"| {label} | {f(om, ' ms')} | {f(op, ' ms')} | {peer} | not measured: "
+                  f"{why[0]} | | |")
+        continue
     md.append(f"| {label} | {f(om, ' ms')} | {f(op, ' ms')} | {peer} | {f(tm, ' ms')} | "
               f"{f(tp, ' ms')} | {f(r)} |")
 if not math.isnan(floor):
@@ -238,7 +280,10 @@ try:
         md.extend("    " + x.strip() for x in lat_lines)
 except (OSError, IndexError):
     pass
-md.append("\nTargets (issues 2, 3, 4, 6):\n")
+if missing:
+    md.append("\nNot measured in this run:\n")
+    md.extend(f"- {k}: {v}" for k, v in sorted(missing.items()))
+md.append("\nTargets (issues 2, 3, 4, 6, 21):\n")
 md.extend(f"- {t}" for t in targets)
 text = "\n".join(md) + "\n"
 with open(os.path.join(out, "bench.md"), "w") as fh:

@@ -3,23 +3,30 @@
 # builtin bridge, every comparison interleaved (paired) within this one run. Figures only, no
 # timed assertions. Needs root; every object lives in throwaway namespaces (pnm-*, pns-*) or
 # a dockerd of its own.
-#   scripts/bench.sh [--quick] [--no-docker] [--publish]
+#   scripts/bench.sh [--quick] [--no-docker] [--publish] [--baseline DIR]
 #     --quick      fewer iterations (< 3 minutes); same sections
 #     --no-docker  skip the Docker section (it starts its own dockerd)
 #     --publish    copy the table and charts to docs/bench/ (what the README and docs/performance.md show)
+#     --baseline DIR  another build of the plugins (plugnet, plugnet-ipam in DIR, e.g. what
+#                  scripts/build-plugins.sh made on another commit), run beside this one in the
+#                  same latency rounds: an A/B of two builds
+# Every peer it compares with is installed first (Debian packages); a peer that still cannot
+# run is reported as not measured, with the reason.
 # BENCH_STORE=/dev/shm puts the IPAM stores on tmpfs (default /var/tmp, ext4).
 # Output: bench-out/bench.json (every sample), bench-out/bench.md (medians, p95, ratios,
 # target lines), bench-out/*.png (charts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-QUICK= DOCKER=1 PUBLISH=
-for a in "$@"; do
-  case $a in
+QUICK= DOCKER=1 PUBLISH= BASELINE=
+while [ $# -gt 0 ]; do
+  case $1 in
     --quick) QUICK=1 ;;
     --no-docker) DOCKER= ;;
     --publish) PUBLISH=1 ;;
-    *) echo "usage: $0 [--quick] [--no-docker] [--publish]" >&2; exit 2 ;;
+    --baseline) BASELINE=$(realpath "${2:?--baseline wants a directory}"); shift ;;
+    *) echo "usage: $0 [--quick] [--no-docker] [--publish] [--baseline DIR]" >&2; exit 2 ;;
   esac
+  shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
 OUT=bench-out
@@ -34,10 +41,17 @@ cleanup
 T0=$(date +%s)
 PY=/usr/bin/python3 # Debian's, where python3-matplotlib lands (not a pyenv shim)
 . scripts/lib/packages.sh
-# The peers (the Go reference plugins, Docker), the charts' matplotlib, the static build's libc,
-# /usr/bin/time for peak RSS, busybox for the Docker section's image.
-ensure_packages python3 python3-matplotlib containernetworking-plugins libc6-dev time \
-  iproute2 busybox-static ${DOCKER:+docker.io}
+# The peers (the Go reference plugins, podman's netavark — not on a machine test.sh set up:
+# podman only Recommends it — and Docker), the charts' matplotlib, the static build's libc,
+# /usr/bin/time for peak RSS, busybox for the Docker section's image. A peer that still cannot
+# run is reported as not measured, with the reason.
+ensure_packages python3 python3-matplotlib containernetworking-plugins netavark libc6-dev time \
+  iproute2 busybox-static ${DOCKER:+docker.io} ||
+  echo "bench.sh: some packages could not be installed; the report names what was not measured" >&2
+[ -x /usr/lib/cni/bridge ] || {
+  echo "bench.sh: the Go reference plugins are missing (Debian package containernetworking-plugins): every comparison is paired with them" >&2
+  exit 1
+}
 echo "== build (release)"
 cargo build --release -q -p plugnet -p plugnet-shim -p plugnet-tests --bins
 B=$PWD/target/release
@@ -64,7 +78,8 @@ export PLUGNET_BIN_DIR=$BIN
 
 lap() { echo "   ($(($(date +%s) - T0)) s)"; }
 echo "== CNI: latency, dual-stack, RSS, netavark, concurrency, port mappings"
-"$B/plugnet-bench" ${QUICK:+--quick} --store "${BENCH_STORE:-/var/tmp}" --out "$OUT/cni.json"
+"$B/plugnet-bench" ${QUICK:+--quick} ${BASELINE:+--baseline "$BASELINE"} \
+  --store "${BENCH_STORE:-/var/tmp}" --out "$OUT/cni.json"
 
 lap; echo "== IPAM growth (plugnet-ipam vs host-local)"
 "$B/plugnet-bench-ipam" --iterations "$([ -n "$QUICK" ] && echo 8 || echo 60)" \

@@ -49,6 +49,7 @@ fn att(i: usize) -> Attachment {
             host_ip: None,
         }],
         net_out: None,
+        source_mac: None,
     }
 }
 

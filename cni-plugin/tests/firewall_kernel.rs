@@ -30,6 +30,7 @@ fn att(t: &Topo, i: u8, hv: &str) -> Attachment {
         ip_masq: true,
         port_mappings: vec![],
         net_out: None,
+        source_mac: None,
     }
 }
 
@@ -629,6 +630,7 @@ fn reload_of_many_attachments_is_one_big_transaction() {
                     host_ip: None,
                 }],
                 net_out: None,
+                source_mac: None,
             };
             f2.apply(&a)?;
         }

@@ -777,7 +777,6 @@ fn bad_input_is_a_clean_error() {
         (json!({"hairpinMode": true, "promiscMode": true}), 7),
         (json!({"bridge": "a-name-longer-than-15"}), 7),
         (json!({"mtu": "x"}), 6),
-        (json!({"macspoofchk": true}), 2),
         (json!({"netOut": {"default": "sometimes"}}), 7),
         (json!({"ingressRate": 1000000}), 7),
         (

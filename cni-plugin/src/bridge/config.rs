@@ -223,6 +223,8 @@ fn bridge_only_fields(w: &Wire) -> Vec<&'static str> {
             w.vlan_trunk.as_ref().is_some_and(|t| !t.is_empty()),
         ),
         ("portIsolation", w.port_isolation),
+        // A routed container's link is its own: no other container receives its frames.
+        ("macspoofchk", w.macspoofchk),
         ("disableContainerInterface", w.disable_container_interface),
         ("bridge", w.bridge.is_some()),
     ]

@@ -1,5 +1,5 @@
 //! The bridge plugin's optional features — `ipMasq`, port mappings (`portMappings`
-//! capability), egress rules (`netOut`) and bandwidth (`bandwidth` capability or the reference
+//! capability), egress rules (`netOut`), source MAC checks (`macspoofchk`) and bandwidth (`bandwidth` capability or the reference
 //! bandwidth plugin's config fields) — translated from the request into [`crate::firewall`] and
 //! [`crate::tc`] calls.
 //!
@@ -28,6 +28,8 @@ pub struct Features {
     pub ip_masq: bool,
     pub port_mappings: Vec<PortMapping>,
     pub net_out: Option<NetOut>,
+    /// `macspoofchk`: the container may send only from its interface's MAC.
+    pub mac_spoof_check: bool,
     pub bandwidth: Option<Bandwidth>,
     /// The firewall's state directory (`firewallStateDir`, default
     /// [`firewall::DEFAULT_STATE_DIR`]).
@@ -88,6 +90,7 @@ impl Features {
             ip_masq: conf.ip_masq,
             port_mappings,
             net_out,
+            mac_spoof_check: conf.macspoofchk,
             bandwidth,
             state_dir: PathBuf::from(
                 conf.firewall_state_dir
@@ -99,7 +102,10 @@ impl Features {
 
     /// Does this attachment need nftables rules?
     pub fn uses_firewall(&self) -> bool {
-        self.ip_masq || !self.port_mappings.is_empty() || self.net_out.is_some()
+        self.ip_masq
+            || !self.port_mappings.is_empty()
+            || self.net_out.is_some()
+            || self.mac_spoof_check
     }
 
     pub fn firewall(&self) -> Firewall {
@@ -107,10 +113,10 @@ impl Features {
     }
 
     /// The firewall's view of the attachment, from the (final or previous) result's addresses
-    /// on the container interface; `None` when no firewall work is asked for, or when only
-    /// `ipMasq` is and there are no addresses (L2 only: nothing to masquerade, as in the
-    /// reference plugin). Port mappings whose `hostIP` is of a family the container lacks are
-    /// left out, as the reference portmap plugin does.
+    /// on the container interface and, with `macspoofchk`, its MAC; `None` when no firewall
+    /// work is asked for, or when only `ipMasq` is and there are no addresses (L2 only: nothing
+    /// to masquerade, as in the reference plugin). Port mappings whose `hostIP` is of a family
+    /// the container lacks are left out, as the reference portmap plugin does.
     pub fn attachment(
         &self,
         conf: &BridgeConf,
@@ -128,13 +134,31 @@ impl Features {
             .filter(|ip| sandbox.is_none() || ip.interface == sandbox)
             .map(|ip| ip.address)
             .collect();
+        let source_mac = if self.mac_spoof_check {
+            let mac = sandbox
+                .and_then(|i| result.interfaces[i].mac.as_deref())
+                .ok_or_else(|| {
+                    CniError::internal(format!(
+                        "macspoofchk: the result names no MAC for interface {}",
+                        req.ifname
+                    ))
+                })?;
+            Some(mac.parse().map_err(|e| {
+                CniError::internal(format!("macspoofchk: the result's MAC {mac:?}: {e}"))
+            })?)
+        } else {
+            None
+        };
         if container_ips.is_empty() {
-            if self.port_mappings.is_empty() && self.net_out.is_none() {
+            if !self.port_mappings.is_empty() || self.net_out.is_some() {
+                return Err(bad(
+                    "portMappings and netOut need container addresses (configure ipam)",
+                ));
+            }
+            // L2 only: nothing to masquerade, only a MAC to check.
+            if source_mac.is_none() {
                 return Ok(None);
             }
-            return Err(bad(
-                "portMappings and netOut need container addresses (configure ipam)",
-            ));
         }
         // Docker coexistence: where the host's iptables FORWARD drops the container's traffic
         // (any host Docker has run on), or may come to (forwarding is off, as on a bridge
@@ -174,6 +198,7 @@ impl Features {
             ip_masq: self.ip_masq,
             port_mappings,
             net_out: self.net_out.clone(),
+            source_mac,
         }))
     }
 }

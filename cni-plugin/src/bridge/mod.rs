@@ -21,9 +21,9 @@ mod undo;
 
 use std::future::Future;
 
-use crate::error::{CniError, ErrorCode};
+use crate::error::CniError;
 use crate::invoke::{Exec, RawExec};
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{LinkRemoval, Netlink, NetlinkError};
 use crate::netns::Netns;
 use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
@@ -52,7 +52,6 @@ impl BridgePlugin {
 impl Plugin for BridgePlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let conf = BridgeConf::from_request(req)?;
-        refuse_unbuilt_features(&conf)?;
         let feats = Features::from_request(req, &conf)?;
         let _serial = serialise(req);
         block_on(add(&*self.exec, &conf, &feats, req))?
@@ -77,7 +76,7 @@ impl Plugin for BridgePlugin {
             Err(e) => return Err(e),
         };
         let _serial = serialise(req);
-        block_on(del(&*self.exec, &conf, &feats, req))?
+        del(&*self.exec, &conf, &feats, req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -196,35 +195,55 @@ async fn add_steps(
 
 /// DEL (both modes): the firewall rules (on a thread, beside the rest), shaping, the host veth
 /// (its peer and, in routed mode, the host routes through it go with it), then the addresses —
-/// last, so that an address is never free while something keyed on it remains. Missing netns, link, lease or
-/// rule are success; every failure is collected and reported, and later steps still run.
-async fn del(
+/// only once the host veth is gone and the firewall rules are, so that an address is never
+/// free while something keyed on it remains. Missing netns, link, lease or rule are success;
+/// every failure is collected and reported, and later steps still run.
+///
+/// The addresses are released on a thread that waits for the kernel's announcement of the
+/// host veth's removal ([`LinkRemoval`]): it comes once the veth is unlisted with its
+/// addresses, routes and bridge port, while the deleting request still waits 10-20 ms in the
+/// kernel's `rcu_barrier()`. The release and its fsync run inside that wait instead of after
+/// it; DEL still answers only when the release is on disk.
+fn del(
     exec: &dyn Exec,
     conf: &BridgeConf,
     feats: &Features,
     req: &Request,
 ) -> Result<(), CniError> {
-    let mut errors: Vec<String> = Vec::new();
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
     let firewall = features::start_firewall_removal(feats, req);
-    match Netlink::host() {
-        Ok(host) => {
-            features::del_shaping(feats, req, &host, &host_name, &mut errors).await;
-            match host.del_link_by_name(&host_name).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => errors.push(e.to_string()),
+    // No notice socket (a descriptor limit): the release waits for the deletion to return.
+    let (removal, over) = match LinkRemoval::watch() {
+        Ok((r, o)) => (Some(r), Some(o)),
+        Err(_) => (None, None),
+    };
+    let (mut errors, released) = std::thread::scope(|s| {
+        let releaser = s.spawn(|| {
+            if let Some(r) = removal {
+                r.wait(&host_name);
             }
-        }
-        Err(e) => errors.push(e.to_string()),
-    }
-    features::finish_firewall_removal(firewall, &mut errors);
-    // The addresses go last, whatever failed before: a DEL killed half-way then keeps them
-    // held until the runtime's retry, so no new container can be handed an address that
-    // stale firewall elements or host routes still name.
-    if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
-        errors.push(format!("release addresses: {}", e.msg));
-    }
+            let mut errors = Vec::new();
+            features::finish_firewall_removal(firewall, &mut errors);
+            // The addresses go last, whatever failed before: a DEL killed half-way then keeps
+            // them held until the runtime's retry, so no new container can be handed an
+            // address that stale firewall elements or host routes still name.
+            if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
+                errors.push(format!("release addresses: {}", e.msg));
+            }
+            errors
+        });
+        let errors = match block_on(del_links(feats, req, &host_name)) {
+            Ok(e) => e,
+            Err(e) => vec![e.msg],
+        };
+        // The deletion returned (or there was nothing to delete): the releaser stops waiting.
+        drop(over);
+        let released = releaser
+            .join()
+            .unwrap_or_else(|_| vec!["release addresses: the releasing thread panicked".into()]);
+        (errors, released)
+    });
+    errors.extend(released);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -253,19 +272,21 @@ fn without_runtime_config(req: &Request) -> Request {
     bare
 }
 
-/// Fields the reference plugin has and this build cannot honour are refused loudly rather
-/// than ignored: a container without the masquerading its network asked for is worse than
-/// no container.
-fn refuse_unbuilt_features(conf: &BridgeConf) -> Result<(), CniError> {
-    // GAP: macspoofchk needs a bridge-family table in plugnet's nftables module.
-    if conf.macspoofchk {
-        return Err(CniError::new(
-            ErrorCode::UnsupportedField,
-            "macspoofchk: true is not supported by this plugnet build",
-        )
-        .details("remove the field or set it to false"));
+/// DEL's kernel part: shaping, then the host veth. Returns the failures.
+async fn del_links(feats: &Features, req: &Request, host_name: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    match Netlink::host() {
+        Ok(host) => {
+            features::del_shaping(feats, req, &host, host_name, &mut errors).await;
+            match host.del_link_by_name(host_name).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
     }
-    Ok(())
+    errors
 }
 
 /// The one place a netlink failure becomes a CNI error.

@@ -28,15 +28,44 @@ pub async fn bridge(conf: &BridgeConf, host: &Netlink) -> Result<Link, CniError>
         promisc: conf.promisc_mode,
         vlan_filtering: conf.uses_vlans(),
     };
-    match host.link_by_name(&conf.bridge).await.map_err(kernel)? {
-        Some(existing) => host.adopt_bridge(existing, &opts).await.map_err(kernel),
+    let made = match host.link_by_name(&conf.bridge).await.map_err(kernel)? {
+        Some(existing) => host.adopt_bridge(existing, &opts).await,
         None => {
             if opts.mtu.is_none() {
                 opts.mtu = host.default_route_mtu().await.map_err(kernel)?;
             }
-            host.ensure_bridge(&opts).await.map_err(kernel)
+            host.ensure_bridge(&opts).await
         }
+    };
+    made.map_err(|e| match e.errno() {
+        Some(libc::EOPNOTSUPP) if opts.vlan_filtering => no_vlan_filtering(conf, &e),
+        _ => kernel(e),
+    })
+}
+
+/// The bridge refused VLAN filtering: a kernel built without `CONFIG_BRIDGE_VLAN_FILTERING`
+/// answers EOPNOTSUPP. Names the feature and the configuration keys that asked for it; the
+/// kernel's error (and its errno) stays in the message.
+fn no_vlan_filtering(conf: &BridgeConf, e: &crate::netlink::NetlinkError) -> CniError {
+    let mut keys = Vec::new();
+    if let Some(vid) = conf.vlan {
+        keys.push(format!("\"vlan\": {vid}"));
     }
+    if !conf.vlan_trunk.is_empty() {
+        keys.push("\"vlanTrunk\"".to_string());
+    }
+    CniError::new(
+        ErrorCode::UnsupportedField,
+        format!(
+            "{e}: {} needs bridge VLAN filtering, which this kernel lacks \
+             (built without CONFIG_BRIDGE_VLAN_FILTERING)",
+            keys.join(" and ")
+        ),
+    )
+    .details(format!(
+        "remove {} from the configuration, or run a kernel with CONFIG_BRIDGE_VLAN_FILTERING=y",
+        keys.join(" and ")
+    ))
 }
 
 /// With `isGateway`, every address gets a gateway (the subnet's first address unless IPAM named

@@ -16,6 +16,7 @@
 mod conntrack;
 pub mod hostfw;
 mod hostnft;
+pub mod l2;
 pub mod names;
 mod nft;
 pub mod plan;
@@ -36,7 +37,7 @@ pub use types::{
 };
 
 use names::{attachment_key, check_cni_name, check_ifname, egress_chain};
-use plan::{Op, SharedEdges};
+use plan::{Op, SharedEdges, Table};
 use state::{Shared, Store};
 
 /// Default state directory.
@@ -174,11 +175,7 @@ impl Firewall {
             .load_shared()
             .map_err(state_err("read shared state"))?;
         let mut ops = Vec::new();
-        let table = nft::table_exists().map_err(|e| FirewallError::Nft {
-            step: "look up table",
-            op: "get table inet plugnet".into(),
-            source: e,
-        })?;
+        let table = table_exists(Table::Inet)?;
         // A table made by a plugnet without routed mode lacks the `routed` set (and its rule):
         // a routed attachment rebuilds the table, in the same transaction.
         let outdated = table
@@ -189,9 +186,15 @@ impl Firewall {
                 source: e,
             })?;
         if outdated {
-            ops.push(Op::DelTable);
+            ops.push(Op::DelTable(Table::Inet));
         }
         let rebuilt = !table || outdated;
+        // The bridge table is asked about only when it matters: a rebuild replaces it too, and
+        // an attachment with a MAC check needs it.
+        let bridge_table = (rebuilt || att.source_mac.is_some()) && table_exists(Table::Bridge)?;
+        if rebuilt && bridge_table {
+            ops.push(Op::DelTable(Table::Bridge));
+        }
         if rebuilt {
             // Fresh host, someone flushed our table, or it is outdated: rebuild what the state
             // records.
@@ -204,8 +207,14 @@ impl Firewall {
             ops.extend(rebuild_ops(&shared, &atts));
         }
         let bridge = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
+        let have_bridge_table = if rebuilt {
+            shared.mac_checks > 0
+        } else {
+            bridge_table
+        };
         let edges = SharedEdges {
             bridge_portmap: !att.port_mappings.is_empty() && bridge.portmap_refs == 0,
+            bridge_table: att.source_mac.is_some() && !have_bridge_table,
         };
         ops.extend(plan::attach_ops(att, &key, &edges));
 
@@ -263,6 +272,9 @@ impl Firewall {
             // The counters are a cache of the attachment files (decisions that reach zero are
             // confirmed against the files), so a kill before this write loses nothing.
             shared.attachments += 1;
+            if att.source_mac.is_some() {
+                shared.mac_checks += 1;
+            }
             let b = shared.bridges.entry(att.bridge.clone()).or_default();
             b.refs += 1;
             if !att.port_mappings.is_empty() {
@@ -333,7 +345,8 @@ impl Firewall {
         // files decide — a directory scan, only then.
         let reaches_zero = before.attachments <= 1
             || counted.refs <= 1
-            || (!att.port_mappings.is_empty() && counted.portmap_refs <= 1);
+            || (!att.port_mappings.is_empty() && counted.portmap_refs <= 1)
+            || (att.source_mac.is_some() && before.mac_checks <= 1);
         let shared = if reaches_zero {
             let others: Vec<(String, Attachment)> = self
                 .store
@@ -346,6 +359,9 @@ impl Firewall {
         } else {
             let mut s = before.clone();
             s.attachments -= 1;
+            if att.source_mac.is_some() {
+                s.mac_checks -= 1;
+            }
             if let Some(b) = s.bridges.get_mut(&att.bridge) {
                 b.refs -= 1;
                 if !att.port_mappings.is_empty() {
@@ -357,29 +373,38 @@ impl Firewall {
         let left = shared.bridges.get(&att.bridge).cloned().unwrap_or_default();
         let edges = SharedEdges {
             bridge_portmap: !att.port_mappings.is_empty() && left.portmap_refs == 0,
+            bridge_table: att.source_mac.is_some() && shared.mac_checks == 0,
         };
-        let table = nft::table_exists().unwrap_or(true);
-        if table {
-            let ops = if shared.attachments == 0 {
-                vec![Op::DelTable]
-            } else {
-                plan::detach_ops(att, key, &edges)
-            };
-            if let Err(e) = nft::run(&ops) {
-                if e.source.raw_os_error() == Some(libc::ENOENT) {
-                    // Partly gone already (someone deleted rules by hand, or the ADD that
-                    // recorded this attachment died before its commit): delete what is left.
-                    for op in &ops {
-                        match nft::run(std::slice::from_ref(op)) {
-                            Err(e) if e.source.raw_os_error() != Some(libc::ENOENT) => {
-                                errors.push(nft_err("remove attachment")(e))
-                            }
-                            _ => {}
+        let table = nft::table_exists(Table::Inet).unwrap_or(true);
+        // The bridge table's elements go whether or not the inet table is still there.
+        let ops = if shared.attachments == 0 {
+            let mut ops = Vec::new();
+            if table {
+                ops.push(Op::DelTable(Table::Inet));
+            }
+            if att.source_mac.is_some() || before.mac_checks > 0 {
+                ops.push(Op::DelTable(Table::Bridge));
+            }
+            ops
+        } else if table || att.source_mac.is_some() {
+            plan::detach_ops(att, key, &edges)
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = nft::run(&ops) {
+            if e.source.raw_os_error() == Some(libc::ENOENT) {
+                // Partly gone already (someone deleted rules by hand, or the ADD that recorded
+                // this attachment died before its commit): delete what is left.
+                for op in &ops {
+                    match nft::run(std::slice::from_ref(op)) {
+                        Err(e) if e.source.raw_os_error() != Some(libc::ENOENT) => {
+                            errors.push(nft_err("remove attachment")(e))
                         }
+                        _ => {}
                     }
-                } else {
-                    errors.push(nft_err("remove attachment")(e));
                 }
+            } else {
+                errors.push(nft_err("remove attachment")(e));
             }
         }
         if !att.port_mappings.is_empty() && left.portmap_refs == 0 {
@@ -457,10 +482,24 @@ impl Firewall {
 
     fn check_kernel(&self, att: &Attachment, key: &str) -> Result<(), FirewallError> {
         let io_err = |e: io::Error| FirewallError::Check(format!("query nftables: {e}"));
-        if !nft::table_exists().map_err(io_err)? {
-            return Err(FirewallError::Check(
-                "table inet plugnet is missing (run `plugnet firewall reload`)".into(),
-            ));
+        let tables = [Table::Inet]
+            .into_iter()
+            .chain(att.source_mac.map(|_| Table::Bridge));
+        for t in tables {
+            if !nft::table_exists(t).map_err(io_err)? {
+                return Err(FirewallError::Check(format!(
+                    "table {t} is missing (run `plugnet firewall reload`)"
+                )));
+            }
+        }
+        if att.source_mac.is_some()
+            && !nft::chain_holds(plan::CHAIN_MACSPOOF, &l2::macspoof_rules()).map_err(io_err)?
+        {
+            return Err(FirewallError::Check(format!(
+                "chain {} {} lacks its rules or holds others (run `plugnet firewall reload`)",
+                Table::Bridge,
+                plan::CHAIN_MACSPOOF
+            )));
         }
         let mut chains = Vec::new();
         let mut elems = Vec::new();
@@ -478,6 +517,7 @@ impl Firewall {
         }
         elems.extend(plan::member_elems(att));
         elems.extend(plan::routed_elems(att));
+        elems.extend(l2::mac_elems(att));
         for c in chains {
             if !nft::chain_exists(&c).map_err(io_err)? {
                 return Err(FirewallError::Check(format!("chain {c} is missing")));
@@ -510,12 +550,10 @@ impl Firewall {
             .map_err(state_err("read shared state"))?;
         let shared = recount(&atts, &old);
         let mut ops = Vec::new();
-        if nft::table_exists().map_err(|e| FirewallError::Nft {
-            step: "look up table",
-            op: "get table".into(),
-            source: e,
-        })? {
-            ops.push(Op::DelTable);
+        for t in [Table::Inet, Table::Bridge] {
+            if table_exists(t)? {
+                ops.push(Op::DelTable(t));
+            }
         }
         if !atts.is_empty() {
             ops.extend(rebuild_ops(&shared, &atts));
@@ -554,34 +592,33 @@ impl Firewall {
     pub fn repair(&self) -> Result<Option<ReloadReport>, FirewallError> {
         // if_nametoindex asks this network namespace (sysfs may show another's).
         let exists = |name: &str| nix::net::if_::if_nametoindex(name).is_ok();
-        let (attached, live_bridges): (bool, Vec<String>) = {
+        let (attached, mac_checked, live_bridges): (bool, bool, Vec<String>) = {
             let _lock = self.store.lock().map_err(state_err("lock state"))?;
             let atts = self
                 .store
                 .all_attachments()
                 .map_err(state_err("read attachments"))?;
-            let mut live: BTreeSet<String> = atts
+            let alive: Vec<&Attachment> = atts
                 .iter()
-                .filter(|(_, a)| exists(&a.host_veth))
-                .map(|(_, a)| a.bridge.clone())
+                .map(|(_, a)| a)
+                .filter(|a| exists(&a.host_veth))
                 .collect();
+            let mut live: BTreeSet<String> = alive.iter().map(|a| a.bridge.clone()).collect();
             let attached = !live.is_empty();
+            let mac_checked = alive.iter().any(|a| a.source_mac.is_some());
             let held = self.held().map_err(state_err("read holds"))?;
             live.extend(held.into_iter().filter(|b| exists(b)));
-            (attached, live.into_iter().collect())
+            (attached, mac_checked, live.into_iter().collect())
         };
         if live_bridges.is_empty() {
             return Ok(None);
         }
-        // Plugnet's table exists while attachments do; holds alone need only the host firewall.
-        let table = !attached
-            || nft::table_exists().map_err(|e| FirewallError::Nft {
-                step: "look up table",
-                op: "get table".into(),
-                source: e,
-            })?;
+        // Plugnet's table exists while attachments do (the bridge table while one of them has
+        // a MAC check); holds alone need only the host firewall.
+        let table = !attached || table_exists(Table::Inet)?;
+        let bridge_table = !mac_checked || table_exists(Table::Bridge)?;
         let host_ok = !self.opts.host_firewall || hostfw::in_place(&live_bridges)?;
-        if table && host_ok {
+        if table && bridge_table && host_ok {
             return Ok(None);
         }
         self.reload().map(Some)
@@ -745,6 +782,15 @@ impl Firewall {
     }
 }
 
+/// Does plugnet's table `t` exist? (An nftables query.)
+fn table_exists(t: Table) -> Result<bool, FirewallError> {
+    nft::table_exists(t).map_err(|e| FirewallError::Nft {
+        step: "look up table",
+        op: format!("get table {t}"),
+        source: e,
+    })
+}
+
 /// Bridges with at least one attachment.
 fn active_bridges(shared: &Shared) -> BTreeSet<String> {
     shared
@@ -763,6 +809,9 @@ fn recount(atts: &[(String, Attachment)], old: &Shared) -> Shared {
         ..Shared::default()
     };
     for (_, a) in atts {
+        if a.source_mac.is_some() {
+            s.mac_checks += 1;
+        }
         let b = s.bridges.entry(a.bridge.clone()).or_default();
         b.refs += 1;
         if !a.port_mappings.is_empty() {
@@ -781,6 +830,9 @@ fn recount(atts: &[(String, Attachment)], old: &Shared) -> Shared {
 /// attachment's own objects.
 fn rebuild_ops(shared: &Shared, atts: &[(String, Attachment)]) -> Vec<Op> {
     let mut ops = plan::infrastructure();
+    if shared.mac_checks > 0 {
+        ops.extend(l2::bridge_infrastructure());
+    }
     for (name, b) in &shared.bridges {
         if b.portmap_refs > 0 {
             ops.extend(

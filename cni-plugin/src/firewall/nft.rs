@@ -28,8 +28,8 @@ use netlink_packet_netfilter::{
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use super::plan::{
-    ElemData, Expr, Fam, Field, ForeignChain, Hook as PHook, KeyVal, Op, SetData, SetDef, Verdict,
-    TABLE,
+    ElemData, Expr, Fam, Field, ForeignChain, Hook as PHook, KeyVal, Op, Rule, SetData, SetDef,
+    Table, Verdict, TABLE,
 };
 
 /// The kernel refused an operation of a batch (the whole batch was rolled back).
@@ -317,12 +317,15 @@ fn batch(ops: &[Op]) -> Vec<u8> {
     );
     for (i, op) in ops.iter().enumerate() {
         let (body, flags) = message(op);
-        let family = match op {
-            Op::InsertForeignRule { at, .. } | Op::DelForeignRule { at, .. } => {
-                NetfilterProtoFamily::from(at.family)
-            }
-            _ => NetfilterProtoFamily::Inet,
-        };
+        let family = NetfilterProtoFamily::from(match op {
+            Op::InsertForeignRule { at, .. } | Op::DelForeignRule { at, .. } => at.family,
+            Op::AddTable(t) | Op::DelTable(t) => t.family(),
+            Op::AddBaseChain(c) => Table::of(c.name).family(),
+            Op::AddSet(def) => Table::of(def.name).family(),
+            Op::AddChain(name) | Op::DelChain(name) => Table::of(name).family(),
+            Op::AddRule(r) => Table::of(&r.chain).family(),
+            Op::AddElem { set, .. } | Op::DelElem { set, .. } => Table::of(set).family(),
+        });
         put(&mut batch, family, 0, body, flags, i as u32 + 2);
     }
     let end = ops.len() as u32 + 2;
@@ -429,13 +432,13 @@ fn message(op: &Op) -> (NfTablesMessage, u16) {
         ]
     };
     match op {
-        Op::AddTable => (
+        Op::AddTable(_) => (
             NfTablesMessage::NewTable(TableMessage {
                 attributes: vec![table()],
             }),
             NLM_F_ACK,
         ),
-        Op::DelTable => (
+        Op::DelTable(_) => (
             NfTablesMessage::DeleteTable(TableMessage {
                 attributes: vec![table()],
             }),
@@ -644,6 +647,21 @@ fn lookup(set: &str, sreg: u32, dreg: Option<u32>) -> Expressions {
     Expressions::Lookup(attrs)
 }
 
+/// NFT_LOOKUP_F_INV: the lookup matches when the key is absent.
+const LOOKUP_F_INV: u32 = 1;
+
+/// Loads `key` into consecutive 32-bit registers from NFT_REG32_00, each part padded to 4
+/// bytes (the kernel zeroes a part's padding as it loads it), as nft loads a concatenation.
+fn load_concat(key: &[Field]) -> Vec<Expressions> {
+    let mut v = Vec::new();
+    let mut reg32 = REG32_00;
+    for f in key {
+        v.push(load(*f, reg32));
+        reg32 += f.byte_len().div_ceil(4);
+    }
+    v
+}
+
 /// `dnat to <addr in reg 1>:<port in port_reg>` for `family` (NFTA_NAT_*).
 fn dnat(family: i32, port_reg: u32) -> Expressions {
     raw(
@@ -686,6 +704,9 @@ fn load(field: Field, reg: u32) -> Expressions {
         Field::Daddr(Fam::V6) => payload(NH, 24, 16, reg),
         Field::L4proto => meta(libc::NFT_META_L4PROTO, reg),
         Field::Dport => payload(TH, 2, 2, reg),
+        Field::EtherSaddr => payload(libc::NFT_PAYLOAD_LL_HEADER, 6, 6, reg),
+        Field::ArpSha => payload(NH, 8, 6, reg),
+        Field::NdLladdr(offset) => payload(TH, offset, 6, reg),
     }
 }
 
@@ -780,17 +801,28 @@ fn lower(e: &Expr) -> Vec<Expressions> {
             cmp(EQ, 2u32.to_ne_bytes().to_vec()), // RTN_LOCAL
         ],
         Expr::Lookup { set, key, vmap } => {
-            // A concatenation is loaded into consecutive 32-bit registers, each part padded to
-            // 4 bytes (NFT_REG32_00 is the first word of NFT_REG_1), as nft does.
-            let mut v = Vec::new();
-            let mut reg32 = REG32_00;
-            for f in key {
-                v.push(load(*f, reg32));
-                reg32 += f.byte_len().div_ceil(4);
-            }
+            // NFT_REG32_00 is the first word of NFT_REG_1.
+            let mut v = load_concat(key);
             v.push(lookup(set, REG32_00, vmap.then_some(REG_VERDICT)));
             v
         }
+        Expr::NotIn { set, key } => {
+            let mut v = load_concat(key);
+            let Expressions::Lookup(mut attrs) = lookup(set, REG32_00, None) else {
+                unreachable!("lookup() builds a lookup")
+            };
+            attrs.push(Lookup::Flags(LOOKUP_F_INV));
+            v.push(Expressions::Lookup(attrs));
+            v
+        }
+        Expr::Protocol(t) => vec![
+            meta(libc::NFT_META_PROTOCOL, REG_1),
+            cmp(EQ, t.to_be_bytes().to_vec()),
+        ],
+        Expr::ThByte { offset, value } => vec![
+            payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, *offset, 1, REG_1),
+            cmp(EQ, vec![*value]),
+        ],
         Expr::Dnat { addr, port } => {
             let family = if addr.is_ipv4() {
                 libc::NFPROTO_IPV4
@@ -804,12 +836,7 @@ fn lower(e: &Expr) -> Vec<Expressions> {
             ]
         }
         Expr::DnatMap { fam, set, key } => {
-            let mut v = Vec::new();
-            let mut reg32 = REG32_00;
-            for f in key {
-                v.push(load(*f, reg32));
-                reg32 += f.byte_len().div_ceil(4);
-            }
+            let mut v = load_concat(key);
             // The map yields address . port into NFT_REG_1 onwards: the port follows the
             // address in the next 32-bit register.
             let (family, port_reg) = match fam {
@@ -977,12 +1004,12 @@ fn request(
     })
 }
 
-/// Does plugnet's table exist?
-pub fn table_exists() -> io::Result<bool> {
+/// Does plugnet's table `t` exist?
+pub fn table_exists(t: Table) -> io::Result<bool> {
     let body = NfTablesMessage::GetTable(TableMessage {
         attributes: vec![TableAttribute::Name(TABLE.to_string())],
     });
-    Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
+    Ok(get(NetfilterProtoFamily::from(t.family()), body)?.is_some())
 }
 
 fn get_chain(
@@ -999,9 +1026,14 @@ fn get_chain(
     get(family, body)
 }
 
+/// The nfgenmsg family of plugnet's object `name` (see [`Table::of`]).
+fn family_of(name: &str) -> NetfilterProtoFamily {
+    NetfilterProtoFamily::from(Table::of(name).family())
+}
+
 /// Does chain `name` exist in plugnet's table?
 pub fn chain_exists(name: &str) -> io::Result<bool> {
-    Ok(get_chain(NetfilterProtoFamily::Inet, TABLE, name)?.is_some())
+    Ok(get_chain(family_of(name), TABLE, name)?.is_some())
 }
 
 /// Does set/map `name` exist in plugnet's table?
@@ -1012,7 +1044,7 @@ pub fn set_exists(name: &str) -> io::Result<bool> {
             SetAttribute::Name(name.to_string()),
         ],
     });
-    Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
+    Ok(get(family_of(name), body)?.is_some())
 }
 
 /// Does element `key` exist in set/map `set`?
@@ -1020,7 +1052,106 @@ pub fn elem_exists(set: &str, key: &[KeyVal]) -> io::Result<bool> {
     let body = NfTablesMessage::GetSetElement(SetElementMessage {
         attributes: element(set, key, None),
     });
-    Ok(get(NetfilterProtoFamily::Inet, body)?.is_some())
+    Ok(get(family_of(set), body)?.is_some())
+}
+
+/// Whether plugnet's chain `name` holds exactly the rules `want` (its `AddRule` ops), rule for
+/// rule, as far as [`expression_signature`] tells them apart. `Ok(false)` when the chain is
+/// missing, or a rule is gone, added or changed.
+pub fn chain_holds(name: &str, want: &[Op]) -> io::Result<bool> {
+    let body = NfTablesMessage::GetRule(RuleMessage {
+        attributes: vec![
+            RuleAttribute::Table(TABLE.to_string()),
+            RuleAttribute::Chain(name.to_string()),
+        ],
+    });
+    let have: Vec<Vec<String>> = dump(family_of(name), body)?
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            NfTablesMessage::NewRule(r) => r.attributes.into_iter().find_map(|a| match a {
+                RuleAttribute::Expressions(e) => Some(e.iter().map(expression_signature).collect()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<Vec<String>> = want
+        .iter()
+        .filter_map(|op| match op {
+            Op::AddRule(Rule { exprs, .. }) => Some(
+                exprs
+                    .iter()
+                    .flat_map(lower)
+                    .map(|e| expression_signature(&e.into()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    Ok(have == want)
+}
+
+/// What one expression does, registers aside (the kernel lists them renumbered): its kind,
+/// and what it loads (meta key; payload base, offset, length), compares with, looks up (set,
+/// inverted or not) or decides.
+fn expression_signature(e: &ListAttribute<ExpressionAttribute>) -> String {
+    let ListAttribute::Element(attrs) = e else {
+        return "?".into();
+    };
+    let mut sig = String::new();
+    for a in attrs {
+        match a {
+            ExpressionAttribute::Name(n) => sig.push_str(n),
+            ExpressionAttribute::Data(Expressions::Meta(m)) => {
+                for x in m {
+                    if let Meta::Key(k) = x {
+                        sig.push_str(&format!(" key={}", u32::from(*k)));
+                    }
+                }
+            }
+            ExpressionAttribute::Data(Expressions::Payload(p)) => {
+                for x in p {
+                    match x {
+                        Payload::Base(b) => sig.push_str(&format!(" base={b}")),
+                        Payload::Offset(o) => sig.push_str(&format!(" off={o}")),
+                        Payload::Len(l) => sig.push_str(&format!(" len={l}")),
+                        _ => {}
+                    }
+                }
+            }
+            ExpressionAttribute::Data(Expressions::Cmp(c)) => {
+                for x in c {
+                    match x {
+                        Cmp::Op(o) => sig.push_str(&format!(" op={}", u32::from(*o))),
+                        Cmp::Data(DataAttribute::Value(v)) => sig.push_str(&format!(" {v:02x?}")),
+                        _ => {}
+                    }
+                }
+            }
+            ExpressionAttribute::Data(Expressions::Lookup(l)) => {
+                for x in l {
+                    match x {
+                        Lookup::Set(n) => sig.push_str(&format!(" @{n}")),
+                        Lookup::Flags(f) if *f & LOOKUP_F_INV != 0 => sig.push_str(" !="),
+                        _ => {}
+                    }
+                }
+            }
+            ExpressionAttribute::Data(Expressions::Immediate(i)) => {
+                for x in i {
+                    if let Immediate::Data(DataAttribute::Verdict(v)) = x {
+                        for c in v {
+                            if let VerdictAttribute::Code(code) = c {
+                                sig.push_str(&format!(" verdict={}", u32::from(*code) as i32));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    sig
 }
 
 const NF_DROP: u32 = 0;
@@ -1252,7 +1383,7 @@ mod tests {
     #[test]
     fn batch_is_framed_numbered_and_flagged_like_libnftnl() {
         let ops = [
-            Op::AddTable,
+            Op::AddTable(Table::Inet),
             Op::AddChain("c".into()),
             add_rule(vec![Expr::Counter]),
             Op::DelChain("c".into()),

@@ -8,6 +8,7 @@ use ipnetwork::IpNetwork;
 
 pub use super::vocab::*;
 
+use super::l2::{bridge_infrastructure, mac_elems};
 use super::names::egress_chain;
 use super::types::{Attachment, NetOut, NetOutDefault, NetOutProtocol, NetOutRule};
 
@@ -44,7 +45,7 @@ fn jump(chain: &str) -> Expr {
 /// The table, its maps and base chains: created once, shared by every attachment.
 pub fn infrastructure() -> Vec<Op> {
     use Field::*;
-    let mut ops = vec![Op::AddTable];
+    let mut ops = vec![Op::AddTable(Table::Inet)];
     let to = |fam| SetData::Value(vec![Daddr(fam), Dport]);
     let sets: [(&'static str, Vec<Field>, SetData); 12] = [
         (
@@ -266,6 +267,8 @@ pub fn infrastructure() -> Vec<Op> {
 pub struct SharedEdges {
     /// Add (or delete) the bridge's localnet element (port mappings via 127.0.0.1).
     pub bridge_portmap: bool,
+    /// Add (or delete) the bridge table: the first (last) attachment with a MAC check.
+    pub bridge_table: bool,
 }
 
 /// Everything one attachment adds, shared objects first.
@@ -283,6 +286,16 @@ pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
         );
     }
     for (set, key) in routed_elems(att) {
+        ops.push(Op::AddElem {
+            set,
+            key,
+            data: None,
+        });
+    }
+    if edges.bridge_table && att.source_mac.is_some() {
+        ops.extend(bridge_infrastructure());
+    }
+    for (set, key) in mac_elems(att) {
         ops.push(Op::AddElem {
             set,
             key,
@@ -347,6 +360,11 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     }
     if edges.bridge_portmap {
         ops.extend(bridge_elems(&att.bridge).into_iter().map(del));
+    }
+    if edges.bridge_table && att.source_mac.is_some() {
+        ops.push(Op::DelTable(Table::Bridge));
+    } else {
+        ops.extend(mac_elems(att).into_iter().map(del));
     }
     ops
 }
@@ -594,6 +612,7 @@ mod tests {
                 },
             ],
             net_out: None,
+            source_mac: None,
         }
     }
 
@@ -613,6 +632,7 @@ mod tests {
     fn attach_golden() {
         let edges = SharedEdges {
             bridge_portmap: true,
+            bridge_table: false,
         };
         let text = render(&attach_ops(&att(), "k", &edges));
         let want = "\
@@ -626,6 +646,68 @@ add element inet plugnet masq4 { 10.70.0.2 }
 add element inet plugnet masq6 { fd70::2 }
 ";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn mac_check_golden() {
+        let mut a = att();
+        a.port_mappings.clear();
+        a.ip_masq = false;
+        a.source_mac = Some("02:42:0a:46:00:02".parse().unwrap());
+        let first = SharedEdges {
+            bridge_table: true,
+            ..SharedEdges::default()
+        };
+        let text = render(&attach_ops(&a, "k", &first));
+        let want = "\
+add table bridge plugnet
+add set bridge plugnet macports { type ifname; }
+add set bridge plugnet macs { type ifname . ether_addr; }
+add chain bridge plugnet macspoof { type filter hook prerouting priority -300; policy accept; }
+add rule bridge plugnet macspoof iifname @macports iifname . ether saddr != @macs counter drop
+add rule bridge plugnet macspoof iifname @macports meta protocol arp iifname . arp saddr ether != @macs counter drop
+add rule bridge plugnet macspoof iifname @macports meta l4proto ipv6-icmp @th,0,8 133 @th,64,8 1 iifname . @th,80,48 != @macs counter drop
+add rule bridge plugnet macspoof iifname @macports meta l4proto ipv6-icmp @th,0,8 135 @th,192,8 1 iifname . @th,208,48 != @macs counter drop
+add rule bridge plugnet macspoof iifname @macports meta l4proto ipv6-icmp @th,0,8 136 @th,192,8 2 iifname . @th,208,48 != @macs counter drop
+add element bridge plugnet macports { \"veth1234\" }
+add element bridge plugnet macs { \"veth1234\" . 02:42:0a:46:00:02 }
+add element inet plugnet members4 { \"pnfbr0\" . 10.70.0.2 }
+add element inet plugnet members6 { \"pnfbr0\" . fd70::2 }
+";
+        assert_eq!(text, want);
+        // Later attachments add their elements only; the last one takes the table with it.
+        let later = render(&attach_ops(&a, "k", &SharedEdges::default()));
+        assert!(!later.contains("add table"), "{later}");
+        assert!(later.contains("add element bridge plugnet macs"), "{later}");
+        let last = render(&detach_ops(&a, "k", &first));
+        assert!(last.ends_with("delete table bridge plugnet\n"), "{last}");
+        assert!(!last.contains("delete element bridge"), "{last}");
+        let other = render(&detach_ops(&a, "k", &SharedEdges::default()));
+        assert!(other
+            .contains("delete element bridge plugnet macs { \"veth1234\" . 02:42:0a:46:00:02 }"));
+        // Without a MAC check nothing of the bridge table's.
+        a.source_mac = None;
+        assert!(!render(&attach_ops(&a, "k", &first)).contains("bridge"));
+    }
+
+    #[test]
+    fn bridge_objects_have_names_of_their_own() {
+        for op in infrastructure() {
+            let name = match &op {
+                Op::AddSet(s) => s.name,
+                Op::AddBaseChain(c) => c.name,
+                _ => continue,
+            };
+            assert_eq!(Table::of(name), Table::Inet, "{name}");
+        }
+        for op in bridge_infrastructure() {
+            match &op {
+                Op::AddSet(s) => assert_eq!(Table::of(s.name), Table::Bridge),
+                Op::AddBaseChain(c) => assert_eq!(Table::of(c.name), Table::Bridge),
+                Op::AddRule(r) => assert_eq!(Table::of(&r.chain), Table::Bridge),
+                _ => {}
+            }
+        }
     }
 
     #[test]
@@ -649,6 +731,7 @@ add element inet plugnet masq6 { fd70::2 }
             "k",
             &SharedEdges {
                 bridge_portmap: true,
+                bridge_table: false,
             },
         );
         let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
@@ -702,7 +785,7 @@ add rule inet plugnet c-k-out counter reject with icmpx admin-prohibited
     #[test]
     fn infrastructure_is_self_contained() {
         let ops = infrastructure();
-        assert_eq!(ops[0], Op::AddTable);
+        assert_eq!(ops[0], Op::AddTable(Table::Inet));
         // Every set a rule looks up is created before the rule.
         for (i, op) in ops.iter().enumerate() {
             if let Op::AddRule(r) = op {

@@ -24,6 +24,9 @@ pub struct Shared {
     pub attachments: u64,
     /// Bridge name -> its users.
     pub bridges: BTreeMap<String, BridgeRef>,
+    /// Attachments with a source MAC check (the bridge table lives while > 0).
+    #[serde(default)]
+    pub mac_checks: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +303,7 @@ mod tests {
             ip_masq: true,
             port_mappings: vec![],
             net_out: None,
+            source_mac: None,
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::names::{check_cni_name, check_ifname};
 use super::FirewallError;
+use crate::netlink::Mac;
 
 /// One container interface on one network: everything the firewall needs to install, check and
 /// remove its rules. Keyed by `(network, container_id, ifname)` as CNI keys attachments.
@@ -29,6 +30,10 @@ pub struct Attachment {
     pub port_mappings: Vec<PortMapping>,
     #[serde(default)]
     pub net_out: Option<NetOut>,
+    /// macspoofchk: the only source MAC the container may send from through its bridge port
+    /// (its interface's MAC at ADD). Absent: no check.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_mac")]
+    pub source_mac: Option<Mac>,
 }
 
 /// `runtimeConfig.portMappings[]` entry, named exactly as the CNI `portMappings` capability.
@@ -180,8 +185,21 @@ impl Attachment {
         check_ifname("ifname", &self.ifname)?;
         check_ifname("bridge name", &self.bridge)?;
         check_ifname("host veth name", &self.host_veth)?;
-        if self.container_ips.is_empty() {
+        // A MAC check alone needs no address (an L2-only network).
+        if self.container_ips.is_empty() && self.source_mac.is_none() {
             return Err(invalid("attachment has no container IP"));
+        }
+        if let Some(mac) = self.source_mac {
+            if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
+                return Err(invalid(format!(
+                    "source MAC {mac} is not a unicast address"
+                )));
+            }
+            if self.is_routed() {
+                return Err(invalid(
+                    "a source MAC check needs a bridge port (this attachment is routed)",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for pm in &self.port_mappings {
@@ -282,6 +300,25 @@ fn invalid(msg: impl Into<String>) -> FirewallError {
     FirewallError::Invalid(msg.into())
 }
 
+/// A MAC as its usual text, `aa:bb:cc:dd:ee:ff`.
+mod opt_mac {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::netlink::Mac;
+
+    pub fn serialize<S: Serializer>(v: &Option<Mac>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(m) => s.collect_str(m),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mac>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// `hostIP` as a string; `""` is the same as absent (runtimes send both).
 mod opt_ip {
     use std::net::IpAddr;
@@ -366,7 +403,35 @@ mod tests {
             ip_masq: true,
             port_mappings: vec![],
             net_out: None,
+            source_mac: None,
         }
+    }
+
+    #[test]
+    fn a_source_mac_is_unicast_on_a_bridge_port_and_needs_no_address() {
+        let mut a = att();
+        a.source_mac = Some("02:42:0a:00:00:02".parse().unwrap());
+        a.validate().unwrap();
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(
+            text.contains(r#""sourceMac":"02:42:0a:00:00:02""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Attachment>(&text).unwrap(), a);
+        // Records written before the field existed still read.
+        let old = text.replace(r#","sourceMac":"02:42:0a:00:00:02""#, "");
+        assert_eq!(
+            serde_json::from_str::<Attachment>(&old).unwrap().source_mac,
+            None
+        );
+        a.container_ips.clear();
+        a.validate().unwrap();
+        a.source_mac = Some("01:00:5e:00:00:01".parse().unwrap());
+        assert!(a.validate().unwrap_err().to_string().contains("unicast"));
+        let mut a = att();
+        a.source_mac = Some("02:42:0a:00:00:02".parse().unwrap());
+        a.bridge = a.host_veth.clone();
+        assert!(a.validate().unwrap_err().to_string().contains("routed"));
     }
 
     #[test]

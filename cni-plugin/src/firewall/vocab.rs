@@ -31,6 +31,55 @@ impl Fam {
     }
 }
 
+/// plugnet's two tables, both named [`TABLE`]: `inet` for NAT and filtering, `bridge` for the
+/// source MAC checks on bridge ports (made only while an attachment asks for them). Every
+/// object plugnet makes lives in the table [`Table::of`] its name says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    Inet,
+    Bridge,
+}
+
+impl Table {
+    /// The table holding the set or chain called `name`: the bridge table's few objects have
+    /// names of their own ([`BRIDGE_OBJECTS`]), every other one is the inet table's.
+    pub fn of(name: &str) -> Table {
+        if BRIDGE_OBJECTS.contains(&name) {
+            Table::Bridge
+        } else {
+            Table::Inet
+        }
+    }
+    /// The nftables family number (`NFPROTO_INET`, `NFPROTO_BRIDGE`).
+    pub fn family(self) -> u8 {
+        match self {
+            Table::Inet => libc::NFPROTO_INET as u8,
+            Table::Bridge => libc::NFPROTO_BRIDGE as u8,
+        }
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Table::Inet => "inet",
+            Table::Bridge => "bridge",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {TABLE}", self.word())
+    }
+}
+
+/// The sets and chains of the bridge table (see [`Table::of`]).
+pub const BRIDGE_OBJECTS: [&str; 3] = [SET_MAC_PORTS, SET_MACS, CHAIN_MACSPOOF];
+/// Bridge ports (host veths) whose frames' source MACs are checked.
+pub const SET_MAC_PORTS: &str = "macports";
+/// (port . MAC) pairs: the one source MAC each checked port may send from.
+pub const SET_MACS: &str = "macs";
+/// The bridge table's base chain (prerouting): drops what a checked port forges.
+pub const CHAIN_MACSPOOF: &str = "macspoof";
+
 /// A packet field loaded into a register (as a match subject or a map key part).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
@@ -40,6 +89,13 @@ pub enum Field {
     Daddr(Fam),
     L4proto,
     Dport,
+    /// The Ethernet source address (bridge family).
+    EtherSaddr,
+    /// An ARP packet's sender hardware address (Ethernet/IPv4 ARP).
+    ArpSha,
+    /// The six bytes at this offset of an ICMPv6 message: a neighbour-discovery link-layer
+    /// address option's address, where the message's first option sits.
+    NdLladdr(u32),
 }
 
 impl Field {
@@ -51,6 +107,7 @@ impl Field {
             Field::Saddr(Fam::V6) | Field::Daddr(Fam::V6) => 16,
             Field::L4proto => 1,
             Field::Dport => 2,
+            Field::EtherSaddr | Field::ArpSha | Field::NdLladdr(_) => 6,
         }
     }
     /// nft's datatype number (for `nft list` to print keys readably).
@@ -61,6 +118,7 @@ impl Field {
             Field::Saddr(Fam::V6) | Field::Daddr(Fam::V6) => 8,
             Field::L4proto => 12,
             Field::Dport => 13,
+            Field::EtherSaddr | Field::ArpSha | Field::NdLladdr(_) => 9,
         }
     }
     fn text(self) -> String {
@@ -71,6 +129,9 @@ impl Field {
             Field::Daddr(f) => format!("{} daddr", f.word()),
             Field::L4proto => "meta l4proto".into(),
             Field::Dport => "th dport".into(),
+            Field::EtherSaddr => "ether saddr".into(),
+            Field::ArpSha => "arp saddr ether".into(),
+            Field::NdLladdr(off) => format!("@th,{},48", off * 8),
         }
     }
 }
@@ -82,6 +143,7 @@ pub enum KeyVal {
     Addr(IpAddr),
     Proto(u8),
     Port(u16),
+    Mac([u8; 6]),
 }
 
 impl KeyVal {
@@ -99,6 +161,7 @@ impl KeyVal {
                 KeyVal::Addr(IpAddr::V6(a)) => a.octets().to_vec(),
                 KeyVal::Proto(p) => vec![*p],
                 KeyVal::Port(p) => p.to_be_bytes().to_vec(),
+                KeyVal::Mac(m) => m.to_vec(),
             };
             b.resize(b.len().div_ceil(4) * 4, 0);
             out.extend(b);
@@ -114,6 +177,11 @@ impl fmt::Display for KeyVal {
             KeyVal::Addr(a) => write!(f, "{a}"),
             KeyVal::Proto(p) => write!(f, "{}", proto_name(*p)),
             KeyVal::Port(p) => write!(f, "{p}"),
+            KeyVal::Mac(m) => write!(
+                f,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
         }
     }
 }
@@ -183,6 +251,20 @@ pub enum Expr {
         key: Vec<Field>,
         vmap: bool,
     },
+    /// The key is not in the set (`key != @set`).
+    NotIn {
+        set: String,
+        key: Vec<Field>,
+    },
+    /// The packet's link-layer protocol (`meta protocol`: the Ethernet type, the inner one of
+    /// a VLAN-tagged frame), e.g. 0x0806 for ARP.
+    Protocol(u16),
+    /// The byte at `offset` of the transport header equals `value` (an ICMPv6 type, an option
+    /// type).
+    ThByte {
+        offset: u32,
+        value: u8,
+    },
     Dnat {
         addr: IpAddr,
         port: u16,
@@ -245,6 +327,13 @@ impl fmt::Display for Expr {
                     if *vmap { "vmap " } else { "" }
                 )
             }
+            Expr::NotIn { set, key } => {
+                let k: Vec<String> = key.iter().map(|x| x.text()).collect();
+                write!(f, "{} != @{set}", k.join(" . "))
+            }
+            Expr::Protocol(0x0806) => f.write_str("meta protocol arp"),
+            Expr::Protocol(t) => write!(f, "meta protocol 0x{t:04x}"),
+            Expr::ThByte { offset, value } => write!(f, "@th,{},8 {value}", offset * 8),
             Expr::Dnat {
                 addr: IpAddr::V4(a),
                 port,
@@ -339,8 +428,8 @@ impl fmt::Display for ForeignChain {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    AddTable,
-    DelTable,
+    AddTable(Table),
+    DelTable(Table),
     AddBaseChain(BaseChain),
     AddSet(SetDef),
     AddChain(String),
@@ -370,7 +459,8 @@ pub enum Op {
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = format!("inet {TABLE}");
+        // Sets and chains say which table they are in by their names (see [`Table::of`]).
+        let t = |name: &str| Table::of(name).to_string();
         let key = |k: &[KeyVal]| {
             k.iter()
                 .map(|x| x.to_string())
@@ -378,11 +468,12 @@ impl fmt::Display for Op {
                 .join(" . ")
         };
         match self {
-            Op::AddTable => write!(f, "add table {t}"),
-            Op::DelTable => write!(f, "delete table {t}"),
+            Op::AddTable(table) => write!(f, "add table {table}"),
+            Op::DelTable(table) => write!(f, "delete table {table}"),
             Op::AddBaseChain(c) => write!(
                 f,
-                "add chain {t} {} {{ type {} hook {} priority {}; policy accept; }}",
+                "add chain {} {} {{ type {} hook {} priority {}; policy accept; }}",
+                t(c.name),
                 c.name,
                 if c.nat { "nat" } else { "filter" },
                 match c.hook {
@@ -402,6 +493,7 @@ impl fmt::Display for Op {
                             7 => "ipv4_addr",
                             8 => "ipv6_addr",
                             12 => "inet_proto",
+                            9 => "ether_addr",
                             _ => "inet_service",
                         })
                         .collect::<Vec<_>>()
@@ -414,27 +506,33 @@ impl fmt::Display for Op {
                 };
                 write!(
                     f,
-                    "add {kind} {t} {} {{ type {}{data}; }}",
+                    "add {kind} {} {} {{ type {}{data}; }}",
+                    t(s.name),
                     s.name,
                     types(&s.key)
                 )
             }
-            Op::AddChain(c) => write!(f, "add chain {t} {c}"),
-            Op::DelChain(c) => write!(f, "delete chain {t} {c}"),
+            Op::AddChain(c) => write!(f, "add chain {} {c}", t(c)),
+            Op::DelChain(c) => write!(f, "delete chain {} {c}", t(c)),
             Op::AddRule(r) => {
                 let e: Vec<String> = r.exprs.iter().map(|x| x.to_string()).collect();
-                write!(f, "add rule {t} {} {}", r.chain, e.join(" "))
+                write!(f, "add rule {} {} {}", t(&r.chain), r.chain, e.join(" "))
             }
-            Op::AddElem { set, key: k, data } => match data {
-                Some(ElemData::Verdict(v)) => {
-                    write!(f, "add element {t} {set} {{ {} : {v} }}", key(k))
+            Op::AddElem { set, key: k, data } => {
+                let t = t(set);
+                match data {
+                    Some(ElemData::Verdict(v)) => {
+                        write!(f, "add element {t} {set} {{ {} : {v} }}", key(k))
+                    }
+                    Some(ElemData::Value(v)) => {
+                        write!(f, "add element {t} {set} {{ {} : {} }}", key(k), key(v))
+                    }
+                    None => write!(f, "add element {t} {set} {{ {} }}", key(k)),
                 }
-                Some(ElemData::Value(v)) => {
-                    write!(f, "add element {t} {set} {{ {} : {} }}", key(k), key(v))
-                }
-                None => write!(f, "add element {t} {set} {{ {} }}", key(k)),
-            },
-            Op::DelElem { set, key: k } => write!(f, "delete element {t} {set} {{ {} }}", key(k)),
+            }
+            Op::DelElem { set, key: k } => {
+                write!(f, "delete element {} {set} {{ {} }}", t(set), key(k))
+            }
             Op::InsertForeignRule { at, exprs, comment } => {
                 let e: Vec<String> = exprs.iter().map(|x| x.to_string()).collect();
                 write!(f, "insert rule {at} {} comment \"{comment}\"", e.join(" "))

@@ -13,6 +13,7 @@ mod link;
 mod neigh;
 mod route;
 mod tc;
+mod watch;
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use link::{BridgeOptions, Link, LinkStats, Mac, VethOptions, VethPair};
 pub use neigh::Neighbour;
 pub use route::RouteSpec;
 pub use tc::{tbf_options, Qdisc, QdiscParent};
+pub use watch::{DeletionOver, LinkRemoval};
 
 use crate::netns::Netns;
 

@@ -5,7 +5,11 @@
 //! the target lines and the charts.
 //!
 //! Usage: plugnet-bench [--quick] [--iterations N] [--rounds N] [--portmap-n N]
-//!                      [--sections latency,concurrency,portmap] [--store DIR] --out FILE
+//!                      [--sections latency,concurrency,portmap] [--store DIR]
+//!                      [--baseline DIR] --out FILE
+//! `--baseline DIR`: another build of the plugins (`plugnet`, `plugnet-ipam`) in DIR, run as
+//! subject `plugnet_base` in the same rounds as this one (an A/B of two builds).
+//! A peer that cannot be run (not installed) is named under `missing` with the reason.
 //! Needs root. Every object it makes lives in throwaway namespaces named `pnm-*`.
 
 mod exec;
@@ -36,6 +40,8 @@ struct Args {
     out: PathBuf,
     /// Where the IPAM stores and firewall state live (ext4 `/var/tmp` by default).
     store: PathBuf,
+    /// Another build of the plugins to run beside this one (`plugnet_base`).
+    baseline: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +75,12 @@ fn parse_args() -> Result<Args, String> {
         store: match argv.iter().position(|a| a == "--store") {
             Some(i) => PathBuf::from(argv.get(i + 1).ok_or("--store wants a directory")?),
             None => PathBuf::from("/var/tmp"),
+        },
+        baseline: match argv.iter().position(|a| a == "--baseline") {
+            Some(i) => Some(PathBuf::from(
+                argv.get(i + 1).ok_or("--baseline wants a directory")?,
+            )),
+            None => None,
         },
     })
 }
@@ -128,8 +140,15 @@ fn run() -> Result<(), String> {
     let mut report = json!({
         "meta": {"load_before": loadavg(), "plugnet_bin": plugnet_bin,
                  "store": root.path(), "iterations": args.iterations,
-                 "rounds": args.rounds}
+                 "rounds": args.rounds},
+        "missing": {},
     });
+    if let Some(b) = &args.baseline {
+        if !b.join("plugnet").is_file() {
+            return Err(format!("--baseline {}: no plugnet there", b.display()));
+        }
+        report["meta"]["baseline_bin"] = json!(b.join("plugnet"));
+    }
     let has = |s: &str| args.sections.iter().any(|x| x == s);
     if has("latency") || has("concurrency") {
         let host = Netns::new("pnm-h");
@@ -138,6 +157,10 @@ fn run() -> Result<(), String> {
         let fw = root.path().join("fw");
         let mk = |key: &str, name: &str, bridge: &str, v4: &str, v6: Option<&str>| {
             let reference = key.starts_with("go");
+            let bin = match (&args.baseline, key) {
+                (Some(b), "plugnet_base") => b.join("plugnet"),
+                _ => plugnet_bin.clone(),
+            };
             let net = Net {
                 name,
                 bridge,
@@ -152,7 +175,7 @@ fn run() -> Result<(), String> {
                     bin: if reference {
                         Path::new(plugnet_tests::REFERENCE_PLUGINS).join("bridge")
                     } else {
-                        plugnet_bin.clone()
+                        bin
                     },
                     portmap: false,
                 },
@@ -186,6 +209,16 @@ fn run() -> Result<(), String> {
             data_dir: &dir("nv"),
             fw_dir: &fw,
         };
+        let base = args
+            .baseline
+            .as_ref()
+            .map(|_| mk("plugnet_base", "pnm-pnb", "pnmb7", "10.125.8.0/24", None));
+        if !Path::new(NETAVARK).is_file() {
+            report["missing"]["netavark"] = json!(format!(
+                "{NETAVARK} is not installed (Debian package netavark; scripts/bench.sh \
+                 installs it)"
+            ));
+        }
         let nv = Path::new(NETAVARK).is_file().then(|| Subject {
             key: "netavark".into(),
             driver: Driver::Netavark {
@@ -198,6 +231,7 @@ fn run() -> Result<(), String> {
         std::fs::create_dir_all(dir("nv")).map_err(|e| format!("mkdir: {e}"))?;
         let mut subs: Vec<&Subject> = vec![&pn, &go, &pn6, &go6, &pnm];
         subs.extend(nv.as_ref());
+        subs.extend(base.as_ref());
         // One long-lived container per network: the bridge exists, as on a live host.
         let anchors: Vec<Netns> = subs.iter().map(|_| Netns::new("pnm-a")).collect();
         let mut attached = Vec::new();
@@ -227,24 +261,27 @@ fn run() -> Result<(), String> {
                         })
                         .collect()
                 };
-                eprintln!("latency: ADD/CHECK/DEL x{} (plugnet, Go)", args.iterations);
-                // The kernel floor of DEL, on a bridge of its own (pnmbfl), in the same rounds.
+                // Single- and dual-stack, plugnet and Go (and a baseline build), with the kernel
+                // floor of DEL on a bridge of its own (pnmbfl), all in the same rounds: every
+                // ratio the targets name is paired.
+                eprintln!(
+                    "latency: ADD/CHECK/DEL x{} (plugnet, Go; single- and dual-stack{})",
+                    args.iterations,
+                    if base.is_some() { "; baseline" } else { "" }
+                );
                 let floor_ns = Netns::new("pnm-f");
                 plugnet_tests::sh("ip link add pnmbfl type bridge && ip link set pnmbfl up");
                 let main = sequential(
-                    &mk_seats(&["plugnet", "go"]),
+                    &mk_seats(&["plugnet", "go", "plugnet_dual", "go_dual", "plugnet_base"]),
                     args.iterations,
                     true,
                     Some(("pnmbfl", &floor_ns.name)),
                 );
                 let _ = plugnet_tests::sh_ok("ip link del pnmfloor0; ip link del pnmbfl");
                 let main = main?;
-                eprintln!(
-                    "latency: dual-stack, ipMasq, netavark x{}",
-                    args.iterations / 2
-                );
+                eprintln!("latency: ipMasq, netavark x{}", args.iterations / 2);
                 let peers = sequential(
-                    &mk_seats(&["plugnet_dual", "go_dual", "plugnet_masq", "netavark"]),
+                    &mk_seats(&["plugnet_masq", "netavark"]),
                     (args.iterations / 2).max(10),
                     false,
                     None,
