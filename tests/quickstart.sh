@@ -3,7 +3,9 @@
 #
 # The README marks each code block of its quick start with `<!-- quickstart: CLIENT -->` (run
 # it), `<!-- quickstart: CLIENT file=PATH -->` (a file the next blocks use) or
-# `<!-- quickstart: CLIENT not-run: WHY -->`. Each client's blocks run in order under
+# `<!-- quickstart: CLIENT not-run: WHY -->`; a client with no block to run (cluster networks:
+# etcd and several hosts, checked by tests/tests/cluster.rs) is not a client here. Each client's
+# blocks run in order under
 # `bash -e` in a sandbox that looks like a freshly installed host, so the commands keep their
 # default paths: a network namespace of the test's own (loopback up, nothing else), and a
 # private mount namespace in which /run is a fresh tmpfs and /etc/cni/net.d, /opt/cni/bin,
@@ -249,7 +251,7 @@ ALL_CLIENTS=$(python3 - "$REPO/README.md" <<'PY'
 import re, sys
 seen = []
 for l in open(sys.argv[1]):
-    m = re.match(r"<!-- quickstart: (\S+)", l.strip())
+    m = re.match(r"<!-- quickstart: (\S+) -->$", l.strip())  # a block to run
     if m and m.group(1) not in seen:
         seen.append(m.group(1))
 print(" ".join(seen))
