@@ -10,8 +10,7 @@ use super::error::{nft_err, state_err, FirewallError};
 use super::ledger::{active_bridges, rebuild_ops, recount, table_exists};
 use super::names::{attachment_key, check_cni_name, check_ifname, egress_chain};
 use super::plan::{self, Op, SharedEdges, Table};
-use super::sysctl::{read_route_localnet, set_route_localnet};
-use super::{conntrack, hostfw, l2, nft, Attachment, Firewall, Protocol};
+use super::{hostfw, l2, Attachment, Firewall, Protocol};
 
 impl Firewall {
     /// Installs the attachment's rules in one nftables transaction (idempotent for an identical
@@ -35,23 +34,27 @@ impl Firewall {
             .load_shared()
             .map_err(state_err("read shared state"))?;
         let mut ops = Vec::new();
-        let table = table_exists(Table::Inet)?;
+        let table = table_exists(&*self.kernel, Table::Inet)?;
         // A table made by a plugnet without routed mode lacks the `routed` set (and its rule):
         // a routed attachment rebuilds the table, in the same transaction.
         let outdated = table
             && att.is_routed()
-            && !nft::set_exists(plan::SET_ROUTED).map_err(|e| FirewallError::Nft {
-                step: "look up set",
-                op: format!("get set inet plugnet {}", plan::SET_ROUTED),
-                source: e,
-            })?;
+            && !self
+                .kernel
+                .set_exists(plan::SET_ROUTED)
+                .map_err(|e| FirewallError::Nft {
+                    step: "look up set",
+                    op: format!("get set inet plugnet {}", plan::SET_ROUTED),
+                    source: e,
+                })?;
         if outdated {
             ops.push(Op::DelTable(Table::Inet));
         }
         let rebuilt = !table || outdated;
         // The bridge table is asked about only when it matters: a rebuild replaces it too, and
         // an attachment with a MAC check needs it.
-        let bridge_table = (rebuilt || att.source_mac.is_some()) && table_exists(Table::Bridge)?;
+        let bridge_table =
+            (rebuilt || att.source_mac.is_some()) && table_exists(&*self.kernel, Table::Bridge)?;
         if rebuilt && bridge_table {
             ops.push(Op::DelTable(Table::Bridge));
         }
@@ -92,9 +95,10 @@ impl Firewall {
                 bridges.extend(held);
                 let before = bridges.clone();
                 bridges.insert(att.bridge.clone());
-                hostfw::sync(&bridges, hostfw::Families::of(&att.container_ips))?;
+                self.kernel
+                    .host_sync(&bridges, hostfw::Families::of(&att.container_ips))?;
                 undo.push(Box::new(move || {
-                    let _ = hostfw::sync(&before, hostfw::Families::NONE);
+                    let _ = self.kernel.host_sync(&before, hostfw::Families::NONE);
                 }));
             }
             let mut route_localnet_was = bridge.route_localnet_was.clone();
@@ -107,16 +111,16 @@ impl Firewall {
                         .bridges
                         .entry(att.bridge.clone())
                         .or_default()
-                        .route_localnet_was = Some(read_route_localnet(&att.bridge)?);
+                        .route_localnet_was = Some(self.kernel.route_localnet(&att.bridge)?);
                     self.store
                         .save_shared(&pending)
                         .map_err(state_err("write state"))?;
                 }
-                let was = set_route_localnet(&att.bridge, "1")?;
+                let was = self.kernel.set_route_localnet(&att.bridge, "1")?;
                 let b = att.bridge.clone();
                 let prev = was.clone();
                 undo.push(Box::new(move || {
-                    let _ = set_route_localnet(&b, &prev);
+                    let _ = self.kernel.set_route_localnet(&b, &prev);
                 }));
                 route_localnet_was = Some(was);
             }
@@ -125,7 +129,7 @@ impl Firewall {
             self.store
                 .save_attachment(&key, att)
                 .map_err(state_err("write attachment"))?;
-            if let Err(e) = nft::run(&ops) {
+            if let Err(e) = self.kernel.run(&ops) {
                 let _ = self.store.delete_attachment(&key);
                 return Err(nft_err("apply attachment")(e));
             }
@@ -235,7 +239,7 @@ impl Firewall {
             bridge_portmap: !att.port_mappings.is_empty() && left.portmap_refs == 0,
             bridge_table: att.source_mac.is_some() && shared.mac_checks == 0,
         };
-        let table = nft::table_exists(Table::Inet).unwrap_or(true);
+        let table = self.kernel.table_exists(Table::Inet).unwrap_or(true);
         // The bridge table's elements go whether or not the inet table is still there.
         let ops = if shared.attachments == 0 {
             let mut ops = Vec::new();
@@ -251,12 +255,12 @@ impl Firewall {
         } else {
             Vec::new()
         };
-        if let Err(e) = nft::run(&ops) {
+        if let Err(e) = self.kernel.run(&ops) {
             if e.source.raw_os_error() == Some(libc::ENOENT) {
                 // Partly gone already (someone deleted rules by hand, or the ADD that recorded
                 // this attachment died before its commit): delete what is left.
                 for op in &ops {
-                    match nft::run(std::slice::from_ref(op)) {
+                    match self.kernel.run(std::slice::from_ref(op)) {
                         Err(e) if e.source.raw_os_error() != Some(libc::ENOENT) => {
                             errors.push(nft_err("remove attachment")(e))
                         }
@@ -269,7 +273,7 @@ impl Firewall {
         }
         if !att.port_mappings.is_empty() && left.portmap_refs == 0 {
             if let Some(was) = counted.route_localnet_was.clone() {
-                if let Err(e) = set_route_localnet(&att.bridge, &was) {
+                if let Err(e) = self.kernel.set_route_localnet(&att.bridge, &was) {
                     // The bridge may be gone already: nothing to restore then.
                     if !matches!(&e, FirewallError::Sysctl { source, .. } if source.kind() == io::ErrorKind::NotFound)
                     {
@@ -286,7 +290,7 @@ impl Firewall {
                 Ok(held) => {
                     let mut bridges = active_bridges(&shared);
                     bridges.extend(held);
-                    if let Err(e) = hostfw::sync(&bridges, hostfw::Families::NONE) {
+                    if let Err(e) = self.kernel.host_sync(&bridges, hostfw::Families::NONE) {
                         errors.push(e);
                     }
                 }
@@ -335,7 +339,7 @@ impl Firewall {
         }
         self.check_kernel(att, &key)?;
         if self.opts.host_firewall {
-            hostfw::check(&att.bridge)?;
+            self.kernel.host_check(&att.bridge)?;
         }
         Ok(())
     }
@@ -346,14 +350,17 @@ impl Firewall {
             .into_iter()
             .chain(att.source_mac.map(|_| Table::Bridge));
         for t in tables {
-            if !nft::table_exists(t).map_err(io_err)? {
+            if !self.kernel.table_exists(t).map_err(io_err)? {
                 return Err(FirewallError::Check(format!(
                     "table {t} is missing (run `plugnet firewall reload`)"
                 )));
             }
         }
         if att.source_mac.is_some()
-            && !nft::chain_holds(plan::CHAIN_MACSPOOF, &l2::macspoof_rules()).map_err(io_err)?
+            && !self
+                .kernel
+                .chain_holds(plan::CHAIN_MACSPOOF, &l2::macspoof_rules())
+                .map_err(io_err)?
         {
             return Err(FirewallError::Check(format!(
                 "chain {} {} lacks its rules or holds others (run `plugnet firewall reload`)",
@@ -379,12 +386,12 @@ impl Firewall {
         elems.extend(plan::routed_elems(att));
         elems.extend(l2::mac_elems(att));
         for c in chains {
-            if !nft::chain_exists(&c).map_err(io_err)? {
+            if !self.kernel.chain_exists(&c).map_err(io_err)? {
                 return Err(FirewallError::Check(format!("chain {c} is missing")));
             }
         }
         for (set, k) in elems {
-            if !nft::elem_exists(&set, &k).map_err(io_err)? {
+            if !self.kernel.elem_exists(&set, &k).map_err(io_err)? {
                 let shown: Vec<String> = k.iter().map(|x| x.to_string()).collect();
                 return Err(FirewallError::Check(format!(
                     "element {} missing from {set}",
@@ -409,8 +416,10 @@ impl Firewall {
             .filter(|p| p.protocol == Protocol::Udp)
             .map(|p| p.host_port)
             .collect();
-        if let Err(e) = conntrack::flush_udp_ports(&ports) {
-            eprintln!("plugnet firewall: flush UDP conntrack entries for ports {ports:?}: {e}");
+        if let Err(e) = self.kernel.flush_udp_ports(&ports) {
+            tracing::warn!(
+                "plugnet firewall: flush UDP conntrack entries for ports {ports:?}: {e}"
+            );
         }
     }
 }

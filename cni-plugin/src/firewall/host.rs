@@ -10,7 +10,6 @@ use super::error::{nft_err, state_err, FirewallError};
 use super::ledger::{active_bridges, rebuild_ops, recount, table_exists};
 use super::names::{check_cni_name, check_ifname};
 use super::plan::{Op, Table};
-use super::sysctl::set_route_localnet;
 use super::{hostfw, nft, Attachment, Firewall, ReloadReport};
 
 impl Firewall {
@@ -30,14 +29,14 @@ impl Firewall {
         let shared = recount(&atts, &old);
         let mut ops = Vec::new();
         for t in [Table::Inet, Table::Bridge] {
-            if table_exists(t)? {
+            if table_exists(&*self.kernel, t)? {
                 ops.push(Op::DelTable(t));
             }
         }
         if !atts.is_empty() {
             ops.extend(rebuild_ops(&shared, &atts));
         }
-        nft::run(&ops).map_err(nft_err("reload"))?;
+        self.kernel.run(&ops).map_err(nft_err("reload"))?;
         let bridges = active_bridges(&shared);
         if self.opts.host_firewall {
             let mut all = bridges.clone();
@@ -45,11 +44,11 @@ impl Firewall {
             // Where forwarding is off, the families the recorded containers use get their
             // rules beforehand again (after a flush, nothing of plugnet's is left to keep).
             let carried = hostfw::Families::of(atts.iter().flat_map(|(_, a)| &a.container_ips));
-            hostfw::sync_exact(&all, carried)?;
+            self.kernel.host_sync_exact(&all, carried)?;
         }
         for (name, b) in &shared.bridges {
             if b.portmap_refs > 0 && b.route_localnet_was.is_some() {
-                set_route_localnet(name, "1")?;
+                self.kernel.set_route_localnet(name, "1")?;
             }
         }
         self.store
@@ -94,9 +93,9 @@ impl Firewall {
         }
         // Plugnet's table exists while attachments do (the bridge table while one of them has
         // a MAC check); holds alone need only the host firewall.
-        let table = !attached || table_exists(Table::Inet)?;
-        let bridge_table = !mac_checked || table_exists(Table::Bridge)?;
-        let host_ok = !self.opts.host_firewall || hostfw::in_place(&live_bridges)?;
+        let table = !attached || table_exists(&*self.kernel, Table::Inet)?;
+        let bridge_table = !mac_checked || table_exists(&*self.kernel, Table::Bridge)?;
+        let host_ok = !self.opts.host_firewall || self.kernel.host_in_place(&live_bridges)?;
         if table && bridge_table && host_ok {
             return Ok(None);
         }
@@ -137,7 +136,7 @@ impl Firewall {
         {
             let mut bridges = active;
             bridges.extend(after);
-            if let Err(e) = hostfw::sync(&bridges, hostfw::Families::NONE) {
+            if let Err(e) = self.kernel.host_sync(&bridges, hostfw::Families::NONE) {
                 if on {
                     let _ = self.store.set_hold(bridge, holder, false);
                 }
@@ -214,7 +213,7 @@ impl Firewall {
             if users(name, &atts) > 0 {
                 continue;
             }
-            match set_route_localnet(name, was) {
+            match self.kernel.set_route_localnet(name, was) {
                 Ok(_) => {}
                 Err(FirewallError::Sysctl { source, .. })
                     if source.kind() == io::ErrorKind::NotFound => {}

@@ -5,13 +5,14 @@
 use std::collections::BTreeSet;
 
 use super::error::FirewallError;
+use super::kernel::Kernel;
 use super::plan::{self, Op, SharedEdges, Table};
 use super::state::{self, Shared};
-use super::{l2, nft, Attachment};
+use super::{l2, Attachment};
 
 /// Does plugnet's table `t` exist? (An nftables query.)
-pub(super) fn table_exists(t: Table) -> Result<bool, FirewallError> {
-    nft::table_exists(t).map_err(|e| FirewallError::Nft {
+pub(super) fn table_exists(kernel: &dyn Kernel, t: Table) -> Result<bool, FirewallError> {
+    kernel.table_exists(t).map_err(|e| FirewallError::Nft {
         step: "look up table",
         op: format!("get table {t}"),
         source: e,

@@ -18,6 +18,7 @@ mod error;
 mod host;
 pub mod hostfw;
 mod hostnft;
+mod kernel;
 pub mod l2;
 mod ledger;
 pub mod names;
@@ -30,6 +31,7 @@ pub mod types;
 pub mod vocab;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use error::FirewallError;
 pub use host::watch;
@@ -39,6 +41,7 @@ pub use types::{
     PortMapping, PortRange, Protocol,
 };
 
+use kernel::{Kernel, Netlink};
 use state::Store;
 
 /// Default state directory.
@@ -77,6 +80,7 @@ pub struct ReloadReport {
 pub struct Firewall {
     opts: Options,
     store: Store,
+    kernel: Arc<dyn Kernel>,
 }
 
 impl Firewall {
@@ -90,8 +94,17 @@ impl Firewall {
     }
 
     pub fn new(opts: Options) -> Firewall {
+        Firewall::with_kernel(opts, Arc::new(Netlink))
+    }
+
+    /// The firewall over another kernel (a fake, in unit tests).
+    pub(crate) fn with_kernel(opts: Options, kernel: Arc<dyn Kernel>) -> Firewall {
         let store = Store::new(opts.state_dir.clone());
-        Firewall { opts, store }
+        Firewall {
+            opts,
+            store,
+            kernel,
+        }
     }
 }
 
@@ -124,3 +137,6 @@ pub fn repair(state_dir: impl Into<PathBuf>) -> Result<Option<ReloadReport>, Fir
 pub fn reload(state_dir: impl Into<PathBuf>) -> Result<ReloadReport, FirewallError> {
     Firewall::at(state_dir).reload()
 }
+
+#[cfg(test)]
+mod tests;
