@@ -289,17 +289,12 @@ async fn del_links(feats: &Features, req: &Request, host_name: &str) -> Vec<Stri
     errors
 }
 
-/// The one place a netlink failure becomes a CNI error.
+/// The one place a netlink failure becomes a CNI error (keeping its errno).
 pub(crate) fn kernel(e: NetlinkError) -> CniError {
-    CniError::internal(e.to_string())
+    CniError::internal(e.to_string()).with_errno(e.errno())
 }
 
-/// Runs one command's async body on a single-threaded runtime built for it.
+/// Runs one command's async body ([`crate::netlink::block_on`]).
 fn block_on<F: Future>(f: F) -> Result<F::Output, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| CniError::internal(format!("start async runtime: {e}")))?;
-    Ok(rt.block_on(f))
+    crate::netlink::block_on(f).map_err(|e| CniError::internal(e.to_string()))
 }

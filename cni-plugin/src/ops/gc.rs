@@ -407,12 +407,8 @@ impl NetlinkLinks {
     fn block_on<T>(
         f: impl std::future::Future<Output = Result<T, crate::netlink::NetlinkError>>,
     ) -> Result<T, CniError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| CniError::internal(format!("start async runtime: {e}")))?;
-        rt.block_on(f)
+        crate::netlink::block_on(f)
+            .and_then(|r| r)
             .map_err(|e| CniError::internal(e.to_string()))
     }
 }
