@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod config;
+mod cx;
 pub mod features;
 pub mod gc;
 pub mod ipam;
@@ -23,12 +24,14 @@ use std::future::Future;
 
 use crate::error::CniError;
 use crate::invoke::{Exec, RawExec};
-use crate::netlink::{LinkRemoval, Netlink, NetlinkError};
+use crate::netlink::{LinkRemoval, Netlink};
 use crate::netns::Netns;
 use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
 use config::{BridgeConf, Mode};
+pub(crate) use cx::kernel;
+use cx::Cx;
 use features::Features;
 use undo::Undo;
 
@@ -142,9 +145,17 @@ async fn add(
     };
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
+    let cx = Cx {
+        exec,
+        conf,
+        feats,
+        req,
+        ns: &ns,
+        host: &host,
+    };
     let added = match conf.mode {
-        Mode::Bridge => add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
-        Mode::Routed => routed::add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
+        Mode::Bridge => add_steps(&cx, &mut undo).await,
+        Mode::Routed => routed::add_steps(&cx, &mut undo).await,
     };
     match added {
         Ok(result) => Ok(result),
@@ -155,15 +166,15 @@ async fn add(
     }
 }
 
-async fn add_steps(
-    exec: &dyn Exec,
-    conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-    ns: &Netns,
-    host: &Netlink,
-    undo: &mut Undo,
-) -> Result<CniResult, CniError> {
+async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let Cx {
+        exec,
+        conf,
+        feats,
+        req,
+        ns,
+        host,
+    } = *cx;
     let br = setup::bridge(conf, host).await?;
 
     let (mut result, durable) = ipam::add(exec, &conf.ipam, req)?;
@@ -287,11 +298,6 @@ async fn del_links(feats: &Features, req: &Request, host_name: &str) -> Vec<Stri
         Err(e) => errors.push(e.to_string()),
     }
     errors
-}
-
-/// The one place a netlink failure becomes a CNI error (keeping its errno).
-pub(crate) fn kernel(e: NetlinkError) -> CniError {
-    CniError::internal(e.to_string()).with_errno(e.errno())
 }
 
 /// Runs one command's async body ([`crate::netlink::block_on`]).

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::config::BridgeConf;
-use super::kernel;
+use super::cx::kernel;
 use crate::error::{CniError, ErrorCode};
 use crate::netlink::{
     first_host, BridgeOptions, IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair,
