@@ -10,6 +10,7 @@ use super::error::{nft_err, state_err, FirewallError};
 use super::ledger::{active_bridges, rebuild_ops, recount, table_exists};
 use super::names::{attachment_key, check_cni_name, check_ifname, egress_chain};
 use super::plan::{self, Op, SharedEdges, Table};
+use super::undo::Undo;
 use super::{hostfw, l2, Attachment, Firewall, Protocol};
 
 impl Firewall {
@@ -82,7 +83,7 @@ impl Firewall {
         ops.extend(plan::attach_ops(att, &key, &edges));
 
         // Host-side effects that nftables cannot roll back: do them first, undo on failure.
-        let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
+        let mut undo = Undo::default();
         let result = (|| {
             // The holds are read only for a bridge's first attachment, not on every ADD.
             let held = if self.opts.host_firewall && bridge.refs == 0 {
@@ -97,9 +98,7 @@ impl Firewall {
                 bridges.insert(att.bridge.clone());
                 self.kernel
                     .host_sync(&bridges, hostfw::Families::of(&att.container_ips))?;
-                undo.push(Box::new(move || {
-                    let _ = self.kernel.host_sync(&before, hostfw::Families::NONE);
-                }));
+                undo.host_firewall(before);
             }
             let mut route_localnet_was = bridge.route_localnet_was.clone();
             if edges.bridge_portmap && att.addrs().any(|a| a.is_ipv4()) {
@@ -117,11 +116,7 @@ impl Firewall {
                         .map_err(state_err("write state"))?;
                 }
                 let was = self.kernel.set_route_localnet(&att.bridge, "1")?;
-                let b = att.bridge.clone();
-                let prev = was.clone();
-                undo.push(Box::new(move || {
-                    let _ = self.kernel.set_route_localnet(&b, &prev);
-                }));
+                undo.route_localnet(att.bridge.clone(), was.clone());
                 route_localnet_was = Some(was);
             }
             // Record first: a process killed right after the commit must leave a record that
@@ -156,9 +151,7 @@ impl Firewall {
                 Ok(())
             }
             Err(e) => {
-                for u in undo.into_iter().rev() {
-                    u();
-                }
+                undo.rollback(&*self.kernel);
                 Err(e)
             }
         }

@@ -28,6 +28,7 @@ pub mod plan;
 pub mod state;
 mod sysctl;
 pub mod types;
+mod undo;
 pub mod vocab;
 
 use std::path::PathBuf;
