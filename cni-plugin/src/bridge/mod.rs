@@ -30,6 +30,12 @@ use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
 use config::{BridgeConf, Mode};
+// The public face: the plugin, the handoff argument plugnet-shim passes, and the names an
+// attachment's host side carries (GC and the shim recognise plugnet's veths by them).
+pub use config::HANDOFF_ARG;
+pub use naming::{host_veth_name, is_host_veth_name};
+pub use setup::{owned_by, owner_alias, owner_mac};
+
 pub(crate) use cx::kernel;
 use cx::Cx;
 use features::Features;
