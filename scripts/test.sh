@@ -28,6 +28,8 @@ ensure_packages "${PACKAGES[@]}"
 export CARGO_TERM_COLOR=never
 log=$(mktemp /tmp/plugnet-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
+# Style is a gate: rustfmt and clippy -D warnings before anything is built or run.
+scripts/check.sh
 cargo build --workspace --all-targets
 # Unit tests first (fast, no kernel), then everything else.
 cargo test --workspace --lib --bins 2>&1 | tee -a "$log"

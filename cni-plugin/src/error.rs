@@ -75,6 +75,9 @@ pub struct CniError {
     pub details: String,
     /// The raw code when it came from another plugin with a code outside the known set.
     pub raw_code: Option<u32>,
+    /// The kernel errno behind it (EEXIST, ENOENT, ...), when a kernel call failed; never on
+    /// the wire.
+    pub errno: Option<i32>,
 }
 
 pub type CniResultOf<T> = std::result::Result<T, CniError>;
@@ -86,7 +89,14 @@ impl CniError {
             msg: msg.into(),
             details: String::new(),
             raw_code: None,
+            errno: None,
         }
+    }
+
+    /// The same error, remembering the kernel errno behind it.
+    pub fn with_errno(mut self, errno: Option<i32>) -> Self {
+        self.errno = errno;
+        self
     }
 
     pub fn details(mut self, details: impl Into<String>) -> Self {
@@ -155,6 +165,7 @@ impl CniError {
             msg: msg.to_string(),
             details: details.to_string(),
             raw_code: (kind.as_u32() != code).then_some(code),
+            errno: None,
         })
     }
 }

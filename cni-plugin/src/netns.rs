@@ -112,7 +112,7 @@ impl Netns {
         nix::sched::setns(self.fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
         let socket = open();
         if let Err(e) = nix::sched::setns(home.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET) {
-            eprintln!(
+            tracing::error!(
                 "plugnet: cannot return from netns {} to the plugin's own: {e}; aborting",
                 self.path.display()
             );

@@ -29,13 +29,7 @@ where
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("shim-netlink".into())
-            .spawn_scoped(scope, || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                    .map_err(|e| NetlinkError::io("start netlink runtime", e))?;
-                rt.block_on(f())
-            })
+            .spawn_scoped(scope, || plugnet::netlink::block_on(f())?)
             .map_err(|e| NetlinkError::io("spawn netlink thread", e))?
             .join()
             .map_err(|_| NetlinkError::protocol("netlink thread", "panicked"))?

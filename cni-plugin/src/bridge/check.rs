@@ -3,8 +3,9 @@
 //! MAC), its addresses and its routes.
 
 use super::config::BridgeConf;
+use super::cx::kernel;
 use super::features::{self, Features};
-use super::{ipam, kernel, naming};
+use super::{ipam, naming};
 use crate::error::CniError;
 use crate::invoke::Exec;
 use crate::netlink::{IpFamily, Link, Netlink};

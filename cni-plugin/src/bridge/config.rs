@@ -179,7 +179,7 @@ impl BridgeConf {
             }
         };
         if mode == Mode::Routed {
-            super::routed::refuse_bridge_only(&bridge_only)?;
+            refuse_bridge_only(&bridge_only)?;
         }
         Ok(BridgeConf {
             mode,
@@ -285,6 +285,22 @@ fn requested_mac(req: &Request) -> Result<Option<Mac>, CniError> {
             }
             Ok(Some(mac))
         }
+    }
+}
+
+/// Fields that only mean something with a bridge are refused in routed mode rather than
+/// silently ignored.
+pub fn refuse_bridge_only(fields: &[&str]) -> Result<(), CniError> {
+    match fields.first() {
+        None => Ok(()),
+        Some(f) => Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("{f} has no meaning in routed mode (there is no bridge)"),
+        )
+        .details(format!(
+            "remove {} or use \"mode\": \"bridge\"",
+            fields.join(", ")
+        ))),
     }
 }
 
@@ -402,5 +418,13 @@ pub(crate) mod tests {
         let c = BridgeConf::from_request(&request(raw, "")).unwrap();
         assert_eq!(c.vlan_trunk, vec![7, 10, 11, 12]);
         assert!(c.uses_vlans());
+    }
+
+    #[test]
+    fn bridge_only_fields_are_refused() {
+        assert!(refuse_bridge_only(&[]).is_ok());
+        let e = refuse_bridge_only(&["vlan", "hairpinMode"]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.msg.contains("vlan"), "{}", e.msg);
     }
 }

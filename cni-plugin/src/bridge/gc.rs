@@ -9,8 +9,9 @@
 use std::collections::HashSet;
 
 use super::config::{BridgeConf, Mode};
+use super::cx::kernel;
 use super::features::{self, Features};
-use super::{ipam, kernel, naming, setup};
+use super::{ipam, naming, setup};
 use crate::error::CniError;
 use crate::invoke::Exec;
 use crate::netlink::Netlink;

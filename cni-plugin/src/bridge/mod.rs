@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod config;
+mod cx;
 pub mod features;
 pub mod gc;
 pub mod ipam;
@@ -23,12 +24,20 @@ use std::future::Future;
 
 use crate::error::CniError;
 use crate::invoke::{Exec, RawExec};
-use crate::netlink::{LinkRemoval, Netlink, NetlinkError};
+use crate::netlink::{LinkRemoval, Netlink};
 use crate::netns::Netns;
 use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
 use config::{BridgeConf, Mode};
+// The public face: the plugin, the handoff argument plugnet-shim passes, and the names an
+// attachment's host side carries (GC and the shim recognise plugnet's veths by them).
+pub use config::HANDOFF_ARG;
+pub use naming::{host_veth_name, is_host_veth_name};
+pub use setup::{owned_by, owner_alias, owner_mac};
+
+pub(crate) use cx::kernel;
+use cx::Cx;
 use features::Features;
 use undo::Undo;
 
@@ -142,9 +151,17 @@ async fn add(
     };
     let host = Netlink::host().map_err(kernel)?;
     let mut undo = Undo::default();
+    let cx = Cx {
+        exec,
+        conf,
+        feats,
+        req,
+        ns: &ns,
+        host: &host,
+    };
     let added = match conf.mode {
-        Mode::Bridge => add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
-        Mode::Routed => routed::add_steps(exec, conf, feats, req, &ns, &host, &mut undo).await,
+        Mode::Bridge => add_steps(&cx, &mut undo).await,
+        Mode::Routed => routed::add_steps(&cx, &mut undo).await,
     };
     match added {
         Ok(result) => Ok(result),
@@ -155,15 +172,15 @@ async fn add(
     }
 }
 
-async fn add_steps(
-    exec: &dyn Exec,
-    conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-    ns: &Netns,
-    host: &Netlink,
-    undo: &mut Undo,
-) -> Result<CniResult, CniError> {
+async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let Cx {
+        exec,
+        conf,
+        feats,
+        req,
+        ns,
+        host,
+    } = *cx;
     let br = setup::bridge(conf, host).await?;
 
     let (mut result, durable) = ipam::add(exec, &conf.ipam, req)?;
@@ -289,17 +306,7 @@ async fn del_links(feats: &Features, req: &Request, host_name: &str) -> Vec<Stri
     errors
 }
 
-/// The one place a netlink failure becomes a CNI error.
-pub(crate) fn kernel(e: NetlinkError) -> CniError {
-    CniError::internal(e.to_string())
-}
-
-/// Runs one command's async body on a single-threaded runtime built for it.
+/// Runs one command's async body ([`crate::netlink::block_on`]).
 fn block_on<F: Future>(f: F) -> Result<F::Output, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| CniError::internal(format!("start async runtime: {e}")))?;
-    Ok(rt.block_on(f))
+    crate::netlink::block_on(f).map_err(|e| CniError::internal(e.to_string()))
 }

@@ -17,13 +17,14 @@ use ipnetwork::IpNetwork;
 
 use super::check::failed;
 use super::config::BridgeConf;
+use super::cx::{kernel, Cx};
 use super::features::{self, Features};
 use super::undo::Undo;
-use super::{ipam, kernel, naming, setup};
+use super::{ipam, naming, setup};
 use crate::error::{CniError, ErrorCode};
 use crate::invoke::Exec;
 use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethPair};
-use crate::netns::{self, Netns};
+use crate::netns::{self};
 use crate::skel::Request;
 use crate::types::{CniResult, IpConfig, Route};
 
@@ -46,22 +47,6 @@ pub fn next_hop(family: IpFamily) -> IpAddr {
 fn host_route(ip: IpAddr) -> IpNetwork {
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
     IpNetwork::new(ip, prefix).expect("full-length prefix")
-}
-
-/// Fields that only mean something with a bridge are refused in routed mode rather than
-/// silently ignored.
-pub fn refuse_bridge_only(fields: &[&str]) -> Result<(), CniError> {
-    match fields.first() {
-        None => Ok(()),
-        Some(f) => Err(CniError::new(
-            ErrorCode::InvalidConfig,
-            format!("{f} has no meaning in routed mode (there is no bridge)"),
-        )
-        .details(format!(
-            "remove {} or use \"mode\": \"bridge\"",
-            fields.join(", ")
-        ))),
-    }
 }
 
 /// What the container gets: its addresses as host routes, each with the family's next hop as
@@ -113,15 +98,15 @@ pub fn plan(ipam: &CniResult) -> (Vec<IpConfig>, Vec<Route>) {
 }
 
 /// ADD in routed mode. Registers every undo it needs on `undo` (the caller rolls back).
-pub(super) async fn add_steps(
-    exec: &dyn Exec,
-    conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-    ns: &Netns,
-    host: &Netlink,
-    undo: &mut Undo,
-) -> Result<CniResult, CniError> {
+pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let Cx {
+        exec,
+        conf,
+        feats,
+        req,
+        ns,
+        host,
+    } = *cx;
     let (from_ipam, durable) = ipam::add(exec, &conf.ipam, req)?;
     undo.release_ipam();
     if from_ipam.ips.is_empty() {
@@ -171,7 +156,7 @@ pub(super) async fn add_steps(
         }
     }
 
-    let result = result(conf, req, &pair, &host_name, mtu, ips, routes, from_ipam);
+    let result = result(cx, &pair, &host_name, mtu, ips, routes, from_ipam);
     // ipMasq, port mappings, egress rules and bandwidth key on the host veth, as in bridge mode.
     feats
         .apply(conf, req, host, &host_name, &result, undo)
@@ -247,10 +232,8 @@ async fn container(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn result(
-    conf: &BridgeConf,
-    req: &Request,
+    cx: &Cx<'_>,
     pair: &VethPair,
     host_name: &str,
     mtu: Option<u32>,
@@ -259,10 +242,10 @@ fn result(
     from_ipam: CniResult,
 ) -> CniResult {
     CniResult {
-        interfaces: setup::veth_interfaces(req, pair, host_name, mtu).into(),
+        interfaces: setup::veth_interfaces(cx.req, pair, host_name, mtu).into(),
         ips,
         routes,
-        dns: conf.dns.clone().unwrap_or(from_ipam.dns),
+        dns: cx.conf.dns.clone().unwrap_or(from_ipam.dns),
     }
 }
 
@@ -432,13 +415,5 @@ mod tests {
         assert!(routes[1..]
             .iter()
             .all(|r| r.gw == Some(IpAddr::V4(NEXT_HOP_V4))));
-    }
-
-    #[test]
-    fn bridge_only_fields_are_refused() {
-        assert!(refuse_bridge_only(&[]).is_ok());
-        let e = refuse_bridge_only(&["vlan", "hairpinMode"]).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidConfig);
-        assert!(e.msg.contains("vlan"), "{}", e.msg);
     }
 }

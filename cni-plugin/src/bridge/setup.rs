@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::config::BridgeConf;
-use super::kernel;
+use super::cx::kernel;
 use crate::error::{CniError, ErrorCode};
 use crate::netlink::{
     first_host, BridgeOptions, IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair,
@@ -141,7 +141,7 @@ pub async fn veth(
     };
     host.create_veth_pair(&opts).await.map_err(|e| {
         let mut err = kernel(e);
-        if err.msg.contains("File exists") {
+        if err.errno == Some(libc::EEXIST) {
             err = err.details(format!(
                 "either the container already has an interface {} or attachment ({}, {}) was \
                  added before without a DEL",

@@ -43,24 +43,24 @@ impl Undo {
             match step {
                 Step::ReleaseIpam => {
                     if let Err(e) = ipam::exec(exec, &conf.ipam, Command::Del, req) {
-                        eprintln!("plugnet: rollback: release addresses: {}", e.msg);
+                        tracing::warn!("plugnet: rollback: release addresses: {}", e.msg);
                     }
                 }
                 Step::RemoveFirewall(b) => {
                     let (fw, a) = *b;
                     if let Err(e) = fw.remove(&a.network, &a.container_id, &a.ifname) {
-                        eprintln!("plugnet: rollback: remove firewall rules: {e}");
+                        tracing::warn!("plugnet: rollback: remove firewall rules: {e}");
                     }
                 }
                 Step::RemoveShaping { host_veth, ifb } => {
                     if let Err(e) = crate::tc::remove(host, &host_veth, &ifb).await {
-                        eprintln!("plugnet: rollback: remove bandwidth: {e}");
+                        tracing::warn!("plugnet: rollback: remove bandwidth: {e}");
                     }
                 }
                 Step::DeleteLink(name) => match host.del_link_by_name(&name).await {
                     Ok(()) => {}
                     Err(e) if e.is_not_found() => {}
-                    Err(e) => eprintln!("plugnet: rollback: {e}"),
+                    Err(e) => tracing::warn!("plugnet: rollback: {e}"),
                 },
             }
         }

@@ -52,7 +52,7 @@ fn message(kind: u16, flags: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
 }
 
 fn request(msg: &[u8]) -> io::Result<()> {
-    super::nft::with_socket(|sock| {
+    super::nfnl::with_socket(|sock| {
         sock.send(msg)?;
         sock.ack(1)
     })
@@ -60,17 +60,17 @@ fn request(msg: &[u8]) -> io::Result<()> {
 
 /// The raw CTA_TUPLE_ORIG attributes (header included) of matching entries.
 fn dump_matching(family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
-    super::nft::with_socket(|sock| dump_on(sock, family, ports))
+    super::nfnl::with_socket(|sock| dump_on(sock, family, ports))
 }
 
-fn dump_on(sock: &super::nft::NfSocket, family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
+fn dump_on(sock: &super::nfnl::NfSocket, family: u8, ports: &[u16]) -> io::Result<Vec<Vec<u8>>> {
     sock.send(&message(
         IPCTNL_MSG_CT_GET,
         libc::NLM_F_DUMP as u16,
         family,
         &[],
     ))?;
-    let mut buf = super::nft::recv_buf();
+    let mut buf = super::nfnl::recv_buf();
     let mut out = Vec::new();
     loop {
         let n = sock.recv(&mut buf)?;

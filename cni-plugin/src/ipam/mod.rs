@@ -16,7 +16,7 @@ pub mod store;
 
 pub use allocator::GcReport;
 pub use config::IpamConfig;
-pub use store::{FileStore, Hold, Owner, Record};
+pub use store::{FileStore, Hold, Owner, Record, Store, SyncJob};
 
 use crate::error::CniError;
 use crate::skel::{Plugin, Request};
@@ -28,14 +28,34 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-fn open(data_dir: &Path, network: &str, create: bool) -> Result<Option<FileStore>, CniError> {
-    validate::network_name(network)?;
-    FileStore::open(data_dir, network, create).map_err(|e| {
-        CniError::io(format!(
-            "ipam store {}: {e}",
-            data_dir.join(network).display()
-        ))
-    })
+/// Opens a network's store: the seam a store other than plugnet-ipam's files plugs into.
+/// Every entry point below runs over one (the cluster store of [`cluster`] brings its own).
+pub trait Stores {
+    type Store: Store;
+    /// The store of `network`; `None` when it does not exist and `create` is false.
+    fn open(&self, network: &str, create: bool) -> Result<Option<Self::Store>, CniError>;
+}
+
+/// plugnet-ipam's own stores: a [`FileStore`] per network under `ipam.dataDir`.
+pub struct Files<'a>(pub &'a Path);
+
+impl Stores for Files<'_> {
+    type Store = FileStore;
+    fn open(&self, network: &str, create: bool) -> Result<Option<FileStore>, CniError> {
+        validate::network_name(network)?;
+        FileStore::open(self.0, network, create).map_err(|e| {
+            CniError::io(format!(
+                "ipam store {}: {e}",
+                self.0.join(network).display()
+            ))
+        })
+    }
+}
+
+fn created<S: Stores>(stores: &S, network: &str) -> Result<S::Store, CniError> {
+    stores
+        .open(network, true)?
+        .ok_or_else(|| CniError::internal(format!("ipam store of {network}: not created")))
 }
 
 /// `ipam.dataDir` without validating the rest (DEL must work even if the config went bad).
@@ -53,27 +73,36 @@ fn owner_of(req: &Request) -> Owner {
 
 /// ADD: allocate (or adopt a reservation) for the request's (container id, ifname).
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
-    let (result, store) = take(req)?;
-    store
-        .sync_dirs(true)
-        .map_err(allocator::store_err("sync"))?;
+    if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
+        let (result, store) = cluster::alloc::take(&c, req)?;
+        store.sync().map_err(allocator::store_err("sync"))?;
+        return Ok(result);
+    }
+    let cfg = IpamConfig::from_request(&req.raw, req.args.get("IP"))?;
+    let (result, store) = take(&Files(&cfg.data_dir), &cfg, req)?;
+    store.sync().map_err(allocator::store_err("sync"))?;
     Ok(result)
 }
 
 /// [`add`] for a caller with more work to do before it answers (the bridge plugin): returns
-/// once the addresses are taken, while their directories are fsynced on a thread. The caller
+/// once the addresses are taken, while the store makes them durable on a thread. The caller
 /// reports success only after [`Durable::wait`] did.
 pub fn add_deferred(req: &Request) -> Result<(CniResult, Durable), CniError> {
-    let (result, store) = take(req)?;
-    Ok((result, Durable::start(store.take_dirty())))
-}
-
-fn take(req: &Request) -> Result<(CniResult, FileStore), CniError> {
     if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
-        return cluster::alloc::take(&c, req);
+        let (result, store) = cluster::alloc::take(&c, req)?;
+        return Ok((result, Durable::start(store.sync_job())));
     }
     let cfg = IpamConfig::from_request(&req.raw, req.args.get("IP"))?;
-    let store = open(&cfg.data_dir, &req.config.name, true)?.expect("created");
+    let (result, store) = take(&Files(&cfg.data_dir), &cfg, req)?;
+    Ok((result, Durable::start(store.sync_job())))
+}
+
+fn take<S: Stores>(
+    stores: &S,
+    cfg: &IpamConfig,
+    req: &Request,
+) -> Result<(CniResult, S::Store), CniError> {
+    let store = created(stores, &req.config.name)?;
     let ips = allocator::allocate_unsynced(
         &store,
         &cfg.ranges,
@@ -84,8 +113,8 @@ fn take(req: &Request) -> Result<(CniResult, FileStore), CniError> {
     let result = CniResult {
         interfaces: Vec::new(),
         ips,
-        routes: cfg.routes,
-        dns: cfg.dns,
+        routes: cfg.routes.clone(),
+        dns: cfg.dns.clone(),
     };
     Ok((result, store))
 }
@@ -103,17 +132,18 @@ enum Syncing {
 }
 
 impl Durable {
-    /// Starts fsyncing `dirs` (what the allocation changed) on a thread of its own.
-    fn start(dirs: Vec<PathBuf>) -> Durable {
-        // Kept for the inline fallback: a failed spawn drops its closure, `dirs` with it.
-        let fallback = dirs.clone();
+    /// Starts the store's durability work ([`Store::sync_job`]) on a thread of its own.
+    fn start(job: SyncJob) -> Durable {
+        // Kept for the inline fallback: a failed spawn drops its closure, the job with it.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+        let theirs = slot.clone();
         let state = match std::thread::Builder::new()
             .name("plugnet-fsync".into())
             .stack_size(64 * 1024)
-            .spawn(move || store::sync_paths(&dirs, false))
+            .spawn(move || run_job(&theirs))
         {
             Ok(h) => Syncing::Thread(h),
-            Err(_) => Syncing::Done(store::sync_paths(&fallback, false)),
+            Err(_) => Syncing::Done(run_job(&slot)),
         };
         Durable { state: Some(state) }
     }
@@ -135,6 +165,11 @@ impl Durable {
     }
 }
 
+fn run_job(slot: &std::sync::Mutex<Option<SyncJob>>) -> std::io::Result<()> {
+    let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    job.map_or(Ok(()), |job| job())
+}
+
 impl Drop for Durable {
     fn drop(&mut self) {
         let _ = self.join();
@@ -146,7 +181,7 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw).ok().flatten() {
         return cluster::alloc::del(&c, req);
     }
-    match open(&data_dir_of(&req.raw), &req.config.name, false)? {
+    match Files(&data_dir_of(&req.raw)).open(&req.config.name, false)? {
         Some(store) => allocator::release(&store, &owner_of(req)).map(|_| ()),
         None => Ok(()),
     }
@@ -158,12 +193,14 @@ pub fn check(req: &Request) -> Result<(), CniError> {
         return cluster::alloc::check(&c, req);
     }
     let cfg = IpamConfig::from_request(&req.raw, None)?;
-    let store = open(&cfg.data_dir, &req.config.name, false)?.ok_or_else(|| {
-        CniError::internal(format!(
-            "plugnet-ipam: failed to find address added by container {}",
-            req.container_id
-        ))
-    })?;
+    let store = Files(&cfg.data_dir)
+        .open(&req.config.name, false)?
+        .ok_or_else(|| {
+            CniError::internal(format!(
+                "plugnet-ipam: failed to find address added by container {}",
+                req.container_id
+            ))
+        })?;
     allocator::check(&store, &owner_of(req)).map(|_| ())
 }
 
@@ -177,13 +214,12 @@ pub fn status(req: &Request) -> Result<(), CniError> {
     let not_available = |msg: &str, details: String| {
         CniError::new(crate::ErrorCode::NotAvailable, msg).details(details)
     };
-    let store = open(&cfg.data_dir, &req.config.name, true)
-        .map_err(|e| not_available("ipam store is not usable", e.msg))?
-        .expect("created");
+    let store = created(&Files(&cfg.data_dir), &req.config.name)
+        .map_err(|e| not_available("ipam store is not usable", e.msg))?;
     store.probe_writable().map_err(|e| {
         not_available(
             "ipam store is not writable: ADD cannot allocate",
-            format!("{}: {e}", store.dir().display()),
+            format!("{}: {e}", store.location()),
         )
     })?;
     allocator::can_allocate(&store, &cfg.ranges)
@@ -194,7 +230,7 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
     if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw)? {
         return cluster::alloc::gc(&c, req).map(drop);
     }
-    let Some(store) = open(&data_dir_of(&req.raw), &req.config.name, false)? else {
+    let Some(store) = Files(&data_dir_of(&req.raw)).open(&req.config.name, false)? else {
         return Ok(());
     };
     let valid: HashSet<Owner> = req
@@ -260,7 +296,7 @@ pub fn reserve(
             if v6 { 6 } else { 4 }
         )));
     }
-    let store = open(&cfg.data_dir, network, true)?.expect("created");
+    let store = created(&Files(&cfg.data_dir), network)?;
     let requested: Vec<IpAddr> = requested.into_iter().collect();
     let got = allocator::allocate(&store, &cfg.ranges, owner, &requested, Hold::Reserved)?;
     Ok(got[0].address)
@@ -276,12 +312,10 @@ pub fn transfer(
 ) -> Result<(), CniError> {
     validate_owner(from)?;
     validate_owner(to)?;
-    let store = open(
-        &data_dir_of(&serde_json::json!({ "ipam": ipam_conf })),
+    let store = created(
+        &Files(&data_dir_of(&serde_json::json!({ "ipam": ipam_conf }))),
         network,
-        true,
-    )?
-    .expect("created");
+    )?;
     allocator::transfer(&store, from, to, hold)
 }
 
@@ -292,11 +326,7 @@ pub fn release_owner(
     owner: &Owner,
 ) -> Result<Vec<IpAddr>, CniError> {
     validate_owner(owner)?;
-    match open(
-        &data_dir_of(&serde_json::json!({ "ipam": ipam_conf })),
-        network,
-        false,
-    )? {
+    match Files(&data_dir_of(&serde_json::json!({ "ipam": ipam_conf }))).open(network, false)? {
         Some(store) => allocator::release(&store, owner),
         None => Ok(Vec::new()),
     }
@@ -304,8 +334,9 @@ pub fn release_owner(
 
 /// Every record of a network's store (for listing and reconciliation).
 pub fn records(data_dir: &Path, network: &str) -> Result<Vec<Record>, CniError> {
-    match open(data_dir, network, false)? {
-        Some(store) => store::Store::records(&store)
+    match Files(data_dir).open(network, false)? {
+        Some(store) => store
+            .records()
             .map_err(|e| CniError::io(format!("ipam store: list records: {e}"))),
         None => Ok(Vec::new()),
     }
@@ -331,7 +362,7 @@ mod tests {
         let (result, durable) = add_deferred(&req).unwrap();
         let ip = result.ips[0].address.ip();
         // Visible to everyone at once: the lock is already released.
-        let store = open(tmp.path(), "pnd-net", false).unwrap().unwrap();
+        let store = Files(tmp.path()).open("pnd-net", false).unwrap().unwrap();
         assert_eq!(store.holder(ip).unwrap(), Some(owner_of(&req)));
         durable.wait().unwrap();
         // A second ADD of the same attachment is refused, as after a synchronous one.
@@ -344,9 +375,11 @@ mod tests {
     fn a_failed_fsync_is_what_wait_reports() {
         let tmp = tempfile::tempdir().unwrap();
         // An allocation's directories, one of them gone before its fsync.
-        let (_, store) = take(&request(conf(tmp.path()), "")).unwrap();
+        let req = request(conf(tmp.path()), "");
+        let cfg = IpamConfig::from_request(&req.raw, None).unwrap();
+        let (_, store) = take(&Files(tmp.path()), &cfg, &req).unwrap();
         std::fs::remove_dir_all(tmp.path().join("pnd-net/owner")).unwrap();
-        let err = Durable::start(store.take_dirty()).wait().unwrap_err();
+        let err = Durable::start(store.sync_job()).wait().unwrap_err();
         assert!(err.msg.contains("ipam store: sync"), "{}", err.msg);
     }
 }

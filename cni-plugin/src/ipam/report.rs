@@ -8,7 +8,8 @@
 use super::allocator;
 use super::config::{to_u128, IpamConfig};
 use super::hostlocal;
-use super::store::{Claim, FileStore, Hold, Owner, Store};
+use super::store::{Claim, Hold, Owner, Store};
+use super::{Files, Stores};
 use crate::error::CniError;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -87,12 +88,6 @@ pub fn networks(data_dir: &Path) -> Vec<String> {
     out
 }
 
-fn open(data_dir: &Path, network: &str) -> Result<Option<FileStore>, CniError> {
-    crate::validate::network_name(network)?;
-    FileStore::open(data_dir, network, false)
-        .map_err(|e| CniError::io(format!("ipam store of {network}: {e}")))
-}
-
 /// Holders of `network` (sorted by address), damaged entries and, given its configuration,
 /// range usage.
 pub fn usage(
@@ -100,7 +95,7 @@ pub fn usage(
     network: &str,
     cfg: Option<&IpamConfig>,
 ) -> Result<NetworkUsage, CniError> {
-    let store = open(data_dir, network)?;
+    let store = Files(data_dir).open(network, false)?;
     let mut holders = Vec::new();
     let mut damaged = Vec::new();
     if let Some(store) = &store {
@@ -195,7 +190,7 @@ pub fn release(
     ifname: Option<&str>,
 ) -> Result<Vec<(Owner, Vec<IpAddr>)>, CniError> {
     crate::validate::container_id(container_id)?;
-    let Some(store) = open(data_dir, network)? else {
+    let Some(store) = Files(data_dir).open(network, false)? else {
         return Ok(Vec::new());
     };
     let mut owners: Vec<Owner> = store
@@ -249,7 +244,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let store = FileStore::open(d.path(), "n", true).unwrap().unwrap();
+        let store = crate::ipam::FileStore::open(d.path(), "n", true)
+            .unwrap()
+            .unwrap();
         for id in ["a", "b"] {
             allocator::allocate(
                 &store,

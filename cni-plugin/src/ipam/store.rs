@@ -142,6 +142,9 @@ pub struct Damage {
 }
 
 /// What the allocator needs from a store.
+/// Durability work to run later or elsewhere ([`Store::sync_job`]).
+pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
 pub trait Store {
     type Guard;
     /// Take the exclusive lock; released when the guard drops (or the process dies).
@@ -185,6 +188,21 @@ pub trait Store {
     }
     /// Make every change so far durable (called after the lock is released).
     fn sync(&self) -> io::Result<()>;
+    /// The same work as [`Store::sync`], handed over to run elsewhere (a thread of its own,
+    /// see [`super::Durable`]); the changes so far count as synced once it has run. By default
+    /// the work is done at once and the job only reports its outcome.
+    fn sync_job(&self) -> SyncJob {
+        let outcome = self.sync();
+        Box::new(move || outcome)
+    }
+    /// Can the store be written (STATUS asks before any ADD does)?
+    fn probe_writable(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Where the store lives, for messages.
+    fn location(&self) -> String {
+        "ipam store".into()
+    }
     /// Remove leftovers of writers killed mid-way (under the lock). Returns how many.
     fn sweep(&self) -> io::Result<usize> {
         Ok(0)
@@ -563,6 +581,16 @@ impl Store for FileStore {
 
     fn sync(&self) -> io::Result<()> {
         self.sync_dirs(true)
+    }
+    fn sync_job(&self) -> SyncJob {
+        let dirs = self.take_dirty();
+        Box::new(move || sync_paths(&dirs, false))
+    }
+    fn probe_writable(&self) -> io::Result<()> {
+        FileStore::probe_writable(self)
+    }
+    fn location(&self) -> String {
+        self.dir.display().to_string()
     }
 }
 

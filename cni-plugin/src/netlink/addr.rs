@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
@@ -83,24 +83,22 @@ impl Netlink {
         addr: IpNetwork,
         dad: bool,
     ) -> Result<(), NetlinkError> {
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::NewAddress(addr_message(index, &addr, dad)),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL,
             &|| format!("add address {addr} to link {index}"),
         )
         .await
-        .map(drop)
     }
 
     /// Removes `addr` from the link; EADDRNOTAVAIL if it is not there.
     pub async fn del_addr(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::DelAddress(addr_message(index, &addr, true)),
-            NLM_F_REQUEST | NLM_F_ACK,
+            0,
             &|| format!("remove address {addr} from link {index}"),
         )
         .await
-        .map(drop)
     }
 
     /// The addresses of the link (global and link scope), optionally of one family.

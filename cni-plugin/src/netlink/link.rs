@@ -405,25 +405,19 @@ impl Netlink {
     /// `ip link set <index> up`.
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).up().build();
-        self.exchange(
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("set link {index} up"),
-        )
+        self.command(RouteNetlinkMessage::SetLink(msg), 0, &|| {
+            format!("set link {index} up")
+        })
         .await
-        .map(drop)
     }
 
     /// `ip link set <index> alias <alias>` (the kernel ignores IFLA_IFALIAS at creation).
     pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).alias(alias).build();
-        self.exchange(
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("set alias of link {index}"),
-        )
+        self.command(RouteNetlinkMessage::SetLink(msg), 0, &|| {
+            format!("set alias of link {index}")
+        })
         .await
-        .map(drop)
     }
 
     /// `ip link set <index> address <mac>`.
@@ -431,13 +425,10 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(index)
             .address(mac.0.to_vec())
             .build();
-        self.exchange(
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("set address of link {index} to {mac}"),
-        )
+        self.command(RouteNetlinkMessage::SetLink(msg), 0, &|| {
+            format!("set address of link {index} to {mac}")
+        })
         .await
-        .map(drop)
     }
 
     /// Sets `net.ipv4.conf.<link>.arp_notify=1` through netlink: the kernel then sends a
@@ -450,37 +441,28 @@ impl Netlink {
                 AfSpecInet::DevConfRequest(conf),
             ])]))
             .build();
-        self.exchange(
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("enable arp_notify on link {index}"),
-        )
+        self.command(RouteNetlinkMessage::SetLink(msg), 0, &|| {
+            format!("enable arp_notify on link {index}")
+        })
         .await
-        .map(drop)
     }
 
     /// Deletes the link with `index` (a veth takes its peer with it).
     pub async fn del_link(&self, index: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).build();
-        self.exchange(
-            RouteNetlinkMessage::DelLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("delete link {index}"),
-        )
+        self.command(RouteNetlinkMessage::DelLink(msg), 0, &|| {
+            format!("delete link {index}")
+        })
         .await
-        .map(drop)
     }
 
     /// Deletes the link called `name` in one request (no lookup first).
     pub async fn del_link_by_name(&self, name: &str) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_name(name).build();
-        self.exchange(
-            RouteNetlinkMessage::DelLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("delete link {name}"),
-        )
+        self.command(RouteNetlinkMessage::DelLink(msg), 0, &|| {
+            format!("delete link {name}")
+        })
         .await
-        .map(drop)
     }
 
     /// Moves the link with `index` into the namespace `target`, renamed to `new_name` and down,
@@ -501,13 +483,10 @@ impl Netlink {
             .setns_by_fd(target.as_raw_fd())
             .name(new_name.to_string())
             .build();
-        self.exchange(
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("move link {index} to another netns as {new_name}"),
-        )
+        self.command(RouteNetlinkMessage::SetLink(msg), 0, &|| {
+            format!("move link {index} to another netns as {new_name}")
+        })
         .await
-        .map(drop)
     }
 
     /// The links enslaved to the link with `index` (a bridge's ports), one filtered dump.
@@ -560,25 +539,19 @@ impl Netlink {
     /// Hairpin mode on a bridge port: frames may leave by the port they came in on.
     pub async fn set_hairpin(&self, port: u32, on: bool) -> Result<(), NetlinkError> {
         let msg = LinkBridgePort::new(port).hairpin(on).build();
-        self.exchange(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("set hairpin {on} on bridge port {port}"),
-        )
+        self.command(RouteNetlinkMessage::NewLink(msg), 0, &|| {
+            format!("set hairpin {on} on bridge port {port}")
+        })
         .await
-        .map(drop)
     }
 
     /// Port isolation: isolated ports can only talk to non-isolated ones (e.g. the uplink).
     pub async fn set_port_isolated(&self, port: u32, on: bool) -> Result<(), NetlinkError> {
         let msg = LinkBridgePort::new(port).isolated(on).build();
-        self.exchange(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("set isolated {on} on bridge port {port}"),
-        )
+        self.command(RouteNetlinkMessage::NewLink(msg), 0, &|| {
+            format!("set isolated {on} on bridge port {port}")
+        })
         .await
-        .map(drop)
     }
 
     /// Makes `port` an access port of VLAN `vid` (PVID, egress untagged). Requires
@@ -595,13 +568,10 @@ impl Netlink {
             BridgeVlanInfoFlags::empty()
         };
         let msg = LinkBridgeVlan::new(port).vlan(vid, flags).build();
-        self.exchange(
-            RouteNetlinkMessage::SetLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("add vlan {vid} to bridge port {port}"),
-        )
+        self.command(RouteNetlinkMessage::SetLink(msg), 0, &|| {
+            format!("add vlan {vid} to bridge port {port}")
+        })
         .await
-        .map(drop)
     }
 
     /// Removes VLAN `vid` from `port` (e.g. the default VLAN 1 of an access port).
@@ -609,13 +579,10 @@ impl Netlink {
         let msg = LinkBridgeVlan::new(port)
             .vlan(vid, BridgeVlanInfoFlags::empty())
             .build();
-        self.exchange(
-            RouteNetlinkMessage::DelLink(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("remove vlan {vid} from bridge port {port}"),
-        )
+        self.command(RouteNetlinkMessage::DelLink(msg), 0, &|| {
+            format!("remove vlan {vid} from bridge port {port}")
+        })
         .await
-        .map(drop)
     }
 }
 

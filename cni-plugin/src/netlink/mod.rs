@@ -8,6 +8,7 @@
 //! then driven on the caller's tokio runtime; every error names its step and keeps the errno.
 
 mod addr;
+mod blocking;
 mod error;
 mod link;
 mod neigh;
@@ -20,12 +21,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::StreamExt;
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::Handle;
 
 pub use addr::{first_host, IpFamily};
+pub use blocking::block_on;
 pub use error::{Cause, NetlinkError};
 pub use link::{BridgeOptions, Link, LinkStats, Mac, VethOptions, VethPair};
 pub use neigh::Neighbour;
@@ -111,6 +113,19 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// One request the kernel only acknowledges (set, delete, add without echo; `flags` on top
+    /// of REQUEST|ACK, e.g. CREATE|EXCL): `Ok` or the errno, named by `step`.
+    async fn command(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        step: &dyn Fn() -> String,
+    ) -> Result<(), NetlinkError> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_ACK | flags, step)
+            .await
+            .map(drop)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -47,13 +47,12 @@ impl Netlink {
         ip: IpAddr,
         mac: Mac,
     ) -> Result<(), NetlinkError> {
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::NewNeighbour(permanent_message(index, ip, mac)),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_CREATE | NLM_F_REPLACE,
             &|| format!("add neighbour {ip} lladdr {mac} on link {index}"),
         )
         .await
-        .map(drop)
     }
 
     /// The neighbour entries of one link and family.

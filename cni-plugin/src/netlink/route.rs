@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
     RouteScope, RouteType,
@@ -135,24 +135,20 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 impl Netlink {
     /// Adds the route; EEXIST if an identical one is there.
     pub async fn add_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::NewRoute(route.message()),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL,
             &|| describe("add", route),
         )
         .await
-        .map(drop)
     }
 
     /// Deletes the route; ESRCH if there is none.
     pub async fn del_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
-        self.exchange(
-            RouteNetlinkMessage::DelRoute(route.message()),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| describe("delete", route),
-        )
+        self.command(RouteNetlinkMessage::DelRoute(route.message()), 0, &|| {
+            describe("delete", route)
+        })
         .await
-        .map(drop)
     }
 
     /// The unicast routes of one family in the main table (or `table`).

@@ -71,13 +71,12 @@ impl Netlink {
         msg.attributes.push(TcAttribute::Kind("tbf".to_string()));
         msg.attributes
             .push(TcAttribute::Options(tbf_options(rate_bits, burst_bits)));
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::NewQueueDiscipline(msg),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_CREATE | NLM_F_REPLACE,
             &|| format!("add tbf qdisc on link {index}"),
         )
         .await
-        .map(drop)
     }
 
     /// `tc qdisc add dev <index> ingress`.
@@ -87,13 +86,12 @@ impl Netlink {
         msg.header.handle = TcHandle::from(INGRESS_HANDLE);
         msg.attributes
             .push(TcAttribute::Kind("ingress".to_string()));
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::NewQueueDiscipline(msg),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL,
             &|| format!("add ingress qdisc on link {index}"),
         )
         .await
-        .map(drop)
     }
 
     /// Deletes the qdisc at `parent` of link `index` (the ingress qdisc for `Ingress`).
@@ -107,13 +105,10 @@ impl Netlink {
             }
             QdiscParent::Class(c) => TcHandle::from(c),
         };
-        self.exchange(
-            RouteNetlinkMessage::DelQueueDiscipline(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-            &|| format!("delete {parent:?} qdisc on link {index}"),
-        )
+        self.command(RouteNetlinkMessage::DelQueueDiscipline(msg), 0, &|| {
+            format!("delete {parent:?} qdisc on link {index}")
+        })
         .await
-        .map(drop)
     }
 
     /// `tc filter add dev <index> parent ffff: protocol all u32 match u8 0 0 action mirred
@@ -146,13 +141,12 @@ impl Netlink {
             TcOption::U32(TcFilterU32Option::Selector(sel)),
             TcOption::U32(TcFilterU32Option::Action(vec![action])),
         ]));
-        self.exchange(
+        self.command(
             RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL,
             &|| format!("redirect ingress of link {index} to link {to}"),
         )
         .await
-        .map(drop)
     }
 
     /// Creates ifb device `name`, up (`ip link add <name> up type ifb`).

@@ -12,7 +12,7 @@
 //! the allocator under the store lock, firewall records through the firewall, like a DEL.
 
 use super::owners::{NetnsProbe, NetnsState, OwnerSource};
-use crate::bridge::{naming, setup};
+use crate::bridge::{self, host_veth_name, is_host_veth_name};
 use crate::error::CniError;
 use crate::ipam::report;
 use crate::libcni::{self, CacheEntry};
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub struct HostVeth {
     pub name: String,
     pub alias: Option<String>,
-    /// Its MAC, plugnet's mark from birth ([`setup::owner_mac`]).
+    /// Its MAC, plugnet's mark from birth ([`bridge::owner_mac`]).
     pub mac: Option<crate::netlink::Mac>,
     /// The peer lives in another (therefore live) namespace.
     pub peer_elsewhere: bool,
@@ -42,7 +42,7 @@ pub trait HostLinks {
 impl HostVeth {
     /// Whether this veth carries `network`'s owner mark.
     fn owned_by(&self, network: &str) -> bool {
-        setup::owned_by(network, &self.name, self.alias.as_deref(), self.mac)
+        bridge::owned_by(network, &self.name, self.alias.as_deref(), self.mac)
     }
 }
 
@@ -294,7 +294,7 @@ fn judge(
         }
     }
     for (network, ifname) in &owner.attachments {
-        let name = naming::host_veth_name(id, ifname);
+        let name = host_veth_name(id, ifname);
         if let Some(v) = veths.get(&name) {
             if v.peer_elsewhere && v.owned_by(network) {
                 return (
@@ -339,7 +339,7 @@ fn reclaim(id: &str, owner: &Owner, k: &Reclaim, dry_run: bool, out: &mut Vec<Ac
         );
     }
     for (network, ifname) in &owner.attachments {
-        let name = naming::host_veth_name(id, ifname);
+        let name = host_veth_name(id, ifname);
         let Some(v) = k.veths.get(&name) else {
             continue;
         };
@@ -407,12 +407,8 @@ impl NetlinkLinks {
     fn block_on<T>(
         f: impl std::future::Future<Output = Result<T, crate::netlink::NetlinkError>>,
     ) -> Result<T, CniError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| CniError::internal(format!("start async runtime: {e}")))?;
-        rt.block_on(f)
+        crate::netlink::block_on(f)
+            .and_then(|r| r)
             .map_err(|e| CniError::internal(e.to_string()))
     }
 }
@@ -426,7 +422,7 @@ impl HostLinks for NetlinkLinks {
         .map_err(|e| e.context("list host links"))?;
         Ok(links
             .into_iter()
-            .filter(|l| naming::is_host_veth_name(&l.name) && l.kind.as_deref() == Some("veth"))
+            .filter(|l| is_host_veth_name(&l.name) && l.kind.as_deref() == Some("veth"))
             .map(|l| HostVeth {
                 peer_elsewhere: l.link_netnsid.is_some(),
                 name: l.name,

@@ -40,11 +40,7 @@ pub trait Kernel {
 pub struct NetlinkKernel;
 
 fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| CniError::internal(format!("start netlink runtime: {e}")))?;
-    Ok(rt.block_on(f))
+    crate::netlink::block_on(f).map_err(|e| CniError::internal(e.to_string()))
 }
 
 impl Kernel for NetlinkKernel {

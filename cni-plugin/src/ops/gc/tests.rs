@@ -1,7 +1,7 @@
 //! gc over real stores and cache files in a temp dir, with scripted netns, links and sources.
 
 use super::*;
-use crate::bridge::setup::{owner_alias, owner_mac};
+use crate::bridge::{host_veth_name, owner_alias, owner_mac};
 use crate::ipam::{allocator, FileStore, Hold, IpamConfig, Owner as IpamOwner};
 use serde_json::json;
 use std::cell::RefCell;
@@ -124,7 +124,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
     cache(&cdir, "unk", "/run/netns/u");
     cache(&cdir, "cacheonly", "/run/netns/c");
     let veth = |id: &str, elsewhere| HostVeth {
-        name: naming::host_veth_name(id, "eth0"),
+        name: host_veth_name(id, "eth0"),
         alias: Some(owner_alias("pnonet")),
         mac: None,
         peer_elsewhere: elsewhere,
@@ -185,7 +185,7 @@ fn reclaims_exactly_the_provably_dead_and_dry_run_changes_nothing() {
     assert!(!ids.contains(&"dead".to_string()) && !ids.contains(&"cacheonly".to_string()));
     assert_eq!(
         *links.deleted.borrow(),
-        vec![naming::host_veth_name("dead", "eth0")]
+        vec![host_veth_name("dead", "eth0")]
     );
     // A second run finds nothing more to do.
     let again = run(&opts, &sources, &probe, &links, &NoFirewall::default()).unwrap();
@@ -220,9 +220,9 @@ fn a_veth_of_another_network_is_left_alone() {
     cache(d.path(), "dead", "/run/netns/d");
     let links = Links {
         veths: vec![HostVeth {
-            name: naming::host_veth_name("dead", "eth0"),
+            name: host_veth_name("dead", "eth0"),
             alias: Some(owner_alias("other")),
-            mac: Some(owner_mac("pnonet", &naming::host_veth_name("dead", "eth0"))),
+            mac: Some(owner_mac("pnonet", &host_veth_name("dead", "eth0"))),
             peer_elsewhere: false,
         }],
         ..Links::default()
@@ -243,7 +243,7 @@ fn a_veth_of_another_network_is_left_alone() {
 fn a_veth_whose_add_died_before_its_alias_is_known_by_its_birth_mac() {
     let d = tempfile::tempdir().unwrap();
     cache(d.path(), "dead", "/run/netns/d");
-    let name = naming::host_veth_name("dead", "eth0");
+    let name = host_veth_name("dead", "eth0");
     let links = Links {
         veths: vec![HostVeth {
             name: name.clone(),
@@ -273,13 +273,13 @@ fn a_firewall_record_whose_veth_is_gone_proves_a_cacheless_owner_dead() {
         network: "pnonet".into(),
         container_id: id.into(),
         ifname: "eth0".into(),
-        host_veth: naming::host_veth_name(id, "eth0"),
+        host_veth: host_veth_name(id, "eth0"),
     };
     let fw = NoFirewall {
         records: vec![rec("stranded"), rec("running")],
         ..NoFirewall::default()
     };
-    let name = naming::host_veth_name("running", "eth0");
+    let name = host_veth_name("running", "eth0");
     let links = Links {
         veths: vec![HostVeth {
             mac: Some(owner_mac("pnonet", &name)),
