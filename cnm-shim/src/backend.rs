@@ -230,7 +230,10 @@ pub mod fake {
         }
         fn attach(&self, req: &AttachRequest) -> Result<AttachOutcome> {
             self.log(format!("attach {}", req.container_id));
-            if let Some(e) = self.fail_attach.lock().unwrap().clone() {
+            let fail = self.fail_attach.lock().unwrap().clone();
+            if let Some(e) = fail {
+                // A handler bug: the router must answer 500 and keep serving.
+                assert!(e != "panic", "fake backend: attach panicked");
                 anyhow::bail!(e);
             }
             let ips = req.capability_args.get("ips").cloned().unwrap_or_default();

@@ -104,8 +104,12 @@ fn truthy(v: Option<&String>) -> bool {
     )
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+/// The first 12 characters of an id (ids are ASCII once validated; any input is safe).
+pub(crate) fn short(id: &str) -> &str {
+    match id.char_indices().nth(12) {
+        Some((i, _)) => &id[..i],
+        None => id,
+    }
 }
 
 impl<B: CniBackend> Driver<B> {
@@ -130,16 +134,51 @@ impl<B: CniBackend> Driver<B> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ep_lock(&self, id: &str) -> Arc<Mutex<()>> {
-        let mut m = self.ep_locks.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(id.to_string()).or_default().clone()
+    /// Run `f` holding endpoint `id`'s lock. The lock's entry lives only while a call for
+    /// that id is in progress: it is removed by the last holder, so the table never grows
+    /// with the ids callers invent (issue 17).
+    fn with_ep_lock<R>(&self, id: &str, f: impl FnOnce() -> R) -> R {
+        /// Removes the entry when the call ends, also when it unwinds.
+        struct Release<'a> {
+            map: &'a Mutex<HashMap<String, Arc<Mutex<()>>>>,
+            id: &'a str,
+            lock: Option<Arc<Mutex<()>>>,
+        }
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                drop(self.lock.take());
+                let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+                if m.get(self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+                    m.remove(self.id);
+                }
+            }
+        }
+        let lock = {
+            let mut m = self.ep_locks.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(id.to_string()).or_default().clone()
+        };
+        // The only clone outside the table lives in `release`, so its drop (also on unwind)
+        // sees the true count.
+        let release = Release {
+            map: &self.ep_locks,
+            id,
+            lock: Some(lock),
+        };
+        match &release.lock {
+            Some(l) => {
+                let _g = l.lock().unwrap_or_else(|p| p.into_inner());
+                f()
+            }
+            None => f(),
+        }
     }
 
-    fn forget_ep_lock(&self, id: &str) {
-        let mut m = self.ep_locks.lock().unwrap_or_else(|p| p.into_inner());
-        if m.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
-            m.remove(id);
-        }
+    /// Entries of the endpoint lock table (tests: it must not grow with unknown ids).
+    pub fn ep_lock_entries(&self) -> usize {
+        self.ep_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// A snapshot of the state (tests, diagnostics).
@@ -165,7 +204,7 @@ impl<B: CniBackend> Driver<B> {
 
     pub fn create_network(&self, req: CreateNetworkRequest) -> Result<Empty> {
         if !valid_id(&req.network_id) {
-            bail!("invalid NetworkID {:?}", req.network_id);
+            bail!("invalid NetworkID {:?}", short(&req.network_id));
         }
         let opts = generic(&req.options);
         let internal = req
@@ -292,11 +331,11 @@ impl<B: CniBackend> Driver<B> {
             plugin: self.cfg.bridge_plugin.clone(),
             routed,
             bridge: opts
-                .get("com.docker.network.bridge.name")
+                .get(crate::validate::BRIDGE_NAME_OPTION)
                 .cloned()
                 .unwrap_or_else(|| format!("pnb{}", short(&req.network_id))),
-            mtu: match opts.get("com.docker.network.driver.mtu") {
-                Some(m) => Some(m.parse().with_context(|| format!("mtu {m:?}"))?),
+            mtu: match opts.get(crate::validate::MTU_OPTION) {
+                Some(m) => Some(crate::validate::mtu(m)?),
                 None => None,
             },
             ip_masq: !internal
@@ -306,8 +345,8 @@ impl<B: CniBackend> Driver<B> {
                     .unwrap_or(self.cfg.default_ip_masq),
             ipam_data_dir: self.cfg.ipam_data_dir.clone(),
         };
-        if !routed && derive.bridge.len() > 15 {
-            bail!("bridge name {:?} is longer than 15 bytes", derive.bridge);
+        if !routed {
+            crate::validate::ifname("bridge name", &derive.bridge)?;
         }
         let conflist = translate::derive_conflist(&cni_name, &ranges, &derive);
         let exported = truthy(opts.get(OPT_EXPORT));
@@ -407,10 +446,19 @@ impl<B: CniBackend> Driver<B> {
 
     pub fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
         if !valid_id(&req.endpoint_id) {
-            bail!("invalid EndpointID {:?}", req.endpoint_id);
+            bail!("invalid EndpointID {:?}", short(&req.endpoint_id));
         }
-        let lock = self.ep_lock(&req.endpoint_id);
-        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.lock().networks.contains_key(&req.network_id) {
+            bail!(
+                "network {} is not known to this driver",
+                short(&req.network_id)
+            );
+        }
+        let id = req.endpoint_id.clone();
+        self.with_ep_lock(&id, || self.create_endpoint_locked(req))
+    }
+
+    fn create_endpoint_locked(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
         let mut addresses = Vec::new();
         for a in [&req.interface.address, &req.interface.address_ipv6] {
             if !a.is_empty() {
@@ -420,12 +468,7 @@ impl<B: CniBackend> Driver<B> {
                 );
             }
         }
-        let ports: Vec<PortBinding> = match req.options.get(PORTMAP_OPTION) {
-            Some(v) if !v.is_null() => {
-                serde_json::from_value(v.clone()).context("decode port mappings")?
-            }
-            _ => Vec::new(),
-        };
+        let ports = crate::validate::port_bindings(&req.options)?;
         let mut st = self.lock();
         let net = st.networks.get(&req.network_id).cloned().ok_or_else(|| {
             anyhow!(
@@ -476,28 +519,27 @@ impl<B: CniBackend> Driver<B> {
     }
 
     pub fn delete_endpoint(&self, req: EndpointRequest) -> Result<Empty> {
-        let lock = self.ep_lock(&req.endpoint_id);
-        let g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let rec = self.lock().endpoints.get(&req.endpoint_id).cloned();
-        if let Some(rec) = rec {
-            // Docker still holds the addresses until its ReleaseAddress.
-            self.teardown_endpoint(&rec, false);
+        if !self.lock().endpoints.contains_key(&req.endpoint_id) {
+            return Ok(Empty {}); // unknown: nothing to do, no lock entry made
         }
-        drop(g);
-        self.forget_ep_lock(&req.endpoint_id);
+        self.with_ep_lock(&req.endpoint_id, || {
+            let rec = self.lock().endpoints.get(&req.endpoint_id).cloned();
+            if let Some(rec) = rec {
+                // Docker still holds the addresses until its ReleaseAddress.
+                self.teardown_endpoint(&rec, false);
+            }
+        });
         Ok(Empty {})
     }
 
     /// Tear down endpoint `id` under its lock (no-op if it is gone meanwhile).
     fn collect_endpoint(&self, id: &str) {
-        let lock = self.ep_lock(id);
-        let g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let rec = self.lock().endpoints.get(id).cloned();
-        if let Some(rec) = rec {
-            self.teardown_endpoint(&rec, true);
-        }
-        drop(g);
-        self.forget_ep_lock(id);
+        self.with_ep_lock(id, || {
+            let rec = self.lock().endpoints.get(id).cloned();
+            if let Some(rec) = rec {
+                self.teardown_endpoint(&rec, true);
+            }
+        });
     }
 
     /// CNI DEL (if attached), release the endpoint's store reservations, forget it.
@@ -543,8 +585,18 @@ impl<B: CniBackend> Driver<B> {
     }
 
     pub fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
-        let lock = self.ep_lock(&req.endpoint_id);
-        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Unknown endpoints are refused before any per-id state is made (issue 17).
+        if !self.lock().endpoints.contains_key(&req.endpoint_id) {
+            bail!(
+                "endpoint {} is not known to this driver",
+                short(&req.endpoint_id)
+            );
+        }
+        let id = req.endpoint_id.clone();
+        self.with_ep_lock(&id, || self.join_locked(req))
+    }
+
+    fn join_locked(&self, req: JoinRequest) -> Result<JoinResponse> {
         let (mut ep, net) = {
             let st = self.lock();
             let ep = st.endpoints.get(&req.endpoint_id).cloned().ok_or_else(|| {
@@ -568,12 +620,7 @@ impl<B: CniBackend> Driver<B> {
             Mode::Derived => net.conflist.clone(),
             Mode::Existing => self.backend.load_conflist(&net.cni_name)?,
         };
-        let ports: Vec<PortBinding> = match req.options.get(PORTMAP_OPTION) {
-            Some(v) if !v.is_null() => {
-                serde_json::from_value(v.clone()).context("decode port mappings")?
-            }
-            _ => Vec::new(),
-        };
+        let ports = crate::validate::port_bindings(&req.options)?;
         let ports = if ports.is_empty() {
             ep.port_mappings.clone()
         } else {
@@ -735,11 +782,18 @@ impl<B: CniBackend> Driver<B> {
             cleaned += self.backend.sweep_staging(&self.cfg.staging_dir, &keep);
         }
         for ep in eps {
-            let lock = self.ep_lock(&ep.id);
-            let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+            cleaned += self.with_ep_lock(&ep.id, || self.reconcile_endpoint(&ep.id));
+        }
+        cleaned
+    }
+
+    /// [`Driver::reconcile`] for one endpoint, under its lock: how many were cleaned (0 or 1).
+    fn reconcile_endpoint(&self, id: &str) -> usize {
+        let mut cleaned = 0;
+        {
             // Re-read under the endpoint lock: a handler may have changed it meanwhile.
-            let Some(ep) = self.lock().endpoints.get(&ep.id).cloned() else {
-                continue;
+            let Some(ep) = self.lock().endpoints.get(id).cloned() else {
+                return 0;
             };
             match &ep.attachment {
                 Some(att) if att.phase == Phase::Attaching => {
