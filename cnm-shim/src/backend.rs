@@ -97,6 +97,9 @@ pub trait CniBackend: Send + Sync + 'static {
 
     /// Delete a bridge the shim's derived network used, if no port is attached to it any more.
     fn remove_bridge(&self, name: &str) -> Result<()>;
+    /// Whether a link named `name` exists in the shim's namespace (CreateNetwork records a
+    /// bridge that already exists as not plugnet's).
+    fn link_exists(&self, name: &str) -> Result<bool>;
 
     /// Hold (`on`) or release a derived network's bridge in plugnet's host firewall (state dir
     /// `state_dir`) for `holder`: its accept rules live as long as the Docker network, as
@@ -140,6 +143,8 @@ pub mod fake {
         pub dead: Mutex<Vec<String>>,
         pub calls: Mutex<Vec<String>>,
         pub fail_attach: Mutex<Option<String>>,
+        /// Links that exist "in the kernel" before the driver makes any.
+        pub links: Mutex<Vec<String>>,
     }
 
     impl FakeBackend {
@@ -223,6 +228,9 @@ pub mod fake {
         fn remove_bridge(&self, name: &str) -> Result<()> {
             self.log(format!("remove_bridge {name}"));
             Ok(())
+        }
+        fn link_exists(&self, name: &str) -> Result<bool> {
+            Ok(self.links.lock().unwrap().iter().any(|l| l == name))
         }
         fn hold_bridge(&self, _dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
             self.log(format!("hold_bridge {bridge} {holder} {on}"));

@@ -104,6 +104,11 @@ fn truthy(v: Option<&String>) -> bool {
     )
 }
 
+/// The host name of endpoint `id`'s container end until Docker moves it (`pnj` + 12 chars).
+pub(crate) fn tmp_name_for(id: &str) -> String {
+    format!("pnj{}", short(id))
+}
+
 /// The first 12 characters of an id (ids are ASCII once validated; any input is safe).
 pub(crate) fn short(id: &str) -> &str {
     match id.char_indices().nth(12) {
@@ -268,6 +273,7 @@ impl<B: CniBackend> Driver<B> {
                 exported: false,
                 internal,
                 subnets,
+                owns_bridge: false,
             };
             self.store
                 .put(Kind::Network, &rec.id, &rec)
@@ -355,6 +361,19 @@ impl<B: CniBackend> Driver<B> {
                 .export_conflist(&conflist)
                 .context("export conflist")?;
         }
+        // Ownership is recorded, never inferred from a name: a bridge that exists now is not
+        // plugnet's (an error looking it up counts as "exists": never delete on doubt).
+        let owns_bridge = !routed
+            && match self.backend.link_exists(&derive.bridge) {
+                Ok(exists) => !exists,
+                Err(e) => {
+                    warn!(bridge = %derive.bridge, "{e:#}: recording the bridge as not plugnet's");
+                    false
+                }
+            };
+        if !routed && !owns_bridge {
+            info!(network = %short(&req.network_id), bridge = %derive.bridge, "bridge exists: it is used, never deleted");
+        }
         let rec = NetworkRecord {
             id: req.network_id.clone(),
             mode: Mode::Derived,
@@ -363,6 +382,7 @@ impl<B: CniBackend> Driver<B> {
             exported,
             internal,
             subnets,
+            owns_bridge,
         };
         if let Err(e) = self.store.put(Kind::Network, &rec.id, &rec) {
             if exported {
@@ -430,7 +450,7 @@ impl<B: CniBackend> Driver<B> {
             }
         }
         self.hold_bridge(&rec, false);
-        if rec.mode == Mode::Derived {
+        if rec.mode == Mode::Derived && rec.owns_bridge {
             if let Some(br) = rec.conflist["plugins"][0]["bridge"].as_str() {
                 if let Err(e) = self.backend.remove_bridge(br) {
                     warn!("remove bridge {br}: {e:#}");
@@ -651,7 +671,7 @@ impl<B: CniBackend> Driver<B> {
         if let Some(mac) = &ep.mac {
             args.push(("MAC".into(), mac.clone()));
         }
-        let tmp_name = format!("pnj{}", short(&ep.id));
+        let tmp_name = tmp_name_for(&ep.id);
         // Derived plugnet networks: plugnet leaves the container end in the host for Docker
         // to move (one netns move, as Docker's own bridge driver; no staging namespace).
         let handoff = net.mode == Mode::Derived && translate::supports_handoff(&conflist);

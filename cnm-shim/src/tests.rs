@@ -874,3 +874,88 @@ fn body_limits_per_method() {
     assert_eq!(body_limit("/IpamDriver.RequestAddress"), 16 << 10);
     assert_eq!(body_limit("/é"), 16 << 10);
 }
+
+/// Issue 17, finding 4: DeleteNetwork deletes only a bridge plugnet created; ownership is
+/// recorded at CreateNetwork, and a version-1 state file (no record) never deletes one.
+#[test]
+fn delete_network_removes_only_bridges_plugnet_created() {
+    let e = env();
+    let d = &e.d;
+    d.backend.links.lock().unwrap().push("virbr0".into());
+    create_network(
+        d,
+        "10.171.6.0/24",
+        json!({"com.docker.network.bridge.name": "virbr0"}),
+    );
+    assert!(!d.snapshot().networks[NET].owns_bridge);
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    let calls = d.backend.calls.lock().unwrap().clone();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("remove_bridge")),
+        "{calls:?}"
+    );
+
+    let e = env();
+    let d = &e.d;
+    create_network(d, "10.171.7.0/24", json!({}));
+    assert!(d.snapshot().networks[NET].owns_bridge);
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    let calls = d.backend.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().any(|c| c.starts_with("remove_bridge pnb")),
+        "{calls:?}"
+    );
+
+    // Version 1 (before ownership was recorded): read, and the bridge is not plugnet's.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    std::fs::write(
+        dir.path().join(format!("networks/{NET}.json")),
+        serde_json::to_vec(
+            &json!({"version": 1, "id": NET, "mode": "derived", "cni_name": "docker-x",
+            "conflist": {"plugins": [{"type": "plugnet", "bridge": "docker0"}]}}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let d = Driver::new(
+        DriverConfig::new(dir.path().join("ns")),
+        FakeBackend::default(),
+        store,
+    );
+    assert!(!d.snapshot().networks[NET].owns_bridge);
+    ok(
+        &d,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID": NET}),
+    );
+    let calls = d.backend.calls.lock().unwrap().clone();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("remove_bridge")),
+        "{calls:?}"
+    );
+}
+
+/// Issue 17, finding 13: a hand-edited endpoint state file cannot make the cleanup delete a
+/// foreign interface: only the names plugnet gives an attachment's links are deleted.
+#[test]
+fn cleanup_deletes_only_links_plugnet_named() {
+    use crate::state::{AttachmentRecord, Phase};
+    let mut att = AttachmentRecord {
+        phase: Phase::Attaching,
+        cni_name: "x".into(),
+        conflist: Value::Null,
+        netns: "/run/x".into(),
+        handoff: true,
+        ifname: "eth0".into(),
+        tmp_name: crate::driver::tmp_name_for(EP),
+        peer: Some(plugnet::bridge::naming::host_veth_name(EP, "eth0")),
+        args: vec![],
+        capability_args: Default::default(),
+        result: Value::Null,
+    };
+    assert_eq!(crate::cni::owned_links(EP, &att).len(), 2);
+    att.tmp_name = "docker0".into();
+    att.peer = Some("eth0".into());
+    assert!(crate::cni::owned_links(EP, &att).is_empty());
+}
