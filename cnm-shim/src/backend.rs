@@ -126,7 +126,8 @@ pub trait CniBackend: Send + Sync + 'static {
     fn sweep_staging(&self, dir: &std::path::Path, keep: &[PathBuf]) -> usize;
 }
 
-#[cfg(test)]
+/// Also built with the `fake-backend` feature, for the `shim_session` fuzz target.
+#[cfg(any(test, feature = "fake-backend"))]
 pub mod fake {
     //! An in-memory backend recording every call.
     use super::*;

@@ -7,7 +7,7 @@
 //! `PLUGNET_SHIM_BIN` runs the checks against another build (scripts/shim-release-check.sh
 //! points it at the release binary).
 
-use plugnet_tests::{bin, sh_ok, unique, Netns};
+use plugnet_tests::{bin, sh, sh_ok, unique, Netns};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 
 const NET: &str = "6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a";
 const EP: &str = "e0e1e2e3e4e5e6e7e8e9eaebecedeeefe0e1e2e3e4e5e6e7e8e9eaebecedeeef";
+
+/// plugnet's plugins, then the test's own (`<dir>/bin`).
+fn cni_path(dir: &Path) -> String {
+    format!(
+        "{}:{}",
+        plugnet_tests::bin_dir().display(),
+        dir.join("bin").display()
+    )
+}
 
 fn shim_bin() -> PathBuf {
     match std::env::var("PLUGNET_SHIM_BIN") {
@@ -58,7 +67,7 @@ impl Shim {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
             .arg(shim_bin())
-            .args(["--name", &name, "--log-level", "warn"])
+            .args(["--name", &name, "--log-level", "info"])
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .arg("--socket-dir")
@@ -66,7 +75,7 @@ impl Shim {
             .arg("--cni-conf-dir")
             .arg(dir.path().join("conf"))
             .arg("--cni-path")
-            .arg(dir.path().join("bin"))
+            .arg(cni_path(dir.path()))
             .arg("--ipam-data-dir")
             .arg(dir.path().join("ipam"))
             .args(["--default-pool", "10.171.0.0/16"])
@@ -476,4 +485,251 @@ fn foreign_bridge_survives_delete_network() {
         "ip netns exec {} ip link show dev {br}",
         s.ns.name
     )));
+}
+
+/// A CNI plugin chained after plugnet whose ADD does what `<dir>/step.mode` says: `fail`
+/// (an error), `hang` (record its pid, sleep), anything else (pass prevResult on).
+const STEP_PLUGIN: &str = r#"#!/usr/bin/env python3
+import json, os, sys, time
+d = os.path.dirname(os.path.abspath(__file__))
+cmd = os.environ.get("CNI_COMMAND", "")
+conf = json.load(sys.stdin) if cmd in ("ADD", "DEL", "CHECK") else {}
+if cmd == "VERSION":
+    print(json.dumps({"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}))
+    sys.exit(0)
+if cmd != "ADD":
+    sys.exit(0)
+mode = open(os.path.join(d, "step.mode")).read().strip() if os.path.exists(os.path.join(d, "step.mode")) else ""
+if mode == "fail":
+    print(json.dumps({"cniVersion": "1.0.0", "code": 999, "msg": "pns-step: injected failure"}))
+    sys.exit(1)
+if mode == "hang":
+    open(os.path.join(d, "step.pid"), "w").write(str(os.getpid()))
+    time.sleep(60)
+    sys.exit(1)
+print(json.dumps(conf.get("prevResult", {})))
+"#;
+
+/// A shim whose CNI network `pns-net` is plugnet (bridge, plugnet-ipam in the temp dir,
+/// firewall state in the temp dir) followed by the step plugin above (mode 2: `cni.network`).
+fn reservation_shim() -> (Shim, String, String) {
+    let mut s = Shim::start();
+    let step = s.dir.path().join("bin/pns-step");
+    std::fs::write(&step, STEP_PLUGIN).unwrap();
+    sh(&format!("chmod 755 {}", step.display()));
+    let conflist = json!({"cniVersion": "1.0.0", "name": "pns-net", "plugins": [
+        {"type": "plugnet", "bridge": format!("pnsb{}", unique()), "isGateway": true,
+         "firewallStateDir": s.dir.path().join("fw"),
+         "ipam": {"type": "plugnet-ipam", "dataDir": s.dir.path().join("ipam"),
+                  "ranges": [[{"subnet": "10.171.20.0/24", "gateway": "10.171.20.1"}]]}},
+        {"type": "pns-step"}]});
+    std::fs::write(
+        s.dir.path().join("conf/pns-net.conflist"),
+        serde_json::to_vec_pretty(&conflist).unwrap(),
+    )
+    .unwrap();
+    let (st, p) = s.call_json(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"plugnet-local","Pool":"","SubPool":"","Options":{"cni.network":"pns-net"},"V6":false}),
+    );
+    assert!(st == 200 && p["PoolID"].is_string(), "{p}");
+    let pool_id = p["PoolID"].as_str().unwrap().to_string();
+    let gw = p["Data"]["com.docker.network.gateway"].clone();
+    let (st, v) = s.call_json(
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {"com.docker.network.generic": {"cni.network": "pns-net"}},
+               "IPv4Data": [{"AddressSpace":"plugnet-local","Pool": p["Pool"], "Gateway": gw}], "IPv6Data": []}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, a) = s.call_json(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    assert!(st == 200 && a["Address"].is_string(), "{a}");
+    let addr = a["Address"].as_str().unwrap().to_string();
+    let (st, v) = s.call_json(
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    (s, pool_id, addr.split('/').next().unwrap().to_string())
+}
+
+impl Shim {
+    /// SIGKILL (no cleanup) and start again on the same state, socket and namespace.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.sock);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name])
+            .arg(shim_bin())
+            .args(["--name", &self.name, "--log-level", "info"])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--socket-dir")
+            .arg(self.dir.path().join("sock"))
+            .arg("--cni-conf-dir")
+            .arg(self.dir.path().join("conf"))
+            .arg("--cni-path")
+            .arg(cni_path(self.dir.path()))
+            .arg("--ipam-data-dir")
+            .arg(self.dir.path().join("ipam"))
+            .args(["--default-pool", "10.171.0.0/16"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(self.dir.path().join("shim.log"))
+                    .unwrap(),
+            ));
+        self.child = cmd.spawn().expect("restart plugnet-shim");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if self.sock.exists() && self.try_call("/Plugin.Activate", b"{}").is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("restarted shim did not answer:\n{}", self.log());
+    }
+
+    /// (hold, containerID) of `ip` in plugnet-ipam's store, as `plugnet ipam ls` reports it.
+    fn holder_of(&self, ip: &str) -> Option<(String, String)> {
+        let out = Command::new(bin("plugnet"))
+            .args(["ipam", "ls", "--json", "--data-dir"])
+            .arg(self.dir.path().join("ipam"))
+            .env("NETCONFPATH", self.dir.path().join("conf"))
+            .output()
+            .expect("plugnet ipam ls");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ipam ls: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        v.as_array()?
+            .iter()
+            .flat_map(|n| n["holders"].as_array().cloned().unwrap_or_default())
+            .find(|h| h["address"] == ip)
+            .map(|h| {
+                (
+                    h["hold"].as_str().unwrap_or("").to_string(),
+                    h["containerID"].as_str().unwrap_or("").to_string(),
+                )
+            })
+    }
+
+    fn set_step(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("bin/step.mode"), mode).unwrap();
+    }
+}
+
+fn join_body() -> Value {
+    json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})
+}
+
+fn teardown(s: &mut Shim, pool_id: &str, ip: &str) {
+    let e = json!({"NetworkID": NET, "EndpointID": EP});
+    for p in ["/NetworkDriver.Leave", "/NetworkDriver.DeleteEndpoint"] {
+        let (st, v) = s.call_json(p, e.clone());
+        assert_eq!(st, 200, "{p}: {v}");
+    }
+    s.call_json(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": ip}),
+    );
+    let (st, v) = s.call_json("/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        s.holder_of(ip),
+        None,
+        "{ip} still held after DeleteEndpoint"
+    );
+}
+
+/// Finding 5: a Join whose CNI ADD fails after adopting Docker's reservation kept nothing:
+/// the rollback's DEL freed the address while Docker still held it. The reservation belongs
+/// to the endpoint until DeleteEndpoint; Docker's retry of Join gets the same address.
+#[test]
+fn reservation_survives_a_failed_join() {
+    let (mut s, pool_id, ip) = reservation_shim();
+    assert_eq!(s.holder_of(&ip), Some(("reserved".into(), EP.into())));
+    s.set_step("fail");
+    let (st, v) = s.call_json("/NetworkDriver.Join", join_body());
+    assert_eq!(st, 500, "{v}");
+    assert!(v["Err"].as_str().unwrap().contains("injected"), "{v}");
+    assert_eq!(
+        s.holder_of(&ip),
+        Some(("reserved".into(), EP.into())),
+        "the failed Join's rollback freed Docker's address"
+    );
+    s.set_step("pass");
+    let (st, v) = s.call_json("/NetworkDriver.Join", join_body());
+    assert_eq!(st, 200, "Docker's retry of Join: {v}\n{}", s.log());
+    assert_eq!(s.holder_of(&ip), Some(("attached".into(), EP.into())));
+    teardown(&mut s, &pool_id, &ip);
+}
+
+/// Finding 5: SIGKILL of the shim mid-Join, then a restart: "undoing interrupted attachment"
+/// must hold the address again as the endpoint's reservation, not free it.
+#[test]
+fn reservation_survives_sigkill_mid_join_and_restart() {
+    let (mut s, pool_id, ip) = reservation_shim();
+    s.set_step("hang");
+    let sock = s.sock.clone();
+    let joiner = std::thread::spawn(move || {
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+        let _ = request(
+            &mut c,
+            "/NetworkDriver.Join",
+            &serde_json::to_vec(&join_body()).unwrap(),
+        );
+    });
+    let pidfile = s.dir.path().join("bin/step.pid");
+    let t = Instant::now();
+    while !pidfile.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the ADD never reached the step plugin\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // plugnet's ADD is done (the address is attached); the chain hangs after it.
+    assert_eq!(s.holder_of(&ip), Some(("attached".into(), EP.into())));
+    s.set_step("pass");
+    s.restart();
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let _ = joiner.join();
+    // The restart's reconcile undoes the interrupted attachment.
+    let t = Instant::now();
+    while !s.log().contains("undoing interrupted attachment") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no undo after restart:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.holder_of(&ip),
+        Some(("reserved".into(), EP.into())),
+        "the restart's undo freed Docker's address\n{}",
+        s.log()
+    );
+    let (st, v) = s.call_json("/NetworkDriver.Join", join_body());
+    assert_eq!(st, 200, "Docker's retry of Join: {v}\n{}", s.log());
+    teardown(&mut s, &pool_id, &ip);
 }
