@@ -199,13 +199,18 @@ fn request(s: &mut UnixStream, path: &str, body: &[u8]) -> std::io::Result<(u16,
         body.len()
     );
     s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
+    // A server refusing the body (413 on its declared length) may answer and close before
+    // reading it: the reply is still there to read.
+    let wrote = s.write_all(body);
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
-    let text_end = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no reply head"))?;
+    let text_end = match out.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => i,
+        None => {
+            wrote?;
+            return Err(std::io::Error::other("no reply head"));
+        }
+    };
     let head = String::from_utf8_lossy(&out[..text_end]).to_string();
     let status: u16 = head
         .split_whitespace()
