@@ -126,10 +126,10 @@ pub trait CniBackend: Send + Sync + 'static {
     fn sweep_staging(&self, dir: &std::path::Path, keep: &[PathBuf]) -> usize;
 }
 
-/// Also built with the `fake-backend` feature, for the `shim_session` fuzz target.
 #[cfg(any(test, feature = "fake-backend"))]
 pub mod fake {
-    //! An in-memory backend recording every call.
+    //! An in-memory backend recording every call (also built with the `fake-backend`
+    //! feature, for the `shim_session` fuzz target).
     use super::*;
     use std::collections::{BTreeMap, HashMap};
     use std::sync::Mutex;
