@@ -727,7 +727,14 @@ fn reservation_survives_sigkill_mid_join_and_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Its CNI DEL takes a while on a loaded machine: wait until the address is no longer
+    // attached, then it must be the endpoint's reservation again.
+    let t = Instant::now();
+    while s.holder_of(&ip) == Some(("attached".into(), EP.into()))
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         s.holder_of(&ip),
         Some(("reserved".into(), EP.into())),
