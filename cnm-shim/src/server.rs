@@ -258,7 +258,7 @@ async fn handle<B: CniBackend>(sh: Arc<Shared<B>>, req: Request<Incoming>) -> Re
             format!(
                 "read request body: {} bytes over the limit of {limit} for {}",
                 declared.unwrap_or(0),
-                method_of(&path)
+                crate::validate::preview(method_of(&path))
             ),
         );
     }
