@@ -97,6 +97,9 @@ pub trait CniBackend: Send + Sync + 'static {
 
     /// Delete a bridge the shim's derived network used, if no port is attached to it any more.
     fn remove_bridge(&self, name: &str) -> Result<()>;
+    /// Whether a link named `name` exists in the shim's namespace (CreateNetwork records a
+    /// bridge that already exists as not plugnet's).
+    fn link_exists(&self, name: &str) -> Result<bool>;
 
     /// Hold (`on`) or release a derived network's bridge in plugnet's host firewall (state dir
     /// `state_dir`) for `holder`: its accept rules live as long as the Docker network, as
@@ -123,9 +126,10 @@ pub trait CniBackend: Send + Sync + 'static {
     fn sweep_staging(&self, dir: &std::path::Path, keep: &[PathBuf]) -> usize;
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-backend"))]
 pub mod fake {
-    //! An in-memory backend recording every call.
+    //! An in-memory backend recording every call (also built with the `fake-backend`
+    //! feature, for the `shim_session` fuzz target).
     use super::*;
     use std::collections::{BTreeMap, HashMap};
     use std::sync::Mutex;
@@ -140,6 +144,8 @@ pub mod fake {
         pub dead: Mutex<Vec<String>>,
         pub calls: Mutex<Vec<String>>,
         pub fail_attach: Mutex<Option<String>>,
+        /// Links that exist "in the kernel" before the driver makes any.
+        pub links: Mutex<Vec<String>>,
     }
 
     impl FakeBackend {
@@ -224,13 +230,19 @@ pub mod fake {
             self.log(format!("remove_bridge {name}"));
             Ok(())
         }
+        fn link_exists(&self, name: &str) -> Result<bool> {
+            Ok(self.links.lock().unwrap().iter().any(|l| l == name))
+        }
         fn hold_bridge(&self, _dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
             self.log(format!("hold_bridge {bridge} {holder} {on}"));
             Ok(())
         }
         fn attach(&self, req: &AttachRequest) -> Result<AttachOutcome> {
             self.log(format!("attach {}", req.container_id));
-            if let Some(e) = self.fail_attach.lock().unwrap().clone() {
+            let fail = self.fail_attach.lock().unwrap().clone();
+            if let Some(e) = fail {
+                // A handler bug: the router must answer 500 and keep serving.
+                assert!(e != "panic", "fake backend: attach panicked");
                 anyhow::bail!(e);
             }
             let ips = req.capability_args.get("ips").cloned().unwrap_or_default();

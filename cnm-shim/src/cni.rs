@@ -254,6 +254,10 @@ impl CniBackend for RealBackend {
         Ok(())
     }
 
+    fn link_exists(&self, name: &str) -> Result<bool> {
+        netns::link_exists(name).with_context(|| format!("look up link {name}"))
+    }
+
     fn remove_bridge(&self, name: &str) -> Result<()> {
         netns::delete_bridge_if_unused(name).with_context(|| format!("remove bridge {name}"))?;
         Ok(())
@@ -334,11 +338,9 @@ impl CniBackend for RealBackend {
         // the staging netns go in the background: deleting a veth costs an RCU grace period
         // (~15-30 ms here) that Docker's disconnect/stop need not wait for. Nothing refers to
         // either any more; a failure is logged.
-        let links: Vec<String> = [Some(&rec.tmp_name), rec.peer.as_ref()]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        // Only names this shim and plugnet give an attachment's links are deleted: a
+        // hand-edited state file must not make the cleanup delete a foreign interface.
+        let links: Vec<String> = owned_links(container_id, rec);
         let ns = (!rec.handoff).then(|| rec.netns.clone());
         let id = container_id.to_string();
         std::thread::spawn(move || {
@@ -392,4 +394,23 @@ impl CniBackend for RealBackend {
             None => true,
         }
     }
+}
+
+/// The links of attachment `rec` that plugnet created, by the names it gives them: the
+/// container end `pnj<id>` and plugnet's host-side veth. A recorded name other than these
+/// (a hand-edited state file) is never deleted.
+pub fn owned_links(container_id: &str, rec: &AttachmentRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    if rec.tmp_name == crate::driver::tmp_name_for(container_id) {
+        out.push(rec.tmp_name.clone());
+    } else {
+        warn!(container = %crate::driver::short(container_id), link = %rec.tmp_name, "not deleting a link this shim did not name");
+    }
+    if let Some(peer) = &rec.peer {
+        if *peer == plugnet::bridge::naming::host_veth_name(container_id, &rec.ifname) {
+            out.push(peer.clone());
+        }
+        // Any other peer is a veth of the container end above and goes with it.
+    }
+    out
 }

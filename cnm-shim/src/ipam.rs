@@ -165,7 +165,8 @@ impl<B: CniBackend> Driver<B> {
             };
             let mut id = pool_name(&pool);
             if let Some(s) = sub {
-                id = format!("{id}-{}", &pool_name(&s)[3..]);
+                let sub_name = pool_name(&s);
+                id = format!("{id}-{}", sub_name.strip_prefix("pn-").unwrap_or(&sub_name));
             }
             let cni_network = match req.options.get(OPT_NAME) {
                 Some(n) if valid_id(n) => n.clone(),

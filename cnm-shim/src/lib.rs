@@ -18,3 +18,4 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 pub mod translate;
+pub mod validate;

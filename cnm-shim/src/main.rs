@@ -55,6 +55,34 @@ struct Cli {
     /// address: `unix:/run/plugnet-shim/metrics.sock`, `127.0.0.1:9465`, `[::1]:9465`.
     #[arg(long, value_name = "unix:/PATH|127.0.0.1:PORT")]
     metrics_listen: Option<metrics::Listen>,
+    /// Connections served at once; when full, the oldest idle one is closed to make room
+    /// (default: a quarter of the open-files soft limit, at most 512).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Time a request's head, and then its body, may take to arrive (`10s`, `500ms`, `10`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
+}
+
+/// `10s`, `500ms`, `2m` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 10s or 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{s:?}: the unit is ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +181,16 @@ fn run(cli: Cli) -> Result<()> {
         None => None,
     };
 
+    let mut server_cfg = server::ServerConfig {
+        request_timeout: cli.request_timeout,
+        ..Default::default()
+    };
+    if let Some(n) = cli.max_connections {
+        if n == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        server_cfg.max_connections = n;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -210,7 +248,7 @@ fn run(cli: Cli) -> Result<()> {
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let res = tokio::select! {
-            r = server::serve(listener, driver) => r.context("serve"),
+            r = server::serve_with(listener, driver, server_cfg) => r.context("serve"),
             _ = term.recv() => Ok(()),
             _ = tokio::signal::ctrl_c() => Ok(()),
         };

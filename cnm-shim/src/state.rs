@@ -17,8 +17,12 @@ use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// On-disk format version of every state file.
-pub const STATE_VERSION: u32 = 1;
+/// On-disk format version of every state file. 2 added `owns_bridge` to networks; version-1
+/// files are read as version 2 with `owns_bridge: false` (a bridge whose creation is not
+/// recorded is never deleted).
+pub const STATE_VERSION: u32 = 2;
+/// Older versions [`Store::load`] migrates.
+pub const STATE_VERSIONS_READ: &[u64] = &[1, 2];
 
 /// Where a pool's addresses are allocated and which CNI network they belong to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,6 +96,11 @@ pub struct NetworkRecord {
     /// Pools (v4 and v6) the network uses, each with its gateway (bare IP).
     #[serde(default)]
     pub subnets: Vec<SubnetInfo>,
+    /// The bridge did not exist at CreateNetwork: plugnet creates it, and DeleteNetwork may
+    /// delete it. False for a bridge named with `com.docker.network.bridge.name` that already
+    /// existed (docker0, virbr0, …) and for every network of a version-1 state file.
+    #[serde(default)]
+    pub owns_bridge: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -316,7 +325,7 @@ fn load_dir<T: DeserializeOwned>(dir: &Path, warnings: &mut Vec<String>, mut f: 
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
             .and_then(|v| match v.get("version").and_then(Value::as_u64) {
-                Some(ver) if ver == STATE_VERSION as u64 => {
+                Some(ver) if STATE_VERSIONS_READ.contains(&ver) => {
                     serde_json::from_value::<Envelope<T>>(v).map_err(|e| e.to_string())
                 }
                 other => Err(format!("unsupported state version {other:?}")),
@@ -351,6 +360,7 @@ mod tests {
             conflist: serde_json::json!({"name": "pn-10.60.1.0_24"}),
             exported: false,
             internal: false,
+            owns_bridge: true,
             subnets: vec![SubnetInfo {
                 pool: "10.60.1.0/24".parse().unwrap(),
                 gateway: Some("10.60.1.1".parse().unwrap()),
@@ -367,7 +377,7 @@ mod tests {
         let file = dir.path().join("networks/n1.json");
         assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
         let v: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
-        assert_eq!(v["version"], 1);
+        assert_eq!(v["version"], STATE_VERSION);
         let (st, warn) = Store::open(dir.path()).unwrap().load();
         assert!(warn.is_empty(), "{warn:?}");
         assert_eq!(st.networks["n1"], net("n1"));
@@ -396,7 +406,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         fs::write(
             dir.path().join("networks/a.json"),
-            br#"{"version":2,"id":"a"}"#,
+            br#"{"version":3,"id":"a"}"#,
         )
         .unwrap();
         fs::write(dir.path().join("networks/b.json"), b"{trunc").unwrap();

@@ -360,6 +360,7 @@ mod tests {
                 exported: false,
                 internal: false,
                 subnets: vec![],
+                owns_bridge: false,
             },
         );
         for (id, net, peer) in [

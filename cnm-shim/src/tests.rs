@@ -680,3 +680,282 @@ fn routed_network_derives_routed_conflist_and_host_addresses() {
     assert!(s != 200 || !err.is_empty(), "bad mode refused: {v}");
     assert!(err.contains("plugnet.mode"), "{v}");
 }
+
+/// Issue 17, finding 1/3/13: ids and options are checked at decoding, before any state is
+/// touched; no input panics the router.
+#[test]
+fn hostile_ids_and_options_are_refused_at_decoding() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.171.3.0/24", json!({}));
+    let bad_ids = [
+        "aéééééé".to_string(),
+        "0123456789aé".to_string(),
+        "é".repeat(30),
+        "a".repeat(65),
+        "../../etc".to_string(),
+        String::new(),
+        "A".repeat(64),
+    ];
+    for id in &bad_ids {
+        for (path, body) in [
+            (
+                "/NetworkDriver.Join",
+                json!({"NetworkID": NET, "EndpointID": id, "SandboxKey": "", "Options": {}}),
+            ),
+            (
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": id, "EndpointID": EP, "Interface": {}}),
+            ),
+            (
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": NET, "EndpointID": id, "Interface": {}}),
+            ),
+            ("/NetworkDriver.DeleteNetwork", json!({"NetworkID": id})),
+            (
+                "/NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": NET, "EndpointID": id}),
+            ),
+            (
+                "/NetworkDriver.CreateNetwork",
+                json!({"NetworkID": id, "Options": {}}),
+            ),
+        ] {
+            let (s, v) = call(d, path, body);
+            assert_eq!(s, 500, "{path} {id:?}: {v}");
+            assert!(v["Err"].as_str().unwrap().contains("invalid"), "{v}");
+        }
+        let (s, v) = call(
+            d,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": id, "Address": ""}),
+        );
+        assert_eq!(s, 200);
+        assert!(v["Error"].is_string(), "{v}");
+    }
+    assert_eq!(d.ep_lock_entries(), 0, "no per-id state for refused ids");
+    // Options checked at decoding: bridge names, MTU, MAC, SandboxKey, HostIP.
+    let net2 = "7".repeat(64);
+    for (k, v) in [
+        ("com.docker.network.bridge.name", json!("a/b")),
+        ("com.docker.network.bridge.name", json!("../x")),
+        ("com.docker.network.bridge.name", json!("x y")),
+        ("com.docker.network.bridge.name", json!("")),
+        ("com.docker.network.bridge.name", json!("..")),
+        ("com.docker.network.bridge.name", json!("0123456789abcdef")),
+        ("com.docker.network.driver.mtu", json!("-1")),
+        ("com.docker.network.driver.mtu", json!("99999999999")),
+    ] {
+        let (s, r) = call(
+            d,
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": net2, "Options": {GENERIC_OPTION: {k: v}}}),
+        );
+        assert_eq!(s, 500, "{k}={v}: {r}");
+        assert!(r["Err"].as_str().unwrap().contains(k), "{r}");
+    }
+    assert!(!d.snapshot().networks.contains_key(&net2));
+    let (s, r) = call(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"MacAddress": "zz"}}),
+    );
+    assert!(
+        s == 500 && r["Err"].as_str().unwrap().contains("MacAddress"),
+        "{r}"
+    );
+    let (s, r) = call(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {},
+               "Options": {PORTMAP_OPTION: [{"Proto":6,"Port":80,"HostIP":"1.2.3.4; rm","HostPort":8080}]}}),
+    );
+    assert!(
+        s == 500 && r["Err"].as_str().unwrap().contains("HostIP"),
+        "{r}"
+    );
+    for key in ["relative/x", "/a;b", "/a=b", "/a\nb"] {
+        let (s, r) = call(
+            d,
+            "/NetworkDriver.Join",
+            json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": key, "Options": {}}),
+        );
+        assert!(
+            s == 500 && r["Err"].as_str().unwrap().contains("SandboxKey"),
+            "{r}"
+        );
+    }
+    assert!(d.snapshot().endpoints.is_empty());
+    let _ = pool_id;
+}
+
+/// Issue 17, finding 3: per-id lock entries exist only while a call for that id runs.
+#[test]
+fn per_endpoint_state_is_never_kept_for_unknown_or_gone_ids() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.171.4.0/24", json!({}));
+    for i in 0..50 {
+        let id = format!("{i:064x}");
+        let (s, _) = call(
+            d,
+            "/NetworkDriver.Join",
+            json!({"NetworkID": NET, "EndpointID": id, "SandboxKey": "", "Options": {}}),
+        );
+        assert_eq!(s, 500);
+        // Out of order: teardown of what never existed succeeds.
+        ok(
+            d,
+            "/NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": NET, "EndpointID": id}),
+        );
+        // CreateEndpoint on an unknown network fails without state.
+        let (s, _) = call(
+            d,
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": "9".repeat(64), "EndpointID": id, "Interface": {}}),
+        );
+        assert_eq!(s, 500);
+    }
+    assert_eq!(d.ep_lock_entries(), 0);
+    let (addr, _) = run_container(d, &pool_id, EP);
+    assert_eq!(d.ep_lock_entries(), 0, "released after each call");
+    stop_container(d, &pool_id, EP, &addr);
+    assert_eq!(d.ep_lock_entries(), 0);
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+}
+
+/// Issue 17, finding 1: a panic in a handler answers 500 with `Err` and the driver serves on.
+#[test]
+fn a_panicking_handler_answers_500_and_the_driver_serves_on() {
+    let e = env();
+    let d = &e.d;
+    let (pool_id, _) = create_network(d, "10.171.5.0/24", json!({}));
+    let a = ok(
+        d,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    ok(
+        d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": a["Address"]}, "Options": {}}),
+    );
+    *d.backend.fail_attach.lock().unwrap() = Some("panic".into());
+    let body = serde_json::to_vec(
+        &json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}}),
+    )
+    .unwrap();
+    let r = crate::server::dispatch_guarded(d, "/NetworkDriver.Join", &body);
+    assert_eq!(r.status, 500);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v["Err"].as_str().unwrap().contains("panicked"), "{v}");
+    *d.backend.fail_attach.lock().unwrap() = None;
+    assert_eq!(
+        d.ep_lock_entries(),
+        0,
+        "the lock entry went with the unwinding"
+    );
+    let r = crate::server::dispatch_guarded(d, "/NetworkDriver.Join", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn body_limits_per_method() {
+    use crate::server::body_limit;
+    assert_eq!(body_limit("/NetworkDriver.Join"), 1 << 20);
+    assert_eq!(body_limit("/NetworkDriver.CreateEndpoint"), 1 << 20);
+    assert_eq!(
+        body_limit("/NetworkDriver.ProgramExternalConnectivity"),
+        1 << 20
+    );
+    assert_eq!(body_limit("/NetworkDriver.CreateNetwork"), 64 << 10);
+    assert_eq!(body_limit("/IpamDriver.RequestAddress"), 16 << 10);
+    assert_eq!(body_limit("/é"), 16 << 10);
+}
+
+/// Issue 17, finding 4: DeleteNetwork deletes only a bridge plugnet created; ownership is
+/// recorded at CreateNetwork, and a version-1 state file (no record) never deletes one.
+#[test]
+fn delete_network_removes_only_bridges_plugnet_created() {
+    let e = env();
+    let d = &e.d;
+    d.backend.links.lock().unwrap().push("virbr0".into());
+    create_network(
+        d,
+        "10.171.6.0/24",
+        json!({"com.docker.network.bridge.name": "virbr0"}),
+    );
+    assert!(!d.snapshot().networks[NET].owns_bridge);
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    let calls = d.backend.calls.lock().unwrap().clone();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("remove_bridge")),
+        "{calls:?}"
+    );
+
+    let e = env();
+    let d = &e.d;
+    create_network(d, "10.171.7.0/24", json!({}));
+    assert!(d.snapshot().networks[NET].owns_bridge);
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    let calls = d.backend.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().any(|c| c.starts_with("remove_bridge pnb")),
+        "{calls:?}"
+    );
+
+    // Version 1 (before ownership was recorded): read, and the bridge is not plugnet's.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    std::fs::write(
+        dir.path().join(format!("networks/{NET}.json")),
+        serde_json::to_vec(
+            &json!({"version": 1, "id": NET, "mode": "derived", "cni_name": "docker-x",
+            "conflist": {"plugins": [{"type": "plugnet", "bridge": "docker0"}]}}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let d = Driver::new(
+        DriverConfig::new(dir.path().join("ns")),
+        FakeBackend::default(),
+        store,
+    );
+    assert!(!d.snapshot().networks[NET].owns_bridge);
+    ok(
+        &d,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID": NET}),
+    );
+    let calls = d.backend.calls.lock().unwrap().clone();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("remove_bridge")),
+        "{calls:?}"
+    );
+}
+
+/// Issue 17, finding 13: a hand-edited endpoint state file cannot make the cleanup delete a
+/// foreign interface: only the names plugnet gives an attachment's links are deleted.
+#[test]
+fn cleanup_deletes_only_links_plugnet_named() {
+    use crate::state::{AttachmentRecord, Phase};
+    let mut att = AttachmentRecord {
+        phase: Phase::Attaching,
+        cni_name: "x".into(),
+        conflist: Value::Null,
+        netns: "/run/x".into(),
+        handoff: true,
+        ifname: "eth0".into(),
+        tmp_name: crate::driver::tmp_name_for(EP),
+        peer: Some(plugnet::bridge::naming::host_veth_name(EP, "eth0")),
+        args: vec![],
+        capability_args: Default::default(),
+        result: Value::Null,
+    };
+    assert_eq!(crate::cni::owned_links(EP, &att).len(), 2);
+    att.tmp_name = "docker0".into();
+    att.peer = Some("eth0".into());
+    assert!(crate::cni::owned_links(EP, &att).is_empty());
+}

@@ -226,13 +226,18 @@ pub fn pick_address(
     if lo > hi {
         return None;
     }
-    let span = hi - lo + 1;
+    // Sizes up to 2^128 (`::/0` from `::`) saturate: the scan is bounded by `limit` anyway.
+    let span = (hi - lo).saturating_add(1);
     let start = match last.map(to_u128) {
         Some(l) if l >= lo && l < hi => l + 1,
         _ => lo,
     };
+    let off = start - lo; // < span
     for i in 0..span.min(limit) {
-        let cand = from_u128(lo + (start - lo + i) % span, v6);
+        // (off + i) mod span without overflow.
+        let room = span - off;
+        let idx = if i >= room { i - room } else { off + i };
+        let cand = from_u128(lo + idx, v6);
         if Some(cand) != range.gateway && !taken(cand) {
             return Some(cand);
         }
@@ -246,7 +251,10 @@ pub fn pick_pool(defaults: &[IpNetwork], prefix: u8, held: &[IpNetwork]) -> Opti
         if prefix < d.prefix() {
             continue;
         }
-        let bits = if d.is_ipv4() { 32 } else { 128 };
+        let bits: u32 = if d.is_ipv4() { 32 } else { 128 };
+        if prefix as u32 > bits || prefix == 0 {
+            continue;
+        }
         let step: u128 = 1u128 << (bits - prefix as u32);
         let count: u128 = 1u128 << (prefix - d.prefix()).min(20);
         let base = to_u128(d.network());

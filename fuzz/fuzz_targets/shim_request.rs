@@ -67,6 +67,9 @@ impl CniBackend for Inert {
     fn remove_bridge(&self, _: &str) -> anyhow::Result<()> {
         Ok(())
     }
+    fn link_exists(&self, _: &str) -> anyhow::Result<bool> {
+        Ok(false)
+    }
     fn attach(&self, _: &AttachRequest) -> anyhow::Result<AttachOutcome> {
         anyhow::bail!("no kernel here")
     }

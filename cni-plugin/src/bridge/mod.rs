@@ -109,7 +109,12 @@ impl Plugin for BridgePlugin {
     }
 
     fn known_args(&self) -> &'static [&'static str] {
-        &["IP", "MAC", config::HANDOFF_ARG]
+        &[
+            "IP",
+            "MAC",
+            config::HANDOFF_ARG,
+            crate::ipam::KEEP_RESERVATION_ARG,
+        ]
     }
 }
 

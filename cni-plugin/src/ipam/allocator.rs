@@ -384,6 +384,29 @@ pub fn release<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniErr
     Ok(released)
 }
 
+/// DEL with [`super::KEEP_RESERVATION_ARG`]: the owner's addresses stay claimed, held again as
+/// a reservation its next ADD adopts (Docker's address belongs to the endpoint until
+/// DeleteEndpoint, whatever happens to an attachment). Unknown owners are success.
+pub fn keep_as_reservation<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+    let guard = store.lock().map_err(store_err("lock"))?;
+    let mut kept = Vec::new();
+    if let Some(record) = read_record(store, owner)? {
+        kept = record.ips.clone();
+        if record.hold != Hold::Reserved {
+            store
+                .put_record(&Record {
+                    hold: Hold::Reserved,
+                    since: now(),
+                    ..record
+                })
+                .map_err(store_err("write record"))?;
+        }
+    }
+    drop(guard);
+    store.sync().map_err(store_err("sync"))?;
+    Ok(kept)
+}
+
 pub(super) fn release_locked<S: Store>(store: &S, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
     let mut released = Vec::new();
     if let Some(record) = read_record(store, owner)? {
@@ -648,6 +671,29 @@ mod tests {
         assert_eq!(check(&s, &o("ep1")).unwrap().hold, Hold::Attached);
         // Now attached: a second ADD is a duplicate.
         assert!(allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).is_err());
+    }
+
+    /// Issue 17, finding 5: a DEL with PLUGNET_KEEP_RESERVATION holds the adopted address again
+    /// as the owner's reservation (claimed, adoptable by the next ADD, invisible to others).
+    #[test]
+    fn keep_as_reservation_holds_an_adopted_address_again() {
+        let s = MemStore::default();
+        let r = ranges(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}));
+        let got = allocate(&s, &r, &o("ep1"), &[], Hold::Reserved).unwrap();
+        let ip: IpAddr = got[0].address.ip();
+        allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).unwrap();
+        assert_eq!(keep_as_reservation(&s, &o("ep1")).unwrap(), vec![ip]);
+        assert_eq!(s.record(&o("ep1")).unwrap().unwrap().hold, Hold::Reserved);
+        // Nobody else gets it, not even by asking.
+        assert!(allocate(&s, &r, &o("podman"), &[ip], Hold::Attached).is_err());
+        let other = allocate(&s, &r, &o("podman2"), &[], Hold::Attached).unwrap();
+        assert_ne!(other[0].address.ip(), ip);
+        // The owner's retry adopts it; unknown owners are success.
+        let again = allocate(&s, &r, &o("ep1"), &[ip], Hold::Attached).unwrap();
+        assert_eq!(again[0].address.ip(), ip);
+        assert!(keep_as_reservation(&s, &o("never")).unwrap().is_empty());
+        // A plain release frees it.
+        assert_eq!(release(&s, &o("ep1")).unwrap(), vec![ip]);
     }
 
     #[test]

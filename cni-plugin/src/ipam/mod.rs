@@ -176,12 +176,35 @@ impl Drop for Durable {
     }
 }
 
-/// DEL: release everything the attachment holds; unknown attachments are success.
+/// `CNI_ARGS` key (`PLUGNET_KEEP_RESERVATION=1`): DEL keeps the attachment's addresses
+/// claimed as a reservation instead of releasing them. plugnet-shim passes it with every
+/// attachment of a Docker endpoint: the address Docker reserved belongs to the endpoint until
+/// DeleteEndpoint, so a failed ADD's rollback, an interrupted attachment's undo and the DEL
+/// before the endpoint's release must not free it (issue 17). Honoured by plugnet-ipam
+/// whichever main plugin runs it (plugnet, or the reference bridge, which passes `CNI_ARGS`
+/// on to its IPAM).
+pub const KEEP_RESERVATION_ARG: &str = "PLUGNET_KEEP_RESERVATION";
+
+fn keep_reservation(req: &Request) -> bool {
+    matches!(
+        req.args
+            .get(KEEP_RESERVATION_ARG)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Some("1" | "true")
+    )
+}
+
+/// DEL: release everything the attachment holds (or, with [`KEEP_RESERVATION_ARG`], hold it
+/// again as a reservation); unknown attachments are success.
 pub fn del(req: &Request) -> Result<(), CniError> {
     if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw).ok().flatten() {
         return cluster::alloc::del(&c, req);
     }
     match Files(&data_dir_of(&req.raw)).open(&req.config.name, false)? {
+        Some(store) if keep_reservation(req) => {
+            allocator::keep_as_reservation(&store, &owner_of(req)).map(|_| ())
+        }
         Some(store) => allocator::release(&store, &owner_of(req)).map(|_| ()),
         None => Ok(()),
     }
@@ -263,7 +286,7 @@ impl Plugin for IpamPlugin {
         gc(req)
     }
     fn known_args(&self) -> &'static [&'static str] {
-        &["IP"]
+        &["IP", KEEP_RESERVATION_ARG]
     }
 }
 
