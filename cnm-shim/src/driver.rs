@@ -604,6 +604,11 @@ impl<B: CniBackend> Driver<B> {
         if let Some(mac) = &ep.mac {
             args.push(("MAC".into(), mac.clone()));
         }
+        if !req.sandbox_key.is_empty() {
+            // Names (issue 20): the resolver asks Docker's DNS inside this sandbox.
+            let key = plugnet::names::DOCKER_SANDBOX_ARG;
+            args.push((key.into(), req.sandbox_key.clone()));
+        }
         let tmp_name = format!("pnj{}", short(&ep.id));
         // Derived plugnet networks: plugnet leaves the container end in the host for Docker
         // to move (one netns move, as Docker's own bridge driver; no staging namespace).

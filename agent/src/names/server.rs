@@ -43,6 +43,12 @@ pub struct Handler {
 enum Answer {
     Records(Vec<Record>),
     Code(ResponseCode),
+    /// A single label this network's records do not hold: Docker's DNS may (a container
+    /// attached through the shim), else `then`.
+    Miss {
+        label: String,
+        then: Box<Answer>,
+    },
     Forward,
 }
 
@@ -66,12 +72,16 @@ fn local_answer(net: &Net, name: &Name, qtype: RecordType) -> Answer {
         Some(Err(())) => Answer::Code(ResponseCode::NXDomain),
         Some(Ok(label)) => match net.names.get(label) {
             Some(addrs) => Answer::Records(records(name, qtype, addrs)),
-            // A single label nobody here holds: Docker's DNS may (its containers on this
-            // network), else the upstreams (a bare `<name>.` inside the domain is NXDOMAIN).
-            None if qname.trim_end_matches('.').contains('.') => {
-                Answer::Code(ResponseCode::NXDomain)
-            }
-            None => Answer::Forward,
+            // `<label>.<domain>`: ours alone, NXDOMAIN unless Docker holds it; a bare label
+            // goes upstream unless Docker holds it.
+            None => Answer::Miss {
+                label: label.to_string(),
+                then: Box::new(if qname.trim_end_matches('.').contains('.') {
+                    Answer::Code(ResponseCode::NXDomain)
+                } else {
+                    Answer::Forward
+                }),
+            },
         },
     }
 }
@@ -121,15 +131,11 @@ impl RequestHandler for Handler {
         let name: Name = info.query.name().into();
         let qtype = info.query.query_type();
         let mut answer = local_answer(net, &name, qtype);
-        if matches!(answer, Answer::Forward) && !net.docker_sandboxes.is_empty() {
-            let label = name.to_ascii().to_ascii_lowercase();
-            let label = label.trim_end_matches('.');
-            let label = label
-                .strip_suffix(net.domain.as_str())
-                .and_then(|h| h.strip_suffix('.'))
-                .unwrap_or(label);
-            if !label.contains('.') {
-                if let Some(addrs) = self.shared.docker.ask(&net.docker_sandboxes, label).await {
+        if let Answer::Miss { label, then } = answer {
+            answer = *then;
+            if !net.docker_sandboxes.is_empty() {
+                let sandboxes = net.docker_sandboxes.clone();
+                if let Some(addrs) = self.shared.docker.ask(&sandboxes, &label).await {
                     answer = Answer::Records(records(&name, qtype, &addrs));
                 }
             }
@@ -142,7 +148,12 @@ impl RequestHandler for Handler {
                 let m = builder.build(h, rs.iter(), [], [], []);
                 response.send_response(m).await.unwrap_or_else(|_| h.into())
             }
-            Answer::Code(code) => {
+            // A miss was resolved above: never here, but NXDOMAIN would be its answer.
+            Answer::Code(_) | Answer::Miss { .. } => {
+                let code = match answer {
+                    Answer::Code(c) => c,
+                    _ => ResponseCode::NXDomain,
+                };
                 h.set_authoritative(true);
                 h.set_response_code(code);
                 let m = builder.build_no_records(h);
