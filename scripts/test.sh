@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   iproute2 nftables iptables conntrack iperf3 iputils-ping time strace curl jq
   containernetworking-plugins busybox-static
-  docker.io podman firewalld containerd docker-compose
+  docker.io podman runc firewalld containerd docker-compose dnsmasq-base
   golang-go golang-github-appc-cni-dev
   protobuf-compiler libprotobuf-dev etcd-server etcd-client
   libc6-dev g++
@@ -61,6 +61,8 @@ if [ $# -eq 0 ]; then
   BRIDGE_PLUGIN=$derived_plugin tests/docker/shim-e2e.sh --mode both 2>&1 | tee -a "$log"
   # The shim under fire: 50 concurrent docker runs while the shim is killed 5 times, dockerd once.
   tests/docker/shim-fire.sh 2>&1 | grep -v 'level=' | tee -a "$log"
+  # Names between Docker (through the shim) and podman on one network, both directions.
+  tests/docker/names-docker.sh 2>&1 | tee -a "$log"
 fi
 
 if [ $# -eq 0 ]; then

@@ -84,6 +84,16 @@ pub struct DaemonArgs {
     /// Cluster networks to serve from start-up (others start with their first ADD here).
     #[arg(long = "network", value_name = "NAME")]
     pub networks: Vec<String>,
+    /// The name resolver's upstreams: the host's resolv.conf (a loopback stub it names, such as
+    /// 127.0.0.53, is reachable from the agent and used).
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Port the name resolver serves on each network address (tests and benchmarks only).
+    #[arg(long, value_name = "PORT", default_value_t = 53, hide = true)]
+    pub dns_port: u16,
+    /// Port of the upstream resolvers (tests only).
+    #[arg(long, value_name = "PORT", default_value_t = 53, hide = true)]
+    pub upstream_port: u16,
     /// error, warn, info, debug, trace, or a tracing filter (`plugnet_agent=debug`).
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
@@ -136,6 +146,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub metrics: Option<Listen>,
     pub cluster: Option<ClusterConfig>,
+    pub names: crate::names::NamesConfig,
 }
 
 impl DaemonArgs {
@@ -181,10 +192,21 @@ impl DaemonArgs {
                 networks: self.networks,
             })
         };
+        if !self.resolv_conf.is_absolute() {
+            bail!(
+                "--resolv-conf {}: must be absolute",
+                self.resolv_conf.display()
+            );
+        }
         Ok(Config {
             state_dir: self.state_dir,
             metrics,
             cluster,
+            names: crate::names::NamesConfig {
+                resolv_conf: self.resolv_conf,
+                port: self.dns_port,
+                upstream_port: self.upstream_port,
+            },
         })
     }
 }

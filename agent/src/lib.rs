@@ -5,7 +5,8 @@
 //!   demand by etcd transaction, returned after a cooldown, resynced after outages), written to
 //!   the local state plugnet-ipam allocates from;
 //! - [`socket`]: the local socket plugnet-ipam asks when its blocks are full;
-//! - [`metrics`]: Prometheus exposition.
+//! - [`metrics`]: Prometheus exposition;
+//! - [`names`]: the name resolver (issue 20), with and without `--etcd`.
 //!
 //! Without `--etcd` the cluster tasks do not run (single host): the socket and metrics do,
 //! and so will the tasks later issues add (the data plane, the name resolver) — each a module
@@ -20,6 +21,7 @@ pub mod host;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod reclaim;
 pub mod runtime;
 pub mod schema;

@@ -138,6 +138,29 @@ async fn run_async(config: Config) -> Result<()> {
             tasks.spawn(name, task);
         }
     }
+    // The name resolver (issue 20): always; with --etcd its records are shared.
+    let exchange = match (&agent.cluster, &config.cluster) {
+        (Some(blocks), Some(c)) => {
+            let (x, publish, remote) = crate::names::cluster::start(
+                blocks.etcd().clone(),
+                c.host.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn("names-publish", publish);
+            tasks.spawn("names-remote", remote);
+            Some(x)
+        }
+        _ => None,
+    };
+    tasks.spawn(
+        "names",
+        crate::names::serve(
+            config.state_dir.clone(),
+            config.names.clone(),
+            exchange,
+            shutdown.clone(),
+        ),
+    );
     tasks.spawn(
         "socket",
         crate::socket::serve(listener, agent.clone(), shutdown.clone()),

@@ -11,6 +11,7 @@
 //! - [`ops`]: day-two operations (`plugnet ipam ls|release`, `plugnet gc`); [`log`]: plugin logging.
 //! - [`firewall`]: nftables masquerading, port mappings, egress rules, Docker coexistence.
 //! - [`tc`]: bandwidth shaping policy (tbf, ifb) over the netlink vocabulary.
+//! - [`names`]: the name records the resolver (plugnet-agent) serves (`"resolver": true`).
 //! - [`heap`]: the allocator the plugin executables run on.
 
 pub mod args;
@@ -25,6 +26,7 @@ pub mod invoke;
 pub mod ipam;
 pub mod libcni;
 pub mod log;
+pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod ops;

@@ -62,8 +62,18 @@ impl Plugin for BridgePlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
+        let names = crate::names::NamesConf::from_config(&req.raw)?;
         let _serial = serialise(req);
-        block_on(add(&*self.exec, &conf, &feats, req))?
+        let mut result = block_on(add(&*self.exec, &conf, &feats, req))??;
+        if let Some(names) = &names {
+            // The record is the last step: if it cannot be written, the attachment goes.
+            let routed = conf.mode == Mode::Routed;
+            if let Err(e) = crate::names::add(names, req, routed, &mut result) {
+                let _ = del(&*self.exec, &conf, &feats, req);
+                return Err(e);
+            }
+        }
+        Ok(result)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
@@ -85,7 +95,21 @@ impl Plugin for BridgePlugin {
             Err(e) => return Err(e),
         };
         let _serial = serialise(req);
-        del(&*self.exec, &conf, &feats, req)
+        let mut outcome = del(&*self.exec, &conf, &feats, req);
+        // The name record goes with the attachment (a config that no longer parses has none
+        // to find; the agent drops records of a previous boot anyway).
+        if let Ok(Some(names)) = crate::names::NamesConf::from_config(&req.raw) {
+            if let Err(e) = crate::names::del(&names, req) {
+                outcome = match outcome {
+                    Ok(()) => Err(CniError::internal(e)),
+                    Err(mut err) => {
+                        err.msg = format!("{}; {e}", err.msg);
+                        Err(err)
+                    }
+                };
+            }
+        }
+        outcome
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -105,7 +129,26 @@ impl Plugin for BridgePlugin {
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
-        block_on(gc::gc(&*self.exec, &conf, &feats, req))?
+        let gc = block_on(gc::gc(&*self.exec, &conf, &feats, req))?;
+        if let (Some(names), Some(valid)) = (
+            crate::names::NamesConf::from_config(&req.raw)?,
+            &req.config.valid_attachments,
+        ) {
+            let pairs: Vec<(String, String)> = valid
+                .iter()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            if let Err(e) = crate::names::gc(&names, &req.config.name, &pairs) {
+                return Err(match gc {
+                    Ok(()) => CniError::internal(format!("name records: {e}")),
+                    Err(mut err) => {
+                        err.msg = format!("{}; name records: {e}", err.msg);
+                        err
+                    }
+                });
+            }
+        }
+        gc
     }
 
     fn known_args(&self) -> &'static [&'static str] {
@@ -114,6 +157,8 @@ impl Plugin for BridgePlugin {
             "MAC",
             config::HANDOFF_ARG,
             crate::ipam::KEEP_RESERVATION_ARG,
+            "K8S_POD_NAME",
+            crate::names::DOCKER_SANDBOX_ARG,
         ]
     }
 }

@@ -225,6 +225,11 @@ impl<B: CniBackend> Driver<B> {
             // interrupted attachment's undo hold it again instead of freeing it (issue 17).
             args.push((KEEP_RESERVATION_ARG.into(), "1".into()));
         }
+        if !req.sandbox_key.is_empty() {
+            // Names: the resolver asks Docker's embedded DNS inside this sandbox.
+            let key = plugnet::names::DOCKER_SANDBOX_ARG;
+            args.push((key.into(), req.sandbox_key.clone()));
+        }
         let tmp_name = tmp_name_for(&ep.id);
         // Derived plugnet networks: plugnet leaves the container end in the host for Docker
         // to move (one netns move, as Docker's own bridge driver; no staging namespace).
