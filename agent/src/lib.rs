@@ -5,6 +5,7 @@
 //!   demand by etcd transaction, returned after a cooldown, resynced after outages), written to
 //!   the local state plugnet-ipam allocates from;
 //! - [`socket`]: the local socket plugnet-ipam asks when its blocks are full;
+//! - [`dataplane`]: per cluster network, the routes / VXLAN entries to other hosts' blocks;
 //! - [`metrics`]: Prometheus exposition.
 //!
 //! Without `--etcd` the cluster tasks do not run (single host): the socket and metrics do,
@@ -15,6 +16,7 @@
 pub mod blocks;
 pub mod cluster;
 pub mod config;
+pub mod dataplane;
 pub mod etcd;
 pub mod host;
 pub mod identity;

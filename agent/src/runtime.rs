@@ -55,6 +55,7 @@ pub struct Agent {
     pub state: LocalState,
     pub metrics: Arc<Metrics>,
     pub cluster: Option<Arc<crate::blocks::Blocks>>,
+    pub dataplane: Option<Arc<crate::dataplane::Dataplane>>,
 }
 
 impl Agent {
@@ -70,7 +71,11 @@ impl Agent {
             Request::Status => {
                 let mut a = Answer::ok();
                 a.status = match &self.cluster {
-                    Some(blocks) => blocks.status().await,
+                    Some(blocks) => {
+                        let mut s = blocks.status().await;
+                        s["dataplane"] = crate::dataplane::status_of(self.dataplane.as_ref());
+                        s
+                    }
                     None => json!({"cluster": false, "stateDir": self.state.dir()}),
                 };
                 a
@@ -127,12 +132,30 @@ async fn run_async(config: Config) -> Result<()> {
         ),
         None => None,
     };
+    let dataplane = match &cluster {
+        Some(b) => {
+            match crate::dataplane::Dataplane::start(b.record(), b.etcd().clone(), metrics.clone())
+                .await
+            {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    error!("{e:#}: running without the data plane (no routes to other hosts)");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let agent = Arc::new(Agent {
         config: config.clone(),
         state,
         metrics: metrics.clone(),
         cluster,
+        dataplane,
     });
+    if let Some(dp) = &agent.dataplane {
+        tasks.spawn("dataplane", dp.clone().run(shutdown.clone()));
+    }
     if let Some(blocks) = &agent.cluster {
         for (name, task) in blocks.clone().tasks(shutdown.clone()) {
             tasks.spawn(name, task);
