@@ -51,7 +51,9 @@ struct Ctr {
 fn conf(w: &World, h: usize, net: &str, routed: bool, ip_masq: bool) -> Value {
     let mut c = json!({"cniVersion": "1.0.0", "name": format!("{net}-cni"), "type": "plugnet",
         "bridge": "pndbr0", "isGateway": true, "isDefaultGateway": true, "ipMasq": ip_masq,
-        "ipam": {"type": "plugnet-ipam", "cluster": net, "agentDir": w.hosts[h].agent_dir()}});
+        "ipam": {"type": "plugnet-ipam", "cluster": net, "agentDir": w.hosts[h].agent_dir()},
+        // Each host its own firewall state (one machine plays three hosts).
+        "firewallStateDir": w.hosts[h].agent_dir().with_file_name("firewall")});
     if routed {
         c["mode"] = json!("routed");
         c.as_object_mut().unwrap().remove("bridge");
@@ -236,8 +238,13 @@ fn host_gw_one_segment_bridge_and_routed() {
             "network", "create", net, "--subnet", v4, "--subnet", v6, "--mode", "host-gw",
         ]);
     }
+    // Host 1's FORWARD policy drops (as after dockerd): cluster traffic still passes it.
+    for t in ["iptables", "ip6tables"] {
+        w.hosts[1].node.ns.exec(&format!("{t} -P FORWARD DROP"));
+    }
+    // ipMasq on the bridged containers: inside the cluster network the source stays.
     let bridged: Vec<Ctr> = (0..3)
-        .map(|h| add(&w, h, "pndgw", "b", false, false))
+        .map(|h| add(&w, h, "pndgw", "b", false, true))
         .collect();
     let routed: Vec<Ctr> = (0..3)
         .map(|h| add(&w, h, "pndgr", "r", true, false))
@@ -271,9 +278,17 @@ fn host_gw_one_segment_bridge_and_routed() {
         assert!(!p["blocks"].as_array().unwrap().is_empty(), "{p}");
     }
 
-    // A TCP transfer far larger than the MTU passes and keeps the source address.
+    // A TCP transfer far larger than the MTU passes and keeps the source address (ipMasq on,
+    // into the host whose FORWARD drops, both families).
     let (peer, n) = tcp_transfer(&bridged[0], &bridged[1], bridged[1].v4, 4 << 20);
     assert_eq!((peer, n), (bridged[0].v4, 4 << 20));
+    let (peer, n) = tcp_transfer(&bridged[2], &bridged[1], bridged[1].v6, 4 << 20);
+    assert_eq!((peer, n), (bridged[2].v6, 4 << 20));
+    let fw = w.hosts[1].node.ns.exec("iptables -S");
+    assert!(
+        fw.contains("-A FORWARD -m comment --comment \"plugnet cluster\" -j PLUGNET-CLUSTER"),
+        "{fw}"
+    );
     let (peer, n) = tcp_transfer(&routed[2], &routed[0], routed[0].v6, 4 << 20);
     assert_eq!((peer, n), (routed[2].v6, 4 << 20));
 
@@ -284,6 +299,14 @@ fn host_gw_one_segment_bridge_and_routed() {
         w.cli_ok(&["network", "rm", net, "--force"]);
     }
     assert_clean(&w);
+    w.wait(Duration::from_secs(20), "FORWARD chain gone", || {
+        (!w.hosts[1]
+            .node
+            .ns
+            .exec("iptables -S")
+            .contains("PLUGNET-CLUSTER"))
+        .then_some(())
+    });
 }
 
 #[test]

@@ -11,12 +11,16 @@
 //!   agent restart changes nothing that is already right (no flow is interrupted); entries
 //!   plugnet tagged that nobody wants (a host gone, a network removed, downtime) are deleted.
 //!
+//! - FORWARD ([`forward`]): where the host's iptables FORWARD path drops, a chain of the
+//!   agent's own accepts traffic inside each cluster network's subnets.
+//!
 //! Invariant: the agent touches only routes with protocol [`plugnet::netlink::PLUGNET_RTPROT`]
 //! and VXLAN devices named `pnvx…` carrying the alias `plugnet cluster <net>`; with etcd out of
 //! reach it leaves the programmed data plane as it is.
 
 pub mod apply;
 pub mod desired;
+pub mod forward;
 
 use crate::etcd::Etcd;
 use crate::metrics::Metrics;
@@ -115,6 +119,8 @@ pub struct Dataplane {
     metrics: Arc<Metrics>,
     nl: Netlink,
     view: Mutex<View>,
+    /// The subnets the FORWARD accept rules were last synced for.
+    forwarded: Mutex<Option<Vec<ipnetwork::IpNetwork>>>,
 }
 
 impl Dataplane {
@@ -154,6 +160,7 @@ impl Dataplane {
             metrics,
             nl,
             view: Mutex::new(View::default()),
+            forwarded: Mutex::new(None),
         }))
     }
 
@@ -181,7 +188,26 @@ impl Dataplane {
         let start = Instant::now();
         let cluster = cache.cluster();
         let plans = desired::plan(&cluster, &self.me);
-        let outcome = apply::reconcile(&self.nl, &self.me, &plans).await;
+        let mut outcome = apply::reconcile(&self.nl, &self.me, &plans).await;
+        let subnets: Vec<ipnetwork::IpNetwork> = cluster
+            .networks
+            .values()
+            .flat_map(|d| d.subnets.iter().copied())
+            .collect();
+        let synced = self.forwarded.lock().ok().and_then(|f| f.clone());
+        if why == "list" || synced.as_ref() != Some(&subnets) {
+            let s = subnets.clone();
+            match tokio::task::spawn_blocking(move || forward::sync(&s)).await {
+                Ok(Ok(n)) => {
+                    outcome.changes += n;
+                    if let Ok(mut f) = self.forwarded.lock() {
+                        *f = Some(subnets);
+                    }
+                }
+                Ok(Err(e)) => outcome.errors.push(format!("FORWARD accept rules: {e}")),
+                Err(e) => outcome.errors.push(format!("FORWARD accept rules: {e}")),
+            }
+        }
         let took = start.elapsed();
         self.metrics.dataplane_observed(
             took,

@@ -178,13 +178,20 @@ impl Firewall {
         let table = table_exists(Table::Inet)?;
         // A table made by a plugnet without routed mode lacks the `routed` set (and its rule):
         // a routed attachment rebuilds the table, in the same transaction.
+        // Likewise a table without the cluster networks' `keepsrc4` map (and its rule), for an
+        // attachment that keeps its source address inside its cluster network.
+        let lacks = |set: &str| {
+            nft::set_exists(set)
+                .map(|e| !e)
+                .map_err(|e| FirewallError::Nft {
+                    step: "look up set",
+                    op: format!("get set inet plugnet {set}"),
+                    source: e,
+                })
+        };
         let outdated = table
-            && att.is_routed()
-            && !nft::set_exists(plan::SET_ROUTED).map_err(|e| FirewallError::Nft {
-                step: "look up set",
-                op: format!("get set inet plugnet {}", plan::SET_ROUTED),
-                source: e,
-            })?;
+            && ((att.is_routed() && lacks(plan::SET_ROUTED)?)
+                || (att.ip_masq && !att.keep_source_to.is_empty() && lacks(plan::MAP_KEEP4)?));
         if outdated {
             ops.push(Op::DelTable(Table::Inet));
         }

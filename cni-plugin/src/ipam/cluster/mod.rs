@@ -22,6 +22,18 @@ pub fn mtu_of(raw: &serde_json::Value) -> Option<u32> {
         .mtu
 }
 
+/// The subnets of the cluster network a configuration names (empty: none, or no network
+/// file): traffic between its containers keeps its source address even with ipMasq.
+pub fn subnets_of(raw: &serde_json::Value) -> Vec<IpNetwork> {
+    let Ok(Some(c)) = alloc::ClusterRef::of(raw) else {
+        return Vec::new();
+    };
+    match local::NetworkFile::read(&c.agent_dir, &c.network) {
+        Ok(Some(f)) => f.subnets,
+        _ => Vec::new(),
+    }
+}
+
 /// The longest an ADD waits for the agent to find room.
 pub const GROW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
