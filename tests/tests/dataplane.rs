@@ -422,11 +422,31 @@ fn vxlan_two_subnets_restart_reboot_join_leave() {
     );
     all_pairs_ping(&w, &ctrs, Duration::from_secs(20));
 
-    // A host leaves (its lease expires): its routes and FDB entries go from the others; it
-    // comes back: they return, and ping works again.
+    // A host's agent down past its lease: its containers still run, so its routes stay.
     let block2 = block_of(&w, "pndvx", ctrs[2].v4);
     assert!(tagged_routes(&w, 0).contains(&block2));
     w.hosts[2].stop_agent();
+    w.wait(
+        Duration::from_secs(30),
+        "host 2's registration expired",
+        || {
+            let hosts = w.cli_ok(&["hosts"]);
+            hosts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["name"] == w.hosts[2].name && h["alive"] == false)
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(tagged_routes(&w, 0).contains(&block2), "route kept");
+    assert!(
+        ping_once(&ctrs[0], ctrs[2].v4),
+        "flow to the departed host's container"
+    );
+    // The host leaves (its blocks released): its routes and FDB entries go from the others.
+    w.cli_ok(&["release-host", &w.hosts[2].name]);
     w.wait(Duration::from_secs(30), "host 2's routes gone", || {
         (!tagged_routes(&w, 0).contains(&block2) && !tagged_routes(&w, 1).contains(&block2))
             .then_some(())
@@ -436,11 +456,59 @@ fn vxlan_two_subnets_restart_reboot_join_leave() {
         !fdb.contains(&format!("dst {}", w.hosts[2].node.ip)),
         "{fdb}"
     );
+    // It comes back (retakes its blocks, its containers still there): routes return.
     w.hosts[2].start_agent();
     w.wait(Duration::from_secs(30), "host 2's routes back", || {
         tagged_routes(&w, 0).contains(&block2).then_some(())
     });
     all_pairs_ping(&w, &ctrs, Duration::from_secs(20));
+
+    // A host joins late (on the router's far side): its routes appear on the others and
+    // theirs on it.
+    let node = w.underlay.node("pndvh", 1);
+    let mut late = plugnet_tests::cluster::Host::new(
+        node,
+        "pndv-h3",
+        &w.etcd.endpoints(),
+        ["--lease-ttl", "3s", "--metrics-listen", "off"]
+            .map(String::from)
+            .to_vec(),
+    );
+    late.start_agent();
+    late.wait_registered(Duration::from_secs(20));
+    let late_ctr = {
+        let ns = Netns::new("pndc");
+        let conf = json!({"cniVersion": "1.0.0", "name": "pndvx-cni", "type": "plugnet",
+            "bridge": "pndbr0", "isGateway": true, "isDefaultGateway": true,
+            "ipam": {"type": "plugnet-ipam", "cluster": "pndvx", "agentDir": late.agent_dir()},
+            "firewallStateDir": late.agent_dir().with_file_name("firewall")});
+        let r = late.bridge("ADD", "pnd-late", &ns.path(), &conf);
+        assert_eq!(r.code, 0, "ADD on the late host: {} {}", r.stdout, r.stderr);
+        let v4: IpAddr = r.json()["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap();
+        (ns, conf, v4)
+    };
+    w.wait(Duration::from_secs(20), "late host reached", || {
+        ping_once(&ctrs[0], late_ctr.2).then_some(())
+    });
+    w.wait(
+        Duration::from_secs(20),
+        "late host reaches the others",
+        || {
+            late_ctr
+                .0
+                .exec_ok(&format!("ping -c 1 -W 1 {}", ctrs[1].v4))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        late.bridge("DEL", "pnd-late", &late_ctr.0.path(), &late_ctr.1)
+            .code,
+        0
+    );
 
     for c in &ctrs {
         del(&w, c);

@@ -304,6 +304,7 @@ pub fn status(
                         p.device.is_none() || underlay.is_some_and(|u| !o.failed_fdb.contains(&u));
                     json!({
                         "host": h,
+                        "registered": !c.departed.contains(h),
                         "underlay": underlay.map(|u| u.to_string()),
                         "blocks": blocks,
                         "routesInPlace": routes_ok,

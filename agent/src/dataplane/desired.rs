@@ -8,8 +8,10 @@
 //!   next hops (IPv4: its underlay address; IPv6: the link-local address of its VTEP MAC), and
 //!   a route per remote block via that next hop on the device.
 //!
-//! Invariant: only hosts with a registration (a live lease) are peers; a block whose holder
-//! has none gets no route, so a host that leaves takes its routes with it.
+//! Invariant: peers are the registered hosts and the departed ones (registration gone while
+//! they still hold blocks: the agent down past its lease, its containers still running); a
+//! block whose holder is neither gets no route. A host leaves — its routes go — when its blocks
+//! do (released, reclaimed after the grace period, or `release-host`).
 
 use crate::schema::{BlockValue, HostRecord, Mode, NetworkDef};
 use ipnetwork::IpNetwork;
@@ -49,7 +51,10 @@ pub fn vxlan_alias(net: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct Cluster {
     pub networks: BTreeMap<String, NetworkDef>,
+    /// Registered hosts, and departed ones (see `departed`).
     pub hosts: BTreeMap<String, HostRecord>,
+    /// Hosts in `hosts` whose registration went while they hold blocks: still peers.
+    pub departed: BTreeSet<String>,
     /// network → block → holder
     pub blocks: BTreeMap<String, BTreeMap<IpNetwork, BlockValue>>,
 }

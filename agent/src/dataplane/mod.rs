@@ -83,10 +83,38 @@ pub fn underlay_mtu(underlay: IpAddr) -> Option<u32> {
 struct Cache {
     kvs: BTreeMap<Vec<u8>, Vec<u8>>,
     revision: i64,
+    /// Hosts whose registration went (lease expired: agent down longer than its TTL) while
+    /// they still hold blocks: their containers still run, so their routes and FDB entries stay
+    /// — until their blocks are released or reclaimed, or they register again.
+    departed: BTreeMap<String, HostRecord>,
 }
 
 impl Cache {
-    fn cluster(&self) -> Cluster {
+    /// A host key deleted (or gone at a re-list): remember its last record.
+    fn depart(&mut self, key: &[u8], value: &[u8]) {
+        if let Some(name) = schema::name_after(schema::HOSTS, key) {
+            if let Ok(h) = schema::decode::<HostRecord>(key, value) {
+                self.departed.insert(name.to_string(), h);
+            }
+        }
+    }
+
+    /// Replace the whole copy (a list), keeping what left in between as departed.
+    fn replace(&mut self, kvs: BTreeMap<Vec<u8>, Vec<u8>>, revision: i64) {
+        let gone: Vec<(Vec<u8>, Vec<u8>)> = self
+            .kvs
+            .iter()
+            .filter(|(k, _)| k.starts_with(schema::HOSTS.as_bytes()) && !kvs.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in gone {
+            self.depart(&k, &v);
+        }
+        self.kvs = kvs;
+        self.revision = revision;
+    }
+
+    fn cluster(&mut self) -> Cluster {
         let mut c = Cluster::default();
         for (k, v) in &self.kvs {
             if let Some(name) = schema::name_after(schema::NETWORKS, k) {
@@ -102,6 +130,25 @@ impl Cache {
                     c.blocks.entry(net).or_default().insert(block, b);
                 }
             }
+        }
+        // Departed hosts stay peers while they hold a block; registered again, they are
+        // simply registered.
+        let holding = |name: &str| {
+            c.blocks
+                .values()
+                .flat_map(|b| b.values())
+                .any(|v| v.holder() == Some(name))
+        };
+        let keep: BTreeMap<String, HostRecord> = self
+            .departed
+            .iter()
+            .filter(|(n, _)| !c.hosts.contains_key(*n) && holding(n))
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect();
+        self.departed = keep;
+        for (n, h) in &self.departed {
+            c.hosts.insert(n.clone(), h.clone());
+            c.departed.insert(n.clone());
         }
         c
     }
@@ -179,12 +226,11 @@ impl Dataplane {
 
     async fn list(&self, cache: &mut Cache) -> Result<()> {
         let (kvs, rev) = self.etcd.get_prefix(schema::ROOT).await?;
-        cache.kvs = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
-        cache.revision = rev;
+        cache.replace(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(), rev);
         Ok(())
     }
 
-    async fn reconcile(&self, cache: &Cache, why: &str) {
+    async fn reconcile(&self, cache: &mut Cache, why: &str) {
         let start = Instant::now();
         let cluster = cache.cluster();
         let plans = desired::plan(&cluster, &self.me);
@@ -249,7 +295,7 @@ impl Dataplane {
                 continue;
             }
             backoff = Duration::from_millis(200);
-            self.reconcile(&cache, "list").await;
+            self.reconcile(&mut cache, "list").await;
             let listed = Instant::now();
             let mut c = self.etcd.client();
             let opts = WatchOptions::new()
@@ -293,7 +339,9 @@ impl Dataplane {
                             cache.kvs.insert(kv.key().to_vec(), kv.value().to_vec());
                         }
                         EventType::Delete => {
-                            cache.kvs.remove(kv.key());
+                            if let Some(old) = cache.kvs.remove(kv.key()) {
+                                cache.depart(kv.key(), &old);
+                            }
                         }
                     }
                     cache.revision = cache.revision.max(kv.mod_revision());
@@ -302,7 +350,7 @@ impl Dataplane {
                     cache.revision = cache.revision.max(h.revision());
                 }
                 if changed {
-                    self.reconcile(&cache, "watch").await;
+                    self.reconcile(&mut cache, "watch").await;
                 }
             }
         }
