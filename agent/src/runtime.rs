@@ -2,10 +2,10 @@
 //! on SIGTERM/SIGINT or when one fails.
 //!
 //! Tasks (each a module): `socket` and `metrics` always; with `--etcd` the cluster tasks
-//! `host` (registration, lease, liveness), `blocks` (per-network blocks) and `reclaim` (dead
-//! hosts' blocks). Later features are further tasks started in [`run_async`] the same way
-//! (the data plane of issue 22 beside `blocks`; the name resolver of issue 20 also without
-//! `--etcd`). A task is `async fn(…, Shutdown) -> Result<()>`: it returns `Ok` when the
+//! `host` (registration, lease, liveness), `blocks` (per-network blocks), `reclaim` (dead
+//! hosts' blocks) and `dataplane` (routes / VXLAN to other hosts' blocks, issue 22). Later
+//! features are further tasks started in [`run_async`] the same way (the name resolver of
+//! issue 20 also without `--etcd`). A task is `async fn(…, Shutdown) -> Result<()>`: it returns `Ok` when the
 //! shutdown fires and `Err` only for what restarting the process could fix (a lost socket);
 //! transient failures (etcd out of reach) it rides out itself.
 //!
