@@ -567,6 +567,27 @@ fn table(cmd: &ClusterCommand, v: &Value) -> String {
         ClusterCommand::Blocks { .. } => {
             rows(&["network", "block", "state", "host", "hostAlive"], v)
         }
+        ClusterCommand::Status { .. } => {
+            let mut out = format!("{}\n", serde_json::to_string_pretty(v).expect("serialises"));
+            // The data plane per peer host: are its routes (and VXLAN FDB entries) in place?
+            for n in v["agent"]["dataplane"]["networks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                out += &format!(
+                    "\ndata plane of {} ({}, MTU {}):\n",
+                    s(&n["network"]),
+                    s(&n["mode"]),
+                    s(&n["mtu"])
+                );
+                out += &rows(
+                    &["host", "underlay", "routesInPlace", "fdbInPlace", "blocks"],
+                    &n["peers"],
+                );
+            }
+            out
+        }
         _ => format!("{}\n", serde_json::to_string_pretty(v).expect("serialises")),
     }
 }

@@ -5,8 +5,9 @@
 //!   demand by etcd transaction, returned after a cooldown, resynced after outages), written to
 //!   the local state plugnet-ipam allocates from;
 //! - [`socket`]: the local socket plugnet-ipam asks when its blocks are full;
+//! - [`dataplane`]: per cluster network, the routes / VXLAN entries to other hosts' blocks;
 //! - [`metrics`]: Prometheus exposition;
-//! - [`names`]: the name resolver (issue 20), with and without `--etcd`.
+//! - [`names`]: the name resolver, with and without `--etcd`.
 //!
 //! Without `--etcd` the cluster tasks do not run (single host): the socket and metrics do,
 //! and so will the tasks later issues add (the data plane, the name resolver) — each a module
@@ -16,6 +17,7 @@
 pub mod blocks;
 pub mod cluster;
 pub mod config;
+pub mod dataplane;
 pub mod etcd;
 pub mod host;
 pub mod identity;

@@ -81,6 +81,17 @@ pub struct Metrics {
     pub reconcile: Hist<Net>,
     pub socket_requests: Family<OpResult, Counter>,
     pub info: Family<Info, Gauge>,
+    pub dataplane: Dataplane,
+}
+
+/// The data plane's metrics (agent/src/dataplane).
+#[derive(Default)]
+pub struct Dataplane {
+    pub routes: Family<Net, Gauge>,
+    pub fdb_entries: Family<Net, Gauge>,
+    pub reconciles: Counter,
+    pub last_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub last_changes: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +120,7 @@ impl Metrics {
             reconcile: Family::new_with_constructor(latency),
             socket_requests: Family::default(),
             info: Family::default(),
+            dataplane: Dataplane::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -187,6 +199,32 @@ impl Metrics {
             m.socket_requests.clone(),
         );
         r.register("info", "The agent: host name and version", m.info.clone());
+        let dp = &m.dataplane;
+        r.register(
+            "dataplane_routes",
+            "Routes to other hosts' blocks in place, by network",
+            dp.routes.clone(),
+        );
+        r.register(
+            "dataplane_fdb_entries",
+            "VXLAN FDB entries in place, by network",
+            dp.fdb_entries.clone(),
+        );
+        r.register(
+            "dataplane_reconciles",
+            "Data plane reconciles run",
+            dp.reconciles.clone(),
+        );
+        r.register(
+            "dataplane_last_reconcile_seconds",
+            "Duration of the last data plane reconcile",
+            dp.last_duration.clone(),
+        );
+        r.register(
+            "dataplane_last_reconcile_changes",
+            "Kernel changes (adds, replaces, deletes) of the last data plane reconcile",
+            dp.last_changes.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -195,6 +233,33 @@ impl Metrics {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("encodes");
         s
+    }
+
+    pub fn dataplane_observed(
+        &self,
+        took: Duration,
+        changes: i64,
+        routes: &std::collections::BTreeMap<String, i64>,
+        fdb: &std::collections::BTreeMap<String, i64>,
+    ) {
+        let dp = &self.dataplane;
+        dp.reconciles.inc();
+        dp.last_duration.set(took.as_secs_f64());
+        dp.last_changes.set(changes);
+        for (net, n) in routes {
+            dp.routes
+                .get_or_create(&Net {
+                    network: net.clone(),
+                })
+                .set(*n);
+        }
+        for (net, n) in fdb {
+            dp.fdb_entries
+                .get_or_create(&Net {
+                    network: net.clone(),
+                })
+                .set(*n);
+        }
     }
 
     pub fn etcd_observed(&self, op: &str, took: Duration, ok: bool) {

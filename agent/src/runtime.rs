@@ -2,10 +2,10 @@
 //! on SIGTERM/SIGINT or when one fails.
 //!
 //! Tasks (each a module): `socket` and `metrics` always; with `--etcd` the cluster tasks
-//! `host` (registration, lease, liveness), `blocks` (per-network blocks) and `reclaim` (dead
-//! hosts' blocks). Later features are further tasks started in [`run_async`] the same way
-//! (the data plane of issue 22 beside `blocks`; the name resolver of issue 20 also without
-//! `--etcd`). A task is `async fn(…, Shutdown) -> Result<()>`: it returns `Ok` when the
+//! `host` (registration, lease, liveness), `blocks` (per-network blocks), `reclaim` (dead
+//! hosts' blocks) and `dataplane` (routes / VXLAN to other hosts' blocks, issue 22). Later
+//! features are further tasks started in [`run_async`] the same way (the name resolver of
+//! issue 20 also without `--etcd`). A task is `async fn(…, Shutdown) -> Result<()>`: it returns `Ok` when the
 //! shutdown fires and `Err` only for what restarting the process could fix (a lost socket);
 //! transient failures (etcd out of reach) it rides out itself.
 //!
@@ -55,6 +55,7 @@ pub struct Agent {
     pub state: LocalState,
     pub metrics: Arc<Metrics>,
     pub cluster: Option<Arc<crate::blocks::Blocks>>,
+    pub dataplane: Option<Arc<crate::dataplane::Dataplane>>,
 }
 
 impl Agent {
@@ -70,7 +71,11 @@ impl Agent {
             Request::Status => {
                 let mut a = Answer::ok();
                 a.status = match &self.cluster {
-                    Some(blocks) => blocks.status().await,
+                    Some(blocks) => {
+                        let mut s = blocks.status().await;
+                        s["dataplane"] = crate::dataplane::status_of(self.dataplane.as_ref());
+                        s
+                    }
                     None => json!({"cluster": false, "stateDir": self.state.dir()}),
                 };
                 a
@@ -127,12 +132,30 @@ async fn run_async(config: Config) -> Result<()> {
         ),
         None => None,
     };
+    let dataplane = match &cluster {
+        Some(b) => {
+            match crate::dataplane::Dataplane::start(b.record(), b.etcd().clone(), metrics.clone())
+                .await
+            {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    error!("{e:#}: running without the data plane (no routes to other hosts)");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let agent = Arc::new(Agent {
         config: config.clone(),
         state,
         metrics: metrics.clone(),
         cluster,
+        dataplane,
     });
+    if let Some(dp) = &agent.dataplane {
+        tasks.spawn("dataplane", dp.clone().run(shutdown.clone()));
+    }
     if let Some(blocks) = &agent.cluster {
         for (name, task) in blocks.clone().tasks(shutdown.clone()) {
             tasks.spawn(name, task);

@@ -107,6 +107,10 @@ pub struct HostRecord {
     pub vtep_mac: String,
     pub agent_version: String,
     pub started_unix: u64,
+    /// The IPv6 link-local address of the underlay link: host-gw's next hop for IPv6 blocks
+    /// over an IPv4 underlay (absent from records of agents before the data plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_link_local: Option<std::net::Ipv6Addr>,
 }
 
 /// `/plugnet/v1/blocks/<net>/<block>`

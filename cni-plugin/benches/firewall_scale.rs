@@ -50,6 +50,7 @@ fn att(i: usize) -> Attachment {
         }],
         net_out: None,
         source_mac: None,
+        keep_source_to: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ fn att(t: &Topo, i: u8, hv: &str) -> Attachment {
         port_mappings: vec![],
         net_out: None,
         source_mac: None,
+        keep_source_to: Vec::new(),
     }
 }
 
@@ -631,6 +632,7 @@ fn reload_of_many_attachments_is_one_big_transaction() {
                 }],
                 net_out: None,
                 source_mac: None,
+                keep_source_to: Vec::new(),
             };
             f2.apply(&a)?;
         }

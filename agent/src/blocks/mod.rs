@@ -98,6 +98,8 @@ pub struct Blocks {
     nets: Mutex<BTreeMap<String, Net>>,
     /// Fired by the watch when etcd changed under a network this host serves.
     resync_now: tokio::sync::Notify,
+    /// The underlay link's MTU (the data plane's MTU is derived from it, see `file`).
+    underlay_mtu: Option<u32>,
 }
 
 fn family(b: &IpNetwork) -> &'static str {
@@ -125,6 +127,7 @@ impl Blocks {
             vtep_mac: crate::identity::vtep_mac(&ident.id),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             started_unix: schema::now_unix(),
+            underlay_link_local: crate::dataplane::underlay_link_local(cfg.underlay),
         };
         let host = Arc::new(Host {
             record,
@@ -182,11 +185,17 @@ impl Blocks {
             host,
             nets: Mutex::new(nets),
             resync_now: tokio::sync::Notify::new(),
+            underlay_mtu: crate::dataplane::underlay_mtu(cfg.underlay),
         }))
     }
 
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
+    }
+
+    /// This host's record in etcd (name, underlay, VTEP MAC).
+    pub fn record(&self) -> &HostRecord {
+        &self.host.record
     }
 
     /// The cluster tasks: the host's lease, the blocks' reconciliation, the reclaim of dead
@@ -305,6 +314,9 @@ impl Blocks {
                 def: net.def.clone(),
             })
             .expect("serialises"),
+            mtu: self.underlay_mtu.map(|m| {
+                crate::dataplane::desired::network_mtu(net.def.mode, self.cfg.underlay, m)
+            }),
         }
     }
 

@@ -199,6 +199,7 @@ impl Features {
             port_mappings,
             net_out: self.net_out.clone(),
             source_mac,
+            keep_source_to: crate::ipam::cluster::subnets_of(&req.raw),
         }))
     }
 }

@@ -238,7 +238,10 @@ async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult, CniError> 
     setup::fill_gateways(conf, &mut result)?;
 
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
-    let mtu = conf.mtu.or(br.mtu);
+    let mtu = conf
+        .mtu
+        .or(cluster_mtu(conf, req, host, &br).await?)
+        .or(br.mtu);
     let pair = setup::veth(conf, req, host, ns, Some(&br), &host_name, mtu).await?;
     undo.delete_link(host_name.clone());
     setup::port(conf, host, &pair, &req.config.name).await?;
@@ -258,6 +261,26 @@ async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult, CniError> 
         .await?;
     ipam::durable(durable)?;
     Ok(result)
+}
+
+/// A cluster network's MTU (see `ipam::cluster::mtu_of`) when the configuration sets none;
+/// a bridge with a larger MTU is lowered to it (the bridge's own MTU is pinned at creation).
+async fn cluster_mtu(
+    conf: &BridgeConf,
+    req: &Request,
+    host: &Netlink,
+    br: &crate::netlink::Link,
+) -> Result<Option<u32>, CniError> {
+    if conf.mtu.is_some() {
+        return Ok(None);
+    }
+    let Some(mtu) = crate::ipam::cluster::mtu_of(&req.raw) else {
+        return Ok(None);
+    };
+    if br.mtu.is_some_and(|b| b > mtu) {
+        host.set_mtu(br.index, mtu).await.map_err(kernel)?;
+    }
+    Ok(Some(mtu))
 }
 
 /// DEL (both modes): the firewall rules (on a thread, beside the rest), shaping, the host veth

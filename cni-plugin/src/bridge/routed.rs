@@ -120,9 +120,9 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
     let (v4, v6) = (has(IpFamily::V4), has(IpFamily::V6));
 
     let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
-    let mtu = match conf.mtu {
-        Some(m) => Some(m),
-        None => host.default_route_mtu().await.map_err(kernel)?,
+    let mtu = match (conf.mtu, crate::ipam::cluster::mtu_of(&req.raw)) {
+        (Some(m), _) | (None, Some(m)) => Some(m),
+        (None, None) => host.default_route_mtu().await.map_err(kernel)?,
     };
     let pair = setup::veth(conf, req, host, ns, None, &host_name, mtu).await?;
     undo.delete_link(host_name.clone());

@@ -38,16 +38,21 @@ impl Firewall {
         let table = table_exists(&*self.kernel, Table::Inet)?;
         // A table made by a plugnet without routed mode lacks the `routed` set (and its rule):
         // a routed attachment rebuilds the table, in the same transaction.
-        let outdated = table
-            && att.is_routed()
-            && !self
-                .kernel
-                .set_exists(plan::SET_ROUTED)
+        // Likewise a table without the cluster networks' `keepsrc4` map (and its rule), for an
+        // attachment that keeps its source address inside its cluster network.
+        let lacks = |set: &str| {
+            self.kernel
+                .set_exists(set)
+                .map(|e| !e)
                 .map_err(|e| FirewallError::Nft {
                     step: "look up set",
-                    op: format!("get set inet plugnet {}", plan::SET_ROUTED),
+                    op: format!("get set inet plugnet {set}"),
                     source: e,
-                })?;
+                })
+        };
+        let outdated = table
+            && ((att.is_routed() && lacks(plan::SET_ROUTED)?)
+                || (att.ip_masq && !att.keep_source_to.is_empty() && lacks(plan::MAP_KEEP4)?));
         if outdated {
             ops.push(Op::DelTable(Table::Inet));
         }

@@ -30,6 +30,10 @@ pub const SET_LOCALNET: &str = "localnet";
 /// container and keeps its source address.
 pub const SET_ROUTED: &str = "routed";
 pub const CHAIN_PORTMAP: &str = "portmap";
+/// Container address → jump to its `c-<key>-keep` chain: destinations (its cluster network's
+/// subnets) to which its traffic is not masqueraded even with ipMasq.
+pub const MAP_KEEP4: &str = "keepsrc4";
+pub const MAP_KEEP6: &str = "keepsrc6";
 
 fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
     Op::AddRule(Rule {
@@ -47,7 +51,7 @@ pub fn infrastructure() -> Vec<Op> {
     use Field::*;
     let mut ops = vec![Op::AddTable(Table::Inet)];
     let to = |fam| SetData::Value(vec![Daddr(fam), Dport]);
-    let sets: [(&'static str, Vec<Field>, SetData); 12] = [
+    let sets: [(&'static str, Vec<Field>, SetData); 14] = [
         (
             MAP_PM4_IP,
             vec![Daddr(Fam::V4), L4proto, Dport],
@@ -68,6 +72,8 @@ pub fn infrastructure() -> Vec<Op> {
         (SET_MEMBERS6, vec![Oifname, Saddr(Fam::V6)], SetData::None),
         (SET_LOCALNET, vec![Iifname], SetData::None),
         (SET_ROUTED, vec![Oifname], SetData::None),
+        (MAP_KEEP4, vec![Saddr(Fam::V4)], SetData::Verdict),
+        (MAP_KEEP6, vec![Saddr(Fam::V6)], SetData::Verdict),
     ];
     for (name, key, data) in sets {
         ops.push(Op::AddSet(SetDef { name, key, data }));
@@ -217,6 +223,21 @@ pub fn infrastructure() -> Vec<Op> {
             ],
         ));
     }
+    // Inside a cluster network no masquerade: a container with `keep_source_to` jumps to its
+    // chain, which accepts (ends postrouting, source kept) traffic to those subnets.
+    for (fam, keep) in [(Fam::V4, MAP_KEEP4), (Fam::V6, MAP_KEEP6)] {
+        ops.push(rule(
+            "postrouting",
+            vec![
+                Expr::Nfproto(fam),
+                Expr::Lookup {
+                    set: keep.into(),
+                    key: vec![Saddr(fam)],
+                    vmap: true,
+                },
+            ],
+        ));
+    }
     for (fam, _, masq, mc) in mcast {
         let net: IpNetwork = mc.parse().expect("literal");
         ops.push(rule(
@@ -324,6 +345,31 @@ pub fn attach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
                 data: None,
             });
         }
+        if !att.keep_source_to.is_empty() {
+            let chain = keep_chain(key);
+            ops.push(Op::AddChain(chain.clone()));
+            for net in &att.keep_source_to {
+                ops.push(rule(
+                    &chain,
+                    vec![
+                        Expr::Nfproto(Fam::of(&net.ip())),
+                        Expr::Addr {
+                            dst: true,
+                            net: *net,
+                            negate: false,
+                        },
+                        Expr::Verdict(Verdict::Accept),
+                    ],
+                ));
+            }
+            for (set, key) in keep_elems(att) {
+                ops.push(Op::AddElem {
+                    set,
+                    key,
+                    data: Some(ElemData::Verdict(Verdict::Jump(chain.clone()))),
+                });
+            }
+        }
     }
     if let Some(net_out) = &att.net_out {
         let chain = egress_chain(key);
@@ -353,6 +399,10 @@ pub fn detach_ops(att: &Attachment, key: &str, edges: &SharedEdges) -> Vec<Op> {
     );
     if att.ip_masq {
         ops.extend(masq_elems(att).into_iter().map(del));
+        if !att.keep_source_to.is_empty() {
+            ops.extend(keep_elems(att).into_iter().map(del));
+            ops.push(Op::DelChain(keep_chain(key)));
+        }
     }
     if att.net_out.is_some() {
         ops.extend(egress_elems(att).into_iter().map(del));
@@ -407,6 +457,22 @@ pub fn masq_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
         .map(|a| {
             (
                 if a.is_ipv4() { SET_MASQ4 } else { SET_MASQ6 }.to_string(),
+                vec![KeyVal::Addr(a)],
+            )
+        })
+        .collect()
+}
+
+/// `c-<key>-keep`: the attachment's no-masquerade destinations.
+pub fn keep_chain(key: &str) -> String {
+    format!("c-{key}-keep")
+}
+
+pub fn keep_elems(att: &Attachment) -> Vec<(String, Vec<KeyVal>)> {
+    att.addrs()
+        .map(|a| {
+            (
+                if a.is_ipv4() { MAP_KEEP4 } else { MAP_KEEP6 }.to_string(),
                 vec![KeyVal::Addr(a)],
             )
         })
@@ -585,6 +651,27 @@ mod tests {
     use super::*;
     use crate::firewall::types::*;
 
+    #[test]
+    fn cluster_subnets_keep_the_source_address_even_with_ip_masq() {
+        let mut a = att();
+        a.keep_source_to = vec!["10.70.0.0/16".parse().unwrap()];
+        let edges = SharedEdges::default();
+        let ops = attach_ops(&a, "k1", &edges);
+        assert!(ops.contains(&Op::AddChain("c-k1-keep".into())));
+        let jumps = ops
+            .iter()
+            .filter(|o| {
+                matches!(o, Op::AddElem { set, data: Some(ElemData::Verdict(Verdict::Jump(c))), .. }
+                if (set == MAP_KEEP4 || set == MAP_KEEP6) && c == "c-k1-keep")
+            })
+            .count();
+        assert_eq!(jumps, 2, "one per container address");
+        let gone = detach_ops(&a, "k1", &edges);
+        assert!(gone.contains(&Op::DelChain("c-k1-keep".into())));
+        a.ip_masq = false;
+        assert!(!attach_ops(&a, "k1", &edges).contains(&Op::AddChain("c-k1-keep".into())));
+    }
+
     fn att() -> Attachment {
         Attachment {
             network: "net1".into(),
@@ -613,6 +700,7 @@ mod tests {
             ],
             net_out: None,
             source_mac: None,
+            keep_source_to: Vec::new(),
         }
     }
 

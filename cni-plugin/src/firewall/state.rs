@@ -304,6 +304,7 @@ mod tests {
             port_mappings: vec![],
             net_out: None,
             source_mac: None,
+            keep_source_to: Vec::new(),
         }
     }
 

@@ -34,6 +34,10 @@ pub struct Attachment {
     /// (its interface's MAC at ADD). Absent: no check.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_mac")]
     pub source_mac: Option<Mac>,
+    /// Destinations this container's traffic keeps its source address to even with ipMasq:
+    /// the subnets of its cluster network (other hosts' containers see who talks to them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_source_to: Vec<IpNetwork>,
 }
 
 /// `runtimeConfig.portMappings[]` entry, named exactly as the CNI `portMappings` capability.
@@ -404,6 +408,7 @@ mod tests {
             port_mappings: vec![],
             net_out: None,
             source_mac: None,
+            keep_source_to: Vec::new(),
         }
     }
 

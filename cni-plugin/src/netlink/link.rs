@@ -98,7 +98,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Link {
+    pub(super) fn from_message(msg: &LinkMessage) -> Link {
         let mut l = Link {
             index: msg.header.index,
             up: msg.header.flags.contains(LinkFlags::Up),

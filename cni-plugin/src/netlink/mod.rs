@@ -1,6 +1,7 @@
 //! netlink: the only module that speaks rtnetlink. A small vocabulary (`ensure_bridge`,
 //! `create_veth_pair`, `add_addr`, `add_route`, `set_up`, `del_link`, `link_by_name`,
-//! `set_permanent_neighbour`, `move_link_to_netns`, tc qdiscs and filters, …) over
+//! `set_permanent_neighbour`, `move_link_to_netns`, tc qdiscs and filters, the cluster data
+//! plane's VXLAN devices, FDB entries and tagged routes (`overlay`), …) over
 //! ONE connection per network namespace, reused for every request.
 //!
 //! Invariants: nothing outside this module builds a netlink message; the socket for another
@@ -12,6 +13,7 @@ mod blocking;
 mod error;
 mod link;
 mod neigh;
+mod overlay;
 mod route;
 mod tc;
 mod watch;
@@ -31,6 +33,9 @@ pub use blocking::block_on;
 pub use error::{Cause, NetlinkError};
 pub use link::{BridgeOptions, Link, LinkStats, Mac, VethOptions, VethPair};
 pub use neigh::Neighbour;
+pub use overlay::{
+    link_local_of, FdbEntry, TaggedRoute, Vxlan, VxlanOptions, PLUGNET_RTPROT, VXLAN_PORT,
+};
 pub use route::RouteSpec;
 pub use tc::{tbf_options, Qdisc, QdiscParent};
 pub use watch::{DeletionOver, LinkRemoval};

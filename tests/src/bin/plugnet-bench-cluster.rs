@@ -81,6 +81,7 @@ fn main() {
         hosts: 3,
         etcd_members: 3,
         agent_args: vec!["--lease-ttl".into(), "10s".into()],
+        ..WorldOptions::default()
     });
     let net = "pnm-bench";
     w.cli_ok(&["network", "create", net, "--subnet", "10.240.0.0/14"]);

@@ -35,6 +35,8 @@ pub struct WorldOptions {
     pub etcd_members: usize,
     /// Extra plugnet-agent flags for every host (e.g. `--lease-ttl 2s`).
     pub agent_args: Vec<String>,
+    /// The underlay's segments: `a.b.c.0/24`, `a.b.(c+1).0/24` (default 10.201.0.0/24, …).
+    pub underlay_base: (u8, u8, u8),
 }
 
 impl Default for WorldOptions {
@@ -45,13 +47,14 @@ impl Default for WorldOptions {
             hosts: 3,
             etcd_members: 3,
             agent_args: Vec::new(),
+            underlay_base: (10, 201, 0),
         }
     }
 }
 
 impl World {
     pub fn new(o: WorldOptions) -> World {
-        let underlay = Underlay::new(o.prefix, o.topology);
+        let underlay = Underlay::with_base(o.prefix, o.topology, o.underlay_base);
         let etcd = Etcd::start(&underlay, o.prefix, o.etcd_members);
         let admin = underlay.node(&format!("{}a", o.prefix), 0);
         let mut hosts = Vec::new();

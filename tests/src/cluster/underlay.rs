@@ -1,5 +1,7 @@
 //! The network between hosts: namespaces on one bridge (one L2 segment), or on two bridges
-//! with a router namespace between them (two L3 subnets, 10.201.0.0/24 and 10.201.1.0/24).
+//! with a router namespace between them (two L3 subnets, 10.201.0.0/24 and 10.201.1.0/24 by
+//! default; [`Underlay::with_base`] puts them at A.B.200.0/24 and A.B.201.0/24 of another
+//! test's own range).
 
 use crate::{sh, Netns};
 use std::net::Ipv4Addr;
@@ -42,10 +44,18 @@ pub struct Underlay {
     router: Option<Netns>,
     topology: Topology,
     next: AtomicU32,
+    /// The first two octets of every underlay address and the third of segment 0.
+    base: (u8, u8, u8),
 }
 
 impl Underlay {
     pub fn new(prefix: &str, topology: Topology) -> Underlay {
+        Underlay::with_base(prefix, topology, (10, 201, 0))
+    }
+
+    /// Segments at `a.b.c.0/24` and `a.b.(c+1).0/24`.
+    pub fn with_base(prefix: &str, topology: Topology, base: (u8, u8, u8)) -> Underlay {
+        let (a, b, c) = base;
         let fabric = Netns::new(&format!("{prefix}f"));
         let segments = if topology == Topology::TwoSubnets {
             2
@@ -64,7 +74,7 @@ impl Underlay {
                     r.name, fabric.name
                 ));
                 fabric.exec(&format!("ip link set fr{s} master s{s} up"));
-                r.exec(&format!("ip addr add 10.201.{s}.254/24 dev r{s}"));
+                r.exec(&format!("ip addr add {a}.{b}.{}.254/24 dev r{s}", c + s));
                 r.exec(&format!("ip link set r{s} up"));
             }
             r.exec("sysctl -qw net.ipv4.ip_forward=1");
@@ -75,6 +85,7 @@ impl Underlay {
             router,
             topology,
             next: AtomicU32::new(1),
+            base,
         }
     }
 
@@ -93,7 +104,9 @@ impl Underlay {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         assert!(n < 250, "too many nodes");
         let ns = Netns::new(prefix);
-        let ip = Ipv4Addr::new(10, 201, segment as u8, n as u8);
+        let (a, b, c) = self.base;
+        let third = c + segment as u8;
+        let ip = Ipv4Addr::new(a, b, third, n as u8);
         sh(&format!(
             "ip link add eth0 netns {} type veth peer name p{n} netns {}",
             ns.name, self.fabric.name
@@ -103,7 +116,7 @@ impl Underlay {
         ns.exec(&format!("ip addr add {ip}/24 dev eth0"));
         ns.exec("ip link set eth0 up");
         if self.router.is_some() {
-            ns.exec(&format!("ip route add default via 10.201.{segment}.254"));
+            ns.exec(&format!("ip route add default via {a}.{b}.{third}.254"));
         }
         Node { ns, ip, segment }
     }

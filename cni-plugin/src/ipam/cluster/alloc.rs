@@ -496,6 +496,7 @@ mod tests {
             },
             removed: false,
             definition: Value::Null,
+            mtu: None,
         }
     }
 

@@ -60,6 +60,11 @@ pub struct NetworkFile {
     /// The agent's copy of the network's definition in etcd (plugnet-ipam ignores it).
     #[serde(default)]
     pub definition: serde_json::Value,
+    /// The MTU of this network's devices on this host (the underlay's, less the VXLAN
+    /// overhead in vxlan mode): the plugin gives it to the bridge and the veths when the
+    /// configuration sets no `mtu`. Absent: the plugin's default (the default route's link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +251,7 @@ mod tests {
             },
             removed: false,
             definition: serde_json::Value::Null,
+            mtu: None,
         }
     }
 

@@ -12,6 +12,28 @@ pub mod local;
 
 pub use local::DEFAULT_AGENT_DIR;
 
+/// The MTU the agent wrote for the cluster network a configuration names (`ipam.cluster`),
+/// read after the IPAM ADD (the network file exists by then): the bridge and veths of a
+/// cluster network get it when the configuration sets no `mtu` (underlay − 50 for VXLAN).
+pub fn mtu_of(raw: &serde_json::Value) -> Option<u32> {
+    let c = alloc::ClusterRef::of(raw).ok()??;
+    local::NetworkFile::read(&c.agent_dir, &c.network)
+        .ok()??
+        .mtu
+}
+
+/// The subnets of the cluster network a configuration names (empty: none, or no network
+/// file): traffic between its containers keeps its source address even with ipMasq.
+pub fn subnets_of(raw: &serde_json::Value) -> Vec<IpNetwork> {
+    let Ok(Some(c)) = alloc::ClusterRef::of(raw) else {
+        return Vec::new();
+    };
+    match local::NetworkFile::read(&c.agent_dir, &c.network) {
+        Ok(Some(f)) => f.subnets,
+        _ => Vec::new(),
+    }
+}
+
 /// The longest an ADD waits for the agent to find room.
 pub const GROW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -1,0 +1,366 @@
+//! The cluster data plane (issue 22): per cluster network, the routes (host-gw) or the VXLAN
+//! device, FDB and neighbour entries and routes (vxlan) that carry packets to the blocks other
+//! hosts hold, kept by reconciliation.
+//!
+//! - Desired ([`desired`]) from etcd: networks, registered hosts (underlay address, VTEP MAC),
+//!   blocks and holders. Listed once, then watched from the listed revision; the watch's events
+//!   update the cached copy and start a reconcile at once. A compacted or broken watch lists
+//!   again. Every [`FULL_EVERY`] the list and the full diff run regardless.
+//! - Actual ([`apply`]): routes tagged with plugnet's route protocol, the `pnvx…` devices with
+//!   plugnet's alias, their FDB and permanent neighbours. Only differences are applied: an
+//!   agent restart changes nothing that is already right (no flow is interrupted); entries
+//!   plugnet tagged that nobody wants (a host gone, a network removed, downtime) are deleted.
+//!
+//! - FORWARD ([`forward`]): where the host's iptables FORWARD path drops, a chain of the
+//!   agent's own accepts traffic inside each cluster network's subnets.
+//!
+//! Invariant: the agent touches only routes with protocol [`plugnet::netlink::PLUGNET_RTPROT`]
+//! and VXLAN devices named `pnvx…` carrying the alias `plugnet cluster <net>`; with etcd out of
+//! reach it leaves the programmed data plane as it is.
+
+pub mod apply;
+pub mod desired;
+pub mod forward;
+
+use crate::etcd::Etcd;
+use crate::metrics::Metrics;
+use crate::runtime::Shutdown;
+use crate::schema::{self, BlockValue, HostRecord, NetworkDef};
+use anyhow::{Context, Result};
+use desired::{Cluster, Me};
+use plugnet::netlink::{Mac, Netlink};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The full list-and-diff period.
+pub const FULL_EVERY: Duration = Duration::from_secs(60);
+
+/// The IPv6 link-local address of the link holding `underlay` (host-gw's IPv6 next hop), if
+/// the underlay is IPv4 and the link has one.
+pub fn underlay_link_local(underlay: IpAddr) -> Option<Ipv6Addr> {
+    if underlay.is_ipv6() {
+        return None;
+    }
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
+    let ifname = addrs.iter().find_map(|a| {
+        let sin = a.address.as_ref()?.as_sockaddr_in()?;
+        (IpAddr::V4(sin.ip()) == underlay).then(|| a.interface_name.clone())
+    })?;
+    addrs.iter().find_map(|a| {
+        if a.interface_name != ifname {
+            return None;
+        }
+        let ip = a.address.as_ref()?.as_sockaddr_in6()?.ip();
+        ((ip.segments()[0] & 0xffc0) == 0xfe80).then_some(ip)
+    })
+}
+
+/// The MTU of the link holding `underlay` (read once at start; the data plane's MTU is the
+/// underlay's less the encapsulation).
+pub fn underlay_mtu(underlay: IpAddr) -> Option<u32> {
+    let ifname = nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let addr = a.address.as_ref()?;
+        let ip = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+            (Some(v4), _) => IpAddr::V4(v4.ip()),
+            (_, Some(v6)) => IpAddr::V6(v6.ip()),
+            _ => return None,
+        };
+        (ip == underlay).then(|| a.interface_name.clone())
+    })?;
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The cached copy of the cluster keys (networks, hosts, blocks) and its revision.
+#[derive(Default)]
+struct Cache {
+    kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+    revision: i64,
+    /// Hosts whose registration went (lease expired: agent down longer than its TTL) while
+    /// they still hold blocks: their containers still run, so their routes and FDB entries stay
+    /// — until their blocks are released or reclaimed, or they register again.
+    departed: BTreeMap<String, HostRecord>,
+}
+
+impl Cache {
+    /// A host key deleted (or gone at a re-list): remember its last record.
+    fn depart(&mut self, key: &[u8], value: &[u8]) {
+        if let Some(name) = schema::name_after(schema::HOSTS, key) {
+            if let Ok(h) = schema::decode::<HostRecord>(key, value) {
+                self.departed.insert(name.to_string(), h);
+            }
+        }
+    }
+
+    /// Replace the whole copy (a list), keeping what left in between as departed.
+    fn replace(&mut self, kvs: BTreeMap<Vec<u8>, Vec<u8>>, revision: i64) {
+        let gone: Vec<(Vec<u8>, Vec<u8>)> = self
+            .kvs
+            .iter()
+            .filter(|(k, _)| k.starts_with(schema::HOSTS.as_bytes()) && !kvs.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in gone {
+            self.depart(&k, &v);
+        }
+        self.kvs = kvs;
+        self.revision = revision;
+    }
+
+    fn cluster(&mut self) -> Cluster {
+        let mut c = Cluster::default();
+        for (k, v) in &self.kvs {
+            if let Some(name) = schema::name_after(schema::NETWORKS, k) {
+                if let Ok(def) = schema::decode::<NetworkDef>(k, v) {
+                    c.networks.insert(name.to_string(), def);
+                }
+            } else if let Some(name) = schema::name_after(schema::HOSTS, k) {
+                if let Ok(h) = schema::decode::<HostRecord>(k, v) {
+                    c.hosts.insert(name.to_string(), h);
+                }
+            } else if let Some((net, block)) = schema::parse_block_key(k) {
+                if let Ok(b) = schema::decode::<BlockValue>(k, v) {
+                    c.blocks.entry(net).or_default().insert(block, b);
+                }
+            }
+        }
+        // Departed hosts stay peers while they hold a block; registered again, they are
+        // simply registered.
+        let holding = |name: &str| {
+            c.blocks
+                .values()
+                .flat_map(|b| b.values())
+                .any(|v| v.holder() == Some(name))
+        };
+        let keep: BTreeMap<String, HostRecord> = self
+            .departed
+            .iter()
+            .filter(|(n, _)| !c.hosts.contains_key(*n) && holding(n))
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect();
+        self.departed = keep;
+        for (n, h) in &self.departed {
+            c.hosts.insert(n.clone(), h.clone());
+            c.departed.insert(n.clone());
+        }
+        c
+    }
+}
+
+/// What the last reconcile found, for `plugnet cluster status`.
+#[derive(Default)]
+struct View {
+    status: Value,
+}
+
+pub struct Dataplane {
+    me: Me,
+    etcd: Etcd,
+    metrics: Arc<Metrics>,
+    nl: Netlink,
+    view: Mutex<View>,
+    /// The subnets the FORWARD accept rules were last synced for.
+    forwarded: Mutex<Option<Vec<ipnetwork::IpNetwork>>>,
+}
+
+impl Dataplane {
+    /// Finds the underlay link (by the `--underlay` address) and opens the netlink connection.
+    pub async fn start(
+        host: &HostRecord,
+        etcd: Etcd,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Dataplane>> {
+        let nl = Netlink::host().context("data plane: open netlink")?;
+        let link = nl
+            .link_with_addr(host.underlay)
+            .await
+            .context("data plane: find the underlay link")?
+            .with_context(|| {
+                format!(
+                    "data plane: no link holds the underlay address {} (--underlay)",
+                    host.underlay
+                )
+            })?;
+        let vtep_mac: Mac = host
+            .vtep_mac
+            .parse()
+            .map_err(|e| anyhow::anyhow!("data plane: VTEP MAC: {e}"))?;
+        let me = Me {
+            name: host.name.clone(),
+            underlay: host.underlay,
+            underlay_index: link.index,
+            underlay_mtu: link.mtu.unwrap_or(1500),
+            vtep_mac,
+        };
+        info!(host = %me.name, underlay = %me.underlay, link = %link.name,
+              mtu = me.underlay_mtu, vtep_mac = %vtep_mac, "data plane: underlay found");
+        Ok(Arc::new(Dataplane {
+            me,
+            etcd,
+            metrics,
+            nl,
+            view: Mutex::new(View::default()),
+            forwarded: Mutex::new(None),
+        }))
+    }
+
+    /// The MTU the devices of a network in `mode` get on this host.
+    pub fn mtu(&self, mode: schema::Mode) -> u32 {
+        desired::network_mtu(mode, self.me.underlay, self.me.underlay_mtu)
+    }
+
+    /// The last reconcile's view, per network and peer.
+    pub fn status(&self) -> Value {
+        self.view
+            .lock()
+            .map(|v| v.status.clone())
+            .unwrap_or(Value::Null)
+    }
+
+    async fn list(&self, cache: &mut Cache) -> Result<()> {
+        let (kvs, rev) = self.etcd.get_prefix(schema::ROOT).await?;
+        cache.replace(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(), rev);
+        Ok(())
+    }
+
+    async fn reconcile(&self, cache: &mut Cache, why: &str) {
+        let start = Instant::now();
+        let cluster = cache.cluster();
+        let plans = desired::plan(&cluster, &self.me);
+        let mut outcome = apply::reconcile(&self.nl, &self.me, &plans).await;
+        let subnets: Vec<ipnetwork::IpNetwork> = cluster
+            .networks
+            .values()
+            .flat_map(|d| d.subnets.iter().copied())
+            .collect();
+        let synced = self.forwarded.lock().ok().and_then(|f| f.clone());
+        if why == "list" || synced.as_ref() != Some(&subnets) {
+            let s = subnets.clone();
+            match tokio::task::spawn_blocking(move || forward::sync(&s)).await {
+                Ok(Ok(n)) => {
+                    outcome.changes += n;
+                    if let Ok(mut f) = self.forwarded.lock() {
+                        *f = Some(subnets);
+                    }
+                }
+                Ok(Err(e)) => outcome.errors.push(format!("FORWARD accept rules: {e}")),
+                Err(e) => outcome.errors.push(format!("FORWARD accept rules: {e}")),
+            }
+        }
+        let took = start.elapsed();
+        self.metrics.dataplane_observed(
+            took,
+            outcome.changes as i64,
+            &outcome.routes,
+            &outcome.fdb,
+        );
+        if outcome.changes > 0 || !outcome.errors.is_empty() {
+            info!(host = %self.me.name, why, changes = outcome.changes,
+                  errors = outcome.errors.len(), took_ms = took.as_millis() as u64,
+                  "data plane reconciled");
+        } else {
+            debug!(host = %self.me.name, why, took_us = took.as_micros() as u64,
+                   "data plane: nothing to change");
+        }
+        for e in &outcome.errors {
+            warn!(host = %self.me.name, "data plane: {e}");
+        }
+        let status = apply::status(&self.me, &cluster, &plans, &outcome, cache.revision, took);
+        if let Ok(mut v) = self.view.lock() {
+            v.status = status;
+        }
+    }
+
+    /// The task: list, reconcile, watch from the listed revision; list again after a
+    /// compaction, a broken watch, or every [`FULL_EVERY`].
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) -> Result<()> {
+        use etcd_client::{EventType, WatchOptions};
+        let mut cache = Cache::default();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if let Err(e) = self.list(&mut cache).await {
+                warn!(host = %self.me.name, "data plane: list: {e:#} (the data plane stays as programmed)");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            backoff = Duration::from_millis(200);
+            self.reconcile(&mut cache, "list").await;
+            let listed = Instant::now();
+            let mut c = self.etcd.client();
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(cache.revision + 1);
+            let stream = tokio::select! {
+                s = tokio::time::timeout(self.etcd.timeout, c.watch(schema::ROOT, Some(opts))) => s,
+                _ = shutdown.wait() => return Ok(()),
+            };
+            let Ok(Ok(mut stream)) = stream else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                continue;
+            };
+            loop {
+                let left = FULL_EVERY.saturating_sub(listed.elapsed());
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    _ = tokio::time::sleep(left) => break,
+                    _ = shutdown.wait() => return Ok(()),
+                };
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => break,
+                };
+                if resp.compact_revision() > 0 {
+                    info!(host = %self.me.name, "data plane: watch compacted; listing again");
+                    break;
+                }
+                if resp.canceled() {
+                    break;
+                }
+                let mut changed = false;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    changed = true;
+                    match ev.event_type() {
+                        EventType::Put => {
+                            cache.kvs.insert(kv.key().to_vec(), kv.value().to_vec());
+                        }
+                        EventType::Delete => {
+                            if let Some(old) = cache.kvs.remove(kv.key()) {
+                                cache.depart(kv.key(), &old);
+                            }
+                        }
+                    }
+                    cache.revision = cache.revision.max(kv.mod_revision());
+                }
+                if let Some(h) = resp.header() {
+                    cache.revision = cache.revision.max(h.revision());
+                }
+                if changed {
+                    self.reconcile(&mut cache, "watch").await;
+                }
+            }
+        }
+    }
+}
+
+/// The data plane's part of the agent's status answer.
+pub fn status_of(dp: Option<&Arc<Dataplane>>) -> Value {
+    match dp {
+        Some(d) => d.status(),
+        None => json!(null),
+    }
+}
