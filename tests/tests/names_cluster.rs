@@ -26,6 +26,7 @@ fn a_container_on_host_b_resolves_one_on_host_a() {
         hosts: 2,
         etcd_members: 1,
         agent_args: vec!["--lease-ttl".into(), "3s".into()],
+        underlay_base: (10, 172, 240),
     });
     let net = format!("pnn{}", unique());
     w.cli_ok(&["network", "create", &net, "--subnet", "10.172.64.0/18"]);

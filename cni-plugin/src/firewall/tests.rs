@@ -138,6 +138,7 @@ fn att(id: &str, host_port: u16) -> Attachment {
         }],
         net_out: None,
         source_mac: None,
+        keep_source_to: Vec::new(),
     }
 }
 
