@@ -3,7 +3,7 @@
 //!
 //! This file is orchestration only: configuration lives in [`config`], host veth names in
 //! [`naming`], the IPAM seam in [`ipam`], the container/host setup steps in [`setup`], CHECK in
-//! [`check`], GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`], routed
+//! [`check`] (the shared part, then its bridge and routed halves), GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`], routed
 //! mode (no bridge, /32 + host routes) in [`routed`]; all kernel work goes through
 //! [`crate::netlink`], [`crate::firewall`] and [`crate::tc`].
 //! Invariants: ADD either completes or undoes every step it took; DEL is idempotent and never
@@ -92,8 +92,8 @@ impl Plugin for BridgePlugin {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
         match conf.mode {
-            Mode::Bridge => block_on(check::check(&*self.exec, &conf, &feats, req))?,
-            Mode::Routed => block_on(routed::check(&*self.exec, &conf, &feats, req))?,
+            Mode::Bridge => block_on(check::bridge::check(&*self.exec, &conf, &feats, req))?,
+            Mode::Routed => block_on(check::routed::check(&*self.exec, &conf, &feats, req))?,
         }
     }
 
