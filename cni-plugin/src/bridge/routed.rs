@@ -17,7 +17,8 @@ use ipnetwork::IpNetwork;
 
 use super::cx::{kernel, Cx};
 use super::undo::Undo;
-use super::{ipam, naming, setup};
+use super::{ipam, setup};
+use crate::attachment::AttachmentId;
 use crate::error::{CniError, ErrorCode};
 use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethPair};
 use crate::netns::{self};
@@ -114,7 +115,7 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
     let has = |f: IpFamily| ips.iter().any(|ip| IpFamily::of(&ip.address.ip()) == f);
     let (v4, v6) = (has(IpFamily::V4), has(IpFamily::V6));
 
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let host_name = AttachmentId::of(req).host_veth();
     let mtu = match conf.mtu {
         Some(m) => Some(m),
         None => host.default_route_mtu().await.map_err(kernel)?,
@@ -125,7 +126,7 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
         .host
         .mac
         .ok_or_else(|| CniError::internal(format!("host veth {host_name} has no MAC")))?;
-    host.set_alias(pair.host.index, &setup::owner_alias(&req.config.name))
+    host.set_alias(pair.host.index, &AttachmentId::of(req).alias())
         .await
         .map_err(kernel)?;
     host_side(host, &pair.host, v4, v6).await?;

@@ -6,9 +6,10 @@
 pub(super) mod bridge;
 pub(super) mod routed;
 
+use crate::attachment::AttachmentId;
 use crate::bridge::config::BridgeConf;
 use crate::bridge::cx::kernel;
-use crate::bridge::{ipam, naming};
+use crate::bridge::ipam;
 use crate::error::CniError;
 use crate::invoke::Exec;
 use crate::netlink::{Link, Netlink};
@@ -85,7 +86,7 @@ pub(super) async fn start<'a>(
         .ok_or_else(|| failed("Required prevResult missing"))?;
     ipam::exec(exec, &conf.ipam, Command::Check, req)?;
     let host = Netlink::host().map_err(kernel)?;
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let host_name = AttachmentId::of(req).host_veth();
     let veth = host
         .link_by_name(&host_name)
         .await
