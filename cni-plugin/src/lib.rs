@@ -15,6 +15,7 @@
 //! - [`heap`]: the allocator the plugin executables run on.
 
 pub mod args;
+pub mod attachment;
 pub mod attachment_lock;
 pub mod bridge;
 pub mod cli;

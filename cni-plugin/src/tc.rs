@@ -79,12 +79,6 @@ impl Bandwidth {
     }
 }
 
-/// The ifb device for an attachment: `pnb` + 12 hex digits of a digest of its key (≤ 15 bytes).
-pub fn ifb_name(network: &str, container_id: &str, ifname: &str) -> String {
-    let d = crate::firewall::names::digest(&[network, container_id, ifname]);
-    format!("pnb{}", &d[..12])
-}
-
 async fn link_index(nl: &Netlink, name: &str) -> Result<Option<u32>, TcError> {
     Ok(nl.link_by_name(name).await?.map(|l| l.index))
 }
@@ -219,6 +213,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("egressBurst"));
-        assert_eq!(ifb_name("n", "c", "eth0").len(), 15);
+        assert_eq!(
+            crate::attachment::AttachmentId::new("n", "c", "eth0")
+                .ifb()
+                .len(),
+            15
+        );
     }
 }

@@ -91,7 +91,7 @@ fn ten_megabit_each_direction_then_nothing_left() {
         egress_rate: 10_000_000,
         egress_burst: 500_000,
     };
-    let ifb = tc::ifb_name("pnfnet5", "pnf-ctr-5-1", "eth0");
+    let ifb = plugnet::attachment::AttachmentId::new("pnfnet5", "pnf-ctr-5-1", "eth0").ifb();
     let (hv2, ifb2) = (hv.clone(), ifb.clone());
     with_netlink(&t.host.0, move |h| {
         Box::pin(async move {

@@ -11,7 +11,8 @@ use std::collections::HashSet;
 use super::config::{BridgeConf, Mode};
 use super::cx::kernel;
 use super::features::{self, Features};
-use super::{ipam, naming, setup};
+use super::ipam;
+use crate::attachment::{host_veth_name, is_host_veth_name};
 use crate::error::CniError;
 use crate::invoke::Exec;
 use crate::netlink::Netlink;
@@ -31,7 +32,7 @@ pub async fn gc(
     if let Some(valid) = &req.config.valid_attachments {
         let keep: HashSet<String> = valid
             .iter()
-            .map(|a| naming::host_veth_name(&a.container_id, &a.ifname))
+            .map(|a| host_veth_name(&a.container_id, &a.ifname))
             .collect();
         let pairs: Vec<(String, String)> = valid
             .iter()
@@ -75,9 +76,9 @@ async fn stale_veths(
     let mut errors = Vec::new();
     for link in host.links().await.map_err(kernel)? {
         let ours = link.master == master
-            && naming::is_host_veth_name(&link.name)
+            && is_host_veth_name(&link.name)
             && link.kind.as_deref() == Some("veth")
-            && setup::owned_by(network, &link.name, link.alias.as_deref(), link.mac);
+            && crate::attachment::owned_by(network, &link.name, link.alias.as_deref(), link.mac);
         if !ours || keep.contains(&link.name) {
             continue;
         }

@@ -1,9 +1,9 @@
 //! The bridge plugin (`"type": "plugnet"`): a Linux bridge, one veth pair per attachment,
 //! addresses and routes from IPAM — a drop-in for the reference `bridge` plugin.
 //!
-//! This file is orchestration only: configuration lives in [`config`], host veth names in
-//! [`naming`], the IPAM seam in [`ipam`], the container/host setup steps in [`setup`], CHECK in
-//! [`check`], GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`], routed
+//! This file is orchestration only: configuration lives in [`config`], the attachment's names
+//! in [`crate::attachment`], the IPAM seam in [`ipam`], the container/host setup steps in [`setup`], CHECK in
+//! [`check`] (the shared part, then its bridge and routed halves), GC in [`gc`], ipMasq / port mappings / netOut / bandwidth in [`features`], routed
 //! mode (no bridge, /32 + host routes) in [`routed`]; all kernel work goes through
 //! [`crate::netlink`], [`crate::firewall`] and [`crate::tc`].
 //! Invariants: ADD either completes or undoes every step it took; DEL is idempotent and never
@@ -15,13 +15,18 @@ mod cx;
 pub mod features;
 pub mod gc;
 pub mod ipam;
-pub mod naming;
+/// The host veth names, kept here for plugnet-shim's `cni.rs` and the black-box tests, which
+/// name them by this path; they live in [`crate::attachment`].
+pub mod naming {
+    pub use crate::attachment::{host_veth_name, is_host_veth_name};
+}
 pub mod routed;
 pub mod setup;
 mod undo;
 
 use std::future::Future;
 
+use crate::attachment::AttachmentId;
 use crate::error::CniError;
 use crate::invoke::{Exec, RawExec};
 use crate::netlink::{LinkRemoval, Netlink};
@@ -30,11 +35,9 @@ use crate::skel::{Command, Plugin, Request};
 use crate::types::CniResult;
 
 use config::{BridgeConf, Mode};
-// The public face: the plugin, the handoff argument plugnet-shim passes, and the names an
-// attachment's host side carries (GC and the shim recognise plugnet's veths by them).
+// The public face: the plugin and the handoff argument plugnet-shim passes (the names an
+// attachment's host side carries are crate::attachment's).
 pub use config::HANDOFF_ARG;
-pub use naming::{host_veth_name, is_host_veth_name};
-pub use setup::{owned_by, owner_alias, owner_mac};
 
 pub(crate) use cx::kernel;
 use cx::Cx;
@@ -116,8 +119,8 @@ impl Plugin for BridgePlugin {
         let conf = BridgeConf::from_request(req)?;
         let feats = Features::from_request(req, &conf)?;
         match conf.mode {
-            Mode::Bridge => block_on(check::check(&*self.exec, &conf, &feats, req))?,
-            Mode::Routed => block_on(routed::check(&*self.exec, &conf, &feats, req))?,
+            Mode::Bridge => block_on(check::bridge::check(&*self.exec, &conf, &feats, req))?,
+            Mode::Routed => block_on(check::routed::check(&*self.exec, &conf, &feats, req))?,
         }
     }
 
@@ -237,7 +240,7 @@ async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult, CniError> 
     undo.release_ipam();
     setup::fill_gateways(conf, &mut result)?;
 
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let host_name = AttachmentId::of(req).host_veth();
     let mtu = conf
         .mtu
         .or(cluster_mtu(conf, req, host, &br).await?)
@@ -300,7 +303,7 @@ fn del(
     feats: &Features,
     req: &Request,
 ) -> Result<(), CniError> {
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let host_name = AttachmentId::of(req).host_veth();
     let firewall = features::start_firewall_removal(feats, req);
     // No notice socket (a descriptor limit): the release waits for the deletion to return.
     let (removal, over) = match LinkRemoval::watch() {

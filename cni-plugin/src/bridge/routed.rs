@@ -15,17 +15,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::check::failed;
-use super::config::BridgeConf;
 use super::cx::{kernel, Cx};
-use super::features::{self, Features};
 use super::undo::Undo;
-use super::{ipam, naming, setup};
+use super::{ipam, setup};
+use crate::attachment::AttachmentId;
 use crate::error::{CniError, ErrorCode};
-use crate::invoke::Exec;
 use crate::netlink::{IpFamily, Link, Mac, Netlink, RouteSpec, VethPair};
 use crate::netns::{self};
-use crate::skel::Request;
 use crate::types::{CniResult, IpConfig, Route};
 
 /// The IPv4 next hop every routed container uses (an address of every routed host veth).
@@ -44,7 +40,7 @@ pub fn next_hop(family: IpFamily) -> IpAddr {
     }
 }
 
-fn host_route(ip: IpAddr) -> IpNetwork {
+pub(super) fn host_route(ip: IpAddr) -> IpNetwork {
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
     IpNetwork::new(ip, prefix).expect("full-length prefix")
 }
@@ -119,7 +115,7 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
     let has = |f: IpFamily| ips.iter().any(|ip| IpFamily::of(&ip.address.ip()) == f);
     let (v4, v6) = (has(IpFamily::V4), has(IpFamily::V6));
 
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let host_name = AttachmentId::of(req).host_veth();
     let mtu = match (conf.mtu, crate::ipam::cluster::mtu_of(&req.raw)) {
         (Some(m), _) | (None, Some(m)) => Some(m),
         (None, None) => host.default_route_mtu().await.map_err(kernel)?,
@@ -130,7 +126,7 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
         .host
         .mac
         .ok_or_else(|| CniError::internal(format!("host veth {host_name} has no MAC")))?;
-    host.set_alias(pair.host.index, &setup::owner_alias(&req.config.name))
+    host.set_alias(pair.host.index, &AttachmentId::of(req).alias())
         .await
         .map_err(kernel)?;
     host_side(host, &pair.host, v4, v6).await?;
@@ -166,7 +162,7 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
 }
 
 /// The next hop's address on the host veth of `family`: 169.254.1.1/32, fe80::1/64.
-fn host_hop(family: IpFamily) -> IpNetwork {
+pub(super) fn host_hop(family: IpFamily) -> IpNetwork {
     match family {
         IpFamily::V4 => IpNetwork::new(IpAddr::V4(NEXT_HOP_V4), 32),
         IpFamily::V6 => IpNetwork::new(IpAddr::V6(NEXT_HOP_V6), 64),
@@ -247,118 +243,6 @@ fn result(
         routes,
         dns: cx.conf.dns.clone().unwrap_or(from_ipam.dns),
     }
-}
-
-/// CHECK in routed mode: IPAM reservation, host veth (up, unbridged, peer of the container
-/// interface, carrying the next hop), one host route per address through it, the container's /32s, routes and
-/// permanent next-hop neighbours, firewall rules and shaping.
-pub async fn check(
-    exec: &dyn Exec,
-    conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-) -> Result<(), CniError> {
-    let super::check::Start {
-        prev,
-        host,
-        host_name,
-        veth,
-        idx,
-        want,
-    } = super::check::start(exec, conf, req).await?;
-    if veth.master.is_some() {
-        return Err(failed(format!(
-            "host interface {host_name} is a bridge port; routed mode has no bridge"
-        )));
-    }
-    let ips: Vec<&IpConfig> = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface == Some(idx))
-        .collect();
-
-    let on_veth = host.addrs(veth.index, None).await.map_err(kernel)?;
-    for family in [IpFamily::V4, IpFamily::V6] {
-        let hop = host_hop(family);
-        let used = ips
-            .iter()
-            .any(|ip| IpFamily::of(&ip.address.ip()) == family);
-        if used && !on_veth.contains(&hop) {
-            return Err(failed(format!(
-                "host interface {host_name} lacks the next hop {hop}"
-            )));
-        }
-    }
-    for family in [IpFamily::V4, IpFamily::V6] {
-        let mine: Vec<&&IpConfig> = ips
-            .iter()
-            .filter(|ip| IpFamily::of(&ip.address.ip()) == family)
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let installed = host.routes(family, None).await.map_err(kernel)?;
-        for ip in mine {
-            let dst = host_route(ip.address.ip());
-            if !installed
-                .iter()
-                .any(|r| r.dst == dst && r.oif == Some(veth.index) && r.gw.is_none())
-            {
-                return Err(failed(format!(
-                    "host route {dst} dev {host_name} not found"
-                )));
-            }
-        }
-    }
-
-    let (ctr, link) = super::check::container_side(req, &host_name, &veth, want).await?;
-    let have = ctr.addrs(link.index, None).await.map_err(kernel)?;
-    for ip in &ips {
-        if !have.contains(&ip.address) {
-            return Err(failed(format!(
-                "interface {} lacks address {}",
-                req.ifname, ip.address
-            )));
-        }
-    }
-    for family in [IpFamily::V4, IpFamily::V6] {
-        let Some(hop) = ips
-            .iter()
-            .filter(|ip| IpFamily::of(&ip.address.ip()) == family)
-            .find_map(|ip| ip.gateway)
-        else {
-            continue;
-        };
-        let neighbours = ctr.neighbours(link.index, family).await.map_err(kernel)?;
-        let ok = neighbours
-            .iter()
-            .any(|n| n.ip == hop && n.permanent && n.mac == veth.mac);
-        if !ok {
-            return Err(failed(format!(
-                "permanent neighbour {hop} lladdr {} not found on {}",
-                veth.mac.map(|m| m.to_string()).unwrap_or_default(),
-                req.ifname
-            )));
-        }
-        let installed = ctr.routes(family, None).await.map_err(kernel)?;
-        for r in prev
-            .routes
-            .iter()
-            .filter(|r| IpFamily::of(&r.dst.ip()) == family && r.table.is_none())
-        {
-            if !installed
-                .iter()
-                .any(|i| i.dst == r.dst && i.gw == r.gw && i.oif == Some(link.index))
-            {
-                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(failed(format!(
-                    "route {}{via} not found in the container",
-                    r.dst
-                )));
-            }
-        }
-    }
-    features::check(feats, conf, req, &host, &host_name, prev).await
 }
 
 #[cfg(test)]

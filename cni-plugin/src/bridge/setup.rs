@@ -7,9 +7,10 @@ use ipnetwork::IpNetwork;
 
 use super::config::BridgeConf;
 use super::cx::kernel;
+use crate::attachment::{owner_alias, owner_mac};
 use crate::error::{CniError, ErrorCode};
 use crate::netlink::{
-    first_host, BridgeOptions, IpFamily, Link, Mac, Netlink, RouteSpec, VethOptions, VethPair,
+    first_host, BridgeOptions, IpFamily, Link, Netlink, RouteSpec, VethOptions, VethPair,
 };
 use crate::netns::{self, Netns};
 use crate::skel::Request;
@@ -187,41 +188,6 @@ pub async fn port(
         }
     }
     Ok(())
-}
-
-/// The alias marking a host veth as belonging to `network`. The kernel ignores IFLA_IFALIAS
-/// in the request that creates a link, so the alias comes one request later; see
-/// [`owner_mac`] for the mark the veth carries from birth.
-pub fn owner_alias(network: &str) -> String {
-    format!("plugnet:{network}")
-}
-
-/// The host veth's MAC address, set in the request that creates the pair: a locally
-/// administered unicast address hashed (FNV-1a) from the network and the host veth's name.
-/// A veth whose ADD was killed before its alias was set is still recognisable as
-/// `network`'s: GC and `plugnet gc` accept either mark. (46 hashed bits: two host veths
-/// sharing one is a 1-in-10^13 event per pair.)
-pub fn owner_mac(network: &str, host_veth: &str) -> Mac {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in ["plugnet-veth", "\0", network, "\0", host_veth] {
-        for &b in part.as_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    let mut m = [0u8; 6];
-    m.copy_from_slice(&h.to_be_bytes()[..6]);
-    m[0] = (m[0] & 0xfc) | 0x02;
-    Mac(m)
-}
-
-/// Whether a host veth `name` with `alias` and `mac` is `network`'s: its alias says so, or,
-/// without an alias (its ADD was killed before the alias was set), its birth MAC does.
-pub fn owned_by(network: &str, name: &str, alias: Option<&str>, mac: Option<Mac>) -> bool {
-    match alias {
-        Some(a) => a == owner_alias(network),
-        None => mac == Some(owner_mac(network, name)),
-    }
 }
 
 /// The gateway addresses on the bridge (with the subnet's prefix) and forwarding on.
@@ -459,21 +425,6 @@ mod tests {
         assert_eq!(r.ips[0].gateway, Some("10.50.0.254".parse().unwrap()));
         assert_eq!(r.routes.len(), 1);
         assert_eq!(r.routes[0].gw, None);
-    }
-
-    #[test]
-    fn the_birth_mac_is_local_unicast_stable_and_names_the_network() {
-        let m = owner_mac("net-a", "pn0123456789abc");
-        assert_eq!(m.0[0] & 0x03, 0x02, "locally administered unicast: {m}");
-        assert_eq!(m, owner_mac("net-a", "pn0123456789abc"));
-        assert_ne!(m, owner_mac("net-b", "pn0123456789abc"));
-        assert_ne!(m, owner_mac("net-a", "pn0123456789abd"));
-        let name = "pn0123456789abc";
-        assert!(owned_by("net-a", name, Some("plugnet:net-a"), None));
-        assert!(!owned_by("net-b", name, Some("plugnet:net-a"), Some(m)));
-        assert!(owned_by("net-a", name, None, Some(m)));
-        assert!(!owned_by("net-b", name, None, Some(m)));
-        assert!(!owned_by("net-a", name, None, None));
     }
 
     #[test]

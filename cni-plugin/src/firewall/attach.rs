@@ -8,10 +8,11 @@ use std::io;
 
 use super::error::{nft_err, state_err, FirewallError};
 use super::ledger::{active_bridges, rebuild_ops, recount, table_exists};
-use super::names::{attachment_key, check_cni_name, check_ifname, egress_chain};
+use super::names::{check_cni_name, check_ifname, egress_chain};
 use super::plan::{self, Op, SharedEdges, Table};
 use super::undo::Undo;
 use super::{hostfw, l2, Attachment, Firewall, Protocol};
+use crate::attachment::AttachmentId;
 
 impl Firewall {
     /// Installs the attachment's rules in one nftables transaction (idempotent for an identical
@@ -19,7 +20,7 @@ impl Firewall {
     pub fn apply(&self, att: &Attachment) -> Result<(), FirewallError> {
         att.validate()?;
         let _lock = self.store.lock().map_err(state_err("lock state"))?;
-        let key = attachment_key(&att.network, &att.container_id, &att.ifname);
+        let key = AttachmentId::new(&att.network, &att.container_id, &att.ifname).firewall_key();
         if let Some(old) = self
             .store
             .load_attachment(&key)
@@ -165,7 +166,7 @@ impl Firewall {
     /// Does the state record this attachment? One `stat`, no lock: lets DEL skip the firewall
     /// entirely for attachments that never used it.
     pub fn is_recorded(&self, network: &str, container_id: &str, ifname: &str) -> bool {
-        let key = attachment_key(network, container_id, ifname);
+        let key = AttachmentId::new(network, container_id, ifname).firewall_key();
         self.store.has_attachment(&key)
     }
 
@@ -180,7 +181,7 @@ impl Firewall {
         check_cni_name("container id", container_id)?;
         check_ifname("ifname", ifname)?;
         let _lock = self.store.lock().map_err(state_err("lock state"))?;
-        let key = attachment_key(network, container_id, ifname);
+        let key = AttachmentId::new(network, container_id, ifname).firewall_key();
         match self
             .store
             .load_attachment(&key)
@@ -317,7 +318,7 @@ impl Firewall {
     /// the kernel.
     pub fn check(&self, att: &Attachment) -> Result<(), FirewallError> {
         att.validate()?;
-        let key = attachment_key(&att.network, &att.container_id, &att.ifname);
+        let key = AttachmentId::new(&att.network, &att.container_id, &att.ifname).firewall_key();
         match self
             .store
             .load_attachment(&key)
@@ -431,10 +432,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fw = Firewall::at(d.path().join("fw"));
         drop(fw.store.lock().unwrap()); // makes the directories
-        let torn = d
-            .path()
-            .join("fw/attachments")
-            .join(format!("{}.json", attachment_key("n", "c1", "eth0")));
+        let torn = d.path().join("fw/attachments").join(format!(
+            "{}.json",
+            AttachmentId::new("n", "c1", "eth0").firewall_key()
+        ));
         std::fs::write(&torn, b"").unwrap();
         assert!(fw.is_recorded("n", "c1", "eth0"));
         fw.remove("n", "c1", "eth0").unwrap();

@@ -9,11 +9,11 @@
 //! hooks bridge prerouting at priority -300 (as the reference plugin's check does), ahead of
 //! anything else that sees the frame; ports not listed pass untouched.
 
-use super::plan::{
+use super::types::Attachment;
+use super::vocab::{
     BaseChain, Expr, Field, Hook, KeyVal, Op, Rule, SetData, SetDef, Table, Verdict,
     CHAIN_MACSPOOF, SET_MACS, SET_MAC_PORTS,
 };
-use super::types::Attachment;
 
 /// The Ethernet type of ARP. Matched as the packet's protocol, not the header's type field: a
 /// VLAN-tagged ARP frame reaches the bridge with its tag moved into metadata and its protocol

@@ -10,7 +10,7 @@
 //! `plugnet ipam ls`, and removed only when its owner is released (DEL, GC, `ipam release`);
 //! a lease that cannot be read is a damaged entry (held, reported), never a free address.
 
-use super::store::{Claim, Owner};
+use super::store::entries::{Claim, Owner};
 use std::fs;
 use std::io::{self, ErrorKind, Read};
 use std::net::IpAddr;

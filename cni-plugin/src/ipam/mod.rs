@@ -10,7 +10,6 @@ pub mod cluster;
 pub mod config;
 pub mod gc;
 pub mod hostlocal;
-mod memstore;
 pub mod report;
 pub mod store;
 

@@ -12,7 +12,7 @@
 //! the allocator under the store lock, firewall records through the firewall, like a DEL.
 
 use super::owners::{NetnsProbe, NetnsState, OwnerSource};
-use crate::bridge::{self, host_veth_name, is_host_veth_name};
+use crate::attachment::{self, host_veth_name, is_host_veth_name};
 use crate::error::CniError;
 use crate::ipam::report;
 use crate::libcni::{self, CacheEntry};
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub struct HostVeth {
     pub name: String,
     pub alias: Option<String>,
-    /// Its MAC, plugnet's mark from birth ([`bridge::owner_mac`]).
+    /// Its MAC, plugnet's mark from birth ([`attachment::owner_mac`]).
     pub mac: Option<crate::netlink::Mac>,
     /// The peer lives in another (therefore live) namespace.
     pub peer_elsewhere: bool,
@@ -42,7 +42,7 @@ pub trait HostLinks {
 impl HostVeth {
     /// Whether this veth carries `network`'s owner mark.
     fn owned_by(&self, network: &str) -> bool {
-        bridge::owned_by(network, &self.name, self.alias.as_deref(), self.mac)
+        attachment::owned_by(network, &self.name, self.alias.as_deref(), self.mac)
     }
 }
 

@@ -1,7 +1,7 @@
 //! gc over real stores and cache files in a temp dir, with scripted netns, links and sources.
 
 use super::*;
-use crate::bridge::{host_veth_name, owner_alias, owner_mac};
+use crate::attachment::{host_veth_name, owner_alias, owner_mac};
 use crate::ipam::{allocator, FileStore, Hold, IpamConfig, Owner as IpamOwner};
 use serde_json::json;
 use std::cell::RefCell;

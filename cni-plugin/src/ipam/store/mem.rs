@@ -1,7 +1,7 @@
 //! [`MemStore`]: the store's semantics in memory, for allocator tests, the fuzz target and
 //! fault injection (a mutation that fails after n successes, damaged entries on demand).
 
-use super::store::{Claim, Owner, Record, Store};
+use super::entries::{Claim, Owner, Record, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;

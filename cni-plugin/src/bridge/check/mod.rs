@@ -1,14 +1,18 @@
-//! CHECK: the attachment still looks the way ADD left it, judged against `prevResult`:
-//! IPAM reservation, bridge, host veth on the bridge, container interface (peer of that veth,
-//! MAC), its addresses and its routes.
+//! CHECK: the attachment still looks the way ADD left it, judged against `prevResult`. This
+//! file is the part both modes share (the IPAM reservation, the host veth, the container
+//! interface and what `prevResult` says of it); [`bridge`] and [`routed`] are the halves
+//! that differ; invariant: CHECK only reads.
 
-use super::config::BridgeConf;
-use super::cx::kernel;
-use super::features::{self, Features};
-use super::{ipam, naming};
+pub(super) mod bridge;
+pub(super) mod routed;
+
+use crate::attachment::AttachmentId;
+use crate::bridge::config::BridgeConf;
+use crate::bridge::cx::kernel;
+use crate::bridge::ipam;
 use crate::error::CniError;
 use crate::invoke::Exec;
-use crate::netlink::{IpFamily, Link, Netlink};
+use crate::netlink::{Link, Netlink};
 use crate::skel::{Command, Request};
 use crate::types::{CniResult, Interface};
 
@@ -82,7 +86,7 @@ pub(super) async fn start<'a>(
         .ok_or_else(|| failed("Required prevResult missing"))?;
     ipam::exec(exec, &conf.ipam, Command::Check, req)?;
     let host = Netlink::host().map_err(kernel)?;
-    let host_name = naming::host_veth_name(&req.container_id, &req.ifname);
+    let host_name = AttachmentId::of(req).host_veth();
     let veth = host
         .link_by_name(&host_name)
         .await
@@ -110,75 +114,4 @@ pub(super) async fn start<'a>(
         idx,
         want,
     })
-}
-
-pub async fn check(
-    exec: &dyn Exec,
-    conf: &BridgeConf,
-    feats: &Features,
-    req: &Request,
-) -> Result<(), CniError> {
-    let Start {
-        prev,
-        host,
-        host_name,
-        veth,
-        idx,
-        want,
-    } = start(exec, conf, req).await?;
-    let br = host
-        .link_by_name(&conf.bridge)
-        .await
-        .map_err(kernel)?
-        .filter(|l| l.is_bridge())
-        .ok_or_else(|| failed(format!("bridge {} not found", conf.bridge)))?;
-    if veth.master != Some(br.index) {
-        return Err(failed(format!(
-            "host interface {host_name} is not a port of bridge {}",
-            conf.bridge
-        )));
-    }
-    let (ctr, link) = container_side(req, &host_name, &veth, want).await?;
-
-    let have = ctr.addrs(link.index, None).await.map_err(kernel)?;
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(idx)) {
-        if !have.contains(&ip.address) {
-            return Err(failed(format!(
-                "interface {} lacks address {}",
-                req.ifname, ip.address
-            )));
-        }
-    }
-
-    for family in [IpFamily::V4, IpFamily::V6] {
-        let wanted: Vec<_> = prev
-            .routes
-            .iter()
-            .filter(|r| IpFamily::of(&r.dst.ip()) == family)
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let mut installed = Vec::new();
-        for table in wanted
-            .iter()
-            .map(|r| r.table)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            installed.extend(ctr.routes(family, table).await.map_err(kernel)?);
-        }
-        for r in wanted {
-            let found = installed
-                .iter()
-                .any(|i| i.dst == r.dst && (r.gw.is_none() || i.gw == r.gw));
-            if !found {
-                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(failed(format!(
-                    "route {}{via} not found in the container",
-                    r.dst
-                )));
-            }
-        }
-    }
-    features::check(feats, conf, req, &host, &host_name, prev).await
 }
