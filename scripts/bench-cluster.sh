@@ -18,8 +18,8 @@ P=$(scripts/build-plugins.sh)
 BIN=$(realpath -m "$OUT")/bin-cluster
 rm -rf "$BIN" && mkdir -p "$BIN"
 install -m 0755 "$P/plugnet" "$P/plugnet-ipam" target/release/plugnet-agent "$BIN/"
-# The harness removes its namespaces and processes on the way out, but a release build aborts
-# on a panic (no unwinding): run it in a process group of its own and end that group, and the
+# The harness removes its namespaces and processes on the way out, but a panic may end it
+# before its guards run: run it in a process group of its own and end that group, and the
 # namespaces it named, whatever happens.
 setsid env PLUGNET_BIN_DIR="$BIN" target/release/plugnet-bench-cluster ${QUICK:+--quick} \
   --json "$OUT/cluster.json" >"$OUT/cluster.txt" &

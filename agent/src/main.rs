@@ -6,6 +6,13 @@ use clap::Parser;
 use plugnet_agent::config::{Cli, Command};
 
 fn main() {
+    // Release builds unwind (plugnet-shim answers a handler's panic with a 500); the agent keeps
+    // ending the whole process on any panic, for systemd to restart it.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     if let Some(Command::Cluster(args)) = cli.command {
         std::process::exit(plugnet_agent::cluster::main(args));

@@ -145,6 +145,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    server::install_panic_hook();
     if !plugnet_shim::state::valid_id(&cli.name) {
         bail!("--name {:?}: use letters, digits, '_', '.', '-'", cli.name);
     }

@@ -135,10 +135,32 @@ fn decode<T: DeserializeOwned + Validate>(path: &str, body: &[u8]) -> Result<T> 
     Ok(req)
 }
 
+thread_local! {
+    /// True while this thread runs a request handler under [`dispatch_guarded`].
+    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The daemon's panic hook: a panic inside a request handler is reported and unwinds to
+/// [`dispatch_guarded`] (one request fails); a panic anywhere else (the accept loop, the
+/// reaper, the firewall watch) still ends the process, as before, for systemd to restart it
+/// rather than leave a daemon with a dead background job.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if !IN_HANDLER.with(|h| h.get()) {
+            std::process::abort();
+        }
+    }));
+}
+
 /// [`dispatch`], with a panic in the handler turned into a 500 reply: a handler bug ends
 /// that request, never the daemon (the shim's release build unwinds; see Cargo.toml).
 pub fn dispatch_guarded<B: CniBackend>(d: &Driver<B>, path: &str, body: &[u8]) -> Reply {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(d, path, body))) {
+    let was = IN_HANDLER.with(|h| h.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(d, path, body)));
+    IN_HANDLER.with(|h| h.set(was));
+    match r {
         Ok(r) => r,
         Err(p) => {
             let what = p

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 const NET: &str = "6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a6f1a0c3d2b9e8f7a";
 const EP: &str = "e0e1e2e3e4e5e6e7e8e9eaebecedeeefe0e1e2e3e4e5e6e7e8e9eaebecedeeef";
 
-/// plugnet's plugins, then the test's own (`<dir>/bin`).
+/// plugnet's plugins, the test's own (`<dir>/bin`), the reference plugins.
 fn cni_path(dir: &Path) -> String {
     format!(
-        "{}:{}",
+        "{}:{}:{}",
         plugnet_tests::bin_dir().display(),
-        dir.join("bin").display()
+        dir.join("bin").display(),
+        plugnet_tests::REFERENCE_PLUGINS
     )
 }
 
@@ -518,12 +519,17 @@ print(json.dumps(conf.get("prevResult", {})))
 /// A shim whose CNI network `pns-net` is plugnet (bridge, plugnet-ipam in the temp dir,
 /// firewall state in the temp dir) followed by the step plugin above (mode 2: `cni.network`).
 fn reservation_shim() -> (Shim, String, String) {
+    reservation_shim_with("plugnet")
+}
+
+/// [`reservation_shim`] with `main` (`plugnet` or the reference `bridge`) as the main plugin.
+fn reservation_shim_with(main: &str) -> (Shim, String, String) {
     let mut s = Shim::start();
     let step = s.dir.path().join("bin/pns-step");
     std::fs::write(&step, STEP_PLUGIN).unwrap();
     sh(&format!("chmod 755 {}", step.display()));
     let conflist = json!({"cniVersion": "1.0.0", "name": "pns-net", "plugins": [
-        {"type": "plugnet", "bridge": format!("pnsb{}", unique()), "isGateway": true,
+        {"type": main, "bridge": format!("pnsb{}", unique()), "isGateway": true,
          "firewallStateDir": s.dir.path().join("fw"),
          "ipam": {"type": "plugnet-ipam", "dataDir": s.dir.path().join("ipam"),
                   "ranges": [[{"subnet": "10.171.20.0/24", "gateway": "10.171.20.1"}]]}},
@@ -676,6 +682,33 @@ fn reservation_survives_a_failed_join() {
     let (st, v) = s.call_json("/NetworkDriver.Join", join_body());
     assert_eq!(st, 200, "Docker's retry of Join: {v}\n{}", s.log());
     assert_eq!(s.holder_of(&ip), Some(("attached".into(), EP.into())));
+    teardown(&mut s, &pool_id, &ip);
+}
+
+/// Finding 5 with the reference bridge plugin and plugnet-ipam: the bridge's rollback and the
+/// shim's undo run plugnet-ipam's DEL with `CNI_ARGS` passed on, so the reservation is kept.
+#[test]
+fn reservation_survives_a_failed_join_reference_bridge() {
+    if !plugnet_tests::have_reference_plugins() {
+        eprintln!(
+            "skipped: no reference plugins in {}",
+            plugnet_tests::REFERENCE_PLUGINS
+        );
+        return;
+    }
+    let (mut s, pool_id, ip) = reservation_shim_with("bridge");
+    s.set_step("fail");
+    let (st, v) = s.call_json("/NetworkDriver.Join", join_body());
+    assert_eq!(st, 500, "{v}");
+    assert_eq!(
+        s.holder_of(&ip),
+        Some(("reserved".into(), EP.into())),
+        "the failed Join's rollback freed Docker's address\n{}",
+        s.log()
+    );
+    s.set_step("pass");
+    let (st, v) = s.call_json("/NetworkDriver.Join", join_body());
+    assert_eq!(st, 200, "Docker's retry of Join: {v}\n{}", s.log());
     teardown(&mut s, &pool_id, &ip);
 }
 
