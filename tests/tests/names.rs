@@ -13,7 +13,7 @@ use names_support::*;
 use plugnet_tests::{bin, bin_dir, sh, sh_ok, Netns};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ struct World {
     dnsmasq: Option<Child>,
     agent: Option<Agent>,
     ids: Vec<String>,
+    routed: bool,
 }
 
 impl World {
@@ -89,6 +90,7 @@ impl World {
             dnsmasq: Some(dnsmasq),
             agent: None,
             ids: Vec::new(),
+            routed: false,
         };
         w.agent = Some(Agent::start(
             Some(&w.host.name),
@@ -108,6 +110,13 @@ impl World {
         SocketAddr::new(format!("10.172.{}.1", self.n).parse().unwrap(), 53)
     }
     fn conf(&self) -> Value {
+        if self.routed {
+            return json!({"mode": "routed", "resolver": true, "agentDir": self.agent_dir(),
+               "capabilities": {"aliases": true},
+               "firewallStateDir": self.dir.path().join("fw"),
+               "ipam": {"type": "plugnet-ipam", "dataDir": self.dir.path().join("ipam"),
+                        "ranges": [[{"subnet": format!("10.172.{}.0/24", self.n)}]]}});
+        }
         json!({"bridge": format!("pnnbr{}", self.n), "isGateway": true, "resolver": true,
                "agentDir": self.agent_dir(),
                "capabilities": {"aliases": true},
@@ -283,6 +292,22 @@ fn runner_containers_resolve_each_other_and_outside_names() {
     });
     assert_eq!(got.map(|g| g.code), Some(ResponseCode::NXDomain));
     assert!(w.agent().alive());
+}
+
+#[test]
+fn routed_mode_containers_resolve_each_other_through_the_next_hop() {
+    let mut w = World::new(3);
+    w.routed = true;
+    let (ca, cb) = (Netns::new("pnn-c"), Netns::new("pnn-c"));
+    let ra = w.up("pnnra", &ca, &["api"]);
+    let rb = w.up("pnnrb", &cb, &[]);
+    let dns = find_dns(&ra).unwrap_or_else(|| panic!("no dns in {ra}"));
+    assert_eq!(dns["nameservers"], json!(["169.254.1.1"]), "{dns}");
+    let hop: SocketAddr = "169.254.1.1:53".parse().unwrap();
+    let got = ask_until(&cb.path(), hop, "api", RecordType::A, found).unwrap();
+    assert_eq!(got.addrs, vec![addrs_of(&ra)[0]]);
+    let got = ask_until(&ca.path(), hop, "pnnrb.dns.plugnet", RecordType::A, found).unwrap();
+    assert_eq!(got.addrs, vec![addrs_of(&rb)[0]]);
 }
 
 /// A raw message: header (id, flags, counts) then `body`.
@@ -677,5 +702,4 @@ fn podman_run_name_and_alias_resolve_and_rm_removes_them() {
         .unwrap_or(0);
     assert_eq!(records, 0, "name record left after podman rm");
     assert!(agent.alive());
-    let _ = Path::new("");
 }
