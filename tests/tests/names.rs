@@ -279,6 +279,12 @@ fn runner_containers_resolve_each_other_and_outside_names() {
     let gw6 = SocketAddr::new(format!("fd00:172:{}::1", w.n).parse().unwrap(), 53);
     let got = ask_until(&ca.path(), gw6, "pnnbeta", RecordType::AAAA, found);
     assert_eq!(got.map(|g| g.addrs), Some(vec![b[1]]));
+    // TCP 53 too.
+    let tcp = cb.exec(&format!(
+        "dig +tcp +short +time=2 +tries=1 @{} pnnalpha.dns.plugnet",
+        gw.ip()
+    ));
+    assert_eq!(tcp.trim(), a[0].to_string(), "dig +tcp");
     // Unknown names inside the domain: NXDOMAIN, never forwarded.
     let got = ask(&ca.path(), gw, "nobody.dns.plugnet", RecordType::A).unwrap();
     assert_eq!(got.code, ResponseCode::NXDomain);
@@ -408,6 +414,43 @@ fn hostile_queries_names_and_floods() {
         RecordType::A,
         found
     )));
+    // GC with a valid list that lacks pnnpod1: its record goes, pnnhost1's stays.
+    let gc_conf = {
+        let mut c: Value = serde_json::from_str(&conf).unwrap();
+        c["cniVersion"] = json!("1.1.0");
+        c["cni.dev/valid-attachments"] = json!([{"containerID": "pnnhost1", "ifname": "eth0"}]);
+        c.to_string()
+    };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.host.name])
+        .arg(bin("plugnet"))
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", bin_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(gc_conf.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "GC: {out:?}");
+    let names_dir = w.agent_dir().join("names").join(w.net());
+    assert!(
+        !names_dir.join("pnnpod1@eth0.json").exists(),
+        "GC left pnnpod1's record"
+    );
+    assert!(
+        names_dir.join("pnnhost1@eth0.json").exists(),
+        "GC took a valid record"
+    );
     let out = cni("DEL");
     assert!(out.status.success(), "DEL: {out:?}");
     assert!(!w
