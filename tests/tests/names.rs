@@ -236,6 +236,13 @@ fn runner_containers_resolve_each_other_and_outside_names() {
     let (ca, cb) = (Netns::new("pnn-c"), Netns::new("pnn-c"));
     let ra = w.up("pnnalpha", &ca, &["web"]);
     let rb = w.up("pnnbeta", &cb, &[]);
+    // How soon after ADD returned the name is served (a figure, not an assertion).
+    let added = std::time::Instant::now();
+    let first = ask_until(&ca.path(), w.gw(), "pnnbeta", RecordType::A, found);
+    eprintln!(
+        "figures: pnnbeta served {:?} after its ADD returned ({first:?})",
+        added.elapsed()
+    );
     let (a, b) = (addrs_of(&ra), addrs_of(&rb));
     assert_eq!(a.len(), 2, "dual stack: {ra}");
     // The result names the resolver: the gateway, and the domain as search.
