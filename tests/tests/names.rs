@@ -496,6 +496,43 @@ fn hostile_queries_names_and_floods() {
     assert!(w.agent().alive(), "agent died on malformed input");
     assert!(found(&ask(&ca.path(), gw, "ok-alias", RecordType::A)));
 
+    // A TCP connection flood (more than the agent's descriptor limit): UDP keeps answering
+    // while they are held; once they are gone, TCP answers again.
+    let held = in_netns(&ca.path(), move || {
+        let mut conns = Vec::new();
+        for _ in 0..1500 {
+            match std::net::TcpStream::connect_timeout(&gw, Duration::from_millis(500)) {
+                Ok(c) => conns.push(c),
+                Err(_) => break,
+            }
+        }
+        conns
+    });
+    let n_held = held.len();
+    assert!(
+        found(&ask(&ca.path(), gw, "ok-alias", RecordType::A)),
+        "UDP during the TCP flood"
+    );
+    drop(held);
+    assert!(
+        w.agent().alive(),
+        "agent died in the TCP flood ({n_held} connections)"
+    );
+    let tcp = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            ca.exec(&format!(
+                "dig +tcp +short +time=1 +tries=1 @{} ok-alias.dns.plugnet || true",
+                gw.ip()
+            ))
+        })
+        .find(|o| o.trim() == a[0].to_string());
+    assert!(
+        tcp.is_some(),
+        "TCP after the flood ({n_held} connections held)"
+    );
+    eprintln!("TCP flood: {n_held} connections held at once");
+
     // A source outside the network: REFUSED. The outsider reaches the gateway from the
     // upstream side (routed through the host netns).
     sh(&format!(
