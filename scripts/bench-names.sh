@@ -87,6 +87,7 @@ for _ in $(seq 100); do
 done
 APID=$(cat "$TMP/aard/aardvark.pid")
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+anon() { awk '/^Anonymous/ {print $2}' "/proc/$1/smaps_rollup"; }   # heap and stacks, no code pages
 
 SECONDS_PER=${QUICK:+1}; SECONDS_PER=${SECONDS_PER:-3}
 ROUNDS=${QUICK:+1}; ROUNDS=${ROUNDS:-3}
@@ -105,7 +106,7 @@ for r in $(seq "$ROUNDS"); do
     done
   done
 done
-RSS_P=$(rss "$AGENT_PID") RSS_A=$(rss "$APID")
+RSS_P=$(rss "$AGENT_PID") RSS_A=$(rss "$APID") ANON_P=$(anon "$AGENT_PID") ANON_A=$(anon "$APID")
 
 say "ADD with \"resolver\": true vs without (interleaved pairs, plugnet plugin, release build)"
 PAIRS=${QUICK:+10}; PAIRS=${PAIRS:-40}
@@ -149,6 +150,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; 
          "q/s $(ratio "$(m plugnet $what qps)" "$(m aardvark $what qps)")x"
   done
   echo "RSS with 1,000 records, after the load: plugnet-agent ${RSS_P} kB, aardvark-dns ${RSS_A} kB (ratio $(ratio "$RSS_P" "$RSS_A")x)"
+  echo "  of which anonymous (heap, stacks; no code pages): plugnet-agent ${ANON_P} kB, aardvark-dns ${ANON_A} kB (ratio $(ratio "$ANON_P" "$ANON_A")x)"
   echo "ADD median of $PAIRS interleaved pairs: resolver ${ADD_T} us, without ${ADD_F} us (ratio $(ratio "$ADD_T" "$ADD_F")x)"
 } | tee "$OUT/names.txt"
 jq -s '.' "$TMP/q.jsonl" >"$OUT/names.json"

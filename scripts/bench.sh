@@ -108,6 +108,11 @@ scripts/bench-cluster.sh "$OUT" ${QUICK:+--quick} >"$OUT/cluster.log" 2>&1 ||
   { echo "cluster section failed:"; tail -20 "$OUT/cluster.log"; }
 grep '^|' "$OUT/cluster.txt" 2>/dev/null || true
 
+lap; echo "== names: plugnet-agent vs aardvark-dns, same records (scripts/bench-names.sh)"
+scripts/bench-names.sh "$OUT" ${QUICK:+--quick} >"$OUT/names.log" 2>&1 ||
+  { echo "names section failed:"; tail -20 "$OUT/names.log"; }
+cat "$OUT/names.txt" 2>/dev/null || true
+
 echo "== report ($(($(date +%s) - T0)) s so far)"
 $PY scripts/bench-report.py "$OUT"
 if [ -n "$PUBLISH" ]; then

@@ -13,7 +13,7 @@ use names_support::*;
 use plugnet_tests::{bin, bin_dir, sh, sh_ok, Netns};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ struct World {
     dnsmasq: Option<Child>,
     agent: Option<Agent>,
     ids: Vec<String>,
+    routed: bool,
 }
 
 impl World {
@@ -89,6 +90,7 @@ impl World {
             dnsmasq: Some(dnsmasq),
             agent: None,
             ids: Vec::new(),
+            routed: false,
         };
         w.agent = Some(Agent::start(
             Some(&w.host.name),
@@ -108,6 +110,13 @@ impl World {
         SocketAddr::new(format!("10.172.{}.1", self.n).parse().unwrap(), 53)
     }
     fn conf(&self) -> Value {
+        if self.routed {
+            return json!({"mode": "routed", "resolver": true, "agentDir": self.agent_dir(),
+               "capabilities": {"aliases": true},
+               "firewallStateDir": self.dir.path().join("fw"),
+               "ipam": {"type": "plugnet-ipam", "dataDir": self.dir.path().join("ipam"),
+                        "ranges": [[{"subnet": format!("10.172.{}.0/24", self.n)}]]}});
+        }
         json!({"bridge": format!("pnnbr{}", self.n), "isGateway": true, "resolver": true,
                "agentDir": self.agent_dir(),
                "capabilities": {"aliases": true},
@@ -227,6 +236,13 @@ fn runner_containers_resolve_each_other_and_outside_names() {
     let (ca, cb) = (Netns::new("pnn-c"), Netns::new("pnn-c"));
     let ra = w.up("pnnalpha", &ca, &["web"]);
     let rb = w.up("pnnbeta", &cb, &[]);
+    // How soon after ADD returned the name is served (a figure, not an assertion).
+    let added = std::time::Instant::now();
+    let first = ask_until(&ca.path(), w.gw(), "pnnbeta", RecordType::A, found);
+    eprintln!(
+        "figures: pnnbeta served {:?} after its ADD returned ({first:?})",
+        added.elapsed()
+    );
     let (a, b) = (addrs_of(&ra), addrs_of(&rb));
     assert_eq!(a.len(), 2, "dual stack: {ra}");
     // The result names the resolver: the gateway, and the domain as search.
@@ -270,6 +286,12 @@ fn runner_containers_resolve_each_other_and_outside_names() {
     let gw6 = SocketAddr::new(format!("fd00:172:{}::1", w.n).parse().unwrap(), 53);
     let got = ask_until(&ca.path(), gw6, "pnnbeta", RecordType::AAAA, found);
     assert_eq!(got.map(|g| g.addrs), Some(vec![b[1]]));
+    // TCP 53 too.
+    let tcp = cb.exec(&format!(
+        "dig +tcp +short +time=2 +tries=1 @{} pnnalpha.dns.plugnet",
+        gw.ip()
+    ));
+    assert_eq!(tcp.trim(), a[0].to_string(), "dig +tcp");
     // Unknown names inside the domain: NXDOMAIN, never forwarded.
     let got = ask(&ca.path(), gw, "nobody.dns.plugnet", RecordType::A).unwrap();
     assert_eq!(got.code, ResponseCode::NXDomain);
@@ -283,6 +305,22 @@ fn runner_containers_resolve_each_other_and_outside_names() {
     });
     assert_eq!(got.map(|g| g.code), Some(ResponseCode::NXDomain));
     assert!(w.agent().alive());
+}
+
+#[test]
+fn routed_mode_containers_resolve_each_other_through_the_next_hop() {
+    let mut w = World::new(3);
+    w.routed = true;
+    let (ca, cb) = (Netns::new("pnn-c"), Netns::new("pnn-c"));
+    let ra = w.up("pnnra", &ca, &["api"]);
+    let rb = w.up("pnnrb", &cb, &[]);
+    let dns = find_dns(&ra).unwrap_or_else(|| panic!("no dns in {ra}"));
+    assert_eq!(dns["nameservers"], json!(["169.254.1.1"]), "{dns}");
+    let hop: SocketAddr = "169.254.1.1:53".parse().unwrap();
+    let got = ask_until(&cb.path(), hop, "api", RecordType::A, found).unwrap();
+    assert_eq!(got.addrs, vec![addrs_of(&ra)[0]]);
+    let got = ask_until(&ca.path(), hop, "pnnrb.dns.plugnet", RecordType::A, found).unwrap();
+    assert_eq!(got.addrs, vec![addrs_of(&rb)[0]]);
 }
 
 /// A raw message: header (id, flags, counts) then `body`.
@@ -383,6 +421,43 @@ fn hostile_queries_names_and_floods() {
         RecordType::A,
         found
     )));
+    // GC with a valid list that lacks pnnpod1: its record goes, pnnhost1's stays.
+    let gc_conf = {
+        let mut c: Value = serde_json::from_str(&conf).unwrap();
+        c["cniVersion"] = json!("1.1.0");
+        c["cni.dev/valid-attachments"] = json!([{"containerID": "pnnhost1", "ifname": "eth0"}]);
+        c.to_string()
+    };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.host.name])
+        .arg(bin("plugnet"))
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", bin_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(gc_conf.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "GC: {out:?}");
+    let names_dir = w.agent_dir().join("names").join(w.net());
+    assert!(
+        !names_dir.join("pnnpod1@eth0.json").exists(),
+        "GC left pnnpod1's record"
+    );
+    assert!(
+        names_dir.join("pnnhost1@eth0.json").exists(),
+        "GC took a valid record"
+    );
     let out = cni("DEL");
     assert!(out.status.success(), "DEL: {out:?}");
     assert!(!w
@@ -420,6 +495,43 @@ fn hostile_queries_names_and_floods() {
     send_raw(&ca.path(), gw, packets, Duration::from_millis(300));
     assert!(w.agent().alive(), "agent died on malformed input");
     assert!(found(&ask(&ca.path(), gw, "ok-alias", RecordType::A)));
+
+    // A TCP connection flood (more than the agent's descriptor limit): UDP keeps answering
+    // while they are held; once they are gone, TCP answers again.
+    let held = in_netns(&ca.path(), move || {
+        let mut conns = Vec::new();
+        for _ in 0..1500 {
+            match std::net::TcpStream::connect_timeout(&gw, Duration::from_millis(500)) {
+                Ok(c) => conns.push(c),
+                Err(_) => break,
+            }
+        }
+        conns
+    });
+    let n_held = held.len();
+    assert!(
+        found(&ask(&ca.path(), gw, "ok-alias", RecordType::A)),
+        "UDP during the TCP flood"
+    );
+    drop(held);
+    assert!(
+        w.agent().alive(),
+        "agent died in the TCP flood ({n_held} connections)"
+    );
+    let tcp = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            ca.exec(&format!(
+                "dig +tcp +short +time=1 +tries=1 @{} ok-alias.dns.plugnet || true",
+                gw.ip()
+            ))
+        })
+        .find(|o| o.trim() == a[0].to_string());
+    assert!(
+        tcp.is_some(),
+        "TCP after the flood ({n_held} connections held)"
+    );
+    eprintln!("TCP flood: {n_held} connections held at once");
 
     // A source outside the network: REFUSED. The outsider reaches the gateway from the
     // upstream side (routed through the host netns).
@@ -677,5 +789,4 @@ fn podman_run_name_and_alias_resolve_and_rm_removes_them() {
         .unwrap_or(0);
     assert_eq!(records, 0, "name record left after podman rm");
     assert!(agent.alive());
-    let _ = Path::new("");
 }

@@ -61,6 +61,9 @@ async fn publish_task(
         for r in records {
             by_net.entry(r.network.clone()).or_default().push(r);
         }
+        if by_net.is_empty() && published.is_empty() {
+            continue; // nothing to say: no etcd request
+        }
         let now = match etcd.get(&crate::schema::host_key(&host)).await {
             Ok(Some(kv)) if kv.lease != 0 => kv.lease,
             Ok(_) => {

@@ -201,3 +201,70 @@ impl RequestHandler for Handler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugnet::names::Record as NameRecord;
+
+    fn table() -> Table {
+        let r = NameRecord {
+            format: plugnet::names::FORMAT.into(),
+            boot_id: plugnet::names::boot_id_hex(),
+            network: "n".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            domain: "dns.plugnet".into(),
+            names: vec!["web".into()],
+            addresses: vec![
+                "10.172.0.2".parse().unwrap(),
+                "fd00:172::2".parse().unwrap(),
+            ],
+            nameservers: vec!["10.172.0.1".parse().unwrap()],
+            docker_sandbox: None,
+        };
+        Table::build([r].iter(), [].iter())
+    }
+
+    fn answer(qname: &str, qtype: RecordType) -> Answer {
+        let t = table();
+        let net = t.nets.get("n").unwrap();
+        local_answer(net, &Name::from_ascii(qname).unwrap(), qtype)
+    }
+
+    #[test]
+    fn what_each_name_gets() {
+        match answer("Web.dns.plugnet.", RecordType::A) {
+            Answer::Records(rs) => assert_eq!(rs.len(), 1),
+            _ => panic!("web.dns.plugnet A"),
+        }
+        match answer("web", RecordType::AAAA) {
+            Answer::Records(rs) => assert_eq!(rs.len(), 1),
+            _ => panic!("web AAAA"),
+        }
+        // A name with no record of that type: NOERROR, no records.
+        match answer("web", RecordType::MX) {
+            Answer::Records(rs) => assert!(rs.is_empty()),
+            _ => panic!("web MX"),
+        }
+        match answer("db.dns.plugnet", RecordType::A) {
+            Answer::Miss { label, then } => {
+                assert_eq!(label, "db");
+                assert!(matches!(*then, Answer::Code(ResponseCode::NXDomain)));
+            }
+            _ => panic!("db.dns.plugnet"),
+        }
+        match answer("db", RecordType::A) {
+            Answer::Miss { then, .. } => assert!(matches!(*then, Answer::Forward)),
+            _ => panic!("db"),
+        }
+        assert!(matches!(
+            answer("a.b.dns.plugnet", RecordType::A),
+            Answer::Code(ResponseCode::NXDomain)
+        ));
+        assert!(matches!(
+            answer("example.com", RecordType::A),
+            Answer::Forward
+        ));
+    }
+}
