@@ -272,7 +272,8 @@ impl Dataplane {
         for e in &outcome.errors {
             warn!(host = %self.me.name, "data plane: {e}");
         }
-        let status = apply::status(&self.me, &cluster, &plans, &outcome, cache.revision, took);
+        let mut status = apply::status(&self.me, &cluster, &plans, &outcome, cache.revision, took);
+        status["inPlace"] = json!(!degraded(&status));
         if let Ok(mut v) = self.view.lock() {
             v.status = status;
         }
@@ -355,6 +356,20 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// Whether the data plane's status shows a problem: the last reconcile failed somewhere, or a
+/// peer's routes or FDB entries are not in place (the status's `inPlace: false`; the cluster's
+/// `degraded` stays about etcd and blocks).
+pub fn degraded(status: &Value) -> bool {
+    let errors = status["errors"].as_array().is_some_and(|e| !e.is_empty());
+    let peer_missing = status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["peers"].as_array().into_iter().flatten())
+        .any(|p| p["routesInPlace"] == false || p["fdbInPlace"] == false);
+    errors || peer_missing
 }
 
 /// The data plane's part of the agent's status answer.
