@@ -480,6 +480,18 @@ fn vxlan_two_subnets_restart_reboot_join_leave() {
         ping_once(&ctrs[0], ctrs[2].v4),
         "flow to the departed host's container"
     );
+    // A peer's agent restarted meanwhile still knows the departed host: nothing changes.
+    w.hosts[0].kill_agent();
+    w.hosts[0].start_agent();
+    let st = w.wait(Duration::from_secs(20), "host 0 reconciled", || {
+        let st = w.hosts[0].status();
+        st["dataplane"]["lastChanges"].as_u64().map(|_| st)
+    });
+    assert_eq!(st["dataplane"]["lastChanges"], 0, "{st}");
+    assert!(
+        tagged_routes(&w, 0).contains(&block2),
+        "route kept over a restart"
+    );
     // The host leaves (its blocks released): its routes and FDB entries go from the others.
     w.cli_ok(&["release-host", &w.hosts[2].name]);
     w.wait(Duration::from_secs(30), "host 2's routes gone", || {
