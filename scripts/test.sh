@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # (demo.sh, tests/quickstart.sh, tests/docker/*.sh, fuzz.sh) ensure their own through the same
 # helper; listing theirs here too makes a fresh machine's first run one apt-get install.
 PACKAGES=(
-  iproute2 nftables iptables conntrack iperf3 iputils-ping time strace curl jq
+  iproute2 nftables iptables conntrack iperf3 iputils-ping python3 time strace curl jq
   containernetworking-plugins busybox-static
   docker.io podman firewalld containerd docker-compose
   golang-go golang-github-appc-cni-dev
