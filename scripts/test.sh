@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # (demo.sh, tests/quickstart.sh, tests/docker/*.sh, fuzz.sh) ensure their own through the same
 # helper; listing theirs here too makes a fresh machine's first run one apt-get install.
 PACKAGES=(
-  iproute2 nftables iptables conntrack iperf3 iputils-ping time strace curl jq dnsutils
+  iproute2 nftables iptables conntrack iperf3 iputils-ping python3 time strace curl jq dnsutils
   containernetworking-plugins busybox-static
   docker.io podman runc firewalld containerd docker-compose dnsmasq-base
   golang-go golang-github-appc-cni-dev

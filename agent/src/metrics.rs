@@ -360,6 +360,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renders_the_data_plane() {
+        let m = Metrics::new();
+        let routes = [("prod".to_string(), 3)].into_iter().collect();
+        let fdb = [("prod".to_string(), 4)].into_iter().collect();
+        m.dataplane_observed(Duration::from_millis(2), 5, &routes, &fdb);
+        let text = m.render();
+        for want in [
+            "plugnet_agent_dataplane_routes{network=\"prod\"} 3",
+            "plugnet_agent_dataplane_fdb_entries{network=\"prod\"} 4",
+            "plugnet_agent_dataplane_reconciles_total 1",
+            "plugnet_agent_dataplane_last_reconcile_changes 5",
+            "plugnet_agent_dataplane_last_reconcile_seconds 0.002",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_named_families() {
         let m = Metrics::new();
         m.blocks_held

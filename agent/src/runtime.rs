@@ -134,9 +134,13 @@ async fn run_async(config: Config) -> Result<()> {
     };
     let dataplane = match &cluster {
         Some(b) => {
-            match crate::dataplane::Dataplane::start(b.record(), b.etcd().clone(), metrics.clone())
-                .await
-            {
+            let dp = crate::dataplane::Dataplane::start(
+                b.record(),
+                b.etcd().clone(),
+                metrics.clone(),
+                state.dir(),
+            );
+            match dp.await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     error!("{e:#}: running without the data plane (no routes to other hosts)");

@@ -270,7 +270,24 @@ fn host_gw_one_segment_bridge_and_routed() {
         routes.contains(&format!("via {}", w.hosts[1].node.ip)),
         "{routes}"
     );
-    // The status says so per peer.
+    // The status says so per peer, also in `plugnet cluster status`'s human form.
+    let out = w.admin.run(
+        &plugnet_tests::bin("plugnet-agent"),
+        &[
+            "cluster",
+            "--etcd",
+            &w.etcd.endpoints(),
+            "status",
+            "--state-dir",
+            w.hosts[0].agent_dir().to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("data plane of pndgw (host-gw, MTU 1500)"),
+        "{text}"
+    );
+    assert!(text.contains("ROUTESINPLACE"), "{text}");
     let ps = peers(&w, 0, "pndgw");
     assert_eq!(ps.len(), 2, "{ps:?}");
     for p in &ps {
@@ -410,8 +427,26 @@ fn vxlan_two_subnets_restart_reboot_join_leave() {
             let _ = std::fs::remove_file(f.path());
         }
     }
+    // A route of plugnet's that nobody wants (left from before the "reboot") goes at start-up;
+    // a route of another protocol to the same kind of place stays.
+    w.hosts[2].node.ns.exec(&format!(
+        "ip route add 10.173.127.0/26 via {} proto 112",
+        w.hosts[0].node.ip
+    ));
+    w.hosts[2]
+        .node
+        .ns
+        .exec("ip route add 10.173.127.64/26 via 10.173.200.254 proto static");
     w.hosts[2].start_agent();
     w.hosts[2].wait_registered(Duration::from_secs(20));
+    w.wait(
+        Duration::from_secs(20),
+        "stale tagged route deleted",
+        || (!tagged_routes(&w, 2).contains("10.173.127.0/26")).then_some(()),
+    );
+    let ns2 = &w.hosts[2].node.ns;
+    assert!(ns2.exec("ip route").contains("10.173.127.64/26"));
+    ns2.exec("ip route del 10.173.127.64/26");
     w.wait(Duration::from_secs(20), "host 2 data plane", || {
         let m = w.hosts[2].status()["dataplane"]["vtepMac"].to_string();
         (m != "null").then_some(())
@@ -444,6 +479,18 @@ fn vxlan_two_subnets_restart_reboot_join_leave() {
     assert!(
         ping_once(&ctrs[0], ctrs[2].v4),
         "flow to the departed host's container"
+    );
+    // A peer's agent restarted meanwhile still knows the departed host: nothing changes.
+    w.hosts[0].kill_agent();
+    w.hosts[0].start_agent();
+    let st = w.wait(Duration::from_secs(20), "host 0 reconciled", || {
+        let st = w.hosts[0].status();
+        st["dataplane"]["lastChanges"].as_u64().map(|_| st)
+    });
+    assert_eq!(st["dataplane"]["lastChanges"], 0, "{st}");
+    assert!(
+        tagged_routes(&w, 0).contains(&block2),
+        "route kept over a restart"
     );
     // The host leaves (its blocks released): its routes and FDB entries go from the others.
     w.cli_ok(&["release-host", &w.hosts[2].name]);

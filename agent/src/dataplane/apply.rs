@@ -249,7 +249,13 @@ async fn routes(
                     Ok(()) => o.changes += 1,
                     Err(e) => {
                         o.failed_routes.insert(*dst);
-                        o.errors.push(format!("network {net}: {e}"));
+                        let hint = if e.errno() == Some(libc::ENETUNREACH) && !want.onlink {
+                            " (host-gw needs the hosts on one L2 segment: this next hop is \
+                             on no connected subnet here; use --mode vxlan)"
+                        } else {
+                            ""
+                        };
+                        o.errors.push(format!("network {net}: {e}{hint}"));
                         continue;
                     }
                 }

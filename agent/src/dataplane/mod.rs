@@ -87,6 +87,39 @@ struct Cache {
     /// they still hold blocks: their containers still run, so their routes and FDB entries stay
     /// — until their blocks are released or reclaimed, or they register again.
     departed: BTreeMap<String, HostRecord>,
+    /// `departed` as last written to the state dir (so an agent restart still routes to them).
+    departed_written: BTreeMap<String, HostRecord>,
+}
+
+/// `<state-dir>/dataplane-departed.json`: the departed hosts' last records.
+const DEPARTED_FILE: &str = "dataplane-departed.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DepartedFile {
+    format: u32,
+    departed: BTreeMap<String, HostRecord>,
+}
+
+fn load_departed(dir: &std::path::Path) -> BTreeMap<String, HostRecord> {
+    std::fs::read(dir.join(DEPARTED_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DepartedFile>(&b).ok())
+        .filter(|f| f.format == 1)
+        .map(|f| f.departed)
+        .unwrap_or_default()
+}
+
+fn save_departed(dir: &std::path::Path, d: &BTreeMap<String, HostRecord>) -> std::io::Result<()> {
+    let f = DepartedFile {
+        format: 1,
+        departed: d.clone(),
+    };
+    plugnet::fsutil::write_atomic(
+        &dir.join(DEPARTED_FILE),
+        schema::encode(&f).as_bytes(),
+        0o600,
+        plugnet::fsutil::Durability::File,
+    )
 }
 
 impl Cache {
@@ -168,6 +201,7 @@ pub struct Dataplane {
     view: Mutex<View>,
     /// The subnets the FORWARD accept rules were last synced for.
     forwarded: Mutex<Option<Vec<ipnetwork::IpNetwork>>>,
+    state_dir: std::path::PathBuf,
 }
 
 impl Dataplane {
@@ -176,6 +210,7 @@ impl Dataplane {
         host: &HostRecord,
         etcd: Etcd,
         metrics: Arc<Metrics>,
+        state_dir: &std::path::Path,
     ) -> Result<Arc<Dataplane>> {
         let nl = Netlink::host().context("data plane: open netlink")?;
         let link = nl
@@ -208,6 +243,7 @@ impl Dataplane {
             nl,
             view: Mutex::new(View::default()),
             forwarded: Mutex::new(None),
+            state_dir: state_dir.to_path_buf(),
         }))
     }
 
@@ -233,6 +269,12 @@ impl Dataplane {
     async fn reconcile(&self, cache: &mut Cache, why: &str) {
         let start = Instant::now();
         let cluster = cache.cluster();
+        if cache.departed != cache.departed_written {
+            match save_departed(&self.state_dir, &cache.departed) {
+                Ok(()) => cache.departed_written = cache.departed.clone(),
+                Err(e) => warn!(host = %self.me.name, "data plane: write {DEPARTED_FILE}: {e}"),
+            }
+        }
         let plans = desired::plan(&cluster, &self.me);
         let mut outcome = apply::reconcile(&self.nl, &self.me, &plans).await;
         let subnets: Vec<ipnetwork::IpNetwork> = cluster
@@ -272,7 +314,8 @@ impl Dataplane {
         for e in &outcome.errors {
             warn!(host = %self.me.name, "data plane: {e}");
         }
-        let status = apply::status(&self.me, &cluster, &plans, &outcome, cache.revision, took);
+        let mut status = apply::status(&self.me, &cluster, &plans, &outcome, cache.revision, took);
+        status["inPlace"] = json!(!degraded(&status));
         if let Ok(mut v) = self.view.lock() {
             v.status = status;
         }
@@ -282,7 +325,12 @@ impl Dataplane {
     /// compaction, a broken watch, or every [`FULL_EVERY`].
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) -> Result<()> {
         use etcd_client::{EventType, WatchOptions};
-        let mut cache = Cache::default();
+        let departed = load_departed(&self.state_dir);
+        let mut cache = Cache {
+            departed: departed.clone(),
+            departed_written: departed,
+            ..Cache::default()
+        };
         let mut backoff = Duration::from_millis(200);
         loop {
             if let Err(e) = self.list(&mut cache).await {
@@ -355,6 +403,20 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// Whether the data plane's status shows a problem: the last reconcile failed somewhere, or a
+/// peer's routes or FDB entries are not in place (the status's `inPlace: false`; the cluster's
+/// `degraded` stays about etcd and blocks).
+pub fn degraded(status: &Value) -> bool {
+    let errors = status["errors"].as_array().is_some_and(|e| !e.is_empty());
+    let peer_missing = status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["peers"].as_array().into_iter().flatten())
+        .any(|p| p["routesInPlace"] == false || p["fdbInPlace"] == false);
+    errors || peer_missing
 }
 
 /// The data plane's part of the agent's status answer.
