@@ -426,3 +426,77 @@ pub fn status_of(dp: Option<&Arc<Dataplane>>) -> Value {
         None => json!(null),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let h = HostRecord {
+            name: name.into(),
+            id: format!("id-{name}"),
+            underlay: "10.173.200.9".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:09".into(),
+            agent_version: "t".into(),
+            started_unix: 0,
+            underlay_link_local: None,
+        };
+        (
+            schema::host_key(name).into_bytes(),
+            schema::encode(&h).into_bytes(),
+        )
+    }
+
+    fn block(holder: &str, b: &str) -> (Vec<u8>, Vec<u8>) {
+        let v = BlockValue::Held {
+            host: holder.into(),
+            host_id: format!("id-{holder}"),
+            claimed_unix: 0,
+        };
+        (
+            schema::block_key("n", b.parse().unwrap()).into_bytes(),
+            schema::encode(&v).into_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_host_gone_from_a_list_departs_and_stays_while_it_holds_blocks() {
+        let mut c = Cache::default();
+        let (hk, hv) = host("b");
+        let (bk, bv) = block("b", "10.173.0.64/26");
+        c.replace([(hk.clone(), hv), (bk.clone(), bv.clone())].into(), 5);
+        assert!(c.cluster().departed.is_empty());
+        // The registration lapses between two lists: b departs, still a peer.
+        c.replace([(bk.clone(), bv)].into(), 9);
+        let cl = c.cluster();
+        assert!(cl.departed.contains("b") && cl.hosts.contains_key("b"));
+        assert_eq!(c.revision, 9);
+        // Its block goes: so does b.
+        c.replace(BTreeMap::new(), 12);
+        let cl = c.cluster();
+        assert!(cl.departed.is_empty() && cl.hosts.is_empty());
+        assert!(c.departed.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_host_key_departs_and_a_new_registration_replaces_it() {
+        let mut c = Cache::default();
+        let (hk, hv) = host("b");
+        let (bk, bv) = block("b", "10.173.0.64/26");
+        c.kvs.insert(bk, bv);
+        c.depart(&hk, &hv);
+        assert!(c.cluster().departed.contains("b"));
+        c.kvs.insert(hk, hv);
+        let cl = c.cluster();
+        assert!(cl.departed.is_empty() && cl.hosts.contains_key("b"));
+    }
+
+    #[test]
+    fn degraded_reads_errors_and_peers() {
+        assert!(!degraded(&json!({"errors": [], "networks": []})));
+        assert!(degraded(&json!({"errors": ["x"], "networks": []})));
+        assert!(degraded(
+            &json!({"errors": [], "networks": [{"peers": [{"routesInPlace": false}]}]})
+        ));
+    }
+}
