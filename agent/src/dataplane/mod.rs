@@ -247,6 +247,36 @@ impl Dataplane {
         }))
     }
 
+    /// The task: find the underlay link (again every 5 s until it is there: an address that
+    /// comes up after the agent), publish the data plane in `slot`, then [`Dataplane::run`].
+    pub async fn task(
+        host: HostRecord,
+        etcd: Etcd,
+        metrics: Arc<Metrics>,
+        state_dir: std::path::PathBuf,
+        slot: Arc<std::sync::OnceLock<Arc<Dataplane>>>,
+        mut shutdown: Shutdown,
+    ) -> Result<()> {
+        let mut told = false;
+        let dp = loop {
+            match Dataplane::start(&host, etcd.clone(), metrics.clone(), &state_dir).await {
+                Ok(d) => break d,
+                Err(e) => {
+                    if !told {
+                        warn!(host = %host.name, "{e:#}: no routes to other hosts until it is found (retrying every 5 s)");
+                        told = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                }
+            }
+        };
+        let _ = slot.set(dp.clone());
+        dp.run(shutdown).await
+    }
+
     /// The MTU the devices of a network in `mode` get on this host.
     pub fn mtu(&self, mode: schema::Mode) -> u32 {
         desired::network_mtu(mode, self.me.underlay, self.me.underlay_mtu)
@@ -423,7 +453,7 @@ pub fn degraded(status: &Value) -> bool {
 pub fn status_of(dp: Option<&Arc<Dataplane>>) -> Value {
     match dp {
         Some(d) => d.status(),
-        None => json!(null),
+        None => json!({"error": "the data plane has not found the underlay link (see the log)"}),
     }
 }
 
