@@ -55,7 +55,8 @@ pub struct Agent {
     pub state: LocalState,
     pub metrics: Arc<Metrics>,
     pub cluster: Option<Arc<crate::blocks::Blocks>>,
-    pub dataplane: Option<Arc<crate::dataplane::Dataplane>>,
+    /// Set once the data plane found its underlay link (see `dataplane::Dataplane::task`).
+    pub dataplane: Arc<std::sync::OnceLock<Arc<crate::dataplane::Dataplane>>>,
 }
 
 impl Agent {
@@ -73,7 +74,7 @@ impl Agent {
                 a.status = match &self.cluster {
                     Some(blocks) => {
                         let mut s = blocks.status().await;
-                        s["dataplane"] = crate::dataplane::status_of(self.dataplane.as_ref());
+                        s["dataplane"] = crate::dataplane::status_of(self.dataplane.get());
                         s
                     }
                     None => json!({"cluster": false, "stateDir": self.state.dir()}),
@@ -132,24 +133,20 @@ async fn run_async(config: Config) -> Result<()> {
         ),
         None => None,
     };
-    let dataplane = match &cluster {
-        Some(b) => {
-            let dp = crate::dataplane::Dataplane::start(
-                b.record(),
+    let dataplane = Arc::new(std::sync::OnceLock::new());
+    if let Some(b) = &cluster {
+        tasks.spawn(
+            "dataplane",
+            crate::dataplane::Dataplane::task(
+                b.record().clone(),
                 b.etcd().clone(),
                 metrics.clone(),
-                state.dir(),
-            );
-            match dp.await {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    error!("{e:#}: running without the data plane (no routes to other hosts)");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+                state.dir().to_path_buf(),
+                dataplane.clone(),
+                shutdown.clone(),
+            ),
+        );
+    }
     let agent = Arc::new(Agent {
         config: config.clone(),
         state,
@@ -157,9 +154,6 @@ async fn run_async(config: Config) -> Result<()> {
         cluster,
         dataplane,
     });
-    if let Some(dp) = &agent.dataplane {
-        tasks.spawn("dataplane", dp.clone().run(shutdown.clone()));
-    }
     if let Some(blocks) = &agent.cluster {
         for (name, task) in blocks.clone().tasks(shutdown.clone()) {
             tasks.spawn(name, task);

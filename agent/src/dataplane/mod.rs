@@ -247,6 +247,36 @@ impl Dataplane {
         }))
     }
 
+    /// The task: find the underlay link (again every 5 s until it is there: an address that
+    /// comes up after the agent), publish the data plane in `slot`, then [`Dataplane::run`].
+    pub async fn task(
+        host: HostRecord,
+        etcd: Etcd,
+        metrics: Arc<Metrics>,
+        state_dir: std::path::PathBuf,
+        slot: Arc<std::sync::OnceLock<Arc<Dataplane>>>,
+        mut shutdown: Shutdown,
+    ) -> Result<()> {
+        let mut told = false;
+        let dp = loop {
+            match Dataplane::start(&host, etcd.clone(), metrics.clone(), &state_dir).await {
+                Ok(d) => break d,
+                Err(e) => {
+                    if !told {
+                        warn!(host = %host.name, "{e:#}: no routes to other hosts until it is found (retrying every 5 s)");
+                        told = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                }
+            }
+        };
+        let _ = slot.set(dp.clone());
+        dp.run(shutdown).await
+    }
+
     /// The MTU the devices of a network in `mode` get on this host.
     pub fn mtu(&self, mode: schema::Mode) -> u32 {
         desired::network_mtu(mode, self.me.underlay, self.me.underlay_mtu)
@@ -423,6 +453,80 @@ pub fn degraded(status: &Value) -> bool {
 pub fn status_of(dp: Option<&Arc<Dataplane>>) -> Value {
     match dp {
         Some(d) => d.status(),
-        None => json!(null),
+        None => json!({"error": "the data plane has not found the underlay link (see the log)"}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let h = HostRecord {
+            name: name.into(),
+            id: format!("id-{name}"),
+            underlay: "10.173.200.9".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:09".into(),
+            agent_version: "t".into(),
+            started_unix: 0,
+            underlay_link_local: None,
+        };
+        (
+            schema::host_key(name).into_bytes(),
+            schema::encode(&h).into_bytes(),
+        )
+    }
+
+    fn block(holder: &str, b: &str) -> (Vec<u8>, Vec<u8>) {
+        let v = BlockValue::Held {
+            host: holder.into(),
+            host_id: format!("id-{holder}"),
+            claimed_unix: 0,
+        };
+        (
+            schema::block_key("n", b.parse().unwrap()).into_bytes(),
+            schema::encode(&v).into_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_host_gone_from_a_list_departs_and_stays_while_it_holds_blocks() {
+        let mut c = Cache::default();
+        let (hk, hv) = host("b");
+        let (bk, bv) = block("b", "10.173.0.64/26");
+        c.replace([(hk.clone(), hv), (bk.clone(), bv.clone())].into(), 5);
+        assert!(c.cluster().departed.is_empty());
+        // The registration lapses between two lists: b departs, still a peer.
+        c.replace([(bk.clone(), bv)].into(), 9);
+        let cl = c.cluster();
+        assert!(cl.departed.contains("b") && cl.hosts.contains_key("b"));
+        assert_eq!(c.revision, 9);
+        // Its block goes: so does b.
+        c.replace(BTreeMap::new(), 12);
+        let cl = c.cluster();
+        assert!(cl.departed.is_empty() && cl.hosts.is_empty());
+        assert!(c.departed.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_host_key_departs_and_a_new_registration_replaces_it() {
+        let mut c = Cache::default();
+        let (hk, hv) = host("b");
+        let (bk, bv) = block("b", "10.173.0.64/26");
+        c.kvs.insert(bk, bv);
+        c.depart(&hk, &hv);
+        assert!(c.cluster().departed.contains("b"));
+        c.kvs.insert(hk, hv);
+        let cl = c.cluster();
+        assert!(cl.departed.is_empty() && cl.hosts.contains_key("b"));
+    }
+
+    #[test]
+    fn degraded_reads_errors_and_peers() {
+        assert!(!degraded(&json!({"errors": [], "networks": []})));
+        assert!(degraded(&json!({"errors": ["x"], "networks": []})));
+        assert!(degraded(
+            &json!({"errors": [], "networks": [{"peers": [{"routesInPlace": false}]}]})
+        ));
     }
 }
