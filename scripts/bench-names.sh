@@ -109,7 +109,7 @@ done
 RSS_P=$(rss "$AGENT_PID") RSS_A=$(rss "$APID") ANON_P=$(anon "$AGENT_PID") ANON_A=$(anon "$APID")
 
 say "ADD with \"resolver\": true vs without (interleaved pairs, plugnet plugin, release build)"
-PAIRS=${QUICK:+10}; PAIRS=${PAIRS:-40}
+PAIRS=${QUICK:+10}; PAIRS=${PAIRS:-100}
 conf() { # resolver
   printf '{"cniVersion":"1.0.0","name":"pnnadd","type":"plugnet","bridge":"pnnbra","isGateway":true,"resolver":%s,"agentDir":"%s","firewallStateDir":"%s","ipam":{"type":"plugnet-ipam","dataDir":"%s","ranges":[[{"subnet":"10.172.40.0/24"}]]}}' \
     "$1" "$TMP/agent2" "$TMP/fw" "$TMP/ipam"
@@ -124,7 +124,8 @@ cni() { # command resolver id → elapsed µs of the plugin
 }
 : >"$TMP/add.txt"
 for i in $(seq "$PAIRS"); do
-  for res in true false; do
+  order="true false"; [ $((i % 2)) = 0 ] && order="false true"   # no order bias
+  for res in $order; do
     us=$(cni ADD "$res" "pnnadd$i$res")
     echo "$res $us" >>"$TMP/add.txt"
     cni DEL "$res" "pnnadd$i$res" >/dev/null
