@@ -3,7 +3,7 @@
 //! Only veths that hang where this network's veths hang (ports of its bridge in bridge mode,
 //! unbridged in routed mode), have plugnet's name shape and carry this network's owner mark
 //! (its alias, or, for a veth whose ADD was killed before the alias was set, the MAC it was
-//! born with: [`setup::owned_by`]) are candidates, so networks sharing a bridge never touch
+//! born with: [`crate::attachment::owned_by`]) are candidates, so networks sharing a bridge never touch
 //! each other.
 
 use std::collections::HashSet;

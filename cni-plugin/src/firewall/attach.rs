@@ -20,7 +20,7 @@ impl Firewall {
     pub fn apply(&self, att: &Attachment) -> Result<(), FirewallError> {
         att.validate()?;
         let _lock = self.store.lock().map_err(state_err("lock state"))?;
-        let key = AttachmentId::new(&att.network, &att.container_id, &att.ifname).firewall_key();
+        let key = att.id().firewall_key();
         if let Some(old) = self
             .store
             .load_attachment(&key)
@@ -318,7 +318,7 @@ impl Firewall {
     /// the kernel.
     pub fn check(&self, att: &Attachment) -> Result<(), FirewallError> {
         att.validate()?;
-        let key = AttachmentId::new(&att.network, &att.container_id, &att.ifname).firewall_key();
+        let key = att.id().firewall_key();
         match self
             .store
             .load_attachment(&key)

@@ -12,9 +12,6 @@ use super::l2::{bridge_infrastructure, mac_elems};
 use super::names::egress_chain;
 use super::types::{Attachment, NetOut, NetOutDefault, NetOutProtocol, NetOutRule};
 
-/// plugnet's own table (family inet: one table for IPv4 and IPv6, filter and NAT).
-pub const TABLE: &str = "plugnet";
-
 pub const MAP_PM4_ANY: &str = "pm4_any";
 pub const MAP_PM6_ANY: &str = "pm6_any";
 pub const MAP_PM4_IP: &str = "pm4_ip";

@@ -182,6 +182,11 @@ impl LastAddr for IpNetwork {
 }
 
 impl Attachment {
+    /// The attachment's identity, which names its firewall objects (its `firewall_key`).
+    pub fn id(&self) -> crate::attachment::AttachmentId {
+        crate::attachment::AttachmentId::new(&self.network, &self.container_id, &self.ifname)
+    }
+
     /// Checks every field that ends up in a netlink message or an nftables identifier.
     pub fn validate(&self) -> Result<(), FirewallError> {
         check_cni_name("network name", &self.network)?;

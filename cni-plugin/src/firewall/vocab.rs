@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::plan::TABLE;
+/// plugnet's own table (family inet: one table for IPv4 and IPv6, filter and NAT).
+pub const TABLE: &str = "plugnet";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fam {

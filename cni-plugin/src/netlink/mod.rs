@@ -12,6 +12,7 @@ mod addr;
 mod blocking;
 mod error;
 mod link;
+mod mac;
 mod neigh;
 mod overlay;
 mod route;
@@ -31,7 +32,8 @@ use rtnetlink::Handle;
 pub use addr::{first_host, IpFamily};
 pub use blocking::block_on;
 pub use error::{Cause, NetlinkError};
-pub use link::{BridgeOptions, Link, LinkStats, Mac, VethOptions, VethPair};
+pub use link::{BridgeOptions, Link, LinkStats, VethOptions, VethPair};
+pub use mac::Mac;
 pub use neigh::Neighbour;
 pub use overlay::{
     link_local_of, FdbEntry, TaggedRoute, Vxlan, VxlanOptions, PLUGNET_RTPROT, VXLAN_PORT,

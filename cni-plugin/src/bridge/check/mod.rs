@@ -1,6 +1,6 @@
 //! CHECK: the attachment still looks the way ADD left it, judged against `prevResult`. This
 //! file is the part both modes share (the IPAM reservation, the host veth, the container
-//! interface and what `prevResult` says of it); [`bridge`] and [`routed`] are the halves
+//! interface and what `prevResult` says of it); `bridge` and `routed` are the halves
 //! that differ; invariant: CHECK only reads.
 
 pub(super) mod bridge;

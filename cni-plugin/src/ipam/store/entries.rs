@@ -103,7 +103,7 @@ pub enum Claim {
     /// plugnet's claim (`ip/<ip>`).
     Held(Owner),
     /// A lease file host-local left in the network's directory (`<ip>`), honoured after a host
-    /// switched the network from `host-local` to `plugnet-ipam` (see [`super::hostlocal`]).
+    /// switched the network from `host-local` to `plugnet-ipam` (see [`crate::ipam::hostlocal`]).
     HostLocal(Owner),
     /// An entry that cannot be read as a claim (tampering, a disk error): held by nobody we can
     /// name, so never handed out; GC repairs it, STATUS and `plugnet ipam ls` report it.
@@ -178,7 +178,7 @@ pub trait Store {
     /// Make every change so far durable (called after the lock is released).
     fn sync(&self) -> io::Result<()>;
     /// The same work as [`Store::sync`], handed over to run elsewhere (a thread of its own,
-    /// see [`super::Durable`]); the changes so far count as synced once it has run. By default
+    /// see [`crate::ipam::Durable`]); the changes so far count as synced once it has run. By default
     /// the work is done at once and the job only reports its outcome.
     fn sync_job(&self) -> SyncJob {
         let outcome = self.sync();

@@ -7,7 +7,7 @@
 //!   address held by nobody;
 //! - mutations happen only under the store's exclusive lock.
 //!
-//! [`entries`] says what a store holds (owners, records, claims) and what the allocator needs
+//! `entries` says what a store holds (owners, records, claims) and what the allocator needs
 //! of one (the [`Store`] trait); [`FileStore`] is plugnet-ipam's store on disk, [`MemStore`]
 //! one in memory for tests.
 
