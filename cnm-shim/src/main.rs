@@ -45,6 +45,9 @@ struct Cli {
     /// (`--ipam-opt plugnet.cluster=NAME`; default: the agent's, /var/lib/plugnet/agent).
     #[arg(long)]
     agent_dir: Option<String>,
+    /// `firewallStateDir` of derived conflists (default: plugnet's, /var/lib/plugnet/firewall).
+    #[arg(long)]
+    firewall_state_dir: Option<String>,
     /// Masquerade derived networks' outbound traffic (`ipMasq`), as Docker's bridge does;
     /// `--ip-masq=false` turns it off (`-o com.docker.network.bridge.enable_ip_masquerade=…` decides per network).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -172,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
     cfg.bridge_plugin = cli.bridge_plugin.clone();
     cfg.default_ip_masq = cli.ip_masq;
     cfg.agent_dir = cli.agent_dir.clone();
+    cfg.firewall_state_dir = cli.firewall_state_dir.clone();
     if !cli.default_pools.is_empty() {
         cfg.default_pools_v4 = cli.default_pools.clone();
     }

@@ -66,6 +66,8 @@ pub struct DriverConfig {
     /// plugnet-agent's state dir written as `agentDir` into cluster networks' IPAM (None: the
     /// agent's default, `/var/lib/plugnet/agent`).
     pub agent_dir: Option<String>,
+    /// `firewallStateDir` of derived conflists (None: plugnet's default).
+    pub firewall_state_dir: Option<String>,
 }
 
 impl DriverConfig {
@@ -80,6 +82,7 @@ impl DriverConfig {
             bridge_plugin: "plugnet".into(),
             default_ip_masq: false,
             agent_dir: None,
+            firewall_state_dir: None,
         }
     }
 }

@@ -189,6 +189,9 @@ impl<B: CniBackend> Driver<B> {
             // The agent's blocks decide the addresses and gateways (docs/cluster.md).
             conflist["plugins"][0]["ipam"] = self.cluster_ipam(c);
         }
+        if let Some(dir) = &self.cfg.firewall_state_dir {
+            conflist["plugins"][0]["firewallStateDir"] = json!(dir);
+        }
         let exported = truthy(opts.get(OPT_EXPORT));
         if exported {
             self.backend
