@@ -63,6 +63,9 @@ if [ $# -eq 0 ]; then
   tests/docker/shim-fire.sh 2>&1 | grep -v 'level=' | tee -a "$log"
   # Names between Docker (through the shim) and podman on one network, both directions.
   tests/docker/names-docker.sh 2>&1 | tee -a "$log"
+  # Docker across hosts (issue 22): a dockerd + shim per host namespace of a cluster world;
+  # Docker <-> Docker and Docker <-> CNI across hosts.
+  tests/docker/cluster-docker.sh 2>&1 | tee -a "$log"
 fi
 
 if [ $# -eq 0 ]; then
