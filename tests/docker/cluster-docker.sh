@@ -139,6 +139,21 @@ for i in 0 1; do
     python3 -c "import ipaddress,sys; gw=ipaddress.ip_address('$gw'); sys.exit(not any(ipaddress.ip_network(b).network_address+1==gw for b in '$blocks'.split()))"
 done
 
+say "what is refused, and why"
+refused() { # what needle cmd...
+  local what=$1 needle=$2; shift 2
+  local out
+  if out=$("$@" 2>&1); then fail "$what: accepted"; d 0 network rm pnx-bad >/dev/null 2>&1; return; fi
+  if grep -q -- "$needle" <<<"$out"; then printf 'ok   %s\n' "$what"; else fail "$what: $out"; fi
+}
+refused "-o plugnet.cluster with Docker's default IPAM" "--ipam-opt plugnet.cluster=$CLUSTER" \
+  d 0 network create -d "$(drv 0)" -o "plugnet.cluster=$CLUSTER" --subnet 10.174.64.0/24 pnx-bad
+refused "an explicit --gateway" "blocks' first" \
+  d 0 network create -d "$(drv 0)" --ipam-driver "$(drv 0)" --ipam-opt "plugnet.cluster=$CLUSTER" \
+  --subnet "$SUBNET" --gateway 10.174.63.254 pnx-bad
+refused "a second Docker network of the cluster network on one host" "already used by Docker network" \
+  d 0 network create -d "$(drv 0)" --ipam-driver "$(drv 0)" --ipam-opt "plugnet.cluster=$CLUSTER" pnx-bad
+
 say "a Docker container per host"
 for i in 0 1; do
   d "$i" run -d --name "pnx-c$i" --network "$DNET" "$IMG" sleep 600 >/dev/null
@@ -190,7 +205,7 @@ for i in 0 1; do
 done
 for i in 0 1; do
   check "host $i: no pnj/pnb link left" bash -c "! nsenter --net=/run/netns/${NS[$i]} ip -o link show | grep -q ': pn[jb]'"
-  check "host $i: no endpoint or network in the shim's state" bash -c "! ls '$TMP/h$i/state/'{networks,endpoints}/* 2>/dev/null | grep -q ."
+  check "host $i: no network, endpoint or pool in the shim's state" bash -c "! ls '$TMP/h$i/state/'{networks,endpoints,pools}/* 2>/dev/null | grep -q ."
   check "host $i: no address held in the cluster store" bash -c "! ls '${AGENT[$i]}/ipam/$CLUSTER/ip' 2>/dev/null | grep -q ."
 done
 for i in 0 1; do
