@@ -652,6 +652,60 @@ mod tests {
     }
 
     #[test]
+    fn docker_reservations_live_in_the_blocks_and_the_add_adopts_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("networks")).unwrap();
+        let alive = Deadline::after(std::time::Duration::from_secs(60));
+        file(
+            &[
+                ("10.77.0.64/26", BlockState::Active),
+                ("fd77::/122", BlockState::Active),
+            ],
+            alive,
+        )
+        .write(tmp.path())
+        .unwrap();
+        let ipam = json!({"type": "plugnet-ipam", "cluster": "pnc-n", "agentDir": tmp.path()});
+        let c = ClusterRef::of(&json!({ "ipam": ipam })).unwrap().unwrap();
+        // What the shim's RequestPool answers: the subnets and this host's block.
+        let (subnets, block) = host_view(&c, false).unwrap();
+        assert_eq!(subnets.len(), 2);
+        assert_eq!(block.to_string(), "10.77.0.64/26");
+        // RequestAddress: a reservation with the block's prefix, never the gateway.
+        let placeholder = Owner::new("docker-1", "reserved");
+        let got = crate::ipam::reserve(&ipam, "pnc-cni", &placeholder, None, false).unwrap();
+        assert_eq!(got.to_string(), "10.77.0.66/26");
+        // An address in no block of this host is refused.
+        let e = crate::ipam::reserve(
+            &ipam,
+            "pnc-cni",
+            &Owner::new("docker-2", "reserved"),
+            Some("10.77.1.5".parse().unwrap()),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("in no block this host holds"), "{e}");
+        // CreateEndpoint hands it to the attachment; the ADD (told the address) adopts it.
+        let req = request(conf(tmp.path()), "IP=10.77.0.66");
+        let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+        crate::ipam::transfer(&ipam, "pnc-cni", &placeholder, &owner, Hold::Reserved).unwrap();
+        let (r, _) = take(&c, &req).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.77.0.66/26");
+        // A DEL that keeps the reservation (a failed Join's rollback) holds it again.
+        del(&c, &req, true).unwrap();
+        let recs = crate::ipam::records_of(&ipam, "pnc-cni").unwrap();
+        assert!(
+            recs.iter()
+                .any(|r| r.owner == owner && r.hold == Hold::Reserved),
+            "{recs:?}"
+        );
+        crate::ipam::release_owner(&ipam, "pnc-cni", &owner).unwrap();
+        assert!(crate::ipam::records_of(&ipam, "pnc-cni")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
     fn past_the_deadline_nothing_new_is_handed_out() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("networks")).unwrap();
