@@ -9,12 +9,19 @@
 #   - a Docker container on each host pings the other across hosts (host-gw);
 #   - a CNI container on host B (plugnet ADD with the Docker network's exported conflist, the
 #     same bridge and store) and a Docker container on host A reach each other;
+#   - with --mode vxlan (hosts on two L3 subnets behind a router): the containers' MTU is the
+#     network's (underlay - 50) and a 4 MiB TCP transfer passes between the hosts' Docker
+#     containers;
 #   - nothing is left afterwards (containers, networks, links, staging, stores, namespaces).
+# Usage: cluster-docker.sh [--mode host-gw|vxlan]
 # Objects: pnx*-$$; addresses 10.174.0.0/16 (cluster 10.174.0.0/18, underlay 10.174.200.0/24).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/packages.sh
 ensure_packages docker.io busybox-static iproute2 iptables etcd-server etcd-client python3
+MODE=host-gw
+[ "${1:-}" = --mode ] && MODE=${2:?--mode host-gw|vxlan}
+case "$MODE" in host-gw | vxlan) ;; *) echo "--mode host-gw|vxlan"; exit 2 ;; esac
 X=$$
 BIN=${PLUGNET_BIN:-$(pwd)/target/debug}
 for b in plugnet plugnet-ipam plugnet-shim plugnet-agent plugnet-world; do
@@ -75,9 +82,9 @@ cleanup() {
 trap cleanup EXIT
 
 NETNS_BEFORE=" $(ip netns list | awk '{print $1}' | tr '\n' ' ')"
-say "cluster world: 2 hosts, etcd, agents, network $CLUSTER ($SUBNET, host-gw)"
+say "cluster world: 2 hosts, etcd, agents, network $CLUSTER ($SUBNET, $MODE)"
 mkfifo "$TMP/world.in"
-PLUGNET_BIN_DIR="$BIN" "$BIN/plugnet-world" pnx 2 10.174.200 "$CLUSTER" "$SUBNET" host-gw <"$TMP/world.in" >"$TMP/world.out" 2>"$TMP/world.log" &
+PLUGNET_BIN_DIR="$BIN" "$BIN/plugnet-world" pnx 2 10.174.200 "$CLUSTER" "$SUBNET" "$MODE" <"$TMP/world.in" >"$TMP/world.out" 2>"$TMP/world.log" &
 WORLD_PID=$!
 exec {WIN}>"$TMP/world.in"
 for _ in $(seq 600); do [ -s "$TMP/world.out" ] && break; kill -0 "$WORLD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -91,7 +98,7 @@ echo "hosts: ${NS[*]}"
 say "dockerd and plugnet-shim per host namespace"
 mkdir -p "$TMP/root/bin"
 cp /bin/busybox "$TMP/root/bin/"
-for c in sh ip ping sleep nc cat ls true; do ln -sf busybox "$TMP/root/bin/$c"; done
+for c in sh ip ping sleep nc cat ls true head wc mkdir httpd; do ln -sf busybox "$TMP/root/bin/$c"; done
 for i in 0 1; do
   mkdir -p "$TMP/h$i/net.d" "$TMP/h$i/ipam"
   nsenter --net="/run/netns/${NS[$i]}" "$BIN/plugnet-shim" --name "$(drv "$i")" --state-dir "$TMP/h$i/state" \
@@ -174,6 +181,26 @@ retry() { for _ in $(seq 20); do "$@" && return 0; sleep 0.5; done; return 1; }
 check "Docker on host 0 -> Docker on host 1 (${IP[1]})" retry pings 0 pnx-c0 "${IP[1]}"
 check "Docker on host 1 -> Docker on host 0 (${IP[0]})" retry pings 1 pnx-c1 "${IP[0]}"
 
+if [ "$MODE" = vxlan ]; then
+  want=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('mtu'))" <"${AGENT[0]}/networks/$CLUSTER.json")
+  for i in 0 1; do
+    got=$(d "$i" exec "pnx-c$i" cat /sys/class/net/eth0/mtu)
+    check "host $i: the Docker container's MTU is the network's ($got, want $want)" test "$got" = "$want"
+  done
+  # Full-size segments from host 1's container to host 0's: busybox httpd serves 4 MiB, nc
+  # fetches it (the static busybox's wget crashes); the reply is the body plus its headers.
+  d 1 exec pnx-c1 sh -c 'mkdir -p /www && head -c 4194304 /dev/zero >/www/f && httpd -p 8080 -h /www'
+  got=0
+  for _ in $(seq 5); do
+    got=$(d 0 exec pnx-c0 sh -c "(printf 'GET /f HTTP/1.0\r\n\r\n'; sleep 2) | nc ${IP[1]} 8080 | wc -c" 2>/dev/null || echo 0)
+    [ "$got" -gt 4194304 ] && break
+    sleep 0.5
+  done
+  check "a 4 MiB TCP transfer between the hosts' Docker containers ($got bytes with headers)" test "$got" -gt 4194304
+fi
+
+[ -n "${PAUSE:-}" ] && { echo "paused ${PAUSE}s (PAUSE)"; sleep "$PAUSE"; }
+
 say "a CNI container on host 1 (the exported conflist of its Docker network)"
 CONFLIST=$(ls "$TMP/h1/net.d/"*.conflist)
 python3 - "$CONFLIST" >"$TMP/cni.json" <<'EOF'
@@ -216,7 +243,8 @@ exec {WIN}>&-
 wait "$WORLD_PID" || fail "plugnet-world exited with $?: $(tail -5 "$TMP/world.log")"; WORLD_PID=
 left=""
 for n in $(ip netns list | awk '{print $1}'); do
-  case "$NETNS_BEFORE" in *" $n "*) ;; *) case "$n" in pnx*) left="$left $n" ;; esac ;; esac
+  # The world's namespaces are pnx<letter>-N; the CNI container's pnx-$X-cni.
+  case "$NETNS_BEFORE" in *" $n "*) ;; *) case "$n" in pnx[a-z]-[0-9]* | "$CNI_NS") left="$left $n" ;; esac ;; esac
 done
 check "no namespace of this run left (world, CNI container)" test -z "$left"
 none_running() { ! pgrep -f "pnx-docker-$X|pnx-$X-|$TMP" >/dev/null; }
