@@ -189,6 +189,7 @@ impl<B: CniBackend> Driver<B> {
                 endpoint_of: BTreeMap::new(),
                 last: None,
                 cluster: Some(cluster.clone()),
+                cluster_subnets: subnets.clone(),
             }
         } else if let Some(name) = req.options.get(OPT_CNI_NETWORK) {
             let conflist = self.backend.load_conflist(name)?;
@@ -226,6 +227,7 @@ impl<B: CniBackend> Driver<B> {
                 endpoint_of: BTreeMap::new(),
                 last: None,
                 cluster: None,
+                cluster_subnets: Vec::new(),
             }
         } else {
             let pool = match want {
@@ -267,6 +269,7 @@ impl<B: CniBackend> Driver<B> {
                 endpoint_of: BTreeMap::new(),
                 last: None,
                 cluster: None,
+                cluster_subnets: Vec::new(),
             }
         };
         if let Some(existing) = st.pools.get(&rec.id) {

@@ -61,6 +61,9 @@ pub struct PoolRecord {
     /// pool's addresses come from; the pool is that network's subnet of the family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// The cluster network's subnets (all families) when `cluster` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_subnets: Vec<IpNetwork>,
 }
 
 /// Why Docker holds an address.

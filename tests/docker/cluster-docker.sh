@@ -19,8 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/packages.sh
 ensure_packages docker.io busybox-static iproute2 iptables etcd-server etcd-client python3
-MODE=host-gw
-[ "${1:-}" = --mode ] && MODE=${2:?--mode host-gw|vxlan}
+MODE=host-gw V6=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mode) MODE=${2:?--mode host-gw|vxlan}; shift 2 ;;
+    --ipv6) V6=fd00:174::/64; shift ;;
+    *) echo "usage: cluster-docker.sh [--mode host-gw|vxlan] [--ipv6]"; exit 2 ;;
+  esac
+done
 case "$MODE" in host-gw | vxlan) ;; *) echo "--mode host-gw|vxlan"; exit 2 ;; esac
 X=$$
 BIN=${PLUGNET_BIN:-$(pwd)/target/debug}
@@ -84,7 +90,7 @@ trap cleanup EXIT
 NETNS_BEFORE=" $(ip netns list | awk '{print $1}' | tr '\n' ' ')"
 say "cluster world: 2 hosts, etcd, agents, network $CLUSTER ($SUBNET, $MODE)"
 mkfifo "$TMP/world.in"
-PLUGNET_BIN_DIR="$BIN" "$BIN/plugnet-world" pnx 2 10.174.200 "$CLUSTER" "$SUBNET" "$MODE" <"$TMP/world.in" >"$TMP/world.out" 2>"$TMP/world.log" &
+PLUGNET_BIN_DIR="$BIN" "$BIN/plugnet-world" pnx 2 10.174.200 "$CLUSTER" "$SUBNET${V6:+,$V6}" "$MODE" <"$TMP/world.in" >"$TMP/world.out" 2>"$TMP/world.log" &
 WORLD_PID=$!
 exec {WIN}>"$TMP/world.in"
 for _ in $(seq 600); do [ -s "$TMP/world.out" ] && break; kill -0 "$WORLD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -121,7 +127,7 @@ say "docker network create on each host (host 0 first, then host 1, which routes
 mknet() { # host [extra args]
   local i=$1; shift
   d "$i" network create -d "$(drv "$i")" --ipam-driver "$(drv "$i")" \
-    --ipam-opt "plugnet.cluster=$CLUSTER" -o plugnet.export=true "$@" "$DNET"
+    --ipam-opt "plugnet.cluster=$CLUSTER" -o plugnet.export=true ${V6:+--ipv6} "$@" "$DNET"
 }
 mknet 0 >/dev/null
 # Docker checks an IPAM pool it did not ask for by --subnet against the host's routes; host 1
@@ -138,7 +144,7 @@ else
   mknet 1 --subnet "$SUBNET" >/dev/null
 fi
 for i in 0 1; do
-  gw=$(d "$i" network inspect -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' "$DNET")
+  gw=$(d "$i" network inspect -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' "$DNET" | awk '{print $1}')
   blocks=$(python3 -c "import json,sys; print(' '.join(b['cidr'] for b in json.load(sys.stdin)['blocks']))" \
     <"${AGENT[$i]}/networks/$CLUSTER.json")
   echo "  host $i: network gateway $gw, blocks $blocks"
@@ -158,8 +164,10 @@ refused "-o plugnet.cluster with Docker's default IPAM" "--ipam-opt plugnet.clus
 refused "an explicit --gateway" "blocks' first" \
   d 0 network create -d "$(drv 0)" --ipam-driver "$(drv 0)" --ipam-opt "plugnet.cluster=$CLUSTER" \
   --subnet "$SUBNET" --gateway 10.174.63.254 pnx-bad
-refused "a second Docker network of the cluster network on one host" "already used by Docker network" \
+[ -n "$V6" ] && refused "an IPv4-only Docker network of a dual-stack cluster network" "with --ipv6" \
   d 0 network create -d "$(drv 0)" --ipam-driver "$(drv 0)" --ipam-opt "plugnet.cluster=$CLUSTER" pnx-bad
+refused "a second Docker network of the cluster network on one host" "already used by Docker network" \
+  d 0 network create -d "$(drv 0)" --ipam-driver "$(drv 0)" --ipam-opt "plugnet.cluster=$CLUSTER" ${V6:+--ipv6} pnx-bad
 
 say "a Docker container per host"
 for i in 0 1; do
@@ -180,6 +188,21 @@ pings() { d "$1" exec "$2" ping -c1 -W2 "$3" >/dev/null 2>&1; }
 retry() { for _ in $(seq 20); do "$@" && return 0; sleep 0.5; done; return 1; }
 check "Docker on host 0 -> Docker on host 1 (${IP[1]})" retry pings 0 pnx-c0 "${IP[1]}"
 check "Docker on host 1 -> Docker on host 0 (${IP[0]})" retry pings 1 pnx-c1 "${IP[0]}"
+IP6=()
+if [ -n "$V6" ]; then
+  for i in 0 1; do
+    IP6[$i]=$(d "$i" inspect -f "{{(index .NetworkSettings.Networks \"$DNET\").GlobalIPv6Address}}" "pnx-c$i")
+    plen=$(d "$i" inspect -f "{{(index .NetworkSettings.Networks \"$DNET\").GlobalIPv6PrefixLen}}" "pnx-c$i")
+    gw6=$(d "$i" exec "pnx-c$i" ip -6 route | awk '/^default/ {print $3}')
+    blocks=$(python3 -c "import json,sys; print(' '.join(b['cidr'] for b in json.load(sys.stdin)['blocks']))" \
+      <"${AGENT[$i]}/networks/$CLUSTER.json")
+    echo "  host $i: pnx-c$i ${IP6[$i]}/$plen via $gw6"
+    check "host $i: the IPv6 address is in a block of this host, with the block's prefix and gateway" \
+      python3 -c "import ipaddress,sys; ip=ipaddress.ip_address('${IP6[$i]}'); gw=ipaddress.ip_address('$gw6'); sys.exit(not any(ip in ipaddress.ip_network(b) and ipaddress.ip_network(b).prefixlen==$plen and ipaddress.ip_network(b).network_address+1==gw for b in '$blocks'.split()))"
+  done
+  check "IPv6: Docker on host 0 -> Docker on host 1 (${IP6[1]})" retry pings 0 pnx-c0 "${IP6[1]}"
+  check "IPv6: Docker on host 1 -> Docker on host 0 (${IP6[0]})" retry pings 1 pnx-c1 "${IP6[0]}"
+fi
 
 if [ "$MODE" = vxlan ]; then
   want=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('mtu'))" <"${AGENT[0]}/networks/$CLUSTER.json")
@@ -220,8 +243,13 @@ CNI_IP=$(python3 -c "import json,sys; print(json.load(sys.stdin)['ips'][0]['addr
 echo "  CNI container on host 1: $CNI_IP"
 check "Docker on host 0 -> CNI on host 1 ($CNI_IP)" retry pings 0 pnx-c0 "$CNI_IP"
 check "CNI on host 1 -> Docker on host 0 (${IP[0]})" retry bash -c "ip netns exec $CNI_NS ping -c1 -W2 ${IP[0]} >/dev/null"
-check "Docker and CNI on host 1 share one store (two claims)" \
-  test "$(ls "${AGENT[1]}/ipam/$CLUSTER/ip" | wc -l)" -eq 2
+if [ -n "$V6" ]; then
+  CNI_IP6=$(python3 -c "import json,sys; print(json.load(sys.stdin)['ips'][1]['address'].split('/')[0])" <"$TMP/cni-add.json")
+  check "IPv6: Docker on host 0 -> CNI on host 1 ($CNI_IP6)" retry pings 0 pnx-c0 "$CNI_IP6"
+fi
+if [ -n "$V6" ]; then claims=4; else claims=2; fi # two attachments, one address per family
+check "Docker and CNI on host 1 share one store ($claims claims)" \
+  test "$(ls "${AGENT[1]}/ipam/$CLUSTER/ip" | wc -l)" -eq "$claims"
 
 say "teardown"
 cni_run DEL >/dev/null; CNI_ID=

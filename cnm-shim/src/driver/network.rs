@@ -43,19 +43,39 @@ impl<B: CniBackend> Driver<B> {
 
         // A cluster network's pools come from this driver's IPAM (`--ipam-opt plugnet.cluster`):
         // Docker's default IPAM would hand the same addresses out on every host.
-        let cluster = {
-            let st = self.lock();
-            let mut names: Vec<String> = subnets
-                .iter()
-                .filter_map(|s| find_pool(&st, &s.pool))
-                .filter_map(|id| st.pools.get(&id).and_then(|p| p.cluster.clone()))
-                .collect();
-            names.dedup();
-            if names.len() > 1 {
-                bail!("pools of different cluster networks: {}", names.join(", "));
-            }
-            names.pop()
-        };
+        let cluster =
+            {
+                let st = self.lock();
+                let pools: Vec<&crate::state::PoolRecord> = subnets
+                    .iter()
+                    .filter_map(|s| find_pool(&st, &s.pool))
+                    .filter_map(|id| st.pools.get(&id))
+                    .filter(|p| p.cluster.is_some())
+                    .collect();
+                let mut names: Vec<String> =
+                    pools.iter().filter_map(|p| p.cluster.clone()).collect();
+                names.dedup();
+                if names.len() > 1 {
+                    bail!("pools of different cluster networks: {}", names.join(", "));
+                }
+                // A CNI ADD takes an address of every family of the cluster network: Docker must
+                // know (and configure) each of them.
+                if let Some(p) = pools.first() {
+                    for fam in [false, true] {
+                        let has = |v6: bool| subnets.iter().any(|s| s.pool.is_ipv6() == v6);
+                        if p.cluster_subnets.iter().any(|s| s.is_ipv6() == fam) && !has(fam) {
+                            bail!(
+                            "cluster network {} has an IPv{} subnet: create the Docker network \
+                             with {}",
+                            names[0],
+                            if fam { 6 } else { 4 },
+                            if fam { "--ipv6" } else { "an IPv4 pool (do not pass --ipv4=false)" }
+                        );
+                        }
+                    }
+                }
+                names.pop()
+            };
         match (opts.get(OPT_CLUSTER), &cluster) {
             (Some(o), Some(c)) if o != c => bail!(
                 "-o {OPT_CLUSTER}={o} differs from the pool's cluster network {c} \

@@ -3,8 +3,8 @@
 //! one JSON line describing it, then holds it until its stdin closes (the script's end, or its
 //! death), and takes everything down.
 //!
-//! `plugnet-world PREFIX HOSTS A.B.C NETWORK SUBNET MODE` (e.g. `pnx 2 10.174.200 pnxn
-//! 10.174.0.0/18 host-gw`); run as root.
+//! `plugnet-world PREFIX HOSTS A.B.C NETWORK SUBNET[,SUBNET…] MODE` (e.g. `pnx 2 10.174.200
+//! pnxn 10.174.0.0/18,fd00:174::/64 host-gw`); run as root.
 use plugnet_tests::cluster::{Topology, World, WorldOptions};
 use serde_json::json;
 use std::io::Read;
@@ -34,9 +34,18 @@ fn main() {
         agent_args: ["--metrics-listen", "off"].map(String::from).to_vec(),
         underlay_base: (base[0], base[1], base[2]),
     });
-    w.cli_ok(&[
-        "network", "create", &args[3], "--subnet", &args[4], "--mode", &args[5],
-    ]);
+    // SUBNET: one CIDR, or several separated by commas (dual stack).
+    let mut create = vec![
+        "network",
+        "create",
+        args[3].as_str(),
+        "--mode",
+        args[5].as_str(),
+    ];
+    for s in args[4].split(',') {
+        create.extend(["--subnet", s]);
+    }
+    w.cli_ok(&create);
     let desc = json!({
         "etcd": w.etcd.endpoints(),
         "hosts": w.hosts.iter().map(|h| json!({
