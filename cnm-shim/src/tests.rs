@@ -1016,4 +1016,32 @@ fn cluster_networks_take_the_cluster_subnet_and_name_it_in_the_conflist() {
         json!({"type": "plugnet-ipam", "cluster": "pnx"})
     );
     assert_eq!(conflist["name"], "pn-cluster-pnx");
+    drop(st);
+
+    // A dual-stack cluster network: an IPv4-only Docker network of it is refused.
+    let e = env();
+    let d = &e.d;
+    d.backend.clusters.lock().unwrap().insert(
+        "pnx6".into(),
+        (
+            vec![
+                "10.174.64.0/18".parse().unwrap(),
+                "fd00:174::/64".parse().unwrap(),
+            ],
+            "10.174.64.0/26".parse().unwrap(),
+        ),
+    );
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"plugnet-local","Pool":"","SubPool":"","Options":{"plugnet.cluster":"pnx6"},"V6":false}),
+    );
+    assert_eq!(p["Pool"], "10.174.64.0/18");
+    let (_, v) = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: {}},
+               "IPv4Data": [{"AddressSpace":"plugnet-local","Pool":"10.174.64.0/18","Gateway":"10.174.64.1/18"}], "IPv6Data": []}),
+    );
+    assert!(v.to_string().contains("with --ipv6"), "{v}");
 }
