@@ -86,6 +86,8 @@ cleanup() {
   if [ "${KEEP:-}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 NETNS_BEFORE=" $(ip netns list | awk '{print $1}' | tr '\n' ' ')"
 say "cluster world: 2 hosts, etcd, agents, network $CLUSTER ($SUBNET, $MODE)"
