@@ -13,18 +13,21 @@
 #     network's (underlay - 50) and a 4 MiB TCP transfer passes between the hosts' Docker
 #     containers;
 #   - nothing is left afterwards (containers, networks, links, staging, stores, namespaces).
-# Usage: cluster-docker.sh [--mode host-gw|vxlan]
+#   - with --routed: the Docker network in plugnet's routed mode (-o plugnet.mode=routed):
+#     host addresses (/32, /128) from the blocks, plugnet's link-local gateways;
+# Usage: cluster-docker.sh [--mode host-gw|vxlan] [--ipv6] [--routed]
 # Objects: pnx*-$$; addresses 10.174.0.0/16 (cluster 10.174.0.0/18, underlay 10.174.200.0/24).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/packages.sh
 ensure_packages docker.io busybox-static iproute2 iptables etcd-server etcd-client python3
-MODE=host-gw V6=
+MODE=host-gw V6= ROUTED=
 while [ $# -gt 0 ]; do
   case "$1" in
     --mode) MODE=${2:?--mode host-gw|vxlan}; shift 2 ;;
     --ipv6) V6=fd00:174::/64; shift ;;
-    *) echo "usage: cluster-docker.sh [--mode host-gw|vxlan] [--ipv6]"; exit 2 ;;
+    --routed) ROUTED=1; shift ;;
+    *) echo "usage: cluster-docker.sh [--mode host-gw|vxlan] [--ipv6] [--routed]"; exit 2 ;;
   esac
 done
 case "$MODE" in host-gw | vxlan) ;; *) echo "--mode host-gw|vxlan"; exit 2 ;; esac
@@ -129,7 +132,7 @@ say "docker network create on each host (host 0 first, then host 1, which routes
 mknet() { # host [extra args]
   local i=$1; shift
   d "$i" network create -d "$(drv "$i")" --ipam-driver "$(drv "$i")" \
-    --ipam-opt "plugnet.cluster=$CLUSTER" -o plugnet.export=true ${V6:+--ipv6} "$@" "$DNET"
+    --ipam-opt "plugnet.cluster=$CLUSTER" -o plugnet.export=true ${V6:+--ipv6} ${ROUTED:+-o plugnet.mode=routed} "$@" "$DNET"
 }
 mknet 0 >/dev/null
 # Docker checks an IPAM pool it did not ask for by --subnet against the host's routes; host 1
@@ -171,6 +174,19 @@ refused "an explicit --gateway" "blocks' first" \
 refused "a second Docker network of the cluster network on one host" "already used by Docker network" \
   d 0 network create -d "$(drv 0)" --ipam-driver "$(drv 0)" --ipam-opt "plugnet.cluster=$CLUSTER" ${V6:+--ipv6} pnx-bad
 
+# An address Docker shows is in one of this host's blocks; in bridge mode with the block's prefix
+# and the block's first address as default gateway, in routed mode a host address behind
+# plugnet's link-local gateway.
+in_block() { # what ip prefixlen default-gateway blocks
+  if [ -n "$ROUTED" ]; then
+    check "$1: $2 is in a block of this host, a host address (/$3), default via $4" \
+      python3 -c "import ipaddress,sys; ip=ipaddress.ip_address('$2'); sys.exit(not (any(ip in ipaddress.ip_network(b) for b in '$5'.split()) and $3 == ip.max_prefixlen and ipaddress.ip_address('$4').is_link_local))"
+  else
+    check "$1: $2 is in a block of this host, with the block's prefix (/$3) and gateway ($4)" \
+      python3 -c "import ipaddress,sys; ip=ipaddress.ip_address('$2'); gw=ipaddress.ip_address('$4'); sys.exit(not any(ip in ipaddress.ip_network(b) and ipaddress.ip_network(b).prefixlen==$3 and ipaddress.ip_network(b).network_address+1==gw for b in '$5'.split()))"
+  fi
+}
+
 say "a Docker container per host"
 for i in 0 1; do
   d "$i" run -d --name "pnx-c$i" --network "$DNET" "$IMG" sleep 600 >/dev/null
@@ -183,8 +199,7 @@ for i in 0 1; do
   blocks=$(python3 -c "import json,sys; print(' '.join(b['cidr'] for b in json.load(sys.stdin)['blocks']))" \
     <"${AGENT[$i]}/networks/$CLUSTER.json")
   echo "  host $i: pnx-c$i ${IP[$i]}/$plen via $defgw"
-  check "host $i: the address is in a block of this host, with the block's prefix and gateway" \
-    python3 -c "import ipaddress,sys; ip=ipaddress.ip_address('${IP[$i]}'); gw=ipaddress.ip_address('$defgw'); sys.exit(not any(ip in ipaddress.ip_network(b) and ipaddress.ip_network(b).prefixlen==$plen and ipaddress.ip_network(b).network_address+1==gw for b in '$blocks'.split()))"
+  in_block "host $i" "${IP[$i]}" "$plen" "$defgw" "$blocks"
 done
 pings() { d "$1" exec "$2" ping -c1 -W2 "$3" >/dev/null 2>&1; }
 retry() { for _ in $(seq 20); do "$@" && return 0; sleep 0.5; done; return 1; }
@@ -199,8 +214,7 @@ if [ -n "$V6" ]; then
     blocks=$(python3 -c "import json,sys; print(' '.join(b['cidr'] for b in json.load(sys.stdin)['blocks']))" \
       <"${AGENT[$i]}/networks/$CLUSTER.json")
     echo "  host $i: pnx-c$i ${IP6[$i]}/$plen via $gw6"
-    check "host $i: the IPv6 address is in a block of this host, with the block's prefix and gateway" \
-      python3 -c "import ipaddress,sys; ip=ipaddress.ip_address('${IP6[$i]}'); gw=ipaddress.ip_address('$gw6'); sys.exit(not any(ip in ipaddress.ip_network(b) and ipaddress.ip_network(b).prefixlen==$plen and ipaddress.ip_network(b).network_address+1==gw for b in '$blocks'.split()))"
+    in_block "host $i" "${IP6[$i]}" "$plen" "$gw6" "$blocks"
   done
   check "IPv6: Docker on host 0 -> Docker on host 1 (${IP6[1]})" retry pings 0 pnx-c0 "${IP6[1]}"
   check "IPv6: Docker on host 1 -> Docker on host 0 (${IP6[0]})" retry pings 1 pnx-c1 "${IP6[0]}"
