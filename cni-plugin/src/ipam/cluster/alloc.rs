@@ -320,7 +320,7 @@ fn with_room<T>(
     loop {
         let store = c.open(true)?.expect("created");
         let need: Vec<u8> = {
-            let _guard = store
+            let guard = store
                 .lock()
                 .map_err(|e| c.fail(ErrorCode::Io, format!("lock the store: {e}")))?;
             match c.read()? {
@@ -352,7 +352,7 @@ fn with_room<T>(
                     } else {
                         match attempt(&store, &f)? {
                             Some(v) => {
-                                drop(_guard);
+                                drop(guard);
                                 return Ok((v, store));
                             }
                             None => families.to_vec(),
