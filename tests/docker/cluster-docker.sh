@@ -106,17 +106,23 @@ for i in 0 1; do
 done
 echo "hosts: ${NS[*]}"
 
+start_shim() {
+  local i=$1
+  nsenter --net="/run/netns/${NS[$i]}" "$BIN/plugnet-shim" --name "$(drv "$i")" --state-dir "$TMP/h$i/state" \
+    --cni-conf-dir "$TMP/h$i/net.d" --cni-path "$BIN" --ipam-data-dir "$TMP/h$i/ipam" \
+    --agent-dir "${AGENT[$i]}" --firewall-state-dir "$TMP/h$i/fw" --log-level debug \
+    >>"$TMP/shim$i.log" 2>&1 {WIN}>&- &
+  SPID[$i]=$!
+  for _ in $(seq 100); do [ -S "/run/docker/plugins/$(drv "$i").sock" ] && return 0; sleep 0.05; done
+}
+
 say "dockerd and plugnet-shim per host namespace"
 mkdir -p "$TMP/root/bin"
 cp /bin/busybox "$TMP/root/bin/"
 for c in sh ip ping sleep nc cat ls true head wc mkdir httpd; do ln -sf busybox "$TMP/root/bin/$c"; done
 for i in 0 1; do
   mkdir -p "$TMP/h$i/net.d" "$TMP/h$i/ipam"
-  nsenter --net="/run/netns/${NS[$i]}" "$BIN/plugnet-shim" --name "$(drv "$i")" --state-dir "$TMP/h$i/state" \
-    --cni-conf-dir "$TMP/h$i/net.d" --cni-path "$BIN" --ipam-data-dir "$TMP/h$i/ipam" \
-    --agent-dir "${AGENT[$i]}" --firewall-state-dir "$TMP/h$i/fw" --log-level debug \
-    >"$TMP/shim$i.log" 2>&1 {WIN}>&- &
-  SPID[$i]=$!
+  start_shim "$i"
   nsenter --net="/run/netns/${NS[$i]}" dockerd --data-root "$(droot "$i")" --exec-root "$(eroot "$i")" --pidfile "$(eroot "$i").pid" \
     -H "unix://$(dsock "$i")" --bridge=none --iptables=false --ip6tables=false >"$TMP/dockerd$i.log" 2>&1 {WIN}>&- &
   DPID[$i]=$!
@@ -237,6 +243,16 @@ if [ "$MODE" = vxlan ]; then
   done
   check "a 4 MiB TCP transfer between the hosts' Docker containers ($got bytes with headers)" test "$got" -gt 4194304
 fi
+
+say "host 0's shim restarted: its state (cluster pool, endpoint) is on disk"
+kill -TERM "${SPID[0]}"; wait "${SPID[0]}" 2>/dev/null || true
+start_shim 0
+d 0 run -d --name pnx-c0b --network "$DNET" "$IMG" sleep 600 >/dev/null
+IPB=$(d 0 inspect -f "{{(index .NetworkSettings.Networks \"$DNET\").IPAddress}}" pnx-c0b)
+check "a new container on host 0 ($IPB) after the restart reaches host 1" retry pings 0 pnx-c0b "${IP[1]}"
+check "the container from before the restart still reaches host 1" retry pings 0 pnx-c0 "${IP[1]}"
+check "the new container got another address" test "$IPB" != "${IP[0]}"
+d 0 rm -f pnx-c0b >/dev/null
 
 [ -n "${PAUSE:-}" ] && { echo "paused ${PAUSE}s (PAUSE)"; sleep "$PAUSE"; }
 
