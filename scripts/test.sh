@@ -63,6 +63,12 @@ if [ $# -eq 0 ]; then
   tests/docker/shim-fire.sh 2>&1 | grep -v 'level=' | tee -a "$log"
   # Names between Docker (through the shim) and podman on one network, both directions.
   tests/docker/names-docker.sh 2>&1 | tee -a "$log"
+  # Docker across hosts (issue 22): a dockerd + shim per host namespace of a cluster world;
+  # Docker <-> Docker and Docker <-> CNI across hosts, dual stack, bridge and routed mode;
+  # VXLAN: the MTU and a 4 MiB transfer.
+  tests/docker/cluster-docker.sh --mode host-gw --ipv6 2>&1 | tee -a "$log"
+  tests/docker/cluster-docker.sh --mode vxlan --ipv6 2>&1 | tee -a "$log"
+  tests/docker/cluster-docker.sh --mode vxlan --ipv6 --routed 2>&1 | tee -a "$log"
 fi
 
 if [ $# -eq 0 ]; then

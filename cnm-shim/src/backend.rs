@@ -84,6 +84,11 @@ pub trait CniBackend: Send + Sync + 'static {
         requested: Option<IpAddr>,
         docker_held: &dyn Fn(IpAddr) -> bool,
     ) -> Result<IpNetwork>;
+    /// A cluster network's subnets and this host's first block of a family (`ipam` names the
+    /// network: `{"type":"plugnet-ipam","cluster":…}`), asking the agent to serve it here first.
+    fn cluster_view(&self, _ipam: &Value, _v6: bool) -> Result<(Vec<IpNetwork>, IpNetwork)> {
+        anyhow::bail!("cluster networks are not supported by this backend")
+    }
     /// Hand a reservation from one owner to another (before the CNI ADD adopts it).
     fn ipam_transfer(&self, pool: &PoolCtx, from: &Holder, to: &Holder) -> Result<()>;
     /// Release everything `owner` holds in the pool's store; unknown owner is success.
@@ -146,6 +151,8 @@ pub mod fake {
         pub fail_attach: Mutex<Option<String>>,
         /// Links that exist "in the kernel" before the driver makes any.
         pub links: Mutex<Vec<String>>,
+        /// Cluster networks: name → (subnets, this host's block).
+        pub clusters: Mutex<HashMap<String, (Vec<IpNetwork>, IpNetwork)>>,
     }
 
     impl FakeBackend {
@@ -209,6 +216,18 @@ pub mod fake {
             };
             st.insert((net, ip), owner.clone());
             Ok(IpNetwork::new(ip, pool.range.subnet.prefix())?)
+        }
+        fn cluster_view(&self, ipam: &Value, v6: bool) -> Result<(Vec<IpNetwork>, IpNetwork)> {
+            let name = ipam["cluster"].as_str().unwrap_or_default();
+            let (subnets, block) = self
+                .clusters
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("cluster network {name}: not running here"))?;
+            anyhow::ensure!(block.is_ipv6() == v6, "no block of the family");
+            Ok((subnets, block))
         }
         fn ipam_transfer(&self, pool: &PoolCtx, from: &Holder, to: &Holder) -> Result<()> {
             let mut st = self.store.lock().unwrap();

@@ -197,6 +197,13 @@ impl CniBackend for RealBackend {
         Ok(IpNetwork::new(ip, pool.range.subnet.prefix())?)
     }
 
+    fn cluster_view(&self, ipam: &Value, v6: bool) -> Result<(Vec<IpNetwork>, IpNetwork)> {
+        let c = plugnet::ipam::cluster::alloc::ClusterRef::of(&serde_json::json!({ "ipam": ipam }))
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("ipam names no cluster network"))?;
+        plugnet::ipam::cluster::alloc::host_view(&c, v6).map_err(|e| anyhow!("{e}"))
+    }
+
     fn ipam_transfer(&self, pool: &PoolCtx, from: &Holder, to: &Holder) -> Result<()> {
         if ipam_type(&pool.ipam) != PLUGNET_IPAM {
             return Ok(());
@@ -224,14 +231,8 @@ impl CniBackend for RealBackend {
         if ipam_type(&pool.ipam) != PLUGNET_IPAM {
             return Ok(0);
         }
-        let data_dir = pool
-            .ipam
-            .get("dataDir")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(plugnet::ipam::config::DEFAULT_DATA_DIR);
-        let records = plugnet::ipam::records(std::path::Path::new(data_dir), &pool.cni_network)
-            .map_err(|e| anyhow!("{e}"))?;
+        let records =
+            plugnet::ipam::records_of(&pool.ipam, &pool.cni_network).map_err(|e| anyhow!("{e}"))?;
         let mut n = 0;
         for r in records {
             let in_pool = r.ips.iter().any(|ip| pool.range.subnet.contains(*ip));

@@ -8,7 +8,7 @@
 
 use crate::api::*;
 use crate::backend::{CniBackend, Holder, PoolCtx};
-use crate::driver::{Driver, OPT_CNI_NETWORK, OPT_NAME};
+use crate::driver::{Driver, OPT_CLUSTER, OPT_CNI_NETWORK, OPT_NAME};
 use crate::state::{valid_id, AddrKind, Kind, PoolRecord, State};
 use crate::translate::{self, pool_name, Range};
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,6 +39,19 @@ impl<B: CniBackend> Driver<B> {
 
     /// The store context of a pool: which CNI network and `ipam` object it allocates in.
     pub(crate) fn pool_ctx(&self, p: &PoolRecord) -> PoolCtx {
+        if let Some(cluster) = &p.cluster {
+            return PoolCtx {
+                cni_network: p.cni_network.clone(),
+                ipam: self.cluster_ipam(cluster),
+                range: Range {
+                    subnet: p.pool,
+                    gateway: p.gateway,
+                    start: None,
+                    end: None,
+                },
+                last: p.last,
+            };
+        }
         if p.from_conflist.is_some() {
             let range = translate::ipam_ranges(&p.conflist_ipam)
                 .ok()
@@ -80,6 +93,15 @@ impl<B: CniBackend> Driver<B> {
         }
     }
 
+    /// The `ipam` object of a cluster network's conflist (and of its pools' store calls).
+    pub(crate) fn cluster_ipam(&self, cluster: &str) -> serde_json::Value {
+        let mut ipam = json!({"type": "plugnet-ipam", "cluster": cluster});
+        if let Some(d) = &self.cfg.agent_dir {
+            ipam["agentDir"] = json!(d);
+        }
+        ipam
+    }
+
     pub fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
         if req.pool.is_empty() && !req.sub_pool.is_empty() {
             bail!("a sub-pool ({}) needs an explicit pool", req.sub_pool);
@@ -112,7 +134,64 @@ impl<B: CniBackend> Driver<B> {
             }
         }
         let mut st = self.lock();
-        let mut rec = if let Some(name) = req.options.get(OPT_CNI_NETWORK) {
+        let mut rec = if let Some(cluster) = req.options.get(OPT_CLUSTER) {
+            if req.options.contains_key(OPT_CNI_NETWORK) {
+                bail!("{OPT_CLUSTER} and {OPT_CNI_NETWORK} exclude each other");
+            }
+            if sub.is_some() {
+                bail!("a cluster network's pool has no sub-pool (--ip-range): its blocks decide");
+            }
+            if !valid_id(cluster) {
+                bail!("{OPT_CLUSTER} {cluster:?} is not a valid cluster network name");
+            }
+            // Outside the state lock: this may wait for the agent (at most 2 s).
+            drop(st);
+            let (subnets, block) = self
+                .backend
+                .cluster_view(&self.cluster_ipam(cluster), req.v6)
+                .with_context(|| format!("cluster network {cluster} on this host"))?;
+            st = self.lock();
+            let pool = subnets
+                .iter()
+                .copied()
+                .find(|s| s.is_ipv6() == req.v6 && want.is_none_or(|w| w == *s))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "cluster network {cluster} has no IPv{} subnet{} (its subnets: {})",
+                        if req.v6 { 6 } else { 4 },
+                        want.map(|w| format!(" equal to {w}")).unwrap_or_default(),
+                        subnets
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            let cni_network = match req.options.get(OPT_NAME) {
+                Some(n) if valid_id(n) => n.clone(),
+                Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
+                None => format!("pn-cluster-{cluster}"),
+            };
+            PoolRecord {
+                id: format!("{cni_network}.{}", pool_name(&pool)),
+                pool,
+                sub_pool: None,
+                v6: req.v6,
+                refs: 0,
+                // The gateway Docker records for the network: this host's first block's
+                // (containers get their own block's in the Join reply).
+                gateway: Some(translate::usable_bounds(&block).0),
+                cni_network,
+                from_conflist: None,
+                conflist_ipam: serde_json::Value::Null,
+                addresses: BTreeMap::new(),
+                owners: BTreeMap::new(),
+                endpoint_of: BTreeMap::new(),
+                last: None,
+                cluster: Some(cluster.clone()),
+                cluster_subnets: subnets.clone(),
+            }
+        } else if let Some(name) = req.options.get(OPT_CNI_NETWORK) {
             let conflist = self.backend.load_conflist(name)?;
             let cni_name = conflist["name"].as_str().unwrap_or(name).to_string();
             let ipam = translate::conflist_ipam(&conflist)
@@ -147,6 +226,8 @@ impl<B: CniBackend> Driver<B> {
                 owners: BTreeMap::new(),
                 endpoint_of: BTreeMap::new(),
                 last: None,
+                cluster: None,
+                cluster_subnets: Vec::new(),
             }
         } else {
             let pool = match want {
@@ -187,6 +268,8 @@ impl<B: CniBackend> Driver<B> {
                 owners: BTreeMap::new(),
                 endpoint_of: BTreeMap::new(),
                 last: None,
+                cluster: None,
+                cluster_subnets: Vec::new(),
             }
         };
         if let Some(existing) = st.pools.get(&rec.id) {
@@ -207,6 +290,15 @@ impl<B: CniBackend> Driver<B> {
                     existing.pool
                 );
             }
+            if want.is_none() && existing.cluster.is_some() && existing.refs > 0 && pending {
+                bail!(
+                    "cluster network {} ({}) overlaps routes of this host (to other hosts' blocks, \
+                     or its own bridge); add --subnet {} so Docker skips its overlap check",
+                    existing.cluster.as_deref().unwrap_or_default(),
+                    existing.pool,
+                    existing.pool
+                );
+            }
             rec = existing.clone();
         } else if let Some(o) = st
             .pools
@@ -224,7 +316,7 @@ impl<B: CniBackend> Driver<B> {
             .put(Kind::Pool, &rec.id, &rec)
             .context("persist pool")?;
         let mut data = BTreeMap::new();
-        if rec.from_conflist.is_some() {
+        if rec.from_conflist.is_some() || rec.cluster.is_some() {
             if let Some(g) = rec.gateway {
                 data.insert(
                     GATEWAY_OPTION.to_string(),
@@ -332,6 +424,12 @@ impl<B: CniBackend> Driver<B> {
                 (Some(r), Some(g), true) if r != g => {
                     bail!("gateway {r} differs from the CNI network's gateway {g}")
                 }
+                (Some(r), Some(g), _) if r != g && rec.cluster.is_some() => {
+                    bail!(
+                        "gateway {r}: a cluster network's gateways are its blocks' first \
+                         addresses (this host's: {g}); create it without --gateway"
+                    )
+                }
                 (Some(r), _, _) => r,
                 (None, Some(g), _) => g,
                 (None, None, _) => translate::usable_bounds(&rec.pool).0,
@@ -378,12 +476,18 @@ impl<B: CniBackend> Driver<B> {
                 .unwrap_or(0),
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
+        // A cluster pool's address carries its block's prefix: the container's on-link network
+        // is its block, as for CNI containers; the rest of the cluster is behind the gateway.
+        let mut block_prefix = None;
         let ip = if in_range {
             let held = |ip: IpAddr| rec.addresses.contains_key(&ip);
             let got = self
                 .backend
                 .ipam_reserve(&ctx, &placeholder(&owner), requested, &held)
                 .with_context(|| format!("reserve address in {}", ctx.cni_network))?;
+            if rec.cluster.is_some() {
+                block_prefix = Some(got.prefix());
+            }
             got.ip()
         } else {
             // An aux address outside the allocatable range: the store never hands it out.
@@ -401,7 +505,10 @@ impl<B: CniBackend> Driver<B> {
             return Err(e).context("persist pool");
         }
         let resp = RequestAddressResponse {
-            address: endpoint_cidr(ip),
+            address: match block_prefix {
+                Some(p) if !routed => format!("{ip}/{p}"),
+                _ => endpoint_cidr(ip),
+            },
             data: BTreeMap::new(),
         };
         st.pools.insert(rec.id.clone(), rec);

@@ -41,6 +41,13 @@ struct Cli {
     /// Main plugin type of derived conflists (`plugnet`; the reference `bridge` also fits).
     #[arg(long, default_value = "plugnet")]
     bridge_plugin: String,
+    /// plugnet-agent's state dir, written as `agentDir` into the IPAM of cluster networks
+    /// (`--ipam-opt plugnet.cluster=NAME`; default: the agent's, /var/lib/plugnet/agent).
+    #[arg(long)]
+    agent_dir: Option<String>,
+    /// `firewallStateDir` of derived conflists (default: plugnet's, /var/lib/plugnet/firewall).
+    #[arg(long)]
+    firewall_state_dir: Option<String>,
     /// Masquerade derived networks' outbound traffic (`ipMasq`), as Docker's bridge does;
     /// `--ip-masq=false` turns it off (`-o com.docker.network.bridge.enable_ip_masquerade=…` decides per network).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -167,6 +174,8 @@ fn run(cli: Cli) -> Result<()> {
     cfg.ipam_data_dir = cli.ipam_data_dir.clone();
     cfg.bridge_plugin = cli.bridge_plugin.clone();
     cfg.default_ip_masq = cli.ip_masq;
+    cfg.agent_dir = cli.agent_dir.clone();
+    cfg.firewall_state_dir = cli.firewall_state_dir.clone();
     if !cli.default_pools.is_empty() {
         cfg.default_pools_v4 = cli.default_pools.clone();
     }

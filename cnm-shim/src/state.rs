@@ -57,6 +57,13 @@ pub struct PoolRecord {
     /// Last address handed out (round-robin cursor for stores that have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<IpAddr>,
+    /// The cluster network (`--ipam-opt plugnet.cluster=NAME`) whose blocks on this host the
+    /// pool's addresses come from; the pool is that network's subnet of the family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The cluster network's subnets (all families) when `cluster` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_subnets: Vec<IpNetwork>,
 }
 
 /// Why Docker holds an address.

@@ -959,3 +959,89 @@ fn cleanup_deletes_only_links_plugnet_named() {
     att.peer = Some("eth0".into());
     assert!(crate::cni::owned_links(EP, &att).is_empty());
 }
+
+#[test]
+fn cluster_networks_take_the_cluster_subnet_and_name_it_in_the_conflist() {
+    let e = env();
+    let d = &e.d;
+    // Docker's default IPAM with -o plugnet.cluster: refused, saying what to add.
+    let (_, v) = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: {"plugnet.cluster": "pnx"}},
+               "IPv4Data": [{"AddressSpace":"LocalDefault","Pool":"10.174.0.0/16","Gateway":"10.174.0.1/16"}], "IPv6Data": []}),
+    );
+    assert!(
+        v["Err"]
+            .as_str()
+            .unwrap()
+            .contains("--ipam-opt plugnet.cluster=pnx"),
+        "{v}"
+    );
+    // Not served here (no agent): RequestPool says which step failed.
+    let (_, v) = call(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"plugnet-local","Pool":"","SubPool":"","Options":{"plugnet.cluster":"pnx"},"V6":false}),
+    );
+    assert!(
+        v.to_string().contains("cluster network pnx on this host"),
+        "{v}"
+    );
+    d.backend.clusters.lock().unwrap().insert(
+        "pnx".into(),
+        (
+            vec!["10.174.0.0/16".parse().unwrap()],
+            "10.174.3.64/26".parse().unwrap(),
+        ),
+    );
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"plugnet-local","Pool":"","SubPool":"","Options":{"plugnet.cluster":"pnx"},"V6":false}),
+    );
+    assert_eq!(p["Pool"], "10.174.0.0/16");
+    // The gateway Docker records is this host's block's (no RequestAddress for it).
+    assert_eq!(p["Data"][GATEWAY_OPTION], "10.174.3.65/16");
+    ok(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: {"plugnet.cluster": "pnx"}},
+               "IPv4Data": [{"AddressSpace":"plugnet-local","Pool":"10.174.0.0/16","Gateway":"10.174.3.65/16"}], "IPv6Data": []}),
+    );
+    let st = d.lock();
+    let conflist = &st.networks[NET].conflist;
+    assert_eq!(
+        conflist["plugins"][0]["ipam"],
+        json!({"type": "plugnet-ipam", "cluster": "pnx"})
+    );
+    assert_eq!(conflist["name"], "pn-cluster-pnx");
+    drop(st);
+
+    // A dual-stack cluster network: an IPv4-only Docker network of it is refused.
+    let e = env();
+    let d = &e.d;
+    d.backend.clusters.lock().unwrap().insert(
+        "pnx6".into(),
+        (
+            vec![
+                "10.174.64.0/18".parse().unwrap(),
+                "fd00:174::/64".parse().unwrap(),
+            ],
+            "10.174.64.0/26".parse().unwrap(),
+        ),
+    );
+    let p = ok(
+        d,
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace":"plugnet-local","Pool":"","SubPool":"","Options":{"plugnet.cluster":"pnx6"},"V6":false}),
+    );
+    assert_eq!(p["Pool"], "10.174.64.0/18");
+    let (_, v) = call(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": NET, "Options": {GENERIC_OPTION: {}},
+               "IPv4Data": [{"AddressSpace":"plugnet-local","Pool":"10.174.64.0/18","Gateway":"10.174.64.1/18"}], "IPv6Data": []}),
+    );
+    assert!(v.to_string().contains("with --ipv6"), "{v}");
+}

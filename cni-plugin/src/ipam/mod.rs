@@ -198,7 +198,7 @@ fn keep_reservation(req: &Request) -> bool {
 /// again as a reservation); unknown attachments are success.
 pub fn del(req: &Request) -> Result<(), CniError> {
     if let Some(c) = cluster::alloc::ClusterRef::of(&req.raw).ok().flatten() {
-        return cluster::alloc::del(&c, req);
+        return cluster::alloc::del(&c, req, keep_reservation(req));
     }
     match Files(&data_dir_of(&req.raw)).open(&req.config.name, false)? {
         Some(store) if keep_reservation(req) => {
@@ -308,6 +308,9 @@ pub fn reserve(
     v6: bool,
 ) -> Result<IpNetwork, CniError> {
     validate_owner(owner)?;
+    if let Some(c) = cluster_of(ipam_conf)? {
+        return cluster::alloc::reserve(&c, network, owner, requested, v6);
+    }
     let mut cfg = lib_config(ipam_conf)?;
     cfg.ranges
         .retain(|set| set.first().is_some_and(|r| r.subnet.is_ipv6() == v6));
@@ -334,6 +337,12 @@ pub fn transfer(
 ) -> Result<(), CniError> {
     validate_owner(from)?;
     validate_owner(to)?;
+    if let Some(c) = cluster_of(ipam_conf)? {
+        return match cluster::alloc::store(&c)? {
+            Some(store) => allocator::transfer(&store, from, to, hold),
+            None => Ok(()),
+        };
+    }
     let store = created(
         &Files(&data_dir_of(&serde_json::json!({ "ipam": ipam_conf }))),
         network,
@@ -348,10 +357,39 @@ pub fn release_owner(
     owner: &Owner,
 ) -> Result<Vec<IpAddr>, CniError> {
     validate_owner(owner)?;
+    if let Some(c) = cluster_of(ipam_conf)? {
+        return match cluster::alloc::store(&c)? {
+            Some(store) => allocator::release(&store, owner),
+            None => Ok(Vec::new()),
+        };
+    }
     match Files(&data_dir_of(&serde_json::json!({ "ipam": ipam_conf }))).open(network, false)? {
         Some(store) => allocator::release(&store, owner),
         None => Ok(Vec::new()),
     }
+}
+
+/// The cluster network an `ipam` object names (`"cluster"`), if any: the library entry points
+/// below then work in that network's store on this host (the agent's blocks).
+fn cluster_of(ipam_conf: &Value) -> Result<Option<cluster::alloc::ClusterRef>, CniError> {
+    cluster::alloc::ClusterRef::of(&serde_json::json!({ "ipam": ipam_conf }))
+}
+
+/// Every record of the store an `ipam` object allocates in (a cluster network's on this host,
+/// or `network`'s under its `dataDir`).
+pub fn records_of(ipam_conf: &Value, network: &str) -> Result<Vec<Record>, CniError> {
+    if let Some(c) = cluster_of(ipam_conf)? {
+        return match cluster::alloc::store(&c)? {
+            Some(store) => store
+                .records()
+                .map_err(|e| CniError::io(format!("ipam store: list records: {e}"))),
+            None => Ok(Vec::new()),
+        };
+    }
+    records(
+        &data_dir_of(&serde_json::json!({ "ipam": ipam_conf })),
+        network,
+    )
 }
 
 /// Every record of a network's store (for listing and reconciliation).

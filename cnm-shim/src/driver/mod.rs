@@ -43,6 +43,9 @@ pub const OPT_EXPORT: &str = "plugnet.export";
 pub const OPT_MODE: &str = "plugnet.mode";
 /// `--ipam-opt` option: name of the CNI network (and store) for a derived pool.
 pub const OPT_NAME: &str = "plugnet.name";
+/// `--ipam-opt` (and, optionally, `-o`) option: the cluster network (docs/cluster.md) whose
+/// blocks on this host the pool's addresses come from.
+pub const OPT_CLUSTER: &str = "plugnet.cluster";
 
 /// Static configuration of the driver.
 #[derive(Debug, Clone)]
@@ -60,6 +63,11 @@ pub struct DriverConfig {
     pub bridge_plugin: String,
     /// `ipMasq` of derived conflists unless `-o com.docker.network.bridge.enable_ip_masquerade`.
     pub default_ip_masq: bool,
+    /// plugnet-agent's state dir written as `agentDir` into cluster networks' IPAM (None: the
+    /// agent's default, `/var/lib/plugnet/agent`).
+    pub agent_dir: Option<String>,
+    /// `firewallStateDir` of derived conflists (None: plugnet's default).
+    pub firewall_state_dir: Option<String>,
 }
 
 impl DriverConfig {
@@ -73,6 +81,8 @@ impl DriverConfig {
             ipam_data_dir: None,
             bridge_plugin: "plugnet".into(),
             default_ip_masq: false,
+            agent_dir: None,
+            firewall_state_dir: None,
         }
     }
 }

@@ -41,6 +41,56 @@ impl<B: CniBackend> Driver<B> {
             });
         }
 
+        // A cluster network's pools come from this driver's IPAM (`--ipam-opt plugnet.cluster`):
+        // Docker's default IPAM would hand the same addresses out on every host.
+        let cluster =
+            {
+                let st = self.lock();
+                let pools: Vec<&crate::state::PoolRecord> = subnets
+                    .iter()
+                    .filter_map(|s| find_pool(&st, &s.pool))
+                    .filter_map(|id| st.pools.get(&id))
+                    .filter(|p| p.cluster.is_some())
+                    .collect();
+                let mut names: Vec<String> =
+                    pools.iter().filter_map(|p| p.cluster.clone()).collect();
+                names.dedup();
+                if names.len() > 1 {
+                    bail!("pools of different cluster networks: {}", names.join(", "));
+                }
+                // A CNI ADD takes an address of every family of the cluster network: Docker must
+                // know (and configure) each of them.
+                if let Some(p) = pools.first() {
+                    for fam in [false, true] {
+                        let has = |v6: bool| subnets.iter().any(|s| s.pool.is_ipv6() == v6);
+                        if p.cluster_subnets.iter().any(|s| s.is_ipv6() == fam) && !has(fam) {
+                            bail!(
+                            "cluster network {} has an IPv{} subnet: create the Docker network \
+                             with {}",
+                            names[0],
+                            if fam { 6 } else { 4 },
+                            if fam { "--ipv6" } else { "an IPv4 pool (do not pass --ipv4=false)" }
+                        );
+                        }
+                    }
+                }
+                names.pop()
+            };
+        match (opts.get(OPT_CLUSTER), &cluster) {
+            (Some(o), Some(c)) if o != c => bail!(
+                "-o {OPT_CLUSTER}={o} differs from the pool's cluster network {c} \
+                 (--ipam-opt {OPT_CLUSTER})"
+            ),
+            (Some(o), None) => bail!(
+                "-o {OPT_CLUSTER}={o} needs this driver's IPAM with the same option: \
+                 --ipam-driver <this driver> --ipam-opt {OPT_CLUSTER}={o} (another IPAM would hand \
+                 the same addresses out on every host)"
+            ),
+            _ => {}
+        }
+        if cluster.is_some() && opts.contains_key(OPT_CNI_NETWORK) {
+            bail!("{OPT_CLUSTER} and {OPT_CNI_NETWORK} exclude each other");
+        }
         if let Some(name) = opts.get(OPT_CNI_NETWORK) {
             let conflist = self.backend.load_conflist(name)?;
             let ranges = translate::conflist_ipam(&conflist)
@@ -154,7 +204,14 @@ impl<B: CniBackend> Driver<B> {
         if !routed {
             crate::validate::ifname("bridge name", &derive.bridge)?;
         }
-        let conflist = translate::derive_conflist(&cni_name, &ranges, &derive);
+        let mut conflist = translate::derive_conflist(&cni_name, &ranges, &derive);
+        if let Some(c) = &cluster {
+            // The agent's blocks decide the addresses and gateways (docs/cluster.md).
+            conflist["plugins"][0]["ipam"] = self.cluster_ipam(c);
+        }
+        if let Some(dir) = &self.cfg.firewall_state_dir {
+            conflist["plugins"][0]["firewallStateDir"] = json!(dir);
+        }
         let exported = truthy(opts.get(OPT_EXPORT));
         if exported {
             self.backend

@@ -226,16 +226,105 @@ fn config(req: &Request, f: &NetworkFile) -> Result<IpamConfig, CniError> {
 /// ADD: addresses from this host's blocks, asking the agent for room when they are full.
 pub fn take(c: &ClusterRef, req: &Request) -> Result<(CniResult, FileStore), CniError> {
     bind(c, &req.config.name)?;
+    let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+    with_room(c, &[4, 6], |store, f| {
+        let cfg = config(req, f)?;
+        match allocator::allocate_unsynced(
+            &Locked(store),
+            &cfg.ranges,
+            &owner,
+            &cfg.requested,
+            Hold::Attached,
+        ) {
+            Ok(ips) => Ok(Some(CniResult {
+                interfaces: Vec::new(),
+                ips,
+                routes: cfg.routes,
+                dns: cfg.dns,
+            })),
+            Err(e) if e.code == ErrorCode::NotAvailable && cfg.requested.is_empty() => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Docker's reservation ahead of its ADD (plugnet-shim's IpamDriver): one address of one
+/// family in this host's blocks, held as a reservation by `owner` in the same store CNI ADDs
+/// allocate from; the ADD of the CNI network `cni_network` adopts it. Returns the address
+/// with its block's prefix (the container's on-link network is its block, as for CNI).
+pub fn reserve(
+    c: &ClusterRef,
+    cni_network: &str,
+    owner: &Owner,
+    requested: Option<IpAddr>,
+    v6: bool,
+) -> Result<IpNetwork, CniError> {
+    bind(c, cni_network)?;
+    let fam = if v6 { 6 } else { 4 };
+    let requested: Vec<IpAddr> = requested.into_iter().collect();
+    let (ip, store) = with_room(c, &[fam], |store, f| {
+        let ranges: Vec<Vec<crate::ipam::config::Range>> = f
+            .active()
+            .filter(|b| b.is_ipv6() == v6)
+            .map(|b| vec![super::block_range(b)])
+            .collect();
+        // One range set of the family, every active block a range of it.
+        let set: Vec<_> = ranges.into_iter().flatten().collect();
+        if let Some(ip) = requested.first() {
+            if !set.iter().any(|r| r.subnet.contains(*ip)) {
+                return Err(c.fail(
+                    ErrorCode::InvalidConfig,
+                    format!("{ip} is in no block this host holds"),
+                ));
+            }
+        }
+        match allocator::allocate_unsynced(
+            &Locked(store),
+            &[set],
+            owner,
+            &requested,
+            Hold::Reserved,
+        ) {
+            Ok(ips) => Ok(ips.into_iter().next().map(|i| i.address)),
+            Err(e) if e.code == ErrorCode::NotAvailable && requested.is_empty() => Ok(None),
+            Err(e) => Err(e),
+        }
+    })?;
+    store.sync().map_err(allocator::store_err("sync"))?;
+    Ok(ip)
+}
+
+/// The subnets of the cluster network and this host's first active block of a family, asking
+/// the agent to serve the network here (and claim a block) when it does not yet: what
+/// plugnet-shim's RequestPool answers Docker.
+pub fn host_view(c: &ClusterRef, v6: bool) -> Result<(Vec<IpNetwork>, IpNetwork), CniError> {
+    let fam = if v6 { 6 } else { 4 };
+    let (view, _) = with_room(c, &[fam], |_, f| {
+        Ok(f.active()
+            .find(|b| b.is_ipv6() == v6)
+            .map(|b| (f.subnets.clone(), b)))
+    })?;
+    Ok(view)
+}
+
+/// Run `attempt` under the store's lock over the network file while this host holds blocks
+/// of every family in `families`; when it finds no room (`Ok(None)`) or a family has no block,
+/// ask the agent for one and try again, for at most [`super::GROW_WAIT`].
+fn with_room<T>(
+    c: &ClusterRef,
+    families: &[u8],
+    mut attempt: impl FnMut(&FileStore, &NetworkFile) -> Result<Option<T>, CniError>,
+) -> Result<(T, FileStore), CniError> {
     let start = Instant::now();
     let mut asked = 0;
     loop {
         let store = c.open(true)?.expect("created");
         let need: Vec<u8> = {
-            let _guard = store
+            let guard = store
                 .lock()
                 .map_err(|e| c.fail(ErrorCode::Io, format!("lock the store: {e}")))?;
             match c.read()? {
-                None => vec![4, 6],
+                None => families.to_vec(),
                 Some(f) if f.removed => {
                     return Err(c.fail(
                         ErrorCode::NotAvailable,
@@ -254,36 +343,20 @@ pub fn take(c: &ClusterRef, req: &Request) -> Result<(CniResult, FileStore), Cni
                     ))
                 }
                 Some(f) => {
-                    let missing = missing_families(&f);
-                    if missing.is_empty() {
-                        let cfg = config(req, &f)?;
-                        let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
-                        match allocator::allocate_unsynced(
-                            &Locked(&store),
-                            &cfg.ranges,
-                            &owner,
-                            &cfg.requested,
-                            Hold::Attached,
-                        ) {
-                            Ok(ips) => {
-                                let result = CniResult {
-                                    interfaces: Vec::new(),
-                                    ips,
-                                    routes: cfg.routes,
-                                    dns: cfg.dns,
-                                };
-                                return Ok((result, store));
-                            }
-                            Err(e)
-                                if e.code == ErrorCode::NotAvailable
-                                    && cfg.requested.is_empty() =>
-                            {
-                                vec![4, 6]
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    } else {
+                    let missing: Vec<u8> = missing_families(&f)
+                        .into_iter()
+                        .filter(|m| families.contains(m))
+                        .collect();
+                    if !missing.is_empty() {
                         missing
+                    } else {
+                        match attempt(&store, &f)? {
+                            Some(v) => {
+                                drop(guard);
+                                return Ok((v, store));
+                            }
+                            None => families.to_vec(),
+                        }
                     }
                 }
             }
@@ -324,16 +397,20 @@ pub fn take(c: &ClusterRef, req: &Request) -> Result<(CniResult, FileStore), Cni
     }
 }
 
-/// DEL: release the attachment's addresses in the local store (etcd is never asked).
-pub fn del(c: &ClusterRef, req: &Request) -> Result<(), CniError> {
+/// DEL: release the attachment's addresses in the local store (etcd is never asked), or with
+/// `keep`, hold them again as a reservation (a Docker endpoint's, until DeleteEndpoint).
+pub fn del(c: &ClusterRef, req: &Request, keep: bool) -> Result<(), CniError> {
+    let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
     match c.open(false)? {
-        Some(store) => allocator::release(
-            &store,
-            &Owner::new(req.container_id.clone(), req.ifname.clone()),
-        )
-        .map(drop),
+        Some(store) if keep => allocator::keep_as_reservation(&store, &owner).map(drop),
+        Some(store) => allocator::release(&store, &owner).map(drop),
         None => Ok(()),
     }
+}
+
+/// The store of the cluster network on this host (`None` before its first allocation).
+pub fn store(c: &ClusterRef) -> Result<Option<FileStore>, CniError> {
+    c.open(false)
 }
 
 /// CHECK: the attachment holds its addresses, in blocks this host still holds.
@@ -569,9 +646,63 @@ mod tests {
         .unwrap();
         assert!(check(&c, &req).unwrap_err().msg.contains("took over"));
         assert_eq!(status(&c).unwrap_err().code, ErrorCode::LimitedConnectivity);
-        del(&c, &req).unwrap();
-        del(&c, &req).unwrap();
+        del(&c, &req, false).unwrap();
+        del(&c, &req, false).unwrap();
         assert_eq!(status(&c).map_err(|e| e.msg), Ok(()));
+    }
+
+    #[test]
+    fn docker_reservations_live_in_the_blocks_and_the_add_adopts_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("networks")).unwrap();
+        let alive = Deadline::after(std::time::Duration::from_secs(60));
+        file(
+            &[
+                ("10.77.0.64/26", BlockState::Active),
+                ("fd77::/122", BlockState::Active),
+            ],
+            alive,
+        )
+        .write(tmp.path())
+        .unwrap();
+        let ipam = json!({"type": "plugnet-ipam", "cluster": "pnc-n", "agentDir": tmp.path()});
+        let c = ClusterRef::of(&json!({ "ipam": ipam })).unwrap().unwrap();
+        // What the shim's RequestPool answers: the subnets and this host's block.
+        let (subnets, block) = host_view(&c, false).unwrap();
+        assert_eq!(subnets.len(), 2);
+        assert_eq!(block.to_string(), "10.77.0.64/26");
+        // RequestAddress: a reservation with the block's prefix, never the gateway.
+        let placeholder = Owner::new("docker-1", "reserved");
+        let got = crate::ipam::reserve(&ipam, "pnc-cni", &placeholder, None, false).unwrap();
+        assert_eq!(got.to_string(), "10.77.0.66/26");
+        // An address in no block of this host is refused.
+        let e = crate::ipam::reserve(
+            &ipam,
+            "pnc-cni",
+            &Owner::new("docker-2", "reserved"),
+            Some("10.77.1.5".parse().unwrap()),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("in no block this host holds"), "{e}");
+        // CreateEndpoint hands it to the attachment; the ADD (told the address) adopts it.
+        let req = request(conf(tmp.path()), "IP=10.77.0.66");
+        let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+        crate::ipam::transfer(&ipam, "pnc-cni", &placeholder, &owner, Hold::Reserved).unwrap();
+        let (r, _) = take(&c, &req).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.77.0.66/26");
+        // A DEL that keeps the reservation (a failed Join's rollback) holds it again.
+        del(&c, &req, true).unwrap();
+        let recs = crate::ipam::records_of(&ipam, "pnc-cni").unwrap();
+        assert!(
+            recs.iter()
+                .any(|r| r.owner == owner && r.hold == Hold::Reserved),
+            "{recs:?}"
+        );
+        crate::ipam::release_owner(&ipam, "pnc-cni", &owner).unwrap();
+        assert!(crate::ipam::records_of(&ipam, "pnc-cni")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
