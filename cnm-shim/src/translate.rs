@@ -7,6 +7,7 @@
 use crate::api::{JoinResponse, PortBinding, StaticRoute, ROUTE_CONNECTED, ROUTE_NEXTHOP};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::IpNetwork;
+use plugnet::types::CniResult;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
@@ -296,16 +297,10 @@ pub fn port_mappings(bindings: &[PortBinding]) -> Vec<Value> {
         .collect()
 }
 
-/// The addresses (with prefix) of a CNI result, any version ≥ 0.3.0.
+/// The addresses (with prefix) of a CNI result, any version ≥ 0.3.0 (none if it does not decode).
 pub fn result_addresses(result: &Value) -> Vec<IpNetwork> {
-    result
-        .get("ips")
-        .and_then(Value::as_array)
-        .map(|ips| {
-            ips.iter()
-                .filter_map(|i| i.get("address")?.as_str()?.parse().ok())
-                .collect()
-        })
+    CniResult::from_json(result)
+        .map(|r| r.ips.iter().map(|i| i.address).collect())
         .unwrap_or_default()
 }
 
@@ -315,32 +310,17 @@ pub fn result_addresses(result: &Value) -> Vec<IpNetwork> {
 /// gateway-less host route to the gateway itself (plugnet's routed mode: `169.254.1.1/32`,
 /// `fe80::1/128`) is CONNECTED, so Docker makes the next hop on-link before the default route.
 pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
+    let result = CniResult::from_json(result).context("CNI result")?;
     let gw_of = |v6: bool| -> Option<IpAddr> {
-        result.get("ips")?.as_array()?.iter().find_map(|i| {
-            let a: IpNetwork = i.get("address")?.as_str()?.parse().ok()?;
-            let g: IpAddr = i.get("gateway")?.as_str()?.parse().ok()?;
-            (a.is_ipv6() == v6 && g.is_ipv6() == v6).then_some(g)
+        result.ips.iter().find_map(|i| {
+            let g = i.gateway?;
+            (i.address.is_ipv6() == v6 && g.is_ipv6() == v6).then_some(g)
         })
     };
     let (mut gw4, mut gw6) = (None, None);
     let mut routes = Vec::new();
-    for r in result
-        .get("routes")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let dst_s = r.get("dst").and_then(Value::as_str).unwrap_or_default();
-        let dst: IpNetwork = dst_s
-            .parse()
-            .with_context(|| format!("CNI result route dst {dst_s:?}"))?;
-        let gw: Option<IpAddr> = match r.get("gw").and_then(Value::as_str) {
-            None | Some("") => None,
-            Some(s) => Some(
-                s.parse()
-                    .with_context(|| format!("CNI result route gw {s:?}"))?,
-            ),
-        };
+    for r in &result.routes {
+        let (dst, gw) = (r.dst, r.gw);
         let family_gw = gw_of(dst.is_ipv6());
         let full = if dst.is_ipv6() { 128 } else { 32 };
         if gw.is_none() && dst.prefix() == full && Some(dst.ip()) == family_gw {
@@ -356,7 +336,7 @@ pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
             match (dst.is_ipv6(), gw) {
                 (false, Some(g)) => gw4 = Some(g),
                 (true, Some(g)) => gw6 = Some(g),
-                _ => bail!("CNI result default route {dst_s} has no gateway"),
+                _ => bail!("CNI result default route {dst} has no gateway"),
             }
             continue;
         }
