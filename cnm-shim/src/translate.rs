@@ -5,7 +5,7 @@
 //! `Err` with the offending value named), so all of it is unit-tested.
 
 use crate::api::{JoinResponse, PortBinding, StaticRoute, ROUTE_CONNECTED, ROUTE_NEXTHOP};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ipnetwork::IpNetwork;
 use plugnet::types::CniResult;
 use serde_json::{json, Value};
@@ -127,43 +127,18 @@ pub fn conflist_ipam(conflist: &Value) -> Option<&Value> {
 }
 
 /// The ranges of an `ipam` object (host-local/plugnet-ipam shape: `ranges` and the legacy
-/// single-range form), in order.
+/// single-range form), in order, as `plugnet::ipam::config` reads them.
 pub fn ipam_ranges(ipam: &Value) -> Result<Vec<Range>> {
-    let mut out = Vec::new();
-    let parse_range = |r: &Value| -> Result<Range> {
-        let ip = |k: &str| -> Result<Option<IpAddr>> {
-            match r.get(k).and_then(Value::as_str) {
-                None | Some("") => Ok(None),
-                Some(s) => s
-                    .parse()
-                    .map(Some)
-                    .with_context(|| format!("ipam {k} {s:?}")),
-            }
-        };
-        let subnet = r
-            .get("subnet")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("ipam range without subnet"))?;
-        Ok(Range {
-            subnet: subnet
-                .parse()
-                .with_context(|| format!("ipam subnet {subnet:?}"))?,
-            gateway: ip("gateway")?,
-            start: ip("rangeStart")?,
-            end: ip("rangeEnd")?,
+    let written = plugnet::ipam::config::written_ranges(ipam).context("ipam ranges")?;
+    Ok(written
+        .into_iter()
+        .map(|w| Range {
+            subnet: w.subnet,
+            gateway: w.gateway,
+            start: w.start,
+            end: w.end,
         })
-    };
-    if ipam.get("subnet").is_some() {
-        out.push(parse_range(ipam)?);
-    }
-    if let Some(sets) = ipam.get("ranges").and_then(Value::as_array) {
-        for set in sets {
-            for r in set.as_array().map(Vec::as_slice).unwrap_or_default() {
-                out.push(parse_range(r)?);
-            }
-        }
-    }
-    Ok(out)
+        .collect())
 }
 
 /// First and last usable host addresses of a subnet (IPv4 skips network and broadcast).
