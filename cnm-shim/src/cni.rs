@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use plugnet::ipam::{Hold, Owner};
 use plugnet::libcni::{CniConfig, NetworkList, RuntimeConf};
 use plugnet::CniVersion;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,8 +66,7 @@ impl RealBackend {
 }
 
 fn list_of(conflist: &Value) -> Result<NetworkList> {
-    let bytes = serde_json::to_vec(conflist)?;
-    NetworkList::from_bytes(&bytes).map_err(|e| anyhow!("{e}"))
+    NetworkList::from_json(conflist).map_err(|e| anyhow!("{e}"))
 }
 
 fn owner(h: &Holder) -> Owner {
@@ -132,13 +131,7 @@ impl CniBackend for RealBackend {
                 self.conf_dir.display()
             )
         })?;
-        Ok(json!({
-            "cniVersion": nl.cni_version,
-            "name": nl.name,
-            "disableCheck": nl.disable_check,
-            "disableGC": nl.disable_gc,
-            "plugins": nl.plugins,
-        }))
+        Ok(nl.to_json())
     }
 
     fn export_conflist(&self, conflist: &Value) -> Result<()> {
