@@ -9,7 +9,7 @@ use anyhow::Result;
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Who holds an address in the IPAM store: a CNI attachment key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -101,17 +101,18 @@ pub trait CniBackend: Send + Sync + 'static {
     /// bridge that already exists as not plugnet's).
     fn link_exists(&self, name: &str) -> Result<bool>;
 
-    /// Hold (`on`) or release a derived network's bridge in plugnet's host firewall (state dir
-    /// `state_dir`) for `holder`: its accept rules live as long as the Docker network, as
-    /// Docker's own do, instead of being rewritten with every first and last container.
-    fn hold_bridge(
-        &self,
-        _state_dir: &Path,
-        _bridge: &str,
-        _holder: &str,
-        _on: bool,
-    ) -> Result<()> {
+    /// Hold (`on`) or release a derived network's bridge in its plugin's host firewall for
+    /// `holder` (plugnet's: `adapter::held_bridge`; other plugins have none): its accept rules
+    /// live as long as the Docker network, as Docker's own do, instead of being rewritten with
+    /// every first and last container.
+    fn hold_network(&self, _conflist: &Value, _holder: &str, _on: bool) -> Result<()> {
         Ok(())
+    }
+
+    /// Re-apply host firewall state the kernel lost for the plugins of `conflists` (plugnet's:
+    /// `adapter::repair`). Returns how many state dirs were re-applied.
+    fn repair_firewalls(&self, _conflists: &[&Value]) -> usize {
+        0
     }
 
     /// Create the staging netns, run CNI ADD in it, move the container interface back to the
@@ -233,7 +234,10 @@ pub mod fake {
         fn link_exists(&self, name: &str) -> Result<bool> {
             Ok(self.links.lock().unwrap().iter().any(|l| l == name))
         }
-        fn hold_bridge(&self, _dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
+        fn hold_network(&self, conflist: &Value, holder: &str, on: bool) -> Result<()> {
+            let Some((_, bridge)) = crate::adapter::held_bridge(conflist) else {
+                return Ok(());
+            };
             self.log(format!("hold_bridge {bridge} {holder} {on}"));
             Ok(())
         }

@@ -237,14 +237,23 @@ impl CniBackend for RealBackend {
         Ok(n)
     }
 
-    fn hold_bridge(&self, state_dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
-        let fw = plugnet::firewall::Firewall::at(state_dir);
+    fn hold_network(&self, conflist: &Value, holder: &str, on: bool) -> Result<()> {
+        let Some((state_dir, bridge)) = crate::adapter::held_bridge(conflist) else {
+            return Ok(()); // not plugnet, or routed: no bridge
+        };
+        let fw = plugnet::firewall::Firewall::at(&state_dir);
         if on {
-            fw.hold(bridge, holder)?;
+            fw.hold(&bridge, holder)
+                .with_context(|| format!("hold bridge {bridge}"))?;
         } else {
-            fw.release(bridge, holder)?;
+            fw.release(&bridge, holder)
+                .with_context(|| format!("release bridge {bridge}"))?;
         }
         Ok(())
+    }
+
+    fn repair_firewalls(&self, conflists: &[&Value]) -> usize {
+        crate::adapter::repair(conflists.iter().copied())
     }
 
     fn link_exists(&self, name: &str) -> Result<bool> {
