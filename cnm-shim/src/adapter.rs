@@ -1,8 +1,8 @@
 //! The plugnet adapter: what the shim knows about plugnet as the CNI plugin of a network (its
-//! `type`, its firewall state directory, its bridge holds, its firewall repair), asked by the
+//! `type`, its handoff, its firewall state directory, its bridge holds, its firewall repair),
+//! asked by the
 //! backends (`cni`, and the test fake) behind the `CniBackend` seam, so the Docker translation
-//! (`driver`) does not look inside a plugin's configuration to hold a bridge or repair a
-//! firewall. (The handoff is still decided in `driver` by `translate::supports_handoff`.)
+//! (`driver`) never looks inside a plugin's configuration to learn which plugin runs.
 //!
 //! Invariant: pure reads of conflists, except [`repair`], which re-applies plugnet's own state.
 
@@ -18,6 +18,15 @@ pub const PLUGIN_TYPE: &str = "plugnet";
 /// Whether a plugin configuration is plugnet's.
 pub fn is_plugnet(plugin: &Value) -> bool {
     plugin["type"] == PLUGIN_TYPE
+}
+
+/// The `CNI_ARGS` key with which ADD hands the container end over in the host netns (plugnet's
+/// `PLUGNET_HANDOFF_IFNAME`), if the list supports it: a list of exactly one plugin, plugnet.
+/// Any other chain may configure the container side, so it runs in a staging namespace.
+pub fn handoff_arg(conflist: &Value) -> Option<&'static str> {
+    matches!(conflist.get("plugins").and_then(Value::as_array),
+        Some(p) if p.len() == 1 && is_plugnet(&p[0]))
+    .then_some(plugnet::bridge::HANDOFF_ARG)
 }
 
 /// The bridge a network's host firewall hold is for, and the firewall state directory it lives

@@ -50,7 +50,7 @@ pub struct AttachRequest {
     pub ifname: String,
     /// Name the container interface gets when moved back to the host netns.
     pub tmp_name: String,
-    /// plugnet's handoff (`translate::supports_handoff`): the plugin leaves the container end
+    /// The handoff (`CniBackend::handoff_arg`, plugnet's): the plugin leaves the container end
     /// in the host as `tmp_name`; `netns` is only reported, never created.
     pub handoff: bool,
     pub args: Vec<(String, String)>,
@@ -100,6 +100,13 @@ pub trait CniBackend: Send + Sync + 'static {
     /// Whether a link named `name` exists in the shim's namespace (CreateNetwork records a
     /// bridge that already exists as not plugnet's).
     fn link_exists(&self, name: &str) -> Result<bool>;
+
+    /// The `CNI_ARGS` key (valued with the interface's host name) with which this conflist's
+    /// ADD leaves the container end in the host netns for Docker to move, if its plugin can
+    /// (plugnet's: `adapter::handoff_arg`); None: ADD runs in a staging namespace.
+    fn handoff_arg(&self, _conflist: &Value) -> Option<&'static str> {
+        None
+    }
 
     /// Hold (`on`) or release a derived network's bridge in its plugin's host firewall for
     /// `holder` (plugnet's: `adapter::held_bridge`; other plugins have none): its accept rules
@@ -233,6 +240,9 @@ pub mod fake {
         }
         fn link_exists(&self, name: &str) -> Result<bool> {
             Ok(self.links.lock().unwrap().iter().any(|l| l == name))
+        }
+        fn handoff_arg(&self, conflist: &Value) -> Option<&'static str> {
+            crate::adapter::handoff_arg(conflist)
         }
         fn hold_network(&self, conflist: &Value, holder: &str, on: bool) -> Result<()> {
             let Some((_, bridge)) = crate::adapter::held_bridge(conflist) else {

@@ -237,6 +237,10 @@ impl CniBackend for RealBackend {
         Ok(n)
     }
 
+    fn handoff_arg(&self, conflist: &Value) -> Option<&'static str> {
+        crate::adapter::handoff_arg(conflist)
+    }
+
     fn hold_network(&self, conflist: &Value, holder: &str, on: bool) -> Result<()> {
         let Some((state_dir, bridge)) = crate::adapter::held_bridge(conflist) else {
             return Ok(()); // not plugnet, or routed: no bridge

@@ -109,14 +109,6 @@ pub fn conflist_is_routed(conflist: &Value) -> bool {
     conflist.pointer("/plugins/0/mode").and_then(Value::as_str) == Some("routed")
 }
 
-/// Whether ADD can hand the container end over in the host netns (plugnet's
-/// `PLUGNET_HANDOFF_IFNAME`): a list of exactly one plugin, plugnet. Any other chain may
-/// configure the container side, so it runs in a staging namespace.
-pub fn supports_handoff(conflist: &Value) -> bool {
-    matches!(conflist.get("plugins").and_then(Value::as_array),
-        Some(p) if p.len() == 1 && p[0].get("type").and_then(Value::as_str) == Some("plugnet"))
-}
-
 /// The `ipam` object of a conflist: the first plugin that has one.
 pub fn conflist_ipam(conflist: &Value) -> Option<&Value> {
     conflist

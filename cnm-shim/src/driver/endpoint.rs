@@ -229,14 +229,17 @@ impl<B: CniBackend> Driver<B> {
         let tmp_name = tmp_name_for(&ep.id);
         // Derived plugnet networks: plugnet leaves the container end in the host for Docker
         // to move (one netns move, as Docker's own bridge driver; no staging namespace).
-        let handoff = net.mode == Mode::Derived && translate::supports_handoff(&conflist);
+        let handoff_arg = (net.mode == Mode::Derived)
+            .then(|| self.backend.handoff_arg(&conflist))
+            .flatten();
+        let handoff = handoff_arg.is_some();
         let netns = if handoff && !req.sandbox_key.is_empty() {
             PathBuf::from(&req.sandbox_key)
         } else {
             self.cfg.staging_dir.join(short(&ep.id))
         };
-        if handoff {
-            args.push((HANDOFF_ARG.into(), tmp_name.clone()));
+        if let Some(key) = handoff_arg {
+            args.push((key.into(), tmp_name.clone()));
         }
         let att = AttachmentRecord {
             phase: Phase::Attaching,

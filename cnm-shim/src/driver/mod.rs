@@ -23,7 +23,6 @@ use crate::state::{
 use crate::translate::{self, DeriveOptions, Range};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::IpNetwork;
-use plugnet::bridge::HANDOFF_ARG;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
