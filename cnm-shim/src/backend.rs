@@ -9,7 +9,7 @@ use anyhow::Result;
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Who holds an address in the IPAM store: a CNI attachment key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,7 +50,7 @@ pub struct AttachRequest {
     pub ifname: String,
     /// Name the container interface gets when moved back to the host netns.
     pub tmp_name: String,
-    /// plugnet's handoff (`translate::supports_handoff`): the plugin leaves the container end
+    /// The handoff (`CniBackend::handoff_arg`, plugnet's): the plugin leaves the container end
     /// in the host as `tmp_name`; `netns` is only reported, never created.
     pub handoff: bool,
     pub args: Vec<(String, String)>,
@@ -106,17 +106,25 @@ pub trait CniBackend: Send + Sync + 'static {
     /// bridge that already exists as not plugnet's).
     fn link_exists(&self, name: &str) -> Result<bool>;
 
-    /// Hold (`on`) or release a derived network's bridge in plugnet's host firewall (state dir
-    /// `state_dir`) for `holder`: its accept rules live as long as the Docker network, as
-    /// Docker's own do, instead of being rewritten with every first and last container.
-    fn hold_bridge(
-        &self,
-        _state_dir: &Path,
-        _bridge: &str,
-        _holder: &str,
-        _on: bool,
-    ) -> Result<()> {
+    /// The `CNI_ARGS` key (valued with the interface's host name) with which this conflist's
+    /// ADD leaves the container end in the host netns for Docker to move, if its plugin can
+    /// (plugnet's: `adapter::handoff_arg`); None: ADD runs in a staging namespace.
+    fn handoff_arg(&self, _conflist: &Value) -> Option<&'static str> {
+        None
+    }
+
+    /// Hold (`on`) or release a derived network's bridge in its plugin's host firewall for
+    /// `holder` (plugnet's: `adapter::held_bridge`; other plugins have none): its accept rules
+    /// live as long as the Docker network, as Docker's own do, instead of being rewritten with
+    /// every first and last container.
+    fn hold_network(&self, _conflist: &Value, _holder: &str, _on: bool) -> Result<()> {
         Ok(())
+    }
+
+    /// Re-apply host firewall state the kernel lost for the plugins of `conflists` (plugnet's:
+    /// `adapter::repair`). Returns how many state dirs were re-applied.
+    fn repair_firewalls(&self, _conflists: &[&Value]) -> usize {
+        0
     }
 
     /// Create the staging netns, run CNI ADD in it, move the container interface back to the
@@ -252,7 +260,13 @@ pub mod fake {
         fn link_exists(&self, name: &str) -> Result<bool> {
             Ok(self.links.lock().unwrap().iter().any(|l| l == name))
         }
-        fn hold_bridge(&self, _dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
+        fn handoff_arg(&self, conflist: &Value) -> Option<&'static str> {
+            crate::adapter::handoff_arg(conflist)
+        }
+        fn hold_network(&self, conflist: &Value, holder: &str, on: bool) -> Result<()> {
+            let Some((_, bridge)) = crate::adapter::held_bridge(conflist) else {
+                return Ok(());
+            };
             self.log(format!("hold_bridge {bridge} {holder} {on}"));
             Ok(())
         }

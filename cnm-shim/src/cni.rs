@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use plugnet::ipam::{Hold, Owner};
 use plugnet::libcni::{CniConfig, NetworkList, RuntimeConf};
 use plugnet::CniVersion;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,8 +66,7 @@ impl RealBackend {
 }
 
 fn list_of(conflist: &Value) -> Result<NetworkList> {
-    let bytes = serde_json::to_vec(conflist)?;
-    NetworkList::from_bytes(&bytes).map_err(|e| anyhow!("{e}"))
+    NetworkList::from_json(conflist).map_err(|e| anyhow!("{e}"))
 }
 
 fn owner(h: &Holder) -> Owner {
@@ -132,13 +131,7 @@ impl CniBackend for RealBackend {
                 self.conf_dir.display()
             )
         })?;
-        Ok(json!({
-            "cniVersion": nl.cni_version,
-            "name": nl.name,
-            "disableCheck": nl.disable_check,
-            "disableGC": nl.disable_gc,
-            "plugins": nl.plugins,
-        }))
+        Ok(nl.to_json())
     }
 
     fn export_conflist(&self, conflist: &Value) -> Result<()> {
@@ -245,14 +238,27 @@ impl CniBackend for RealBackend {
         Ok(n)
     }
 
-    fn hold_bridge(&self, state_dir: &Path, bridge: &str, holder: &str, on: bool) -> Result<()> {
-        let fw = plugnet::firewall::Firewall::at(state_dir);
+    fn handoff_arg(&self, conflist: &Value) -> Option<&'static str> {
+        crate::adapter::handoff_arg(conflist)
+    }
+
+    fn hold_network(&self, conflist: &Value, holder: &str, on: bool) -> Result<()> {
+        let Some((state_dir, bridge)) = crate::adapter::held_bridge(conflist) else {
+            return Ok(()); // not plugnet, or routed: no bridge
+        };
+        let fw = plugnet::firewall::Firewall::at(&state_dir);
         if on {
-            fw.hold(bridge, holder)?;
+            fw.hold(&bridge, holder)
+                .with_context(|| format!("hold bridge {bridge}"))?;
         } else {
-            fw.release(bridge, holder)?;
+            fw.release(&bridge, holder)
+                .with_context(|| format!("release bridge {bridge}"))?;
         }
         Ok(())
+    }
+
+    fn repair_firewalls(&self, conflists: &[&Value]) -> usize {
+        crate::adapter::repair(conflists.iter().copied())
     }
 
     fn link_exists(&self, name: &str) -> Result<bool> {

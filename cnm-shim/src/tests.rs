@@ -326,12 +326,10 @@ fn derived_plugnet_networks_hand_the_interface_over_without_staging() {
     ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
     assert_eq!((holds(true), holds(false)), (1, 1));
     // Only a one-plugin plugnet list qualifies: anything else may configure the container.
-    use crate::translate::supports_handoff;
-    assert!(supports_handoff(&json!({"plugins": [{"type": "plugnet"}]})));
-    assert!(!supports_handoff(&json!({"plugins": [{"type": "bridge"}]})));
-    assert!(!supports_handoff(
-        &json!({"plugins": [{"type": "plugnet"}, {"type": "portmap"}]})
-    ));
+    use crate::adapter::handoff_arg;
+    assert!(handoff_arg(&json!({"plugins": [{"type": "plugnet"}]})).is_some());
+    assert!(handoff_arg(&json!({"plugins": [{"type": "bridge"}]})).is_none());
+    assert!(handoff_arg(&json!({"plugins": [{"type": "plugnet"}, {"type": "portmap"}]})).is_none());
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //! `Err` with the offending value named), so all of it is unit-tested.
 
 use crate::api::{JoinResponse, PortBinding, StaticRoute, ROUTE_CONNECTED, ROUTE_NEXTHOP};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ipnetwork::IpNetwork;
+use plugnet::types::CniResult;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
@@ -108,14 +109,6 @@ pub fn conflist_is_routed(conflist: &Value) -> bool {
     conflist.pointer("/plugins/0/mode").and_then(Value::as_str) == Some("routed")
 }
 
-/// Whether ADD can hand the container end over in the host netns (plugnet's
-/// `PLUGNET_HANDOFF_IFNAME`): a list of exactly one plugin, plugnet. Any other chain may
-/// configure the container side, so it runs in a staging namespace.
-pub fn supports_handoff(conflist: &Value) -> bool {
-    matches!(conflist.get("plugins").and_then(Value::as_array),
-        Some(p) if p.len() == 1 && p[0].get("type").and_then(Value::as_str) == Some("plugnet"))
-}
-
 /// The `ipam` object of a conflist: the first plugin that has one.
 pub fn conflist_ipam(conflist: &Value) -> Option<&Value> {
     conflist
@@ -126,43 +119,18 @@ pub fn conflist_ipam(conflist: &Value) -> Option<&Value> {
 }
 
 /// The ranges of an `ipam` object (host-local/plugnet-ipam shape: `ranges` and the legacy
-/// single-range form), in order.
+/// single-range form), in order, as `plugnet::ipam::config` reads them.
 pub fn ipam_ranges(ipam: &Value) -> Result<Vec<Range>> {
-    let mut out = Vec::new();
-    let parse_range = |r: &Value| -> Result<Range> {
-        let ip = |k: &str| -> Result<Option<IpAddr>> {
-            match r.get(k).and_then(Value::as_str) {
-                None | Some("") => Ok(None),
-                Some(s) => s
-                    .parse()
-                    .map(Some)
-                    .with_context(|| format!("ipam {k} {s:?}")),
-            }
-        };
-        let subnet = r
-            .get("subnet")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("ipam range without subnet"))?;
-        Ok(Range {
-            subnet: subnet
-                .parse()
-                .with_context(|| format!("ipam subnet {subnet:?}"))?,
-            gateway: ip("gateway")?,
-            start: ip("rangeStart")?,
-            end: ip("rangeEnd")?,
+    let written = plugnet::ipam::config::written_ranges(ipam).context("ipam ranges")?;
+    Ok(written
+        .into_iter()
+        .map(|w| Range {
+            subnet: w.subnet,
+            gateway: w.gateway,
+            start: w.start,
+            end: w.end,
         })
-    };
-    if ipam.get("subnet").is_some() {
-        out.push(parse_range(ipam)?);
-    }
-    if let Some(sets) = ipam.get("ranges").and_then(Value::as_array) {
-        for set in sets {
-            for r in set.as_array().map(Vec::as_slice).unwrap_or_default() {
-                out.push(parse_range(r)?);
-            }
-        }
-    }
-    Ok(out)
+        .collect())
 }
 
 /// First and last usable host addresses of a subnet (IPv4 skips network and broadcast).
@@ -296,16 +264,10 @@ pub fn port_mappings(bindings: &[PortBinding]) -> Vec<Value> {
         .collect()
 }
 
-/// The addresses (with prefix) of a CNI result, any version ≥ 0.3.0.
+/// The addresses (with prefix) of a CNI result, any version ≥ 0.3.0 (none if it does not decode).
 pub fn result_addresses(result: &Value) -> Vec<IpNetwork> {
-    result
-        .get("ips")
-        .and_then(Value::as_array)
-        .map(|ips| {
-            ips.iter()
-                .filter_map(|i| i.get("address")?.as_str()?.parse().ok())
-                .collect()
-        })
+    CniResult::from_json(result)
+        .map(|r| r.ips.iter().map(|i| i.address).collect())
         .unwrap_or_default()
 }
 
@@ -315,32 +277,17 @@ pub fn result_addresses(result: &Value) -> Vec<IpNetwork> {
 /// gateway-less host route to the gateway itself (plugnet's routed mode: `169.254.1.1/32`,
 /// `fe80::1/128`) is CONNECTED, so Docker makes the next hop on-link before the default route.
 pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
+    let result = CniResult::from_json(result).context("CNI result")?;
     let gw_of = |v6: bool| -> Option<IpAddr> {
-        result.get("ips")?.as_array()?.iter().find_map(|i| {
-            let a: IpNetwork = i.get("address")?.as_str()?.parse().ok()?;
-            let g: IpAddr = i.get("gateway")?.as_str()?.parse().ok()?;
-            (a.is_ipv6() == v6 && g.is_ipv6() == v6).then_some(g)
+        result.ips.iter().find_map(|i| {
+            let g = i.gateway?;
+            (i.address.is_ipv6() == v6 && g.is_ipv6() == v6).then_some(g)
         })
     };
     let (mut gw4, mut gw6) = (None, None);
     let mut routes = Vec::new();
-    for r in result
-        .get("routes")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let dst_s = r.get("dst").and_then(Value::as_str).unwrap_or_default();
-        let dst: IpNetwork = dst_s
-            .parse()
-            .with_context(|| format!("CNI result route dst {dst_s:?}"))?;
-        let gw: Option<IpAddr> = match r.get("gw").and_then(Value::as_str) {
-            None | Some("") => None,
-            Some(s) => Some(
-                s.parse()
-                    .with_context(|| format!("CNI result route gw {s:?}"))?,
-            ),
-        };
+    for r in &result.routes {
+        let (dst, gw) = (r.dst, r.gw);
         let family_gw = gw_of(dst.is_ipv6());
         let full = if dst.is_ipv6() { 128 } else { 32 };
         if gw.is_none() && dst.prefix() == full && Some(dst.ip()) == family_gw {
@@ -356,7 +303,7 @@ pub fn join_reply(result: &Value, src_name: &str) -> Result<JoinResponse> {
             match (dst.is_ipv6(), gw) {
                 (false, Some(g)) => gw4 = Some(g),
                 (true, Some(g)) => gw6 = Some(g),
-                _ => bail!("CNI result default route {dst_s} has no gateway"),
+                _ => bail!("CNI result default route {dst} has no gateway"),
             }
             continue;
         }

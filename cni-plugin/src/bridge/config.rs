@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use std::path::PathBuf;
 
 use crate::error::{CniError, ErrorCode};
 use crate::netlink::Mac;
@@ -70,6 +71,25 @@ pub struct BridgeConf {
 
 /// The `CNI_ARGS` key of [`BridgeConf::handoff`].
 pub const HANDOFF_ARG: &str = "PLUGNET_HANDOFF_IFNAME";
+
+/// The firewall state directory a plugnet plugin configuration names (`firewallStateDir`, else
+/// [`crate::firewall::DEFAULT_STATE_DIR`]; a value that is not a string counts as absent), read
+/// without decoding the rest: for tools that find plugnet's state from a conflist (the shim).
+pub fn firewall_state_dir(plugin: &Value) -> PathBuf {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire {
+        firewall_state_dir: Option<String>,
+    }
+    let named = Wire::deserialize(plugin)
+        .ok()
+        .and_then(|w| w.firewall_state_dir);
+    PathBuf::from(
+        named
+            .as_deref()
+            .unwrap_or(crate::firewall::DEFAULT_STATE_DIR),
+    )
+}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -309,6 +329,23 @@ pub(crate) mod tests {
     use super::*;
     use crate::skel::Command;
     use serde_json::json;
+
+    #[test]
+    fn firewall_state_dir_is_named_or_the_default() {
+        let dir = |v: Value| firewall_state_dir(&v).display().to_string();
+        assert_eq!(
+            dir(json!({"type":"plugnet","firewallStateDir":"/tmp/x"})),
+            "/tmp/x"
+        );
+        assert_eq!(
+            dir(json!({"type":"plugnet"})),
+            crate::firewall::DEFAULT_STATE_DIR
+        );
+        assert_eq!(
+            dir(json!({"firewallStateDir":7})),
+            crate::firewall::DEFAULT_STATE_DIR
+        );
+    }
 
     pub(crate) fn request(raw: Value, cni_args: &str) -> Request {
         let config = crate::types::NetConf::from_json(&raw).unwrap();

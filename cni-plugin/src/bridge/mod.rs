@@ -37,7 +37,7 @@ use crate::types::CniResult;
 use config::{BridgeConf, Mode};
 // The public face: the plugin and the handoff argument plugnet-shim passes (the names an
 // attachment's host side carries are crate::attachment's).
-pub use config::HANDOFF_ARG;
+pub use config::{firewall_state_dir, HANDOFF_ARG};
 
 pub(crate) use cx::kernel;
 use cx::Cx;

@@ -14,6 +14,7 @@
 //! `output`, `postrouting`, `forward` hold a fixed handful of rules. See docs/firewall.md.
 mod attach;
 mod conntrack;
+mod egress;
 mod error;
 mod host;
 pub mod hostfw;

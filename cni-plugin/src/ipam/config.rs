@@ -27,6 +27,16 @@ pub struct Range {
 /// A pool of disjoint ranges of one family; one address is handed out per set.
 pub type RangeSet = Vec<Range>;
 
+/// One range as a configuration writes it: the subnet, and the bounds and gateway only if given
+/// (no defaults filled in, nothing checked beyond parsing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenRange {
+    pub subnet: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub start: Option<IpAddr>,
+    pub end: Option<IpAddr>,
+}
+
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
     pub ranges: Vec<RangeSet>,
@@ -37,7 +47,7 @@ pub struct IpamConfig {
     pub requested: Vec<IpAddr>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 struct WireRange {
     subnet: String,
@@ -89,6 +99,54 @@ pub fn from_u128(n: u128, v4: bool) -> IpAddr {
 fn parse_ip(what: &str, s: &str) -> Result<IpAddr, CniError> {
     s.parse()
         .map_err(|_| CniError::config(format!("invalid {what} {s:?}: not an IP address")))
+}
+
+impl WireIpam {
+    /// The legacy single range (if any) and then `ranges`, in order.
+    fn written_sets(&self) -> Vec<Vec<WireRange>> {
+        let mut sets = Vec::new();
+        if let Some(subnet) = self.subnet.clone().filter(|s| !s.is_empty()) {
+            sets.push(vec![WireRange {
+                subnet,
+                range_start: self.range_start.clone(),
+                range_end: self.range_end.clone(),
+                gateway: self.gateway.clone(),
+            }]);
+        }
+        sets.extend(self.ranges.iter().cloned());
+        sets
+    }
+}
+
+impl WrittenRange {
+    fn from_wire(w: &WireRange) -> Result<WrittenRange, CniError> {
+        let ip = |what: &str, s: &Option<String>| match s.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => parse_ip(what, s).map(Some),
+            None => Ok(None),
+        };
+        Ok(WrittenRange {
+            subnet: w
+                .subnet
+                .parse()
+                .map_err(|e| CniError::config(format!("invalid subnet {:?}: {e}", w.subnet)))?,
+            gateway: ip("gateway", &w.gateway)?,
+            start: ip("rangeStart", &w.range_start)?,
+            end: ip("rangeEnd", &w.range_end)?,
+        })
+    }
+}
+
+/// The ranges of an `ipam` object as written (host-local's shape: the legacy single range
+/// first, then `ranges`, in order), for tools that read or rewrite a configuration (the Docker
+/// shim); allocation uses [`IpamConfig::from_request`], which fills defaults and validates.
+pub fn written_ranges(ipam: &Value) -> Result<Vec<WrittenRange>, CniError> {
+    let wire: WireIpam = serde_json::from_value(ipam.clone())
+        .map_err(|e| CniError::decode(format!("invalid ipam configuration: {e}")))?;
+    wire.written_sets()
+        .iter()
+        .flatten()
+        .map(WrittenRange::from_wire)
+        .collect()
 }
 
 impl Range {
@@ -227,15 +285,7 @@ impl IpamConfig {
                 .map_err(|e| CniError::decode(format!("invalid runtimeConfig.ipRanges: {e}")))?;
             sets.extend(rt);
         }
-        if let Some(subnet) = wire.subnet.clone().filter(|s| !s.is_empty()) {
-            sets.push(vec![WireRange {
-                subnet,
-                range_start: wire.range_start.clone(),
-                range_end: wire.range_end.clone(),
-                gateway: wire.gateway.clone(),
-            }]);
-        }
-        sets.extend(wire.ranges);
+        sets.extend(wire.written_sets());
         if sets.is_empty() {
             return Err(CniError::config("no IP ranges specified"));
         }

@@ -26,6 +26,29 @@ impl NetworkList {
     pub fn from_bytes(bytes: &[u8]) -> Result<NetworkList, CniError> {
         let v: Value = serde_json::from_slice(bytes)
             .map_err(|e| CniError::decode(format!("error parsing configuration list: {e}")))?;
+        Self::from_parsed(&v, bytes)
+    }
+
+    /// [`NetworkList::from_bytes`] of a conflist already in memory (its bytes are its
+    /// serialisation).
+    pub fn from_json(v: &Value) -> Result<NetworkList, CniError> {
+        let bytes = serde_json::to_vec(v)
+            .map_err(|e| CniError::decode(format!("error encoding configuration list: {e}")))?;
+        Self::from_parsed(v, &bytes)
+    }
+
+    /// The list in conflist shape (a wrapped single `.conf` comes out as a one-plugin list).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "cniVersion": self.cni_version,
+            "name": self.name,
+            "disableCheck": self.disable_check,
+            "disableGC": self.disable_gc,
+            "plugins": self.plugins,
+        })
+    }
+
+    fn from_parsed(v: &Value, bytes: &[u8]) -> Result<NetworkList, CniError> {
         let obj = v
             .as_object()
             .ok_or_else(|| CniError::decode("configuration must be a JSON object"))?;
@@ -126,5 +149,24 @@ impl NetworkList {
 
     pub(super) fn version(&self) -> Result<CniVersion, CniError> {
         CniVersion::parse(&self.cni_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trip_and_a_wrapped_single_conf() {
+        let list = json!({"cniVersion":"1.0.0","name":"n1","disableCheck":true,"disableGC":false,
+            "plugins":[{"type":"plugnet","bridge":"pn0"}]});
+        let nl = NetworkList::from_json(&list).unwrap();
+        assert_eq!(nl.to_json(), list);
+        assert_eq!(nl.bytes, serde_json::to_vec(&list).unwrap());
+        let single = json!({"cniVersion":"1.0.0","name":"n2","type":"bridge"});
+        let nl = NetworkList::from_json(&single).unwrap();
+        assert_eq!(nl.to_json()["plugins"], json!([{"type":"bridge"}]));
+        assert!(NetworkList::from_json(&json!({"name":"n3"})).is_err());
     }
 }

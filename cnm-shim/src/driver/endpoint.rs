@@ -34,7 +34,7 @@ impl<B: CniBackend> Driver<B> {
                 );
             }
         }
-        let ports = crate::validate::port_bindings(&req.options)?;
+        let ports = requested_port_mappings(&req.options)?;
         let mut st = self.lock();
         let net = st.networks.get(&req.network_id).cloned().ok_or_else(|| {
             anyhow!(
@@ -69,7 +69,7 @@ impl<B: CniBackend> Driver<B> {
             network_id: req.network_id.clone(),
             addresses,
             mac,
-            port_mappings: translate::port_mappings(&ports),
+            port_mappings: ports.unwrap_or_default(),
             attachment: None,
         };
         self.store
@@ -189,12 +189,8 @@ impl<B: CniBackend> Driver<B> {
             Mode::Derived => net.conflist.clone(),
             Mode::Existing => self.backend.load_conflist(&net.cni_name)?,
         };
-        let ports = crate::validate::port_bindings(&req.options)?;
-        let ports = if ports.is_empty() {
-            ep.port_mappings.clone()
-        } else {
-            translate::port_mappings(&ports)
-        };
+        let ports =
+            requested_port_mappings(&req.options)?.unwrap_or_else(|| ep.port_mappings.clone());
         let mut caps = Map::new();
         if !ep.addresses.is_empty() {
             caps.insert(
@@ -233,14 +229,17 @@ impl<B: CniBackend> Driver<B> {
         let tmp_name = tmp_name_for(&ep.id);
         // Derived plugnet networks: plugnet leaves the container end in the host for Docker
         // to move (one netns move, as Docker's own bridge driver; no staging namespace).
-        let handoff = net.mode == Mode::Derived && translate::supports_handoff(&conflist);
+        let handoff_arg = (net.mode == Mode::Derived)
+            .then(|| self.backend.handoff_arg(&conflist))
+            .flatten();
+        let handoff = handoff_arg.is_some();
         let netns = if handoff && !req.sandbox_key.is_empty() {
             PathBuf::from(&req.sandbox_key)
         } else {
             self.cfg.staging_dir.join(short(&ep.id))
         };
-        if handoff {
-            args.push((HANDOFF_ARG.into(), tmp_name.clone()));
+        if let Some(key) = handoff_arg {
+            args.push((key.into(), tmp_name.clone()));
         }
         let att = AttachmentRecord {
             phase: Phase::Attaching,
@@ -347,4 +346,12 @@ impl<B: CniBackend> Driver<B> {
     pub fn revoke_external_connectivity(&self, _req: EndpointRequest) -> Result<Empty> {
         Ok(Empty {})
     }
+}
+
+/// The port mappings an endpoint request asks for (Docker's `com.docker.network.portmap`), as
+/// CNI `portMappings` entries, or None when it names no binding: the one decoder CreateEndpoint
+/// and Join share.
+fn requested_port_mappings(options: &Map<String, Value>) -> Result<Option<Vec<Value>>> {
+    let bindings = crate::validate::port_bindings(options)?;
+    Ok((!bindings.is_empty()).then(|| translate::port_mappings(&bindings)))
 }

@@ -23,7 +23,6 @@ use crate::state::{
 use crate::translate::{self, DeriveOptions, Range};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::IpNetwork;
-use plugnet::bridge::HANDOFF_ARG;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -304,14 +303,4 @@ fn find_pool(st: &State, pool: &IpNetwork) -> Option<String> {
         .collect();
     ids.sort();
     ids.first().map(|s| s.to_string())
-}
-
-/// The firewall state dir of a plugnet plugin config (`firewallStateDir`, else plugnet's
-/// default).
-fn firewall_state_dir(plugin: &Value) -> PathBuf {
-    PathBuf::from(
-        plugin["firewallStateDir"]
-            .as_str()
-            .unwrap_or(plugnet::firewall::DEFAULT_STATE_DIR),
-    )
 }

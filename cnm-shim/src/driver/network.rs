@@ -255,23 +255,16 @@ impl<B: CniBackend> Driver<B> {
         Ok(Empty {})
     }
 
-    /// A derived plugnet bridge network is held open in plugnet's host firewall for its
-    /// lifetime (see `CniBackend::hold_bridge`). Best effort: without the hold the bridge's
-    /// rules follow its first and last container, which is slower, not wrong.
+    /// A derived network's bridge is held open in its plugin's host firewall for its lifetime
+    /// (see `CniBackend::hold_network`). Best effort: without the hold the bridge's rules
+    /// follow its first and last container, which is slower, not wrong.
     pub(super) fn hold_bridge(&self, rec: &NetworkRecord, on: bool) {
-        let plugin = &rec.conflist["plugins"][0];
-        let Some(bridge) = plugin["bridge"].as_str() else {
-            return; // routed: no bridge
-        };
-        if rec.mode != Mode::Derived || plugin["type"] != "plugnet" {
+        if rec.mode != Mode::Derived {
             return;
         }
         let holder = format!("docker-network.{}", short(&rec.id));
-        if let Err(e) = self
-            .backend
-            .hold_bridge(&firewall_state_dir(plugin), bridge, &holder, on)
-        {
-            warn!(network = %short(&rec.id), bridge, "host firewall hold ({on}): {e:#}");
+        if let Err(e) = self.backend.hold_network(&rec.conflist, &holder, on) {
+            warn!(network = %short(&rec.id), "host firewall hold ({on}): {e:#}");
         }
     }
 

@@ -62,42 +62,24 @@ impl<B: CniBackend> Driver<B> {
         cleaned
     }
 
-    /// The firewall state directories of plugnet plugins this shim's networks and
-    /// attachments use (`firewallStateDir`, else plugnet's default).
-    pub fn firewall_state_dirs(&self) -> std::collections::BTreeSet<PathBuf> {
-        let st = self.lock();
-        let lists = st.networks.values().map(|n| &n.conflist).chain(
-            st.endpoints
-                .values()
-                .filter_map(|e| e.attachment.as_ref().map(|a| &a.conflist)),
-        );
-        let mut dirs = std::collections::BTreeSet::new();
-        for list in lists {
-            for p in list["plugins"].as_array().into_iter().flatten() {
-                if p["type"] == "plugnet" {
-                    dirs.insert(firewall_state_dir(p));
-                }
-            }
-        }
-        dirs
-    }
-
-    /// Re-applies plugnet's firewall state where the kernel lost it (`plugnet firewall
-    /// repair` for each of [`Driver::firewall_state_dirs`]): after `nft flush ruleset`, a
-    /// firewalld reload or a Docker restart. Returns how many state dirs were re-applied.
+    /// Re-applies the host firewall state the kernel lost for the plugins of this shim's
+    /// networks and attachments (through the backend: `plugnet firewall repair` for plugnet's):
+    /// after `nft flush ruleset`, a firewalld reload or a Docker restart. Returns how many
+    /// state dirs were re-applied.
     pub fn repair_firewalls(&self) -> usize {
-        let mut n = 0;
-        for dir in self.firewall_state_dirs() {
-            match plugnet::firewall::repair(&dir) {
-                Ok(Some(r)) => {
-                    info!(state_dir = %dir.display(), attachments = r.attachments, bridges = r.bridges,
-                        "firewall rules were lost: re-applied");
-                    n += 1;
-                }
-                Ok(None) => {}
-                Err(e) => warn!(state_dir = %dir.display(), "firewall repair: {e}"),
-            }
-        }
-        n
+        let lists: Vec<Value> = {
+            let st = self.lock();
+            st.networks
+                .values()
+                .map(|n| n.conflist.clone())
+                .chain(
+                    st.endpoints
+                        .values()
+                        .filter_map(|e| e.attachment.as_ref().map(|a| a.conflist.clone())),
+                )
+                .collect()
+        };
+        self.backend
+            .repair_firewalls(&lists.iter().collect::<Vec<_>>())
     }
 }
