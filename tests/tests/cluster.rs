@@ -223,12 +223,22 @@ fn three_hosts_share_a_network_through_etcd_failures() {
     w.etcd.kill(0);
     let more = add_many(&w, 0, &net, "m0-", 70, 2);
     assert_unique(&[all.clone(), more.clone()].concat());
-    let st = w.cli_ok(&[
-        "status",
-        "--state-dir",
-        w.hosts[0].agent_dir().to_str().unwrap(),
-    ]);
-    assert_eq!(st["degraded"], false, "{st}");
+    // The agent's keep-alive stream may have been on the killed member: it moves to another
+    // one (seconds on a loaded machine, its grows answered "try again" meanwhile, as retried
+    // above), after which the status is not degraded.
+    let mut st = Value::Null;
+    let settled = (0..60).any(|_| {
+        st = w.cli_ok(&[
+            "status",
+            "--state-dir",
+            w.hosts[0].agent_dir().to_str().unwrap(),
+        ]);
+        st["degraded"] == false || {
+            std::thread::sleep(Duration::from_millis(250));
+            false
+        }
+    });
+    assert!(settled, "still degraded 15 s after one member of three was killed: {st}");
 
     // All of etcd down: ADD and DEL go on from held blocks; a block request fails clearly.
     w.etcd.kill_all();
