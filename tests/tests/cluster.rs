@@ -238,7 +238,10 @@ fn three_hosts_share_a_network_through_etcd_failures() {
             false
         }
     });
-    assert!(settled, "still degraded 15 s after one member of three was killed: {st}");
+    assert!(
+        settled,
+        "still degraded 15 s after one member of three was killed: {st}"
+    );
 
     // All of etcd down: ADD and DEL go on from held blocks; a block request fails clearly.
     w.etcd.kill_all();
