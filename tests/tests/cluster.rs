@@ -319,7 +319,9 @@ fn three_hosts_share_a_network_through_etcd_failures() {
         .collect();
     assert!(keys.is_empty(), "left in etcd: {keys:?}");
     let add = w.hosts[1].ipam("ADD", "after-rm", &conf1);
-    wait_for(Duration::from_secs(5), "ADD refused after rm", || {
+    // The agent's watch makes this at once; when the watch was broken (etcd restarted above)
+    // the periodic resync (every 30 s) does it: wait for whichever comes first.
+    wait_for(Duration::from_secs(35), "ADD refused after rm", || {
         let r = w.hosts[1].ipam("ADD", "after-rm2", &conf1);
         (r.code != 0 && r.stdout.contains("removed")).then_some(())
     });
@@ -333,7 +335,7 @@ fn three_hosts_share_a_network_through_etcd_failures() {
             w.hosts[h].ipam("DEL", &id, &conf).ok();
         }
         let file = plugnet::ipam::cluster::local::network_file(&w.hosts[h].agent_dir(), &net);
-        wait_for(Duration::from_secs(10), "local state removed", || {
+        wait_for(Duration::from_secs(35), "local state removed", || {
             (!file.exists()).then_some(())
         });
     }
