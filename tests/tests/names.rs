@@ -226,10 +226,6 @@ fn find_dns(v: &Value) -> Option<Value> {
     }
 }
 
-fn found(a: &Option<Answer>) -> bool {
-    a.as_ref().is_some_and(|a| !a.addrs.is_empty())
-}
-
 #[test]
 fn runner_containers_resolve_each_other_and_outside_names() {
     let mut w = World::new(1);

@@ -29,6 +29,11 @@ pub struct Answer {
     pub addrs: Vec<IpAddr>,
 }
 
+/// An answer with at least one address.
+pub fn found(a: &Option<Answer>) -> bool {
+    a.as_ref().is_some_and(|a| !a.addrs.is_empty())
+}
+
 /// Asks `server` (UDP) for `name`/`qtype` from inside the netns; `None` on no answer in 2 s.
 pub fn ask(ns: &str, server: SocketAddr, name: &str, qtype: RecordType) -> Option<Answer> {
     let name = Name::from_ascii(name).unwrap();
