@@ -231,3 +231,15 @@ impl Rng {
         self.next_u64() % n.max(1)
     }
 }
+
+/// The median of `v` (sorted in place), for the benches.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The 95th percentile of `v` (sorted in place), for the benches.
+pub fn p95(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[(v.len() * 95 / 100).min(v.len() - 1)]
+}

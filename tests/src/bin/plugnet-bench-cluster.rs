@@ -10,22 +10,12 @@
 //! plugnet-agent beside the plugins (PLUGNET_BIN_DIR).
 
 use plugnet_tests::cluster::{host, Topology, World, WorldOptions};
-use plugnet_tests::{bin, Netns};
+use plugnet_tests::{bin, median, p95, Netns};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Instant;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn p95(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[(v.len() * 95 / 100).min(v.len() - 1)]
-}
 
 /// One timed plugin run (spawn to exit) from the calling thread's namespace.
 fn timed(plugin: &str, env: &[(&str, &str)], conf: &Value) -> (f64, String) {

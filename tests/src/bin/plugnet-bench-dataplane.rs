@@ -12,20 +12,10 @@
 //! 10.173.0.0/16 and fd00:173::/32.
 
 use plugnet_tests::cluster::{Topology, World, WorldOptions};
-use plugnet_tests::Netns;
+use plugnet_tests::{median, p95, Netns};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn p95(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[(v.len() * 95 / 100).min(v.len() - 1)]
-}
 
 struct Ctr {
     ns: Netns,

@@ -6,6 +6,7 @@
 //! Both stores are pre-filled directly in their on-disk formats (documented in docs/formats.md
 //! for plugnet; host-local's is one file per address holding "<id>\r\n<ifname>").
 
+use plugnet_tests::{median, p95};
 use serde_json::json;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -70,16 +71,6 @@ fn fill_host_local(dir: &Path, from: u32, to: u32) {
 const BLOCK: usize = 10;
 /// Untimed ADD/DELs that run each fresh store in.
 const WARMUP: usize = 30;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn p95(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[(v.len() * 95 / 100).min(v.len() - 1)]
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
