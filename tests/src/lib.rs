@@ -5,6 +5,7 @@
 //! a guard's `Drop`.
 
 pub mod cluster;
+pub mod podman;
 
 use serde_json::Value;
 use std::io::Write;

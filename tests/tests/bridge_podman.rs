@@ -4,95 +4,15 @@
 //! and calls CNI in the machine's host namespace, so the bridge `pnbbrpod` lives there for the
 //! test's duration and is removed by a guard.
 
-mod bridge_support;
-
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use bridge_support::*;
-
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("pnb-podman-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().join("image/bin");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::copy("/bin/busybox", root.join("busybox")).expect("busybox-static installed");
-        for c in ["sh", "ip", "ping", "sleep"] {
-            std::os::unix::fs::symlink("busybox", root.join(c)).unwrap();
-        }
-        std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            format!(
-                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"{REFERENCE_DIR}\"]\n\
-                 network_config_dir = \"{}\"\n",
-                bin_dir().display(),
-                dir.path().join("net.d").display()
-            ),
-        )
-        .unwrap();
-        let p = Podman { dir };
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(p.dir.path().join("image"))
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = p
-            .cmd()
-            .args(["import", "-", "localhost/pnbbb:latest"])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(tar.wait().unwrap().success(), "tar of the image");
-        assert!(out.status.success(), "podman import: {out:?}");
-        p
-    }
-
-    fn cmd(&self) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("storage"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args(["--storage-driver", "vfs", "--network-backend", "cni"]);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["rm", "-f", "-t", "0", "-a"]);
-        let _ = self.run(&["system", "reset", "-f"]);
-        let _ = Command::new("ip")
-            .args(["link", "del", "pnbbrpod"])
-            .output();
-        let _ = Command::new("iptables")
-            .args([
-                "-D", "FORWARD", "-i", "pnbbrpod", "-o", "pnbbrpod", "-j", "ACCEPT",
-            ])
-            .output();
-    }
-}
+use plugnet_tests::podman::Podman;
 
 #[test]
 fn podman_containers_on_a_plugnet_network() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root");
-    let p = Podman::new();
+    let p = Podman::new("pnb", &["sh", "ip", "ping", "sleep"], "pnbbrpod");
     let data = p.dir.path().join("ipam");
     std::fs::write(
         p.dir.path().join("net.d/pnbpod.conflist"),

@@ -10,6 +10,7 @@ mod names_support;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use names_support::*;
+use plugnet_tests::podman::Podman;
 use plugnet_tests::{bin, bin_dir, sh, sh_ok, Netns};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
@@ -617,91 +618,13 @@ fn hostile_queries_names_and_floods() {
 // ---------------------------------------------------------------------------------------------
 // podman (CNI backend)
 
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("pnn-podman-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().join("image/bin");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::copy("/bin/busybox", root.join("busybox")).expect("busybox-static installed");
-        for c in ["sh", "nslookup", "sleep", "cat"] {
-            std::os::unix::fs::symlink("busybox", root.join(c)).unwrap();
-        }
-        std::fs::create_dir_all(dir.path().join("image/etc")).unwrap();
-        std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            format!(
-                // runc: crun 1.8 refuses this machine's hybrid cgroup layout.
-                "[engine]\nruntime = \"runc\"\n[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n\
-                 network_config_dir = \"{}\"\n",
-                bin_dir().display(),
-                dir.path().join("net.d").display()
-            ),
-        )
-        .unwrap();
-        let p = Podman { dir };
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(p.dir.path().join("image"))
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = p
-            .cmd()
-            .args(["import", "-", "localhost/pnnbb:latest"])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(tar.wait().unwrap().success(), "tar of the image");
-        assert!(out.status.success(), "podman import: {out:?}");
-        p
-    }
-    fn cmd(&self) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("storage"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args(["--storage-driver", "vfs", "--network-backend", "cni"]);
-        c
-    }
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        self.cmd().args(args).output().unwrap()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["rm", "-f", "-t", "0", "-a"]);
-        let _ = self.run(&["system", "reset", "-f"]);
-        let _ = Command::new("ip")
-            .args(["link", "del", "pnnbrpod"])
-            .output();
-        let _ = Command::new("iptables")
-            .args([
-                "-D", "FORWARD", "-i", "pnnbrpod", "-o", "pnnbrpod", "-j", "ACCEPT",
-            ])
-            .output();
-    }
-}
-
 #[test]
 fn podman_run_name_and_alias_resolve_and_rm_removes_them() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root");
     if !sh_ok("command -v podman") {
         panic!("podman not installed (scripts/test.sh installs it)");
     }
-    let p = Podman::new();
+    let p = Podman::new("pnn", &["sh", "nslookup", "sleep", "cat"], "pnnbrpod");
     let agent_dir = p.dir.path().join("agent");
     std::fs::write(p.dir.path().join("resolv.conf"), "nameserver 10.172.11.2\n").unwrap();
     let mut agent = Agent::start(None, &agent_dir, &p.dir.path().join("resolv.conf"), &[]);
