@@ -3,49 +3,16 @@
 //! Objects: netns `pnd-ov<test>-<pid>`, links `pnd*`, addresses from 10.173.250.0/24 and
 //! fd00:173:fa::/64.
 
+mod common;
+
 use std::net::IpAddr;
-use std::process::Command;
+
+use common::Netns;
 
 use plugnet::netlink::{
     link_local_of, FdbEntry, IpFamily, Mac, Netlink, TaggedRoute, VxlanOptions, PLUGNET_RTPROT,
     VXLAN_PORT,
 };
-
-struct NsGuard(String);
-
-impl NsGuard {
-    fn new(tag: &str) -> NsGuard {
-        let name = format!("pnd-ov{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add {name}");
-        NsGuard(name)
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-    fn sh(&self, cmd: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "sh", "-c", cmd])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -53,7 +20,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[tokio::test(flavor = "current_thread")]
 async fn vxlan_fdb_neighbours_and_tagged_routes() {
-    let ns = NsGuard::new("a");
+    let ns = Netns::new(format!("pnd-ova-{}", std::process::id()));
     ns.sh("ip link add pndu0 type veth peer name pndu1 && ip addr add 10.173.250.1/24 dev pndu0 && ip link set pndu1 up && ip link set pndu0 up && ip link set lo up");
     let nl = Netlink::in_netns(ns.path()).unwrap();
 

@@ -81,6 +81,22 @@ impl Netns {
     pub fn out(&self, cmd: &str) -> String {
         sh_out(&format!("ip netns exec {} {cmd}", self.0))
     }
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+    /// Runs the shell line `cmd` (all of it) inside the namespace; panics on failure; its stdout.
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Netns {
