@@ -73,7 +73,7 @@ pub const HOST_VETH_PREFIX: &str = "pn";
 const HEX_DIGITS: usize = 13;
 
 /// FNV-1a, 64 bit: tiny, stable across Rust versions (unlike `DefaultHasher`).
-fn fnv1a64(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a64(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

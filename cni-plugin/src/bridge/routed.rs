@@ -116,9 +116,10 @@ pub(super) async fn add_steps(cx: &Cx<'_>, undo: &mut Undo) -> Result<CniResult,
     let (v4, v6) = (has(IpFamily::V4), has(IpFamily::V6));
 
     let host_name = AttachmentId::of(req).host_veth();
-    let mtu = match (conf.mtu, crate::ipam::cluster::mtu_of(&req.raw)) {
-        (Some(m), _) | (None, Some(m)) => Some(m),
-        (None, None) => host.default_route_mtu().await.map_err(kernel)?,
+    // The cluster network's file is read only when the configuration sets no MTU.
+    let mtu = match conf.mtu.or_else(|| crate::ipam::cluster::mtu_of(&req.raw)) {
+        Some(m) => Some(m),
+        None => host.default_route_mtu().await.map_err(kernel)?,
     };
     let pair = setup::veth(conf, req, host, ns, None, &host_name, mtu).await?;
     undo.delete_link(host_name.clone());

@@ -255,11 +255,18 @@ fn write(conf: &NamesConf, record: &Record) -> io::Result<()> {
         &record.container_id,
         &record.ifname,
     );
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-    write_atomic(&path, &bytes, 0o644, Durability::Atomic)
+    // The network's directory exists after its first ADD: create it only when the write
+    // finds it missing, not with a mkdir and a stat on every ADD.
+    match write_atomic(&path, &bytes, 0o644, Durability::Atomic) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_atomic(&path, &bytes, 0o644, Durability::Atomic)
+        }
+        r => r,
+    }
 }
 
 /// DEL: the record goes (absent is success).

@@ -126,12 +126,17 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), 0 if unreadable.
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), 0 if unreadable. Read once per
+/// process (a process does not outlive its boot): an ADD asks for it from the cluster
+/// deadline and the name record, the agent once per name record it loads.
 pub fn boot_id() -> u128 {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .and_then(|s| u128::from_str_radix(&s.trim().replace('-', ""), 16).ok())
-        .unwrap_or(0)
+    static BOOT_ID: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    *BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|s| u128::from_str_radix(&s.trim().replace('-', ""), 16).ok())
+            .unwrap_or(0)
+    })
 }
 
 impl Deadline {
