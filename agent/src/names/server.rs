@@ -134,8 +134,7 @@ impl RequestHandler for Handler {
         if let Answer::Miss { label, then } = answer {
             answer = *then;
             if !net.docker_sandboxes.is_empty() {
-                let sandboxes = net.docker_sandboxes.clone();
-                if let Some(addrs) = self.shared.docker.ask(&sandboxes, &label).await {
+                if let Some(addrs) = self.shared.docker.ask(&net.docker_sandboxes, &label).await {
                     answer = Answer::Records(records(&name, qtype, &addrs));
                 }
             }

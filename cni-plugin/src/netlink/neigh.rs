@@ -20,11 +20,41 @@ pub struct Neighbour {
     pub permanent: bool,
 }
 
-fn neigh_address(ip: IpAddr) -> NeighbourAddress {
+pub(super) fn neigh_address(ip: IpAddr) -> NeighbourAddress {
     match ip {
         IpAddr::V4(a) => NeighbourAddress::Inet(a),
         IpAddr::V6(a) => NeighbourAddress::Inet6(a),
     }
+}
+
+pub(super) fn neigh_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        // An FDB entry (family AF_BRIDGE) carries its NDA_DST as raw bytes.
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The destination address and link-layer address of a neighbour or FDB entry.
+pub(super) fn dst_and_lladdr(n: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &n.attributes {
+        match attr {
+            NeighbourAttribute::Destination(d) => ip = neigh_ip(d),
+            NeighbourAttribute::LinkLayerAddress(l) => {
+                mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(Mac)
+            }
+            _ => {}
+        }
+    }
+    (ip, mac)
 }
 
 fn permanent_message(index: u32, ip: IpAddr, mac: Mac) -> NeighbourMessage {
@@ -80,22 +110,7 @@ impl Netlink {
             if n.header.ifindex != index {
                 continue;
             }
-            let mut ip = None;
-            let mut mac = None;
-            for attr in &n.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                        ip = Some(IpAddr::V4(*a))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                        ip = Some(IpAddr::V6(*a))
-                    }
-                    NeighbourAttribute::LinkLayerAddress(l) => {
-                        mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(Mac)
-                    }
-                    _ => {}
-                }
-            }
+            let (ip, mac) = dst_and_lladdr(&n);
             if let Some(ip) = ip {
                 out.push(Neighbour {
                     index,

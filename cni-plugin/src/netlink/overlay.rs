@@ -16,7 +16,7 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -25,6 +25,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::LinkUnspec;
 
+use super::neigh::{dst_and_lladdr, neigh_address};
 use super::{IpFamily, Link, Mac, Netlink, NetlinkError};
 
 /// The route protocol number plugnet's cluster routes carry (`ip route show proto 112`).
@@ -137,27 +138,6 @@ impl TaggedRoute {
             oif,
             onlink: msg.header.flags.contains(RouteFlags::Onlink),
         })
-    }
-}
-
-fn neigh_address(ip: IpAddr) -> NeighbourAddress {
-    match ip {
-        IpAddr::V4(a) => NeighbourAddress::Inet(a),
-        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-    }
-}
-
-fn neigh_ip(a: &NeighbourAddress) -> Option<IpAddr> {
-    match a {
-        NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
-        NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
-        // An FDB entry (family AF_BRIDGE) carries its NDA_DST as raw bytes.
-        NeighbourAddress::Other(b) => match b.len() {
-            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -315,19 +295,8 @@ impl Netlink {
             if n.header.ifindex != index {
                 continue;
             }
-            let mut mac = None;
-            let mut dst = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::LinkLayerAddress(l) => {
-                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
-                    }
-                    NeighbourAttribute::Destination(d) => dst = neigh_ip(d),
-                    _ => {}
-                }
-            }
-            if let (Some(mac), Some(dst)) = (mac, dst) {
-                out.push(FdbEntry { mac, dst });
+            if let (Some(dst), Some(mac)) = dst_and_lladdr(&n) {
+                out.push(FdbEntry { mac: mac.0, dst });
             }
         }
         Ok(out)
