@@ -167,11 +167,7 @@ impl<B: CniBackend> Driver<B> {
                             .join(", ")
                     )
                 })?;
-            let cni_network = match req.options.get(OPT_NAME) {
-                Some(n) if valid_id(n) => n.clone(),
-                Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
-                None => format!("pn-cluster-{cluster}"),
-            };
+            let cni_network = cni_network_option(&req.options, || format!("pn-cluster-{cluster}"))?;
             PoolRecord {
                 id: format!("{cni_network}.{}", pool_name(&pool)),
                 pool,
@@ -249,11 +245,7 @@ impl<B: CniBackend> Driver<B> {
                 let sub_name = pool_name(&s);
                 id = format!("{id}-{}", sub_name.strip_prefix("pn-").unwrap_or(&sub_name));
             }
-            let cni_network = match req.options.get(OPT_NAME) {
-                Some(n) if valid_id(n) => n.clone(),
-                Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
-                None => pool_name(&pool),
-            };
+            let cni_network = cni_network_option(&req.options, || pool_name(&pool))?;
             PoolRecord {
                 id,
                 pool,
@@ -571,6 +563,18 @@ impl<B: CniBackend> Driver<B> {
             .context("persist pool")?;
         st.pools.insert(rec.id.clone(), rec);
         Ok(())
+    }
+}
+
+/// The CNI network name a pool request asks for with `OPT_NAME`, else `default()`.
+fn cni_network_option(
+    options: &BTreeMap<String, String>,
+    default: impl FnOnce() -> String,
+) -> Result<String> {
+    match options.get(OPT_NAME) {
+        Some(n) if valid_id(n) => Ok(n.clone()),
+        Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
+        None => Ok(default()),
     }
 }
 
