@@ -590,3 +590,22 @@ fn in_bounds(r: &Range, ip: IpAddr) -> bool {
     let (lo, hi) = (r.start.unwrap_or(first), r.end.unwrap_or(last));
     r.subnet.contains(ip) && ip >= lo && ip <= hi
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_network_option_takes_a_valid_name_else_the_default() {
+        let mut o = BTreeMap::new();
+        assert_eq!(cni_network_option(&o, || "dflt".into()).unwrap(), "dflt");
+        o.insert(OPT_NAME.to_string(), "mynet".to_string());
+        assert_eq!(cni_network_option(&o, || "dflt".into()).unwrap(), "mynet");
+        o.insert(OPT_NAME.to_string(), "../etc".to_string());
+        let e = cni_network_option(&o, || "dflt".into()).unwrap_err();
+        assert!(
+            e.to_string().contains("not a valid CNI network name"),
+            "{e}"
+        );
+    }
+}
