@@ -167,11 +167,7 @@ impl<B: CniBackend> Driver<B> {
                             .join(", ")
                     )
                 })?;
-            let cni_network = match req.options.get(OPT_NAME) {
-                Some(n) if valid_id(n) => n.clone(),
-                Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
-                None => format!("pn-cluster-{cluster}"),
-            };
+            let cni_network = cni_network_option(&req.options, || format!("pn-cluster-{cluster}"))?;
             PoolRecord {
                 id: format!("{cni_network}.{}", pool_name(&pool)),
                 pool,
@@ -249,11 +245,7 @@ impl<B: CniBackend> Driver<B> {
                 let sub_name = pool_name(&s);
                 id = format!("{id}-{}", sub_name.strip_prefix("pn-").unwrap_or(&sub_name));
             }
-            let cni_network = match req.options.get(OPT_NAME) {
-                Some(n) if valid_id(n) => n.clone(),
-                Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
-                None => pool_name(&pool),
-            };
+            let cni_network = cni_network_option(&req.options, || pool_name(&pool))?;
             PoolRecord {
                 id,
                 pool,
@@ -574,6 +566,18 @@ impl<B: CniBackend> Driver<B> {
     }
 }
 
+/// The CNI network name a pool request asks for with `OPT_NAME`, else `default()`.
+fn cni_network_option(
+    options: &BTreeMap<String, String>,
+    default: impl FnOnce() -> String,
+) -> Result<String> {
+    match options.get(OPT_NAME) {
+        Some(n) if valid_id(n) => Ok(n.clone()),
+        Some(n) => bail!("{OPT_NAME} {n:?} is not a valid CNI network name"),
+        None => Ok(default()),
+    }
+}
+
 fn placeholder(owner: &str) -> Holder {
     Holder {
         container_id: owner.to_string(),
@@ -585,4 +589,23 @@ fn in_bounds(r: &Range, ip: IpAddr) -> bool {
     let (first, last) = translate::usable_bounds(&r.subnet);
     let (lo, hi) = (r.start.unwrap_or(first), r.end.unwrap_or(last));
     r.subnet.contains(ip) && ip >= lo && ip <= hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_network_option_takes_a_valid_name_else_the_default() {
+        let mut o = BTreeMap::new();
+        assert_eq!(cni_network_option(&o, || "dflt".into()).unwrap(), "dflt");
+        o.insert(OPT_NAME.to_string(), "mynet".to_string());
+        assert_eq!(cni_network_option(&o, || "dflt".into()).unwrap(), "mynet");
+        o.insert(OPT_NAME.to_string(), "../etc".to_string());
+        let e = cni_network_option(&o, || "dflt".into()).unwrap_err();
+        assert!(
+            e.to_string().contains("not a valid CNI network name"),
+            "{e}"
+        );
+    }
 }

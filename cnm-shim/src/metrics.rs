@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 /// Where to listen.
@@ -69,7 +71,12 @@ fn respond(req: &Request<Incoming>, store: &Store) -> Response<Full<Bytes>> {
     r
 }
 
-async fn serve_conn<S>(io: S, store: Arc<Store>)
+/// Connections served at once; a further caller waits in the accept backlog.
+const MAX_METRICS_CONNECTIONS: usize = 16;
+/// A connection (one scrape: keep-alive is off) is closed after this, however slow the caller.
+const METRICS_CONN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_conn<S>(io: S, store: Arc<Store>, _permit: OwnedSemaphorePermit)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -82,11 +89,39 @@ where
             Ok::<_, std::convert::Infallible>(r)
         }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), svc)
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), svc);
+    match tokio::time::timeout(METRICS_CONN_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("metrics connection: {e}"),
+        Err(_) => warn!("metrics connection: closed after {METRICS_CONN_TIMEOUT:?}"),
+    }
+}
+
+/// Wait for a free connection slot, then accept; an accept error (EMFILE under a flood) is
+/// logged and retried after a pause instead of ending the listener.
+async fn accept_limited<T, F, Fut>(
+    slots: &Arc<Semaphore>,
+    mut accept: F,
+) -> (T, OwnedSemaphorePermit)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let permit = slots
+        .clone()
+        .acquire_owned()
         .await
-    {
-        warn!("metrics connection: {e}");
+        .expect("semaphore never closed");
+    loop {
+        match accept().await {
+            Ok(s) => return (s, permit),
+            Err(e) => {
+                warn!("accept metrics connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
@@ -101,9 +136,10 @@ pub async fn serve(listen: Listen, store: Arc<Store>) -> Result<()> {
             let l = tokio::net::UnixListener::bind(&path)
                 .with_context(|| format!("bind metrics socket {}", path.display()))?;
             info!(socket = %path.display(), "metrics listening");
+            let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
             loop {
-                let (s, _) = l.accept().await.context("accept metrics connection")?;
-                tokio::spawn(serve_conn(s, store.clone()));
+                let ((s, _), permit) = accept_limited(&slots, || l.accept()).await;
+                tokio::spawn(serve_conn(s, store.clone(), permit));
             }
         }
         Listen::Tcp(addr) => {
@@ -111,9 +147,10 @@ pub async fn serve(listen: Listen, store: Arc<Store>) -> Result<()> {
                 .await
                 .with_context(|| format!("bind metrics address {addr}"))?;
             info!(%addr, "metrics listening");
+            let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
             loop {
-                let (s, _) = l.accept().await.context("accept metrics connection")?;
-                tokio::spawn(serve_conn(s, store.clone()));
+                let ((s, _), permit) = accept_limited(&slots, || l.accept()).await;
+                tokio::spawn(serve_conn(s, store.clone(), permit));
             }
         }
     }
